@@ -1,0 +1,80 @@
+"""Engines for the feature store, with errors that name the database instead of a stack trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, InterfaceError
+
+from credit_platform.schema import metadata
+
+
+class FeatureStoreUnavailable(RuntimeError):
+    """The feature store could not be reached or opened."""
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for messages and metadata."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for SQLite or MariaDB; SQLite's folder is created, MariaDB pings on checkout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+    else:
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            connect_args={"connect_timeout": 5},
+        )
+    return engine
+
+
+def check_reachable(engine: Engine) -> None:
+    """Raise FeatureStoreUnavailable naming the database when it does not answer."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except (OperationalError, InterfaceError) as error:
+        reason = getattr(error, "orig", error)
+        raise FeatureStoreUnavailable(
+            f"cannot reach the feature store at {redacted(engine.url.render_as_string(hide_password=False))}: {reason}"
+        ) from error
+
+
+def create_database_if_missing(url: str) -> None:
+    """MariaDB needs the database to exist before tables can be created in it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" or not parsed.database:
+        return
+    server = create_engine(parsed.set(database=""), connect_args={"connect_timeout": 5})
+    try:
+        with server.begin() as connection:
+            name = parsed.database.replace("`", "``")
+            connection.execute(
+                text(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+            )
+    except (OperationalError, InterfaceError) as error:
+        reason = getattr(error, "orig", error)
+        raise FeatureStoreUnavailable(
+            f"cannot reach the database server for {redacted(url)}: {reason}"
+        ) from error
+    finally:
+        server.dispose()
+
+
+def init_schema(url: str) -> Engine:
+    """Create the database (MariaDB) and every table that is missing; safe to repeat."""
+    create_database_if_missing(url)
+    engine = make_engine(url)
+    check_reachable(engine)
+    metadata.create_all(engine)
+    return engine

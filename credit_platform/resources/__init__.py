@@ -1,0 +1,1 @@
+"""Dagster resources: the feature store, MLflow tracking and the BentoML model store."""

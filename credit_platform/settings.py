@@ -1,0 +1,77 @@
+"""Every setting the platform reads from the environment, with its embedded default.
+
+One place names the variables; resources, the CLI and the API read them through the
+functions here, so the defaults (everything under one local home directory, no
+server needed) cannot diverge between components.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "CREDIT_PLATFORM_HOME"
+FEATURE_STORE_URL_ENV = "FEATURE_STORE_URL"
+MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+BENTOML_HOME_ENV = "BENTOML_HOME"
+API_URL_ENV = "CREDIT_API_URL"
+ADMIN_TOKEN_ENV = "CREDIT_API_ADMIN_TOKEN"
+PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
+
+MODEL_NAME = "credit_score_classifier"
+DEFAULT_EXPERIMENT = "credit_score_classification"
+DEFAULT_PARTITIONS_START = "2025-01-01"
+DEFAULT_API_PORT = 3000
+
+
+def platform_home() -> Path:
+    """Root of every embedded default (SQLite files, MLflow artifacts, BentoML store)."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".credit_platform").expanduser()
+
+
+def default_feature_store_url() -> str:
+    return f"sqlite:///{platform_home() / 'feature_store.db'}"
+
+
+def feature_store_url() -> str:
+    return os.environ.get(FEATURE_STORE_URL_ENV) or default_feature_store_url()
+
+
+def default_mlflow_tracking_uri() -> str:
+    return f"sqlite:///{platform_home() / 'mlflow.db'}"
+
+
+def mlflow_tracking_uri() -> str:
+    return os.environ.get(MLFLOW_TRACKING_URI_ENV) or default_mlflow_tracking_uri()
+
+
+def mlflow_artifact_root() -> Path:
+    return platform_home() / "mlartifacts"
+
+
+def mlflow_experiment_name() -> str:
+    return os.environ.get(MLFLOW_EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+
+
+def bentoml_home() -> Path:
+    return Path(os.environ.get(BENTOML_HOME_ENV) or platform_home() / "bentoml").expanduser()
+
+
+def api_url() -> str:
+    return (os.environ.get(API_URL_ENV) or f"http://127.0.0.1:{DEFAULT_API_PORT}").rstrip("/")
+
+
+def admin_token() -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def partitions_start() -> str:
+    return os.environ.get(PARTITIONS_START_ENV) or DEFAULT_PARTITIONS_START
+
+
+def export_bentoml_home() -> Path:
+    """BentoML reads BENTOML_HOME once, when it is first imported: pin it before that."""
+    home = bentoml_home()
+    os.environ.setdefault(BENTOML_HOME_ENV, str(home))
+    return Path(os.environ[BENTOML_HOME_ENV])

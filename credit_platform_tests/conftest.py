@@ -1,0 +1,92 @@
+"""Shared fixtures: an isolated platform home per test session, SQLite and MariaDB stores.
+
+The home is pinned before anything imports BentoML, which reads BENTOML_HOME once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="credit_platform_test_home_"))
+for _name in ("FEATURE_STORE_URL", "MLFLOW_TRACKING_URI", "BENTOML_HOME", "CREDIT_API_URL"):
+    os.environ.pop(_name, None)
+os.environ["CREDIT_PLATFORM_HOME"] = str(_SESSION_HOME)
+os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+MARIADB_SERVER_URL = os.environ.get(
+    "CREDIT_TEST_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306"
+)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KAGGLE_SAMPLE = SHARED_DATA / "kaggle_credit_train_sample.csv"
+
+
+@pytest.fixture(scope="session")
+def platform_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'feature_store.db'}"
+
+
+def _mariadb_answers() -> str | None:
+    """None when the server answers, else the reason."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(MARIADB_SERVER_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return None
+    except Exception as error:  # any failure means: no usable server
+        return str(error)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    """A fresh database on the real MariaDB server, dropped afterwards.
+
+    Required under CI: there a missing server fails the test instead of skipping it.
+    """
+    from sqlalchemy import create_engine, text
+
+    reason = _mariadb_answers()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"MariaDB is required in CI but {MARIADB_SERVER_URL} did not answer: {reason}")
+        pytest.skip(f"no MariaDB server answers at {MARIADB_SERVER_URL}: {reason}")
+    name = f"credit_test_{uuid.uuid4().hex[:12]}"
+    server = create_engine(MARIADB_SERVER_URL)
+    with server.begin() as connection:
+        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    try:
+        yield f"{MARIADB_SERVER_URL}/{name}"
+    finally:
+        with server.begin() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        server.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Runs a test once on embedded SQLite and once on the real MariaDB server."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("mariadb_url")
+
+
+@pytest.fixture(scope="session")
+def kaggle_sample() -> Path:
+    if not KAGGLE_SAMPLE.exists():
+        pytest.fail(f"the shared Kaggle sample is missing at {KAGGLE_SAMPLE}")
+    return KAGGLE_SAMPLE
