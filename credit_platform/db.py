@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from credit_platform.schema import metadata
 
@@ -45,8 +45,9 @@ def check_reachable(engine: Engine) -> None:
             connection.execute(text("SELECT 1"))
     except (OperationalError, InterfaceError) as error:
         reason = getattr(error, "orig", error)
+        where = redacted(engine.url.render_as_string(hide_password=False))
         raise FeatureStoreUnavailable(
-            f"cannot reach the feature store at {redacted(engine.url.render_as_string(hide_password=False))}: {reason}"
+            f"cannot reach the feature store at {where}: {reason}"
         ) from error
 
 
@@ -78,3 +79,25 @@ def init_schema(url: str) -> Engine:
     check_reachable(engine)
     metadata.create_all(engine)
     return engine
+
+
+def render_ddl(dialect_name: str) -> str:
+    """CREATE TABLE/INDEX statements of the schema for "mariadb" or "sqlite" (for `sql/`)."""
+    from sqlalchemy.dialects import mysql, sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialects = {"mariadb": mysql.dialect(is_mariadb=True), "sqlite": sqlite.dialect()}
+    if dialect_name not in dialects:
+        raise ValueError(f"unknown dialect {dialect_name!r}; choose one of {sorted(dialects)}")
+    dialect = dialects[dialect_name]
+    statements = [
+        f"-- Generated from credit_platform/schema.py by `credit-platform init --print-ddl "
+        f"{dialect_name}`; do not edit by hand."
+    ]
+    for table in metadata.sorted_tables:
+        create = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+        statements.append("\n".join(line.rstrip() for line in create.splitlines()) + ";")
+        for index in sorted(table.indexes, key=lambda item: item.name or ""):
+            created = CreateIndex(index, if_not_exists=True).compile(dialect=dialect)
+            statements.append(f"{str(created).strip()};")
+    return "\n\n".join(statements) + "\n"

@@ -50,7 +50,7 @@ def save_model_bundle(
     params: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Save the model with its scalers; returns the new tag ("credit_score_classifier:<version>")."""
+    """Save the model with its scalers; returns the tag "credit_score_classifier:<version>"."""
     export_bentoml_home()
     import bentoml
 

@@ -63,7 +63,9 @@ def mariadb_url() -> str:
     reason = _mariadb_answers()
     if reason is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"MariaDB is required in CI but {MARIADB_SERVER_URL} did not answer: {reason}")
+            pytest.fail(
+                f"MariaDB is required in CI but {MARIADB_SERVER_URL} did not answer: {reason}"
+            )
         pytest.skip(f"no MariaDB server answers at {MARIADB_SERVER_URL}: {reason}")
     name = f"credit_test_{uuid.uuid4().hex[:12]}"
     server = create_engine(MARIADB_SERVER_URL)
