@@ -26,7 +26,13 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise FeatureStoreUnavailable(
+                    f"cannot create the folder {folder} for the SQLite feature store: {error}"
+                ) from error
         engine = create_engine(url, connect_args={"timeout": 30})
     else:
         engine = create_engine(
@@ -92,7 +98,7 @@ def render_ddl(dialect_name: str) -> str:
     dialect = dialects[dialect_name]
     statements = [
         f"-- Generated from credit_platform/schema.py by `credit-platform init --print-ddl "
-        f"{dialect_name}`; do not edit by hand."
+        f"{dialect_name}`, do not edit by hand."
     ]
     for table in metadata.sorted_tables:
         create = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()

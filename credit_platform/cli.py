@@ -1,0 +1,113 @@
+"""`credit-platform`: set up the store, load data, run the pipeline, serve, open the UIs."""
+
+import os
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import click
+
+from credit_platform import settings
+from credit_platform.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = REPO_ROOT / "sql"
+
+
+def generated_sql_files() -> dict[Path, str]:
+    """Every file under sql/ that is rendered from the Python source of truth."""
+    from credit_platform.feature_target_sql import rendered_sql
+
+    return {
+        SQL_DIR / "schema_mariadb.sql": render_ddl("mariadb"),
+        SQL_DIR / "schema_sqlite.sql": render_ddl("sqlite"),
+        SQL_DIR / "feature_target_build.sql": rendered_sql(),
+    }
+
+
+def prepare_environment() -> None:
+    """Pin the embedded defaults in this process: Dagster's instance and BentoML's store
+    live under the platform home unless the environment says otherwise."""
+    home = settings.platform_home()
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    settings.export_bentoml_home()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """Credit-score MLOps platform (Dagster + CatBoost + MLflow + BentoML)."""
+    prepare_environment()
+
+
+@main.command()
+@click.option("--db-url", default=None, help="Feature store URL (default: FEATURE_STORE_URL).")
+@click.option(
+    "--print-ddl",
+    type=click.Choice(["mariadb", "sqlite"]),
+    default=None,
+    help="Print the schema DDL for a dialect instead of applying it.",
+)
+def init(db_url: str | None, print_ddl: str | None) -> None:
+    """Create the feature store database and its tables (safe to repeat)."""
+    if print_ddl:
+        click.echo(render_ddl(print_ddl), nl=False)
+        return
+    url = db_url or settings.feature_store_url()
+    try:
+        init_schema(url).dispose()
+    except FeatureStoreUnavailable as error:
+        fail(str(error))
+    click.echo(f"feature store ready: {redacted(url)}")
+
+
+@main.command()
+@click.option("--write", "mode", flag_value="write", help="Rewrite the files under sql/.")
+@click.option("--check", "mode", flag_value="check", default=True, help="Fail if sql/ is stale.")
+def sql(mode: str) -> None:
+    """Render sql/ from the schema and the feature-target build (the Python is the source)."""
+    stale = []
+    for path, text in generated_sql_files().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if mode == "write":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            click.echo(f"wrote {path.relative_to(REPO_ROOT)}")
+        else:
+            stale.append(str(path.relative_to(REPO_ROOT)))
+    if stale:
+        fail(f"stale generated SQL: {', '.join(stale)}; run `credit-platform sql --write`")
+
+
+def _partition_range(start: str, end: str | None) -> list[str]:
+    first = date.fromisoformat(start)
+    last = date.fromisoformat(end) if end else first
+    if last < first:
+        raise click.BadParameter(f"--end {last} is before --partition {first}")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+@main.command()
+@click.option("--partition", "start", required=True, help="Partition day YYYY-MM-DD.")
+@click.option("--end", default=None, help="Last day of a range (inclusive): one run per day.")
+@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+def materialize(start: str, end: str | None, grid: str) -> None:
+    """Run the continuous-training job for one partition or a range, recorded in the
+    Dagster instance (DAGSTER_HOME) so the runs show up in the UI."""
+    from credit_platform.pipeline_runs import run_training_partitions
+
+    try:
+        partitions = _partition_range(start, end)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    failures = run_training_partitions(partitions, grid=grid, echo=click.echo)
+    if failures:
+        fail(f"{len(failures)} partition(s) failed: {', '.join(failures)}")
