@@ -18,11 +18,15 @@ BENTOML_HOME_ENV = "BENTOML_HOME"
 API_URL_ENV = "CREDIT_API_URL"
 ADMIN_TOKEN_ENV = "CREDIT_API_ADMIN_TOKEN"
 PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
+API_MODEL_TAG_ENV = "CREDIT_API_MODEL_TAG"
+API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
+PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
 
 MODEL_NAME = "credit_score_classifier"
 DEFAULT_EXPERIMENT = "credit_score_classification"
 DEFAULT_PARTITIONS_START = "2025-01-01"
 DEFAULT_API_PORT = 3000
+DEFAULT_API_MAX_BATCH_ROWS = 5000
 
 
 def platform_home() -> Path:
@@ -64,6 +68,32 @@ def api_url() -> str:
 
 def admin_token() -> str | None:
     return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def api_model_tag() -> str:
+    """The model the prediction service loads at start (default: the newest saved one)."""
+    return os.environ.get(API_MODEL_TAG_ENV) or f"{MODEL_NAME}:latest"
+
+
+def api_max_batch_rows() -> int:
+    """Upper bound on rows in one /predict_batch request."""
+    raw = os.environ.get(API_MAX_BATCH_ROWS_ENV)
+    if not raw:
+        return DEFAULT_API_MAX_BATCH_ROWS
+    problem = f"{API_MAX_BATCH_ROWS_ENV} must be a positive integer, not {raw!r}"
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if value < 1:
+        raise ValueError(problem)
+    return value
+
+
+def prediction_spool_dir() -> Path:
+    """Where the prediction log spools rows (fsync'd JSON lines) while the database is down."""
+    raw = os.environ.get(PREDICTION_SPOOL_DIR_ENV)
+    return Path(raw).expanduser() if raw else platform_home() / "spool"
 
 
 def partitions_start() -> str:

@@ -1,0 +1,377 @@
+"""The prediction log, written by group commit with a local spool for database outages.
+
+A request enqueues its log rows and waits on a future. One writer thread takes whatever
+is queued (up to `max_batch_rows` rows, waiting at most `max_wait_seconds` for more),
+inserts it in ONE transaction, and only then resolves the futures: the caller answers
+after its row is durable, yet a commit is shared by every request of that moment.
+
+If the database fails, the batch is appended to a JSON-lines spool file and fsync'd
+before the futures resolve, and later batches go straight to the spool until a probe
+finds the database back; the writer then replays the spool (its own file and those left
+by processes that died) and removes it. Inserts ignore a request_id already present, so a
+replay that repeats rows never duplicates one. `close()` drains the queue.
+
+Plain class, no BentoML: the service owns one, tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Engine, make_url
+
+from credit_platform.db import make_engine, redacted
+from credit_platform.schema import credit_predictions_api_log
+
+logger = logging.getLogger(__name__)
+
+SPOOL_PREFIX = "prediction_log-"
+_SPOOL_NAME = re.compile(rf"^{re.escape(SPOOL_PREFIX)}(\d+)\.jsonl$")
+
+
+class PredictionLogClosed(RuntimeError):
+    """The logger no longer accepts rows (the service is shutting down)."""
+
+
+class PredictionLogUnavailable(RuntimeError):
+    """A row could be written neither to the database nor to the spool."""
+
+
+@dataclass(frozen=True)
+class PredictionLogRow:
+    """One answered prediction; created_at is naive UTC, set when the request was served."""
+
+    request_id: str
+    customer_id: str
+    features: dict[str, Any]
+    prediction: str
+    confidence: float
+    elapsed_ms: float
+    model_version: str
+    created_at: datetime
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        record["created_at"] = self.created_at.isoformat()
+        return json.dumps(record, allow_nan=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> PredictionLogRow:
+        record = json.loads(line)
+        record["created_at"] = datetime.fromisoformat(record["created_at"])
+        return cls(**record)
+
+
+def utc_now() -> datetime:
+    """The log's clock: naive UTC (the column has no time zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class _Pending:
+    rows: Sequence[PredictionLogRow]
+    future: Future[None]
+
+
+@dataclass
+class LogStats:
+    """Counters for tests and the service's health: what went where."""
+
+    commits: int = 0
+    committed_rows: int = 0
+    spooled_rows: int = 0
+    replayed_rows: int = 0
+    database_failures: int = 0
+
+
+def _log_engine(url: str) -> Engine:
+    """SQLite through the shared factory; on MariaDB also bound reads and writes, so a hung
+    server turns into a spooled batch instead of requests waiting forever."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return make_engine(url)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args={"connect_timeout": 3, "read_timeout": 10, "write_timeout": 10},
+    )
+
+
+def _insert_ignoring_duplicates(engine: Engine):
+    table = credit_predictions_api_log
+    backend = engine.url.get_backend_name()
+    if backend == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+    if backend in ("mysql", "mariadb"):
+        return mysql.insert(table).prefix_with("IGNORE")
+    raise ValueError(f"the prediction log supports SQLite and MariaDB, not {backend}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class PredictionLogger:
+    """Group-commit writer of `credit_predictions_api_log` with spool and replay."""
+
+    def __init__(
+        self,
+        url: str,
+        spool_dir: Path,
+        *,
+        max_batch_rows: int = 500,
+        max_wait_seconds: float = 0.005,
+        retry_interval_seconds: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.spool_dir = Path(spool_dir)
+        self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_seconds = max_wait_seconds
+        self.retry_interval_seconds = retry_interval_seconds
+        self.stats = LogStats()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._accepting = True
+        self._submit_lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._insert = None
+        self._database_down = False
+        self._next_probe = 0.0
+        self._spool_pending = True  # at start: look for spools left by dead processes
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    # --- the request side -------------------------------------------------------------
+
+    def submit(self, rows: Sequence[PredictionLogRow]) -> Future[None]:
+        """Queue rows; the future resolves once they are committed or spooled (fsync'd)."""
+        future: Future[None] = Future()
+        with self._submit_lock:
+            if not self._accepting:
+                raise PredictionLogClosed("the prediction log is closed (shutting down)")
+            self._queue.put(_Pending(list(rows), future))
+        return future
+
+    def write(self, rows: Sequence[PredictionLogRow], timeout: float | None = 30.0) -> None:
+        """Blocking form of `submit`."""
+        self.submit(rows).result(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def database_down(self) -> bool:
+        return self._database_down
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop accepting rows, write every queued row, stop the writer. Idempotent."""
+        with self._submit_lock:
+            if self._accepting:
+                self._accepting = False
+                self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("prediction log writer did not finish within %s s", timeout)
+
+    # --- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._maybe_replay()
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._write_batch(batch)
+            self._maybe_replay()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _next_batch(self) -> tuple[list[_Pending], bool]:
+        """Up to max_batch_rows rows: waits for the first, then at most max_wait_seconds."""
+        wait = self.retry_interval_seconds if (self._database_down or self._spool_pending) else 1.0
+        try:
+            first = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return [], False
+        if first is None:
+            return [], True
+        batch = [first]
+        rows = len(first.rows)
+        deadline = time.monotonic() + self.max_wait_seconds
+        while rows < self.max_batch_rows:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            rows += len(item.rows)
+        return batch, False
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        for pending in batch:
+            pending.future.set_running_or_notify_cancel()
+        rows = [row for pending in batch for row in pending.rows]
+        error: BaseException | None = None
+        if not self._database_down:
+            try:
+                self._insert_rows(rows)
+                self.stats.commits += 1
+                self.stats.committed_rows += len(rows)
+            except Exception as failure:
+                self._mark_database_down(failure)
+                error = failure
+            else:
+                self._resolve(batch, None)
+                return
+        try:
+            self._append_to_spool(rows)
+            self.stats.spooled_rows += len(rows)
+        except Exception as spool_error:
+            logger.exception("cannot spool %d prediction log rows", len(rows))
+            self._resolve(
+                batch,
+                PredictionLogUnavailable(
+                    f"prediction log rows could not be written to the database ({error}) "
+                    f"nor to the spool {self.spool_path} ({spool_error})"
+                ),
+            )
+            return
+        self._resolve(batch, None)
+
+    @staticmethod
+    def _resolve(batch: Iterable[_Pending], error: BaseException | None) -> None:
+        for pending in batch:
+            if pending.future.cancelled():  # its caller went away; the row is kept anyway
+                continue
+            if error is None:
+                pending.future.set_result(None)
+            else:
+                pending.future.set_exception(error)
+
+    def _connect(self) -> Engine:
+        if self._engine is None:
+            self._engine = _log_engine(self.url)
+            self._insert = _insert_ignoring_duplicates(self._engine)
+        return self._engine
+
+    def _insert_rows(self, rows: Sequence[PredictionLogRow]) -> None:
+        """All rows in one transaction; rows whose request_id is logged already are skipped."""
+        engine = self._connect()
+        records = [asdict(row) for row in rows]
+        with engine.begin() as connection:
+            connection.execute(self._insert, records)
+
+    def _mark_database_down(self, error: BaseException) -> None:
+        self.stats.database_failures += 1
+        if not self._database_down:
+            logger.warning(
+                "prediction log database %s failed (%s); spooling to %s until it is back",
+                redacted(self.url),
+                error,
+                self.spool_path,
+            )
+        self._database_down = True
+        self._next_probe = time.monotonic() + self.retry_interval_seconds
+
+    # --- spool and replay -------------------------------------------------------------
+
+    def _append_to_spool(self, rows: Sequence[PredictionLogRow]) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        payload = "".join(row.to_json() + "\n" for row in rows).encode("utf-8")
+        fd = os.open(self.spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._spool_pending = True
+
+    def _spool_files(self) -> list[Path]:
+        """Our own spool and those of processes that are gone (never a live one's)."""
+        if not self.spool_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.spool_dir.iterdir()):
+            match = _SPOOL_NAME.match(path.name)
+            if not match:
+                continue
+            pid = int(match.group(1))
+            if pid == os.getpid() or not _pid_alive(pid):
+                found.append(path)
+        return found
+
+    def _maybe_replay(self) -> None:
+        if not self._spool_pending:
+            return
+        if self._database_down and time.monotonic() < self._next_probe:
+            return
+        try:
+            self._replay_spool()
+        except Exception as error:
+            self._mark_database_down(error)
+            return
+        if self._database_down:
+            logger.warning("prediction log database %s is back", redacted(self.url))
+        self._database_down = False
+
+    def _replay_spool(self) -> int:
+        """Insert every spooled row (in transactions of max_batch_rows) and remove the spool
+        files; returns the rows replayed. Runs on the writer thread only."""
+        replayed = 0
+        for path in self._spool_files():
+            rows = self._read_spool(path)
+            for start in range(0, len(rows), self.max_batch_rows):
+                self._insert_rows(rows[start : start + self.max_batch_rows])
+                self.stats.commits += 1
+            path.unlink(missing_ok=True)
+            replayed += len(rows)
+            if rows:
+                logger.info("replayed %d prediction log rows from %s", len(rows), path)
+        self.stats.replayed_rows += replayed
+        self._spool_pending = False
+        return replayed
+
+    @staticmethod
+    def _read_spool(path: Path) -> list[PredictionLogRow]:
+        rows = []
+        with path.open(encoding="utf-8") as spool:
+            for number, line in enumerate(spool, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(PredictionLogRow.from_json(line))
+                except (ValueError, TypeError, KeyError) as error:
+                    # Only a write cut short by a kill can leave this; its request got no answer.
+                    logger.warning("skipping unreadable line %d of %s: %s", number, path, error)
+        return rows
