@@ -96,7 +96,10 @@ def list_model_tags() -> list[str]:
     export_bentoml_home()
     import bentoml
 
-    stored = bentoml.models.list(MODEL_NAME)
+    try:
+        stored = bentoml.models.list(MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # nothing saved under the name yet
+        return []
     stored.sort(key=lambda item: item.info.creation_time, reverse=True)
     return [str(item.tag) for item in stored]
 

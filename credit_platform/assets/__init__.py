@@ -1,0 +1,1 @@
+"""The asset graph by stage: feature-target build, split, scalers, model, deployment."""

@@ -1,0 +1,138 @@
+"""Test helpers for the training assets: synthetic partitions, resources, a tiny grid.
+
+Labels follow a score built from a few features (plus some noise), so a model trained on
+them reaches a meaningful validation accuracy in a handful of boosting rounds.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import FilesystemIOManager
+from sqlalchemy import insert
+from sqlalchemy.engine import Engine
+
+from credit_platform.features import (
+    CREDIT_MIX_VALUES,
+    LOAN_TYPES,
+    MODEL_FEATURES,
+    OCCUPATION_VALUES,
+    PAYMENT_BEHAVIOUR_VALUES,
+    PAYMENT_OF_MIN_AMOUNT_VALUES,
+)
+from credit_platform.io_managers import PartitionedParquetIOManager
+from credit_platform.resources.feature_store import FeatureStoreResource
+from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.schema import credit_score_features_target
+
+
+def synthetic_partition(base_dt: date, rows: int = 300, seed: int = 7) -> pd.DataFrame:
+    """`rows` labelled rows for base_dt, with every table column, a few values missing."""
+    rng = np.random.default_rng(seed)
+    delay = rng.integers(0, 60, rows)
+    delayed_payments = rng.integers(0, 25, rows)
+    credit_mix = rng.choice(CREDIT_MIX_VALUES, rows)
+    debt = rng.gamma(2.0, 700.0, rows)
+    score = (
+        delay / 20
+        + delayed_payments / 8
+        + debt / 1500
+        + np.select([credit_mix == "Good", credit_mix == "Bad"], [-1.5, 1.5], 0.0)
+        + rng.normal(0.0, 0.35, rows)
+    )
+    low, high = np.quantile(score, [0.3, 0.75])
+    label = np.where(score < low, "Good", np.where(score < high, "Standard", "Poor"))
+    frame = pd.DataFrame(
+        {
+            "base_dt": base_dt,
+            "id": [f"0x{index:05x}" for index in range(rows)],
+            "customer_id": [f"CUS_0x{index % (rows // 2 or 1):04x}" for index in range(rows)],
+            "date": [base_dt - timedelta(days=int(offset)) for offset in rng.integers(0, 28, rows)],
+            "age": rng.integers(18, 70, rows),
+            "occupation": rng.choice(OCCUPATION_VALUES, rows),
+            "annual_income": rng.gamma(2.0, 25_000.0, rows),
+            "monthly_inhand_salary": rng.gamma(2.0, 2_000.0, rows),
+            "num_bank_accounts": rng.integers(0, 11, rows),
+            "num_credit_card": rng.integers(0, 11, rows),
+            "interest_rate": rng.integers(1, 34, rows),
+            "num_of_loan": rng.integers(0, 9, rows),
+            "type_of_loan": [
+                ", ".join(rng.choice(LOAN_TYPES, int(count), replace=False))
+                for count in rng.integers(1, 4, rows)
+            ],
+            "delay_from_due_date": delay,
+            "num_of_delayed_payment": delayed_payments,
+            "changed_credit_limit": rng.normal(10.0, 6.0, rows),
+            "num_credit_inquiries": rng.integers(0, 17, rows),
+            "credit_mix": credit_mix,
+            "outstanding_debt": debt,
+            "credit_utilization_ratio": rng.uniform(20.0, 45.0, rows),
+            "credit_history_age": rng.integers(12, 400, rows),
+            "payment_of_min_amount": rng.choice(PAYMENT_OF_MIN_AMOUNT_VALUES, rows),
+            "total_emi_per_month": rng.gamma(2.0, 60.0, rows),
+            "amount_invested_monthly": rng.gamma(2.0, 100.0, rows),
+            "payment_behaviour": rng.choice(PAYMENT_BEHAVIOUR_VALUES, rows),
+            "monthly_balance": rng.normal(400.0, 150.0, rows),
+            "credit_score": label,
+        }
+    )
+    # Dirty data the store really holds: a few missing numbers and categories.
+    frame = frame.astype({name: "object" for name in MODEL_FEATURES})
+    for name in ("annual_income", "num_of_delayed_payment", "occupation", "type_of_loan"):
+        frame.loc[rng.random(rows) < 0.05, name] = None
+    return frame
+
+
+def insert_partition(engine: Engine, frame: pd.DataFrame) -> None:
+    """Write the rows with the schema's table (the store the asset reads from)."""
+    records = [
+        {key: _plain(value) for key, value in record.items()}
+        for record in frame.to_dict(orient="records")
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(credit_score_features_target), records)
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a stub API, or a URL that must not answer)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def training_resources(tmp_path: Path, feature_store_url: str) -> dict:
+    """The resources the training assets need, all under tmp_path except the BentoML store
+    (pinned per test session by conftest)."""
+    return {
+        "feature_store": FeatureStoreResource(url=feature_store_url),
+        "parquet_io_manager": PartitionedParquetIOManager(base_dir=str(tmp_path / "storage")),
+        "io_manager": FilesystemIOManager(base_dir=str(tmp_path / "dagster_storage")),
+        "mlflow_tracking": MlflowTrackingResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            experiment_name="credit_score_tests",
+            artifact_location=(tmp_path / "mlartifacts").as_uri(),
+        ),
+    }
+
+
+def tiny_grid(iterations: int = 30) -> dict:
+    """Run config for a two-trial grid: seconds instead of the seed grid's minutes."""
+    return {
+        "depths": [4],
+        "rsms": [0.5, 1.0],
+        "l2_leaf_regs": [3.0],
+        "iterations": iterations,
+        "thread_count": 2,
+    }
