@@ -111,3 +111,48 @@ def materialize(start: str, end: str | None, grid: str) -> None:
     failures = run_training_partitions(partitions, grid=grid, echo=click.echo)
     if failures:
         fail(f"{len(failures)} partition(s) failed: {', '.join(failures)}")
+
+
+def _venv_tool(name: str) -> str:
+    """A console script installed beside this interpreter (the project's .venv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@main.command()
+@click.option("--port", default=3001, show_default=True, help="Port of the Dagster UI.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui(port: int, host: str) -> None:
+    """Start `dagster dev` (webserver + daemon) on this checkout and the platform's instance."""
+    command = [
+        _venv_tool("dagster"),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-p",
+        str(port),
+        "-h",
+        host,
+    ]
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    os.chdir(REPO_ROOT)
+    os.execvp(command[0], command)
+
+
+@main.command(name="mlflow-ui")
+@click.option("--port", default=5000, show_default=True, help="Port of the MLflow UI.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def mlflow_ui(port: int, host: str) -> None:
+    """Start the MLflow UI on the platform's tracking store."""
+    command = [
+        _venv_tool("mlflow"),
+        "ui",
+        "--backend-store-uri",
+        settings.mlflow_tracking_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    click.echo(f"MLflow UI on http://{host}:{port} ({redacted(settings.mlflow_tracking_uri())})")
+    os.execvp(command[0], command)
