@@ -1,0 +1,318 @@
+"""Value repair rules shared by the Kaggle loader and the synthetic generator.
+
+Every value that is changed or set to NULL is counted in a `CleaningLog` under its column
+and a reason code, so a load can say exactly what it did to the data. Rows are only
+dropped when they cannot be stored at all (no id, customer or label) and are counted too.
+
+Plausible ranges (inclusive). They come from the real Kaggle data: the true values sit
+well inside them and the corrupted ones (injected by the dataset's author) far outside.
+
+| column                   | min     | max     | real Kaggle values | corrupted values seen   |
+| ------------------------ | ------- | ------- | ------------------ | ----------------------- |
+| age                      | 14      | 100     | 14 .. 56           | -500, 169 .. 8,678      |
+| annual_income            | 0       | 200,000 | 7,006 .. 179,987   | up to 23.8 million      |
+| monthly_inhand_salary    | 0       | 20,000  | 303 .. 15,205      |                         |
+| num_bank_accounts        | 0       | 20      | 0 .. 11            | -1, 26 .. 1,747         |
+| num_credit_card          | 0       | 20      | 0 .. 11            | 21 .. 1,499             |
+| interest_rate            | 0       | 50      | 1 .. 34 (percent)  | 99 .. 5,773             |
+| num_of_loan              | 0       | 12      | 0 .. 9             | -100, 18 .. 1,495       |
+| delay_from_due_date      | -30     | 180     | -5 .. 67 (days)    |                         |
+| num_of_delayed_payment   | 0       | 40      | 0 .. 28            | -3 .. -1, 47 .. 4,281   |
+| changed_credit_limit     | -50     | 100     | -6.5 .. 35         |                         |
+| num_credit_inquiries     | 0       | 30      | 0 .. 17            | 46 .. 2,554             |
+| outstanding_debt         | 0       | 100,000 | 0.2 .. 5,000       |                         |
+| credit_utilization_ratio | 0       | 100     | 20 .. 50 (percent) |                         |
+| credit_history_age       | 0       | 1,200   | 1 .. 404 (months)  |                         |
+| total_emi_per_month      | 0       | 2,000   | 0 .. 1,779         | whole numbers 2,004 ..  |
+|                          |         |         |                    | 81,971 (above salary)   |
+| amount_invested_monthly  | 0       | 5,000   | 0 .. 1,888         | sentinel 10,000         |
+| monthly_balance          | -50,000 | 50,000  | 0.7 .. 1,602       | sentinel -3.33e26       |
+
+Sentinels are checked before ranges: amount_invested_monthly == 10,000 (Kaggle's
+"__10000__") and monthly_balance <= -1e9 (Kaggle's "__-333333333333333333333333333__").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+from credit_platform.features import (
+    CREDIT_MIX_VALUES,
+    INTEGER_FEATURES,
+    LOAN_TYPES,
+    OCCUPATION_VALUES,
+    PAYMENT_BEHAVIOUR_VALUES,
+    PAYMENT_OF_MIN_AMOUNT_VALUES,
+)
+from credit_platform.schema import ID_LENGTH, TEXT_LENGTH
+
+PLAUSIBLE_RANGES = MappingProxyType(
+    {
+        "age": (14, 100),
+        "annual_income": (0, 200_000),
+        "monthly_inhand_salary": (0, 20_000),
+        "num_bank_accounts": (0, 20),
+        "num_credit_card": (0, 20),
+        "interest_rate": (0, 50),
+        "num_of_loan": (0, 12),
+        "delay_from_due_date": (-30, 180),
+        "num_of_delayed_payment": (0, 40),
+        "changed_credit_limit": (-50, 100),
+        "num_credit_inquiries": (0, 30),
+        "outstanding_debt": (0, 100_000),
+        "credit_utilization_ratio": (0, 100),
+        "credit_history_age": (0, 1_200),
+        "total_emi_per_month": (0, 2_000),
+        "amount_invested_monthly": (0, 5_000),
+        "monthly_balance": (-50_000, 50_000),
+    }
+)
+
+# Closed categories and their allowed values (from the feature contract; NM is allowed).
+CATEGORY_VALUES = MappingProxyType(
+    {
+        "occupation": OCCUPATION_VALUES,
+        "credit_mix": CREDIT_MIX_VALUES,
+        "payment_of_min_amount": PAYMENT_OF_MIN_AMOUNT_VALUES,
+        "payment_behaviour": PAYMENT_BEHAVIOUR_VALUES,
+    }
+)
+
+AMOUNT_INVESTED_SENTINEL = 10_000.0
+MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW = -1e9
+SENTINEL_DESCRIPTIONS = MappingProxyType(
+    {
+        "amount_invested_monthly": "10000 is Kaggle's filler",
+        "monthly_balance": "<= -1e9 (Kaggle's -3.33e26 filler)",
+    }
+)
+
+# Kaggle's fillers for a missing value; a value made only of underscores is one too.
+PLACEHOLDERS = frozenset({"!@9#%8", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"})
+_UNDERSCORES_ONLY = re.compile(r"^_+$")
+_SSN = re.compile(r"^\d{3}-\d{2}-\d{4}$")
+_YEARS_AND_MONTHS = re.compile(r"^(\d+)\s*years?\s*and\s*(\d+)\s*months?$", re.IGNORECASE)
+
+NAME_LENGTH = 128
+
+# Reason codes and what they mean, for the summary.
+REASONS = MappingProxyType(
+    {
+        "placeholder": "placeholder such as _ or !@9#%8 set to NULL",
+        "trailing_underscore": "underscores around a number stripped (40_ -> 40)",
+        "not_a_number": "not a number, set to NULL",
+        "not_an_integer": "fraction in an integer column, set to NULL",
+        "below_range": "below the plausible range, set to NULL",
+        "above_range": "above the plausible range, set to NULL",
+        "sentinel": "filler value standing for a missing one, set to NULL",
+        "unknown_category": "value outside the allowed set, set to NULL",
+        "bad_ssn": "not an SSN of the form 123-45-6789, set to NULL",
+        "years_and_months": "'N Years and M Months' converted to months",
+        "unparseable": "not 'N Years and M Months' nor a number of months, set to NULL",
+        "too_long": "longer than the column allows, set to NULL",
+    }
+)
+
+
+@dataclass
+class CleaningLog:
+    """What cleaning did: missing values per column, nulls and repairs per (column, reason),
+    dropped rows per reason."""
+
+    missing: Counter = field(default_factory=Counter)
+    nulled: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+    def count(self, counter: Counter, key, mask: pd.Series | np.ndarray) -> None:
+        hits = int(np.count_nonzero(np.asarray(mask, dtype=bool)))
+        if hits:
+            counter[key] += hits
+
+    def count_missing(self, column: str, values: pd.Series) -> None:
+        self.count(self.missing, column, values.isna())
+
+    def merge(self, other: CleaningLog) -> None:
+        for mine, theirs in (
+            (self.missing, other.missing),
+            (self.nulled, other.nulled),
+            (self.repaired, other.repaired),
+            (self.dropped, other.dropped),
+        ):
+            mine.update(theirs)
+
+
+def _null_where(
+    values: pd.Series, mask: pd.Series, column: str, reason: str, log: CleaningLog
+) -> pd.Series:
+    mask = mask.fillna(False).astype(bool) & values.notna()
+    log.count(log.nulled, (column, reason), mask)
+    if values.dtype == object:
+        return values.where(~mask, None)  # text columns keep None, not NaN, for missing
+    return values.mask(mask)
+
+
+def text_or_null(column: str, text: pd.Series, log: CleaningLog) -> pd.Series:
+    """Raw CSV strings with surrounding blanks removed; empty cells become NULL (counted as
+    missing) and placeholders become NULL (counted as nulled)."""
+    stripped = text.astype("object").where(text.notna(), "").astype(str).str.strip()
+    empty = stripped.eq("")
+    placeholder = ~empty & (stripped.isin(PLACEHOLDERS) | stripped.str.match(_UNDERSCORES_ONLY))
+    log.count(log.missing, column, empty)
+    log.count(log.nulled, (column, "placeholder"), placeholder)
+    return stripped.where(~(empty | placeholder), None)
+
+
+def apply_numeric_rules(column: str, values: pd.Series, log: CleaningLog) -> pd.Series:
+    """Null sentinels, out-of-range values and fractions in integer columns.
+
+    Returns nullable Int64 for integer features, float64 otherwise.
+    """
+    values = pd.to_numeric(values, errors="coerce").astype("float64")
+    if column == "amount_invested_monthly":
+        values = _null_where(values, values.eq(AMOUNT_INVESTED_SENTINEL), column, "sentinel", log)
+    elif column == "monthly_balance":
+        sentinel = values.le(MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW)
+        values = _null_where(values, sentinel, column, "sentinel", log)
+    low, high = PLAUSIBLE_RANGES[column]
+    values = _null_where(values, values.lt(low), column, "below_range", log)
+    values = _null_where(values, values.gt(high), column, "above_range", log)
+    if column in INTEGER_FEATURES:
+        fraction = values.notna() & values.ne(values.round())
+        values = _null_where(values, fraction, column, "not_an_integer", log)
+        return values.round().astype("Int64")
+    return values
+
+
+def numbers_from_text(column: str, text: pd.Series, log: CleaningLog) -> pd.Series:
+    """Parse a raw numeric column: placeholders, `40_`-style underscores, non-numbers,
+    then the numeric rules. An underscore repair is counted only if the value survives."""
+    present = text_or_null(column, text, log)
+    unwrapped = present.str.strip("_")
+    had_underscores = present.notna() & unwrapped.ne(present)
+    parsed = pd.to_numeric(unwrapped, errors="coerce").astype("float64")
+    log.count(log.nulled, (column, "not_a_number"), parsed.isna() & unwrapped.notna())
+    cleaned = apply_numeric_rules(column, parsed, log)
+    log.count(log.repaired, (column, "trailing_underscore"), had_underscores & cleaned.notna())
+    return cleaned
+
+
+def history_months_from_text(text: pd.Series, log: CleaningLog) -> pd.Series:
+    """credit_history_age as months: "21 Years and 5 Months" -> 257; a plain number is
+    taken as months already."""
+    column = "credit_history_age"
+    present = text_or_null(column, text, log)
+    parts = present.str.extract(_YEARS_AND_MONTHS)
+    years = pd.to_numeric(parts[0], errors="coerce")
+    months = pd.to_numeric(parts[1], errors="coerce")
+    from_words = years * 12 + months
+    plain = pd.to_numeric(present.where(from_words.isna()).str.strip("_"), errors="coerce")
+    combined = from_words.fillna(plain).astype("float64")
+    log.count(log.nulled, (column, "unparseable"), combined.isna() & present.notna())
+    cleaned = apply_numeric_rules(column, combined, log)
+    log.count(log.repaired, (column, "years_and_months"), from_words.notna() & cleaned.notna())
+    return cleaned
+
+
+def apply_category_rule(
+    column: str, values: pd.Series, allowed: Collection[str], log: CleaningLog
+) -> pd.Series:
+    """Values outside `allowed` become NULL (counted as unknown_category)."""
+    values = values.astype("object").where(values.notna(), None)
+    unknown = values.notna() & ~values.isin(list(allowed))
+    return _null_where(values, unknown, column, "unknown_category", log).astype("object")
+
+
+def _loan_items(listing: str) -> list[str]:
+    items = []
+    for part in listing.split(","):
+        item = part.strip()
+        if item.lower().startswith("and "):
+            item = item[4:].strip()
+        items.append(item)
+    return items
+
+
+def apply_loan_list_rule(values: pd.Series, log: CleaningLog) -> pd.Series:
+    """type_of_loan stays Kaggle's text ("Auto Loan, and Payday Loan"); a list naming an
+    unknown loan type, or too long for the column, becomes NULL."""
+    column = "type_of_loan"
+    values = values.astype("object").where(values.notna(), None)
+    known = set(LOAN_TYPES)
+    distinct = values.dropna().unique()
+    unknown = {value for value in distinct if not set(_loan_items(value)) <= known}
+    values = _null_where(values, values.isin(unknown), column, "unknown_category", log)
+    too_long = values.str.len().gt(TEXT_LENGTH)
+    return _null_where(values, too_long, column, "too_long", log).astype("object")
+
+
+def apply_ssn_rule(values: pd.Series, log: CleaningLog) -> pd.Series:
+    values = values.astype("object").where(values.notna(), None)
+    malformed = values.notna() & ~values.str.match(_SSN).eq(True)
+    return _null_where(values, malformed, "ssn", "bad_ssn", log).astype("object")
+
+
+def apply_length_rule(
+    column: str, values: pd.Series, max_length: int, log: CleaningLog
+) -> pd.Series:
+    values = values.astype("object").where(values.notna(), None)
+    too_long = values.str.len().gt(max_length)
+    return _null_where(values, too_long, column, "too_long", log).astype("object")
+
+
+def storable_rows(keys: pd.DataFrame, labels: Collection[str], log: CleaningLog) -> pd.Series:
+    """Which rows can be stored: those with an id, a customer, a known label and a date.
+
+    `keys` has columns id, customer_id, credit_score (text or None) and date (or None).
+    A row repeating an id already seen in the same input is not storable either. Each
+    rejected row is counted once, under the first reason that applies.
+    """
+    checks = [
+        ("missing id", keys["id"].isna()),
+        (f"id longer than {ID_LENGTH} characters", keys["id"].str.len().gt(ID_LENGTH)),
+        ("missing customer_id", keys["customer_id"].isna()),
+        (
+            f"customer_id longer than {ID_LENGTH} characters",
+            keys["customer_id"].str.len().gt(ID_LENGTH),
+        ),
+        ("missing credit_score label", keys["credit_score"].isna()),
+        (f"credit_score not one of {', '.join(labels)}", ~keys["credit_score"].isin(labels)),
+        ("missing or unknown month", keys["date"].isna()),
+    ]
+    keep = pd.Series(True, index=keys.index)
+    for reason, bad in checks:
+        bad = bad.fillna(False).astype(bool) & keep
+        log.count(log.dropped, reason, bad)
+        keep &= ~bad
+    repeated = keep & keys["id"].where(keep).duplicated(keep="first")
+    log.count(log.dropped, "id repeated within the input", repeated)
+    return keep & ~repeated
+
+
+__all__ = [
+    "AMOUNT_INVESTED_SENTINEL",
+    "CATEGORY_VALUES",
+    "MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW",
+    "NAME_LENGTH",
+    "PLACEHOLDERS",
+    "PLAUSIBLE_RANGES",
+    "SENTINEL_DESCRIPTIONS",
+    "REASONS",
+    "CleaningLog",
+    "apply_category_rule",
+    "apply_length_rule",
+    "apply_loan_list_rule",
+    "apply_numeric_rules",
+    "apply_ssn_rule",
+    "storable_rows",
+    "history_months_from_text",
+    "numbers_from_text",
+    "text_or_null",
+]
