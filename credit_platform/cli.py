@@ -31,6 +31,12 @@ def prepare_environment() -> None:
     home = settings.platform_home()
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_config = dagster_home / "dagster.yaml"
+    if not instance_config.exists():
+        instance_config.write_text(
+            "# Embedded Dagster instance made by credit-platform: runs, events and schedules\n"
+            "# are kept in SQLite files beside this file.\n"
+        )
     settings.export_bentoml_home()
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -156,3 +162,53 @@ def mlflow_ui(port: int, host: str) -> None:
     ]
     click.echo(f"MLflow UI on http://{host}:{port} ({redacted(settings.mlflow_tracking_uri())})")
     os.execvp(command[0], command)
+
+
+@main.command()
+@click.option("--customers", default=200, show_default=True, help="Synthetic customers.")
+@click.option("--days", default=35, show_default=True, help="Days of synthetic history.")
+@click.option("--start", default="2025-01-01", show_default=True, help="First synthetic day.")
+@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+def demo(customers: int, days: int, start: str, grid: str) -> None:
+    """Set up the embedded store, load synthetic data and train the newest partition."""
+    from credit_platform.ingest.synthetic import seed_synthetic
+    from credit_platform.model_store import list_model_tags
+    from credit_platform.pipeline_runs import run_training_partitions
+
+    url = settings.feature_store_url()
+    first = date.fromisoformat(start)
+    partition = (first + timedelta(days=days - 1)).isoformat()
+    click.echo(f"1/3 feature store: {redacted(url)}")
+    try:
+        engine = init_schema(url)
+        try:
+            summary = seed_synthetic(
+                engine, customers=customers, days=days, start=first, progress=False
+            )
+        finally:
+            engine.dispose()
+    except FeatureStoreUnavailable as error:
+        fail(str(error))
+    click.echo(f"2/3 synthetic data loaded\n{summary.render()}")
+    click.echo(f"3/3 continuous training for partition {partition}")
+    failures = run_training_partitions([partition], grid=grid, echo=click.echo)
+    if failures:
+        fail(f"the training run for {partition} failed (see above)")
+    tags = list_model_tags()
+    click.echo(
+        "\nDone. Where to look:\n"
+        f"  Dagster UI:   .venv/bin/credit-platform ui        -> http://127.0.0.1:3001 "
+        f"(asset credit_score_model, partition {partition})\n"
+        f"  MLflow UI:    .venv/bin/credit-platform mlflow-ui -> http://127.0.0.1:5000 "
+        f"(experiment {settings.mlflow_experiment_name()})\n"
+        f"  Model tag:    {tags[0] if tags else '(none)'} in {settings.bentoml_home()}"
+    )
+
+
+def _register_subcommands() -> None:
+    from credit_platform.ingest.cli import seed
+
+    main.add_command(seed)
+
+
+_register_subcommands()

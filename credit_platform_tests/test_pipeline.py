@@ -23,7 +23,7 @@ START = date(2025, 1, 1)
 
 def test_definitions_load_with_job_schedule_and_check():
     Definitions.validate_loadable(defs)
-    job = defs.get_job_def(CONTINUOUS_TRAINING_JOB)
+    job = defs.resolve_job_def(CONTINUOUS_TRAINING_JOB)
     assert job.partitions_def is not None
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} >= {
         "credit_score_features_target",
@@ -31,7 +31,8 @@ def test_definitions_load_with_job_schedule_and_check():
         "scalers",
         "credit_score_model",
     }
-    assert defs.get_schedule_def("daily_continuous_training").job_name == CONTINUOUS_TRAINING_JOB
+    schedule = defs.resolve_schedule_def("daily_continuous_training")
+    assert schedule.job_name == CONTINUOUS_TRAINING_JOB
     checks = defs.resolve_asset_graph().asset_check_keys
     assert any(key.asset_key == AssetKey("credit_score_model") for key in checks)
 
