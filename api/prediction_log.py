@@ -1,7 +1,8 @@
 """The prediction log, written by group commit with a local spool for database outages.
 
 A request enqueues its log rows and waits on a future. One writer thread takes whatever
-is queued (up to `max_batch_rows` rows, waiting at most `max_wait_seconds` for more),
+is queued (up to `max_batch_rows` rows; while rows keep arriving it waits for more, at most
+`max_wait_seconds`),
 inserts it in ONE transaction, and only then resolves the futures: the caller answers
 after its row is durable, yet a commit is shared by every request of that moment.
 
@@ -141,6 +142,7 @@ class PredictionLogger:
         *,
         max_batch_rows: int = 500,
         max_wait_seconds: float = 0.005,
+        idle_gap_seconds: float = 0.0005,
         retry_interval_seconds: float = 2.0,
     ) -> None:
         self.url = url
@@ -148,6 +150,7 @@ class PredictionLogger:
         self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
         self.max_batch_rows = max_batch_rows
         self.max_wait_seconds = max_wait_seconds
+        self.idle_gap_seconds = idle_gap_seconds
         self.retry_interval_seconds = retry_interval_seconds
         self.stats = LogStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -208,7 +211,9 @@ class PredictionLogger:
             self._engine.dispose()
 
     def _next_batch(self) -> tuple[list[_Pending], bool]:
-        """Up to max_batch_rows rows: waits for the first, then at most max_wait_seconds."""
+        """Up to max_batch_rows rows: waits for the first, then keeps taking rows while they
+        keep coming (gaps under idle_gap_seconds), for at most max_wait_seconds. When every
+        caller is already queued the batch closes at once instead of lingering."""
         wait = self.retry_interval_seconds if (self._database_down or self._spool_pending) else 1.0
         try:
             first = self._queue.get(timeout=wait)
@@ -220,7 +225,7 @@ class PredictionLogger:
         rows = len(first.rows)
         deadline = time.monotonic() + self.max_wait_seconds
         while rows < self.max_batch_rows:
-            remaining = deadline - time.monotonic()
+            remaining = min(deadline - time.monotonic(), self.idle_gap_seconds)
             try:
                 item = (
                     self._queue.get(timeout=remaining)

@@ -33,7 +33,11 @@ settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
 
 import anyio.to_thread  # noqa: E402
 import bentoml  # noqa: E402
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable  # noqa: E402
+from bentoml.exceptions import (  # noqa: E402
+    BentoMLException,
+    InvalidArgument,
+    ServiceUnavailable,
+)
 from pydantic import ValidationError  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -111,6 +115,27 @@ def log_rows(
         )
         for position, (row, response) in enumerate(zip(rows, responses, strict=True))
     ]
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every refused request at ERROR with a traceback; a client's mistake
+    (bad field, bad header) needs one WARNING line naming it, so real errors stand out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
+            )
+        elif isinstance(error, BentoMLException) and error.error_code < 500:
+            problems = str(error)
+        else:
+            return True
+        record.msg = "Request to %s [%s] refused: %s"
+        record.args = (*(record.args or ()), problems[:500])
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 class BatchBodyLimit:
@@ -223,6 +248,7 @@ class CreditScoreService:
     """Serves `credit_score_classifier` models from the BentoML store."""
 
     def __init__(self) -> None:
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
         tag = settings.api_model_tag()
         try:
             predictor = load_predictor(tag)
