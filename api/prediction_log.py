@@ -10,7 +10,10 @@ If the database fails, the batch is appended to a JSON-lines spool file and fsyn
 before the futures resolve, and later batches go straight to the spool until a probe
 finds the database back; the writer then replays the spool (its own file and those left
 by processes that died) and removes it. Inserts ignore a request_id already present, so a
-replay that repeats rows never duplicates one. `close()` drains the queue.
+replay that repeats rows never duplicates one. A row the database is up but refuses (a
+constraint, a value it cannot take) fails its own request only; met during a replay, when
+it was answered already, it goes to a "rejected" file beside the spool rather than block
+the log. `close()` drains the queue.
 
 Plain class, no BentoML: the service owns one, tests drive it directly.
 """
@@ -34,6 +37,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from credit_platform.db import make_engine, redacted
 from credit_platform.schema import credit_predictions_api_log
@@ -41,6 +45,7 @@ from credit_platform.schema import credit_predictions_api_log
 logger = logging.getLogger(__name__)
 
 SPOOL_PREFIX = "prediction_log-"
+REJECTED_PREFIX = "prediction_log_rejected-"
 _SPOOL_NAME = re.compile(rf"^{re.escape(SPOOL_PREFIX)}(\d+)\.jsonl$")
 
 
@@ -96,6 +101,7 @@ class LogStats:
     committed_rows: int = 0
     spooled_rows: int = 0
     replayed_rows: int = 0
+    rejected_rows: int = 0
     database_failures: int = 0
 
 
@@ -120,6 +126,15 @@ def _insert_ignoring_duplicates(engine: Engine):
     if backend in ("mysql", "mariadb"):
         return mysql.insert(table).prefix_with("IGNORE")
     raise ValueError(f"the prediction log supports SQLite and MariaDB, not {backend}")
+
+
+def _rows_refused(error: BaseException) -> bool:
+    """True when the database is up but will not take these rows (a constraint, bad data,
+    a value that cannot be bound); anything else (connection lost, table missing, locked)
+    is an outage, and the rows wait in the spool."""
+    if isinstance(error, IntegrityError | DataError):
+        return True
+    return isinstance(error, StatementError) and not isinstance(error, DBAPIError)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -148,6 +163,7 @@ class PredictionLogger:
         self.url = url
         self.spool_dir = Path(spool_dir)
         self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+        self.rejected_path = self.spool_dir / f"{REJECTED_PREFIX}{os.getpid()}.jsonl"
         self.max_batch_rows = max_batch_rows
         self.max_wait_seconds = max_wait_seconds
         self.idle_gap_seconds = idle_gap_seconds
@@ -243,33 +259,77 @@ class PredictionLogger:
     def _write_batch(self, batch: list[_Pending]) -> None:
         for pending in batch:
             pending.future.set_running_or_notify_cancel()
-        rows = [row for pending in batch for row in pending.rows]
-        error: BaseException | None = None
         if not self._database_down:
             try:
-                self._insert_rows(rows)
-                self.stats.commits += 1
-                self.stats.committed_rows += len(rows)
-            except Exception as failure:
-                self._mark_database_down(failure)
-                error = failure
+                self._commit([row for pending in batch for row in pending.rows])
+            except Exception as error:
+                if _rows_refused(error):
+                    self._write_each_request(batch)
+                    return
+                self._mark_database_down(error)
             else:
                 self._resolve(batch, None)
                 return
+        self._spool_batch(batch)
+
+    def _write_each_request(self, batch: list[_Pending]) -> None:
+        """The database is up but refused the batch: one transaction per request, so only
+        the request whose rows it refuses fails (it gets no answer), not its neighbours."""
+        for position, pending in enumerate(batch):
+            try:
+                self._commit(pending.rows)
+            except Exception as error:
+                if not _rows_refused(error):
+                    self._mark_database_down(error)
+                    self._spool_batch(batch[position:])
+                    return
+                logger.error("the database refused a prediction log row: %s", error)
+                self._resolve(
+                    [pending], PredictionLogUnavailable(f"the database refused the row: {error}")
+                )
+            else:
+                self._resolve([pending], None)
+
+    def _spool_batch(self, batch: list[_Pending]) -> None:
+        """Append the batch to the spool with one fsync; a request whose rows cannot be
+        serialized fails alone, the others resolve once the spool is on disk."""
+        lines: list[str] = []
+        spooled: list[_Pending] = []
+        for pending in batch:
+            try:
+                encoded = [row.to_json() + "\n" for row in pending.rows]
+            except (TypeError, ValueError) as error:
+                self._resolve([pending], PredictionLogUnavailable(f"unserializable row: {error}"))
+            else:
+                lines.extend(encoded)
+                spooled.append(pending)
         try:
-            self._append_to_spool(rows)
-            self.stats.spooled_rows += len(rows)
-        except Exception as spool_error:
-            logger.exception("cannot spool %d prediction log rows", len(rows))
+            self._append(self.spool_path, lines)
+        except OSError as error:
+            logger.exception("cannot spool %d prediction log rows", len(lines))
             self._resolve(
-                batch,
+                spooled,
                 PredictionLogUnavailable(
-                    f"prediction log rows could not be written to the database ({error}) "
-                    f"nor to the spool {self.spool_path} ({spool_error})"
+                    f"the prediction log database is down and the spool {self.spool_path} "
+                    f"cannot be written: {error}"
                 ),
             )
             return
-        self._resolve(batch, None)
+        self._spool_pending = self._spool_pending or bool(lines)
+        self.stats.spooled_rows += len(lines)
+        self._resolve(spooled, None)
+
+    def _set_aside(self, rows: Sequence[PredictionLogRow], error: BaseException) -> None:
+        """Keep spooled rows the database refuses (already answered, so they cannot fail) in
+        the rejected file, fsync'd and never replayed. Raises when even that fails, so the
+        spool is kept."""
+        logger.error("the database refused %d prediction log rows: %s", len(rows), error)
+        lines = [
+            json.dumps({"error": str(error)[:1000], "row": json.loads(row.to_json())}) + "\n"
+            for row in rows
+        ]
+        self._append(self.rejected_path, lines)
+        self.stats.rejected_rows += len(rows)
 
     @staticmethod
     def _resolve(batch: Iterable[_Pending], error: BaseException | None) -> None:
@@ -287,12 +347,16 @@ class PredictionLogger:
             self._insert = _insert_ignoring_duplicates(self._engine)
         return self._engine
 
-    def _insert_rows(self, rows: Sequence[PredictionLogRow]) -> None:
+    def _commit(self, rows: Sequence[PredictionLogRow]) -> None:
         """All rows in one transaction; rows whose request_id is logged already are skipped."""
+        if not rows:
+            return
         engine = self._connect()
         records = [asdict(row) for row in rows]
         with engine.begin() as connection:
             connection.execute(self._insert, records)
+        self.stats.commits += 1
+        self.stats.committed_rows += len(rows)
 
     def _mark_database_down(self, error: BaseException) -> None:
         self.stats.database_failures += 1
@@ -308,10 +372,13 @@ class PredictionLogger:
 
     # --- spool and replay -------------------------------------------------------------
 
-    def _append_to_spool(self, rows: Sequence[PredictionLogRow]) -> None:
+    def _append(self, path: Path, lines: Sequence[str]) -> None:
+        """Append lines and fsync before returning: after this they survive a crash."""
+        if not lines:
+            return
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        payload = "".join(row.to_json() + "\n" for row in rows).encode("utf-8")
-        fd = os.open(self.spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        payload = "".join(lines).encode("utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             view = memoryview(payload)
             while view:
@@ -320,7 +387,6 @@ class PredictionLogger:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._spool_pending = True
 
     def _spool_files(self) -> list[Path]:
         """Our own spool and those of processes that are gone (never a live one's)."""
@@ -352,13 +418,25 @@ class PredictionLogger:
 
     def _replay_spool(self) -> int:
         """Insert every spooled row (in transactions of max_batch_rows) and remove the spool
-        files; returns the rows replayed. Runs on the writer thread only."""
+        files; returns the rows replayed. Runs on the writer thread only. Raises, keeping
+        the files, when the database is still down."""
         replayed = 0
         for path in self._spool_files():
             rows = self._read_spool(path)
             for start in range(0, len(rows), self.max_batch_rows):
-                self._insert_rows(rows[start : start + self.max_batch_rows])
-                self.stats.commits += 1
+                chunk = rows[start : start + self.max_batch_rows]
+                try:
+                    self._commit(chunk)
+                except Exception as error:
+                    if not _rows_refused(error):
+                        raise
+                    for row in chunk:  # find the rows the database refuses
+                        try:
+                            self._commit([row])
+                        except Exception as row_error:
+                            if not _rows_refused(row_error):
+                                raise
+                            self._set_aside([row], row_error)
             path.unlink(missing_ok=True)
             replayed += len(rows)
             if rows:

@@ -3,6 +3,7 @@ durability, spool while the database is down, replay exactly once, drain on clos
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +20,13 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
-from api.prediction_log import SPOOL_PREFIX, PredictionLogClosed, PredictionLogger, PredictionLogRow
+from api.prediction_log import (
+    SPOOL_PREFIX,
+    PredictionLogClosed,
+    PredictionLogger,
+    PredictionLogRow,
+    PredictionLogUnavailable,
+)
 from credit_platform.db import init_schema, make_engine
 from credit_platform.schema import credit_predictions_api_log as log_table
 
@@ -257,3 +265,44 @@ def test_logged_row_keeps_every_column(log_store: str, tmp_path: Path) -> None:
     assert stored["elapsed_ms"] == pytest.approx(row.elapsed_ms)
     assert stored["model_version"] == row.model_version
     assert stored["created_at"] == row.created_at  # the request's time, not the insert's
+
+
+def test_a_row_the_database_refuses_fails_alone_and_logging_goes_on(
+    log_store: str, tmp_path: Path
+) -> None:
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        poison = replace(make_row("poison"), features={"not JSON": {1, 2}})
+        futures = [log.submit([make_row(f"good-{number}")]) for number in range(20)]
+        refused = log.submit([poison])
+        futures += [log.submit([make_row(f"after-{number}")]) for number in range(20)]
+
+        with pytest.raises(PredictionLogUnavailable):
+            refused.result(timeout=30)
+        for future in futures:
+            future.result(timeout=30)
+        assert not log.database_down
+    finally:
+        log.close()
+    assert len(logged_ids(log_store)) == 40
+    assert not log.spool_path.exists()
+
+
+def test_replay_sets_aside_rows_the_database_refuses(sqlite_url: str, tmp_path: Path) -> None:
+    init_schema(sqlite_url).dispose()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    spool = spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+    refused = replace(make_row("no-label"), prediction=None)  # violates NOT NULL
+    rows = [make_row("kept-1"), refused, make_row("kept-2")]
+    spool.write_text("".join(row.to_json() + "\n" for row in rows))
+
+    log = PredictionLogger(sqlite_url, spool_dir)
+    log.close()
+
+    assert sorted(logged_ids(sqlite_url)) == ["kept-1", "kept-2"]
+    assert not spool.exists()
+    (rejected,) = [json.loads(line) for line in log.rejected_path.read_text().splitlines()]
+    assert rejected["row"]["request_id"] == "no-label"
+    assert "NOT NULL" in rejected["error"]
+    assert not log.database_down  # one bad row does not stop the log
