@@ -67,7 +67,7 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
-from credit_platform.db import FeatureStoreUnavailable, init_schema  # noqa: E402
+from credit_platform.db import init_schema  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class CreditScoreService:
         url = settings.feature_store_url()
         try:
             init_schema(url).dispose()
-        except FeatureStoreUnavailable as error:
+        except Exception as error:  # never fatal: the log spools until the database is back
             logger.warning("prediction log database not ready (%s); rows will be spooled", error)
         self.prediction_log = PredictionLogger(url, settings.prediction_spool_dir())
         logger.info("serving %s", predictor.tag)
