@@ -19,10 +19,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from credit_platform import settings
 from credit_platform.assets.model import credit_score_model
 from credit_platform.partitions import daily_partitions
 from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.resources.prediction_service import PredictionServiceResource
 
 # Accuracies are compared with a little slack so 0.62 - 0.02 is not "worse than" 0.60.
 _EPSILON = 1e-9
@@ -34,9 +34,6 @@ class ModelQualityConfig(Config):
     )
     tolerance: float = Field(
         default=0.02, ge=0, description="How much worse than the champion a model may be."
-    )
-    api_timeout_seconds: float = Field(
-        default=2.0, gt=0, description="How long to wait for the served model's /metadata."
     )
 
 
@@ -128,13 +125,15 @@ def credit_score_model_quality(
     context: AssetCheckExecutionContext,
     config: ModelQualityConfig,
     mlflow_tracking: MlflowTrackingResource,
+    prediction_service: PredictionServiceResource,
     credit_score_model: dict[str, Any],
 ) -> AssetCheckResult:
     accuracy = float(credit_score_model["metrics"]["val_accuracy"])
     version = str(credit_score_model["mlflow_model_version"])
     name = credit_score_model["mlflow_model_name"]
-    api_url = settings.api_url()
-    champion = current_champion(api_url, config.api_timeout_seconds, mlflow_tracking)
+    champion = current_champion(
+        prediction_service.api_url, prediction_service.timeout_seconds, mlflow_tracking
+    )
     verdict = judge_model(
         accuracy,
         min_accuracy=config.min_accuracy,

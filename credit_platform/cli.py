@@ -205,10 +205,27 @@ def demo(customers: int, days: int, start: str, grid: str) -> None:
     )
 
 
+@main.command()
+@click.option("--port", default=settings.DEFAULT_API_PORT, show_default=True)
+def stop(port: int) -> None:
+    """Stop a prediction service that a deploy or the demo started in the background."""
+    from credit_platform.deployment import stop_service
+
+    if stop_service(port):
+        click.echo(f"stopped the prediction service on port {port}")
+    else:
+        click.echo(f"no background prediction service recorded for port {port}")
+
+
 def _register_subcommands() -> None:
+    from api.cli import serve
     from credit_platform.ingest.cli import seed
 
     main.add_command(seed)
+    main.add_command(serve)
 
 
 _register_subcommands()
+
+if __name__ == "__main__":
+    main()

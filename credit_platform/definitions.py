@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from credit_platform import settings
+from credit_platform.assets.deploy import deployed_bento
 from credit_platform.assets.feature_target import credit_score_features_target
 from credit_platform.assets.model import credit_score_model
 from credit_platform.assets.scalers import scalers
@@ -27,8 +28,14 @@ from credit_platform.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParqu
 from credit_platform.partitions import daily_partitions
 from credit_platform.resources.feature_store import FeatureStoreResource
 from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.resources.prediction_service import PredictionServiceResource
+from credit_platform.sensors import (
+    CONTINUOUS_TRAINING_JOB,
+    DEPLOY_JOB,
+    deploy_sensor,
+    new_data_sensor,
+)
 
-CONTINUOUS_TRAINING_JOB = "continuous_training"
 CONTINUOUS_TRAINING_ASSETS = (
     credit_score_features_target,
     train_valid_split,
@@ -54,6 +61,10 @@ def build_resources() -> dict:
             ),
             experiment_name=_from_env(settings.MLFLOW_EXPERIMENT_ENV, settings.DEFAULT_EXPERIMENT),
         ),
+        "prediction_service": PredictionServiceResource(
+            api_url=_from_env(settings.API_URL_ENV, settings.api_url()),
+            admin_token=(EnvVar(settings.ADMIN_TOKEN_ENV) if settings.admin_token() else None),
+        ),
         PARQUET_IO_MANAGER_KEY: PartitionedParquetIOManager(base_dir=str(storage)),
         "io_manager": FilesystemIOManager(base_dir=str(storage / "objects")),
     }
@@ -69,6 +80,16 @@ def continuous_training_job():
     )
 
 
+def deploy_job():
+    """Builds and serves the Bento of one partition's model (requested by deploy_sensor)."""
+    return define_asset_job(
+        DEPLOY_JOB,
+        selection=AssetSelection.assets(deployed_bento),
+        partitions_def=daily_partitions(),
+        description="Deploy one partition's checked model to the prediction service.",
+    )
+
+
 def build_definitions() -> Definitions:
     training_job = continuous_training_job()
     daily_training = build_schedule_from_partitioned_job(
@@ -80,10 +101,11 @@ def build_definitions() -> Definitions:
         "usual trigger; turn this on to train on a clock instead).",
     )
     return Definitions(
-        assets=list(CONTINUOUS_TRAINING_ASSETS),
+        assets=[*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
         asset_checks=[credit_score_model_quality],
-        jobs=[training_job],
+        jobs=[training_job, deploy_job()],
         schedules=[daily_training],
+        sensors=[new_data_sensor, deploy_sensor],
         resources=build_resources(),
     )
 

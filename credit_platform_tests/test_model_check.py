@@ -25,6 +25,7 @@ from credit_platform.checks import (
 )
 from credit_platform.db import init_schema
 from credit_platform.partitions import daily_partitions
+from credit_platform.resources.prediction_service import PredictionServiceResource
 from credit_platform.settings import API_URL_ENV, MODEL_NAME
 from credit_platform_tests.training_fixtures import (
     free_port,
@@ -230,7 +231,7 @@ def test_a_passing_check_lets_deployment_run_and_crowns_the_champion(training_se
 def test_a_model_much_worse_than_the_served_one_is_blocked(training_setup, monkeypatch):
     served = {"model_version": "credit_score_classifier:best", "metrics": {"val_accuracy": 0.99}}
     with stub_api(served) as url:
-        monkeypatch.setenv(API_URL_ENV, url)
+        training_setup["prediction_service"] = PredictionServiceResource(api_url=url)
         result = _run(training_setup)
 
     evaluation = _evaluation(result)

@@ -27,6 +27,7 @@ from credit_platform.features import (
 from credit_platform.io_managers import PartitionedParquetIOManager
 from credit_platform.resources.feature_store import FeatureStoreResource
 from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.resources.prediction_service import PredictionServiceResource
 from credit_platform.schema import credit_score_features_target
 
 
@@ -117,6 +118,7 @@ def training_resources(tmp_path: Path, feature_store_url: str) -> dict:
     (pinned per test session by conftest)."""
     return {
         "feature_store": FeatureStoreResource(url=feature_store_url),
+        "prediction_service": PredictionServiceResource(),
         "parquet_io_manager": PartitionedParquetIOManager(base_dir=str(tmp_path / "storage")),
         "io_manager": FilesystemIOManager(base_dir=str(tmp_path / "dagster_storage")),
         "mlflow_tracking": MlflowTrackingResource(
