@@ -170,39 +170,13 @@ def mlflow_ui(port: int, host: str) -> None:
 @click.option("--start", default="2025-01-01", show_default=True, help="First synthetic day.")
 @click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
 def demo(customers: int, days: int, start: str, grid: str) -> None:
-    """Set up the embedded store, load synthetic data and train the newest partition."""
-    from credit_platform.ingest.synthetic import seed_synthetic
-    from credit_platform.model_store import list_model_tags
-    from credit_platform.pipeline_runs import run_training_partitions
+    """Load synthetic data, train the newest partition, serve its model, ask for a prediction."""
+    from credit_platform.demo import run_demo
 
-    url = settings.feature_store_url()
-    first = date.fromisoformat(start)
-    partition = (first + timedelta(days=days - 1)).isoformat()
-    click.echo(f"1/3 feature store: {redacted(url)}")
     try:
-        engine = init_schema(url)
-        try:
-            summary = seed_synthetic(
-                engine, customers=customers, days=days, start=first, progress=False
-            )
-        finally:
-            engine.dispose()
-    except FeatureStoreUnavailable as error:
+        run_demo(customers=customers, days=days, start=date.fromisoformat(start), grid=grid)
+    except (FeatureStoreUnavailable, RuntimeError) as error:
         fail(str(error))
-    click.echo(f"2/3 synthetic data loaded\n{summary.render()}")
-    click.echo(f"3/3 continuous training for partition {partition}")
-    failures = run_training_partitions([partition], grid=grid, echo=click.echo)
-    if failures:
-        fail(f"the training run for {partition} failed (see above)")
-    tags = list_model_tags()
-    click.echo(
-        "\nDone. Where to look:\n"
-        f"  Dagster UI:   .venv/bin/credit-platform ui        -> http://127.0.0.1:3001 "
-        f"(asset credit_score_model, partition {partition})\n"
-        f"  MLflow UI:    .venv/bin/credit-platform mlflow-ui -> http://127.0.0.1:5000 "
-        f"(experiment {settings.mlflow_experiment_name()})\n"
-        f"  Model tag:    {tags[0] if tags else '(none)'} in {settings.bentoml_home()}"
-    )
 
 
 @main.command()

@@ -1,11 +1,13 @@
-"""Running the continuous-training job in-process from the CLI, recorded in the instance
+"""Running the platform's jobs in-process from the CLI, recorded in the instance
 (DAGSTER_HOME) so the runs, materializations and check results appear in the Dagster UI."""
 
 from collections.abc import Callable
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, ExecuteInProcessResult
 
-from credit_platform.definitions import CONTINUOUS_TRAINING_JOB, defs
+from credit_platform.definitions import CONTINUOUS_TRAINING_JOB, DEPLOY_JOB, defs
+
+Echo = Callable[[str], None]
 
 # A quick grid for demos and smoke runs; "seed" is the full 3 × 3 × 3 grid of the course.
 SMALL_GRID = {
@@ -14,8 +16,6 @@ SMALL_GRID = {
     "l2_leaf_regs": [3.0],
     "iterations": 300,
 }
-
-
 # Step-level DEBUG events stay in the instance (and the UI); the terminal gets INFO.
 CONSOLE_LOGGING = {"console": {"config": {"log_level": "INFO"}}}
 
@@ -28,34 +28,53 @@ def training_run_config(grid: str) -> dict:
     raise ValueError(f"unknown grid {grid!r}: choose 'small' or 'seed'")
 
 
+def _execute(
+    job_name: str, partition: str, run_config: dict, instance: DagsterInstance, echo: Echo
+) -> ExecuteInProcessResult:
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        partition_key=partition, run_config=run_config, instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data is not None:
+                echo(f"  {event.step_key} failed: {event.step_failure_data.error.message}")
+        echo(f"  run {result.run_id} failed")
+    return result
+
+
 def run_training_partitions(
-    partitions: list[str], *, grid: str = "small", echo: Callable[[str], None] = print
+    partitions: list[str], *, grid: str = "small", echo: Echo = print
 ) -> list[str]:
-    """One run per partition, in order; returns the partitions whose run failed."""
-    job = defs.resolve_job_def(CONTINUOUS_TRAINING_JOB)
-    run_config = training_run_config(grid)
+    """One continuous-training run per partition, in order; returns the failed partitions."""
     failed: list[str] = []
     with DagsterInstance.get() as instance:
         for partition in partitions:
             echo(f"materializing partition {partition} ({grid} grid) ...")
-            result = job.execute_in_process(
-                partition_key=partition,
-                run_config=run_config,
-                instance=instance,
-                raise_on_error=False,
+            result = _execute(
+                CONTINUOUS_TRAINING_JOB, partition, training_run_config(grid), instance, echo
             )
-            if result.success:
-                model = result.output_for_node("credit_score_model")
-                metrics = model["metrics"]
-                echo(
-                    f"  run {result.run_id}: model {model['bento_tag']} "
-                    f"val_accuracy={metrics['val_accuracy']:.3f} "
-                    f"val_macro_f1={metrics['val_macro_f1']:.3f}"
-                )
-            else:
+            if not result.success:
                 failed.append(partition)
-                for event in result.all_events:
-                    if event.is_failure and event.step_failure_data is not None:
-                        echo(f"  {event.step_key} failed: {event.step_failure_data.error.message}")
-                echo(f"  run {result.run_id} failed")
+                continue
+            model = result.output_for_node("credit_score_model")
+            metrics = model["metrics"]
+            echo(
+                f"  run {result.run_id}: model {model['bento_tag']} "
+                f"val_accuracy={metrics['val_accuracy']:.3f} "
+                f"val_macro_f1={metrics['val_macro_f1']:.3f}"
+            )
     return failed
+
+
+def run_deploy_partition(partition: str, *, echo: Echo = print) -> bool:
+    """Materialize deployed_bento for the partition: the prediction service serves its model."""
+    with DagsterInstance.get() as instance:
+        echo(f"deploying the model of partition {partition} ...")
+        result = _execute(DEPLOY_JOB, partition, {"loggers": CONSOLE_LOGGING}, instance, echo)
+        if result.success:
+            metadata = result.asset_materializations_for_node("deployed_bento")[0].metadata
+            echo(
+                f"  {metadata['action'].value}: {metadata['api_url'].value} serves "
+                f"{metadata['served_model_tag'].value} (Bento {metadata['bento_tag'].value})"
+            )
+        return result.success
