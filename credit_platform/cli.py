@@ -9,6 +9,7 @@ import click
 
 from credit_platform import settings
 from credit_platform.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
+from credit_platform.deployment import ensure_local_admin_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"
@@ -39,6 +40,7 @@ def prepare_environment() -> None:
         )
     settings.export_bentoml_home()
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    ensure_local_admin_token()
 
 
 def fail(message: str) -> None:

@@ -1,8 +1,6 @@
 """The README's main command: everything from an empty home to a live prediction."""
 
 import json
-import os
-import secrets
 from datetime import date, timedelta
 
 import click
@@ -13,21 +11,6 @@ from credit_platform import settings
 from credit_platform.db import init_schema, redacted
 from credit_platform.features import MODEL_FEATURES
 from credit_platform.schema import credit_score_features_target
-
-
-def ensure_admin_token() -> str:
-    """The demo's services share one admin token, kept under the platform home, so a second
-    demo run can hot-swap the service the first one started."""
-    if settings.admin_token():
-        return settings.admin_token()
-    path = settings.platform_home() / "run" / "admin_token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    token = path.read_text().strip()
-    os.environ[settings.ADMIN_TOKEN_ENV] = token
-    return token
 
 
 def sample_request(url: str, partition: str) -> dict:
@@ -53,7 +36,6 @@ def sample_request(url: str, partition: str) -> dict:
 
 
 def run_demo(*, customers: int, days: int, start: date, grid: str) -> None:
-    ensure_admin_token()  # before the definitions (and their resources) are loaded
     from credit_platform.ingest.synthetic import seed_synthetic
     from credit_platform.pipeline_runs import run_deploy_partition, run_training_partitions
 

@@ -9,6 +9,8 @@ import time
 from datetime import date, timedelta
 
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -51,6 +53,17 @@ def new_label_days(latest: date, cursor: str | None, last_partition: str | None)
     return [first + timedelta(days=n) for n in range((latest - first).days + 1)]
 
 
+def _already_trained(context: SensorEvaluationContext, day: date) -> bool:
+    """Whether `day`'s model partition exists (a first tick after the demo needs no run)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey("credit_score_model"), asset_partitions=[day.isoformat()]
+        ),
+        limit=1,
+    )
+    return bool(records.records)
+
+
 @sensor(
     job_name=CONTINUOUS_TRAINING_JOB,
     minimum_interval_seconds=60,
@@ -69,6 +82,11 @@ def new_data_sensor(
         return SkipReason("credit_score has no labels yet")
     if context.cursor and latest <= date.fromisoformat(context.cursor):
         return SkipReason(f"no labels after {context.cursor}")
+    if context.cursor is None and _already_trained(context, latest):
+        return SensorResult(
+            skip_reason=SkipReason(f"the newest label day {latest} is already trained"),
+            cursor=latest.isoformat(),
+        )
     partitions = daily_partitions()
     last = partitions.get_last_partition_key()
     days = [

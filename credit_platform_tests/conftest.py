@@ -92,3 +92,17 @@ def kaggle_sample() -> Path:
     if not KAGGLE_SAMPLE.exists():
         pytest.fail(f"the shared Kaggle sample is missing at {KAGGLE_SAMPLE}")
     return KAGGLE_SAMPLE
+
+
+@pytest.fixture
+def cli_runner(tmp_path: Path):
+    """A CliRunner whose environment changes (the CLI pins DAGSTER_HOME and an admin token)
+    are undone after each invocation, so one test's CLI call cannot leak into another."""
+    from click.testing import CliRunner
+
+    return CliRunner(
+        env={
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+            "CREDIT_API_ADMIN_TOKEN": "cli-test-token",
+        }
+    )

@@ -7,7 +7,13 @@ from datetime import date
 
 import pytest
 import requests
-from dagster import AssetKey, build_sensor_context, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
 
 from credit_platform.assets.deploy import deployed_bento
 from credit_platform.checks import credit_score_model_quality
@@ -163,8 +169,12 @@ def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):
     assert "no model has passed" in result.skip_message
 
 
-def _new_data_tick(url: str, cursor=None):
+def _new_data_tick(url: str, cursor=None, trained=()):
     with instance_for_test() as instance:
+        for partition in trained:
+            instance.report_runless_asset_event(
+                AssetMaterialization(asset_key="credit_score_model", partition=partition)
+            )
         context = build_sensor_context(
             instance=instance,
             cursor=cursor,
@@ -192,6 +202,16 @@ def test_new_data_sensor_requests_each_new_day_once(sqlite_url):
     later = _new_data_tick(sqlite_url, first.cursor)
     assert [r.partition_key for r in later.run_requests] == ["2025-03-11", "2025-03-12"]
     assert later.cursor == "2025-03-12"
+
+
+def test_new_data_sensor_first_tick_skips_an_already_trained_day(sqlite_url):
+    engine = init_schema(sqlite_url)
+    seed_synthetic(engine, customers=3, days=4, start=date(2025, 3, 1), seed=1, progress=False)
+    engine.dispose()
+    result = _new_data_tick(sqlite_url, trained=["2025-03-04"])
+    assert result.run_requests == []
+    assert "already trained" in result.skip_reason.skip_message
+    assert result.cursor == "2025-03-04"
 
 
 def test_new_data_sensor_caps_a_bulk_load(sqlite_url):

@@ -1,7 +1,6 @@
 """One schema definition, applied to SQLite and to MariaDB, and the generated sql/ files."""
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from credit_platform.cli import generated_sql_files, main
@@ -99,9 +98,9 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
         engine.dispose()
 
 
-def test_cli_init_creates_a_mariadb_database(mariadb_url):
+def test_cli_init_creates_a_mariadb_database(mariadb_url, cli_runner):
     url = mariadb_url + "_cli"
-    runner = CliRunner()
+    runner = cli_runner
     try:
         result = runner.invoke(main, ["init", "--db-url", url])
         assert result.exit_code == 0, result.output
@@ -119,8 +118,8 @@ def test_cli_init_creates_a_mariadb_database(mariadb_url):
     "url",
     ["mysql+pymysql://root:hunter2@127.0.0.1:1/mlops", "sqlite:////proc/no/such/dir/x.db"],
 )
-def test_cli_init_names_an_unreachable_database(url):
-    result = CliRunner().invoke(main, ["init", "--db-url", url])
+def test_cli_init_names_an_unreachable_database(url, cli_runner):
+    result = cli_runner.invoke(main, ["init", "--db-url", url])
     assert result.exit_code == 1
     assert "error:" in result.output
     assert "hunter2" not in result.output
