@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,13 @@ class PredictionLogRow:
     model_version: str
     created_at: datetime
 
+    def record(self) -> dict[str, Any]:
+        """The row as the table's columns. A shallow copy: `dataclasses.asdict` deep-copies
+        the features and cost more than the insert itself on 1,000-row batches."""
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
+
     def to_json(self) -> str:
-        record = asdict(self)
+        record = self.record()
         record["created_at"] = self.created_at.isoformat()
         return json.dumps(record, allow_nan=False, separators=(",", ":"))
 
@@ -80,6 +85,9 @@ class PredictionLogRow:
         record = json.loads(line)
         record["created_at"] = datetime.fromisoformat(record["created_at"])
         return cls(**record)
+
+
+_ROW_FIELDS = tuple(field.name for field in fields(PredictionLogRow))
 
 
 def utc_now() -> datetime:
@@ -352,7 +360,7 @@ class PredictionLogger:
         if not rows:
             return
         engine = self._connect()
-        records = [asdict(row) for row in rows]
+        records = [row.record() for row in rows]
         with engine.begin() as connection:
             connection.execute(self._insert, records)
         self.stats.commits += 1

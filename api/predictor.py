@@ -60,6 +60,11 @@ SMOKE_ROW: dict[str, Any] = {
 }
 
 
+# Below this many rows CatBoost scores on the calling thread: spreading one row over every
+# core costs more than it saves, and each worker process already has a core of its own.
+PARALLEL_ROWS = 256
+
+
 class ModelRefused(RuntimeError):
     """A model was loaded but cannot serve (it failed the smoke test)."""
 
@@ -130,7 +135,11 @@ class Predictor:
         ).reshape(len(rows), len(self._encoders))
 
     def probabilities(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        return np.asarray(self.bundle.model.predict_proba(self.encode(rows)), dtype="float64")
+        threads = 1 if len(rows) < PARALLEL_ROWS else -1
+        return np.asarray(
+            self.bundle.model.predict_proba(self.encode(rows), thread_count=threads),
+            dtype="float64",
+        )
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Label and confidence per row, from one predict_proba call."""

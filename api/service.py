@@ -10,19 +10,26 @@ through the group-commit `PredictionLogger` (spooled to disk while the database 
 A client may send `X-Request-ID` to make a retried request idempotent in the log; the
 id used is echoed in the response header.
 
-One worker per service: a reload swaps the model in the process that receives it, so with
-several workers they would diverge. Scale with more service instances behind a balancer,
-each told to reload.
+Several workers (CREDIT_API_WORKERS, default 2: one per core of a small machine): a reload
+received by one reaches every other through `api.model_sync`, and answers once all serve
+the new model. Per-request OpenTelemetry spans (no exporter is configured by default) and
+BentoML's access log are off for the prediction routes, since every prediction is logged to
+the database anyway; turn them on with BentoML's own configuration, e.g.
+`BENTOML_CONFIG_OPTIONS="services.credit_score_service.logging.access.enabled=true"`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import hmac
 import json
 import logging
+import os
 import re
+import signal
+import sys
 import time
 import uuid
 from typing import Any
@@ -45,6 +52,13 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
+from api.model_sync import (  # noqa: E402
+    ModelSync,
+    ReloadNotPropagated,
+    ReloadSuperseded,
+    process_identity,
+    remove_dead_state_dirs,
+)
 from api.prediction_log import (  # noqa: E402
     PredictionLogClosed,
     PredictionLogger,
@@ -77,6 +91,20 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
 MAX_BYTES_PER_ROW = 4096
 # Above this many rows a batch is scored off the event loop.
 INLINE_ROWS = 64
+
+
+def exit_with_server() -> None:
+    """Ask Linux to send this worker SIGTERM when its server process dies. BentoML starts
+    each worker in a session of its own, so a server killed by SIGKILL (or the OOM killer)
+    would leave its workers orphaned, still answering on the port; with this they drain the
+    prediction log and exit instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    server = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != server:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def request_id_for(ctx: bentoml.Context) -> str:
@@ -165,6 +193,43 @@ class BatchBodyLimit:
         await self.app(scope, receive, send)
 
 
+class KeepAliveRecycler:
+    """Asks a keep-alive client to reconnect once its connection is `max_age_seconds` old
+    (as nginx's keepalive_time does). The workers share one listening socket, and a
+    connection stays with the worker that accepted it: a few long-lived connections (a
+    batch client, a load generator) can all land on one worker while the other idles. On
+    reconnecting, the worker that is free to accept takes the connection, so load spreads."""
+
+    def __init__(self, app: ASGIApp, max_age_seconds: float = 5.0) -> None:
+        self.app = app
+        self.max_age_seconds = max_age_seconds
+        self._opened: dict[tuple[str, int], float] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] != "http" or not client:
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        opened = self._opened.setdefault((client[0], client[1]), now)
+        if now - opened < self.max_age_seconds:
+            await self.app(scope, receive, send)
+            return
+        del self._opened[(client[0], client[1])]
+        if len(self._opened) > 4096:  # forget closed connections; a live one just restarts
+            self._opened = {
+                key: at for key, at in self._opened.items() if now - at < self.max_age_seconds
+            }
+
+        async def send_with_close(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_close)
+
+
 # --- /metadata and /admin/reload: plain Starlette routes mounted beside the APIs -------
 
 
@@ -213,12 +278,16 @@ async def reload_endpoint(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     try:
         previous, current = await anyio.to_thread.run_sync(
-            service.served_model.reload, reload_request.tag
+            service.model_sync.reload, reload_request.tag
         )
     except ModelNotFound as error:
         return _error(404, str(error), serving=service.served_model.current.tag)
     except ModelRefused as error:
         return _error(422, f"model refused: {error}", serving=service.served_model.current.tag)
+    except ReloadSuperseded as error:
+        return _error(409, str(error), serving=service.served_model.current.tag)
+    except ReloadNotPropagated as error:
+        return _error(504, str(error), serving=service.served_model.current.tag)
     logger.info("model reloaded: %s -> %s", previous.tag, current.tag)
     return JSONResponse(
         {
@@ -241,20 +310,24 @@ admin_app = Starlette(
 @bentoml.asgi_app(admin_app, path="/")
 @bentoml.service(
     name="credit_score_service",
-    workers=1,
+    workers=settings.api_workers(),
     traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/predict$", "/predict_batch$"]},
 )
 class CreditScoreService:
     """Serves `credit_score_classifier` models from the BentoML store."""
 
     def __init__(self) -> None:
+        exit_with_server()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
-        tag = settings.api_model_tag()
-        try:
-            predictor = load_predictor(tag)
-        except (ModelNotFound, ModelRefused) as error:
-            raise RuntimeError(f"the prediction service cannot start: {error}") from error
+        # Shared by the workers of this server (their parent process).
+        state_dir = settings.api_worker_state_dir(process_identity(os.getppid()))
+        remove_dead_state_dirs(state_dir.parent)
+        predictor = self._initial_predictor(ModelSync.desired_in(state_dir))
         self.served_model = ServedModel(predictor, load_predictor)
+        self.model_sync = ModelSync(self.served_model, state_dir)
+        self.model_sync.join()
         url = settings.feature_store_url()
         try:
             init_schema(url).dispose()
@@ -265,6 +338,19 @@ class CreditScoreService:
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
 
+    @staticmethod
+    def _initial_predictor(agreed_tag: str | None) -> Predictor:
+        """The model the other workers serve (after a reload), else the configured one."""
+        if agreed_tag:
+            try:
+                return load_predictor(agreed_tag)
+            except (ModelNotFound, ModelRefused) as error:
+                logger.error("cannot load %s, which the other workers serve: %s", agreed_tag, error)
+        try:
+            return load_predictor(settings.api_model_tag())
+        except (ModelNotFound, ModelRefused) as error:
+            raise RuntimeError(f"the prediction service cannot start: {error}") from error
+
     def __is_alive__(self) -> bool:
         return self.prediction_log.alive
 
@@ -273,6 +359,7 @@ class CreditScoreService:
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
+        self.model_sync.stop()
         self.prediction_log.close()
 
     def model_metadata(self) -> ModelMetadata:
@@ -332,3 +419,4 @@ class CreditScoreService:
 
 
 CreditScoreService.add_asgi_middleware(BatchBodyLimit)
+CreditScoreService.add_asgi_middleware(KeepAliveRecycler)

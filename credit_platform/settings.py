@@ -21,12 +21,19 @@ PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
 API_MODEL_TAG_ENV = "CREDIT_API_MODEL_TAG"
 API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
+TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
+API_WORKERS_ENV = "CREDIT_API_WORKERS"
 
 MODEL_NAME = "credit_score_classifier"
 DEFAULT_EXPERIMENT = "credit_score_classification"
 DEFAULT_PARTITIONS_START = "2025-01-01"
+# Named training grids (values in credit_platform.assets.model.GRID_PRESETS): "seed" is the
+# course's 3 x 3 x 3 grid, "small" two trials for demos, UI smoke runs and small machines.
+TRAINING_GRIDS = ("seed", "small")
+DEFAULT_TRAINING_GRID = "seed"
 DEFAULT_API_PORT = 3000
 DEFAULT_API_MAX_BATCH_ROWS = 5000
+DEFAULT_API_WORKERS = 2
 
 
 def platform_home() -> Path:
@@ -75,12 +82,11 @@ def api_model_tag() -> str:
     return os.environ.get(API_MODEL_TAG_ENV) or f"{MODEL_NAME}:latest"
 
 
-def api_max_batch_rows() -> int:
-    """Upper bound on rows in one /predict_batch request."""
-    raw = os.environ.get(API_MAX_BATCH_ROWS_ENV)
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
     if not raw:
-        return DEFAULT_API_MAX_BATCH_ROWS
-    problem = f"{API_MAX_BATCH_ROWS_ENV} must be a positive integer, not {raw!r}"
+        return default
+    problem = f"{name} must be a positive integer, not {raw!r}"
     try:
         value = int(raw)
     except ValueError as error:
@@ -90,10 +96,36 @@ def api_max_batch_rows() -> int:
     return value
 
 
+def api_max_batch_rows() -> int:
+    """Upper bound on rows in one /predict_batch request."""
+    return _positive_int(API_MAX_BATCH_ROWS_ENV, DEFAULT_API_MAX_BATCH_ROWS)
+
+
+def api_workers() -> int:
+    """Worker processes of one prediction service (a reload reaches every one of them)."""
+    return _positive_int(API_WORKERS_ENV, DEFAULT_API_WORKERS)
+
+
+def api_worker_state_dir(server_identity: str) -> Path:
+    """Where the workers of one running service agree on the model to serve (see
+    `api.model_sync`); `server_identity` names the server process."""
+    return platform_home() / "run" / f"api-workers-{server_identity}"
+
+
 def prediction_spool_dir() -> Path:
     """Where the prediction log spools rows (fsync'd JSON lines) while the database is down."""
     raw = os.environ.get(PREDICTION_SPOOL_DIR_ENV)
     return Path(raw).expanduser() if raw else platform_home() / "spool"
+
+
+def training_grid() -> str:
+    """The grid a training run uses when its run config names none (e.g. Materialize in the UI)."""
+    name = os.environ.get(TRAINING_GRID_ENV) or DEFAULT_TRAINING_GRID
+    if name not in TRAINING_GRIDS:
+        raise ValueError(
+            f"{TRAINING_GRID_ENV} must be one of {', '.join(TRAINING_GRIDS)}, not {name!r}"
+        )
+    return name
 
 
 def partitions_start() -> str:

@@ -1,0 +1,245 @@
+"""One model for every worker of a service: a reload received by one worker reaches all.
+
+BentoML runs each worker in its own process, and `/admin/reload` lands on one of them.
+The workers of one server (same parent process) share a small state directory:
+
+- `desired.json` — the tag every worker must serve, written (atomically) by the worker
+  that accepted a reload, after it loaded and smoke-tested the model itself;
+- `worker-<pid>.json` — what each worker serves now (and a tag it failed to load, if any).
+
+Each worker polls `desired.json` (a stat every `poll_seconds`) and swaps off the request
+path when it changes. The reloading worker answers only once every live worker reports the
+new tag, so after a 200 every worker serves it and `/metadata` agrees whichever answers.
+A worker that starts later (or is restarted) loads the desired tag, not its start tag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.predictor import ModelNotFound, ModelRefused, Predictor, ServedModel
+
+logger = logging.getLogger(__name__)
+
+DESIRED_FILE = "desired.json"
+_WORKER_FILE = re.compile(r"^worker-(\d+)\.json$")
+_STATE_DIR = re.compile(r"^api-workers-(\d+-\d+)$")
+
+
+class ReloadNotPropagated(RuntimeError):
+    """The reloading worker swapped, but not every worker followed in time."""
+
+
+class ReloadSuperseded(RuntimeError):
+    """A concurrent reload to another tag won while this one waited."""
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    pid: int
+    tag: str
+    failed_tag: str | None = None
+    error: str | None = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write-then-rename, so a reader sees the old content or the new, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload))
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def process_identity(pid: int) -> str:
+    """ "<pid>-<start time>": unique even when a pid is reused (a container restart gives the
+    server the same pid, and a stale agreement must not be adopted)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+    except (OSError, IndexError):
+        start = "0"
+    return f"{pid}-{start}"
+
+
+def remove_dead_state_dirs(run_dir: Path) -> None:
+    """State directories of servers that are gone (their identity is in the name)."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        match = _STATE_DIR.match(path.name)
+        if match:
+            pid = int(match.group(1).split("-")[0])
+            if not _pid_alive(pid) or process_identity(pid) != match.group(1):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class ModelSync:
+    """This worker's side of the agreement; `start()` begins following `desired.json`."""
+
+    def __init__(self, served: ServedModel, state_dir: Path, poll_seconds: float = 0.1) -> None:
+        self.served = served
+        self.state_dir = Path(state_dir)
+        self.poll_seconds = poll_seconds
+        self.pid = os.getpid()
+        self._lock = threading.Lock()  # one swap at a time in this process
+        self._stop = threading.Event()
+        self._failed: tuple[str, str] | None = None
+        self._seen: tuple[int, int, int] | None = None
+        self._thread = threading.Thread(target=self._follow, name="model-sync", daemon=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def desired_path(self) -> Path:
+        return self.state_dir / DESIRED_FILE
+
+    @property
+    def worker_path(self) -> Path:
+        return self.state_dir / f"worker-{self.pid}.json"
+
+    def desired_tag(self) -> str | None:
+        return self.desired_in(self.state_dir)
+
+    @staticmethod
+    def desired_in(state_dir: Path) -> str | None:
+        desired = _read_json(Path(state_dir) / DESIRED_FILE)
+        return desired.get("tag") if desired else None
+
+    def join(self) -> None:
+        """At start: adopt the tag the other workers agreed on, or make ours the agreement
+        when this worker is the first. Then report and start following."""
+        try:
+            fd = os.open(self.desired_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps({"tag": self.served.current.tag}))
+        self._apply_desired()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.worker_path.unlink(missing_ok=True)
+
+    def workers(self) -> list[WorkerState]:
+        """The live workers of this server and what each serves."""
+        found = []
+        for path in sorted(self.state_dir.iterdir()):
+            match = _WORKER_FILE.match(path.name)
+            if not match or not _pid_alive(int(match.group(1))):
+                continue
+            state = _read_json(path)
+            if state:
+                found.append(WorkerState(pid=int(match.group(1)), **state))
+        return found
+
+    # --- reload (the worker that received /admin/reload) ---------------------------------
+
+    def reload(self, tag: str | None, timeout: float = 120.0) -> tuple[Predictor, Predictor]:
+        """Load and smoke-test here, publish, wait until every live worker serves it.
+        Raises ModelNotFound/ModelRefused (nothing changed), ReloadSuperseded, or
+        ReloadNotPropagated; a model another worker refuses is rolled back everywhere."""
+        with self._lock:
+            previous, current = self.served.reload(tag)
+            _write_json(self.desired_path, {"tag": current.tag})
+            self._report()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.desired_tag() != current.tag:
+                raise ReloadSuperseded(
+                    f"a concurrent reload to {self.desired_tag()} replaced {current.tag}"
+                )
+            states = self.workers()
+            refused = [state for state in states if state.failed_tag == current.tag]
+            if refused:
+                self._roll_back(previous.tag)
+                state = refused[0]
+                raise ModelRefused(
+                    f"worker {state.pid} could not load {current.tag}: {state.error}; "
+                    f"every worker is back on {previous.tag}"
+                )
+            lagging = [state for state in states if state.tag != current.tag]
+            if not lagging:
+                return previous, current
+            if time.monotonic() > deadline:
+                raise ReloadNotPropagated(
+                    f"{current.tag} is published, but after {timeout:.0f}s worker(s) "
+                    + ", ".join(f"{state.pid} ({state.tag})" for state in lagging)
+                    + " still serve another model"
+                )
+            time.sleep(0.02)
+
+    def _roll_back(self, tag: str) -> None:
+        with self._lock:
+            _write_json(self.desired_path, {"tag": tag})
+            self.served.reload(tag)
+            self._report()
+
+    # --- following (every worker) --------------------------------------------------------
+
+    def _report(self) -> None:
+        state: dict = {"tag": self.served.current.tag}
+        if self._failed is not None:
+            state["failed_tag"], state["error"] = self._failed
+        _write_json(self.worker_path, state)
+
+    def _apply_desired(self) -> None:
+        with self._lock:
+            tag = self.desired_tag()
+            already_failed = self._failed is not None and self._failed[0] == tag
+            if tag and tag != self.served.current.tag and not already_failed:
+                try:
+                    previous, current = self.served.reload(tag)
+                except (ModelNotFound, ModelRefused) as error:
+                    logger.error("worker %s cannot serve %s: %s", self.pid, tag, error)
+                    self._failed = (tag, str(error))
+                else:
+                    self._failed = None
+                    logger.info(
+                        "worker %s follows the reload: %s -> %s",
+                        self.pid,
+                        previous.tag,
+                        current.tag,
+                    )
+            self._report()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                stat = self.desired_path.stat()
+            except FileNotFoundError:
+                continue
+            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename is a new inode
+            if seen == self._seen:
+                continue
+            self._seen = seen
+            try:
+                self._apply_desired()
+            except Exception:  # never let the follower die: the next change retries
+                logger.exception("worker %s failed to follow the desired model", self.pid)

@@ -1,0 +1,252 @@
+"""What every benchmark shares: its own platform home, the machine description, results
+files, throw-away MariaDB databases, a model trained from the shared Kaggle sample, and
+server processes started in their own process group.
+
+Import this module before anything from `credit_platform` or BentoML: it pins the
+benchmark's home (CREDIT_BENCH_HOME, default ~/.credit_platform_bench) so a benchmark never
+touches the user's ~/.credit_platform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+KAGGLE_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "kaggle_credit_train_sample.csv"
+# Every Kaggle row is dated in August 2025: this partition's window holds all 10,000.
+KAGGLE_PARTITION = "2025-08-31"
+MARIADB_SERVER_URL = os.environ.get(
+    "CREDIT_BENCH_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306"
+)
+
+
+def bench_home() -> Path:
+    return Path(os.environ.get("CREDIT_BENCH_HOME") or Path.home() / ".credit_platform_bench")
+
+
+def pin_environment() -> dict[str, str]:
+    """Point every platform setting at the benchmark home (in this process, and returned
+    for the subprocesses)."""
+    home = bench_home()
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("FEATURE_STORE_URL", "MLFLOW_TRACKING_URI", "CREDIT_API_URL"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "CREDIT_PLATFORM_HOME": str(home),
+            "BENTOML_HOME": str(home / "bentoml"),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+    )
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = (
+        f"{REPO_ROOT}{os.pathsep}{pythonpath}" if pythonpath else str(REPO_ROOT)
+    )
+    return dict(os.environ)
+
+
+pin_environment()
+
+
+def machine() -> dict:
+    """The machine a figure was measured on, and how busy it was when the run began."""
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(memory_kb / 1024 / 1024, 1),
+        "loadavg_at_start": [round(value, 2) for value in os.getloadavg()],
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def write_results(name: str, figures: dict, *, command: str, started_machine: dict) -> Path:
+    """bench/results/<name>.json: the figures, the command that made them, the machine."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {
+        **figures,
+        "command": command,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**started_machine, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()]},
+    }
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def print_figures(title: str, figures: dict) -> None:
+    print(f"\n{title}")
+    for key, value in figures.items():
+        if isinstance(value, dict | list):
+            continue
+        shown = f"{value:,.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else value
+        print(f"  {key:<28} {shown}")
+
+
+@contextmanager
+def mariadb_database(prefix: str) -> Iterator[str]:
+    """A fresh database on the shared MariaDB server (schema created), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    from credit_platform.db import init_schema
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    server = create_engine(MARIADB_SERVER_URL, connect_args={"connect_timeout": 5})
+    try:
+        with server.begin() as connection:
+            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except Exception as error:
+        raise SystemExit(
+            f"error: the benchmark needs the MariaDB server at {MARIADB_SERVER_URL} "
+            f"(CREDIT_BENCH_MARIADB_URL): {error}"
+        ) from error
+    url = f"{MARIADB_SERVER_URL}/{name}"
+    try:
+        init_schema(url).dispose()
+        yield url
+    finally:
+        with server.begin() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        server.dispose()
+
+
+def run_cli(*args: str, echo: bool = True) -> float:
+    """`credit-platform ARGS` in the benchmark home; returns its wall-clock seconds."""
+    command = [sys.executable, "-m", "credit_platform.cli", *args]
+    if echo:
+        print("$ credit-platform " + " ".join(args), flush=True)
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
+        raise SystemExit(f"error: credit-platform {' '.join(args)} failed")
+    return seconds
+
+
+def ensure_kaggle_store() -> None:
+    """The shared Kaggle sample loaded into the benchmark home's feature store (idempotent)."""
+    if not KAGGLE_SAMPLE.exists():
+        raise SystemExit(f"error: the shared Kaggle sample is missing at {KAGGLE_SAMPLE}")
+    run_cli("seed", "kaggle", str(KAGGLE_SAMPLE), "--quiet")
+
+
+def newest_model_tag() -> str | None:
+    from credit_platform.model_store import list_model_tags
+
+    tags = list_model_tags()
+    return tags[0] if tags else None
+
+
+def ensure_kaggle_model() -> str:
+    """A real model of the Kaggle partition (the CT job, small grid), trained once per home."""
+    tag = newest_model_tag()
+    if tag is None:
+        ensure_kaggle_store()
+        run_cli("materialize", "--partition", KAGGLE_PARTITION, "--grid", "small")
+        tag = newest_model_tag()
+    if tag is None:
+        raise SystemExit("error: training did not save a model")
+    return tag
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        ppid = int(fields.get("PPid", "0").strip())
+        children.setdefault(ppid, []).append(int(entry.name))
+        rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return round(total / 1024, 1)
+
+
+class Server:
+    """A server process in its own process group; `stop()` ends the whole group."""
+
+    def __init__(self, command: list[str], env: dict[str, str], url: str, log_path: Path) -> None:
+        self.url = url
+        self.log_path = log_path
+        with log_path.open("w") as sink:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(
+                    f"error: the server exited ({self.process.returncode}); see {self.log_path}"
+                )
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise SystemExit(f"error: the server was not ready in {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
