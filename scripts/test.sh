@@ -15,6 +15,24 @@ if [ -n "${CI:-}" ] && ! mariadb-admin --host=127.0.0.1 --user=root ping >/dev/n
   fi
 fi
 
+# The browser test drives Debian's chromium (headless; Playwright downloads no browser).
+# Installed once, when missing: as root, or through passwordless sudo.
+install_chromium() {
+  local as_root=()
+  if [ "$(id -u)" != 0 ]; then
+    sudo -n true 2>/dev/null || return 1
+    as_root=(sudo -n)
+  fi
+  command -v apt-get >/dev/null || return 1
+  echo "installing Debian's chromium for the browser test"
+  "${as_root[@]}" apt-get update -qq &&
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+if [ ! -x /usr/bin/chromium ] && ! install_chromium; then
+  echo "warning: chromium is missing and could not be installed (needs apt-get and root or" \
+    "sudo); the browser test skips, or fails when CI is set" >&2
+fi
+
 .venv/bin/ruff check credit_platform credit_platform_tests api
 .venv/bin/credit-platform sql --check
 exec .venv/bin/python -m pytest "$@"

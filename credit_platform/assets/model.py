@@ -5,6 +5,7 @@ validation accuracy becomes a new version of the registered model and a new
 `credit_score_classifier` in the BentoML store (with the scalers it was trained with).
 """
 
+import copy
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
+from credit_platform import settings
 from credit_platform.assets.split import SPLIT_COLUMN, TRAIN, VALID
 from credit_platform.features import TARGET
 from credit_platform.model_input import Scalers, prepare_model_input
@@ -35,17 +37,45 @@ from credit_platform.training import (
 MODEL_ARTIFACT = "model"
 
 
-class TrainingConfig(Config):
-    """The seed grid (3 × 3 × 3) and fit settings; tests shrink the grid and iterations."""
+# The named grids of CREDIT_TRAINING_GRID (and `credit-platform materialize --grid`).
+GRID_PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {
+        "depths": [4, 6, 8],
+        "rsms": [0.5, 0.75, 1.0],
+        "l2_leaf_regs": [1.0, 3.0, 5.0],
+        "iterations": 2000,
+    },
+    "small": {"depths": [4, 6], "rsms": [1.0], "l2_leaf_regs": [3.0], "iterations": 300},
+}
 
-    depths: list[int] = Field(default=[4, 6, 8], description="CatBoost tree depths to try.")
+
+def _grid_default(key: str) -> Any:
+    """Default of a grid field: the CREDIT_TRAINING_GRID preset (the seed grid unless set),
+    read when the code location loads, so the launchpad shows it and a run launched from the
+    UI without config uses it."""
+    return copy.deepcopy(GRID_PRESETS[settings.training_grid()][key])
+
+
+class TrainingConfig(Config):
+    """The grid (default: the CREDIT_TRAINING_GRID preset, the seed's 3 × 3 × 3) and fit
+    settings; tests shrink the grid and iterations."""
+
+    depths: list[int] = Field(
+        default=_grid_default("depths"), description="CatBoost tree depths to try."
+    )
     rsms: list[float] = Field(
-        default=[0.5, 0.75, 1.0], description="Feature subsampling (rsm) values to try."
+        default=_grid_default("rsms"),
+        description="Feature subsampling (rsm) values to try.",
     )
     l2_leaf_regs: list[float] = Field(
-        default=[1.0, 3.0, 5.0], description="L2 leaf regularisation values to try."
+        default=_grid_default("l2_leaf_regs"),
+        description="L2 leaf regularisation values to try.",
     )
-    iterations: int = Field(default=2000, ge=1, description="Upper bound on boosting rounds.")
+    iterations: int = Field(
+        default=_grid_default("iterations"),
+        ge=1,
+        description="Upper bound on boosting rounds.",
+    )
     learning_rate: float = Field(default=0.3, gt=0)
     early_stopping_rounds: int = Field(
         default=50, ge=1, description="Stop after this many rounds without a better valid score."
