@@ -52,6 +52,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
+from api.bentoml_patches import cancel_request_timers  # noqa: E402
 from api.model_sync import (  # noqa: E402
     ModelSync,
     ReloadNotPropagated,
@@ -82,6 +83,8 @@ from api.schemas import (  # noqa: E402
     ReloadRequest,
 )
 from credit_platform.db import init_schema  # noqa: E402
+
+cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
 
 logger = logging.getLogger(__name__)
 

@@ -374,3 +374,45 @@ def test_fuzzed_requests_never_break_the_service(
     finally:
         session.close()
         service.stop()
+
+
+# --- the fix to BentoML's per-request timers (no server) ---------------------------------
+
+
+def test_request_timers_are_cancelled_once_the_response_starts() -> None:
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from api.bentoml_patches import cancel_request_timers
+
+    assert cancel_request_timers()
+
+    async def answer(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def hang(scope, receive, send) -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> tuple[list, list, list]:
+        loop = asyncio.get_running_loop()
+        answered, timed_out = [], []
+
+        async def record(into: list):
+            async def send(message: dict) -> None:
+                into.append(message)
+
+            return send
+
+        middleware = TimeoutMiddleware(answer, timeout=60)
+        for _ in range(50):
+            await middleware({"type": "http"}, None, await record(answered))
+        armed = [handle for handle in loop._scheduled if not handle.cancelled()]
+        await TimeoutMiddleware(hang, timeout=0.05)({"type": "http"}, None, await record(timed_out))
+        return answered, armed, timed_out
+
+    answered, armed, timed_out = asyncio.run(scenario())
+    assert len(answered) == 100
+    assert armed == []  # no 60 s timer outlives its request
+    assert timed_out[0]["status"] == 504  # the timeout itself still works
