@@ -205,6 +205,22 @@ def process_tree_rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each child of `pid` (a server's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 class Server:
     """A server process in its own process group; `stop()` ends the whole group."""
 

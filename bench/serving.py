@@ -30,6 +30,7 @@ from bench.common import (
     REPO_ROOT,
     Server,
     bench_home,
+    children_cpu_seconds,
     ensure_kaggle_model,
     free_port,
     machine,
@@ -262,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"fixed-rate run at {rate}/s (80% of the median {capacity.rps:.0f}/s)", flush=True
             )
+            cpu_before = children_cpu_seconds(server.process.pid)
             latency = run_wrk(wrk, url, "/predict", single, work, **load, rate=rate)
+            cpu_after = children_cpu_seconds(server.process.pid)
+            worker_cpu = sorted(
+                round((cpu_after[pid] - cpu_before.get(pid, 0.0)) / latency.seconds, 2)
+                for pid in cpu_after
+            )
             print("batch run: /predict_batch with 1,000-row bodies", flush=True)
             batches = run_wrk(
                 wrk,
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "socket_errors": sum(run.socket_errors for run in single_runs),
             "answered_2xx": sum(run.ok for run in single_runs),
             "capacity_runs_rps": [round(run.rps, 1) for run in capacity_runs],
+            "fixed_rate_worker_cpu_share": worker_cpu,
             "logged_rows": sum(
                 check["logged_rows"]
                 for name, check in checks.items()
