@@ -16,7 +16,6 @@ from credit_platform.features import (
     CATEGORICAL_FEATURES,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
-    TEXT_FEATURES,
 )
 
 # CatBoost rejects NaN in categorical and text columns; these stand in for "unknown".
@@ -65,11 +64,3 @@ def _strings(values: pd.Series, placeholder: str) -> np.ndarray:
     out = values.astype("object").where(values.notna(), placeholder).astype(str)
     out = out.where(out.str.strip() != "", placeholder)
     return out.to_numpy(dtype=object)
-
-
-def categorical_feature_names() -> list[str]:
-    return list(CATEGORICAL_FEATURES)
-
-
-def text_feature_names() -> list[str]:
-    return list(TEXT_FEATURES)

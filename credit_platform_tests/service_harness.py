@@ -24,13 +24,9 @@ from typing import Any
 
 import requests
 
+from credit_platform_tests.training_fixtures import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- the service ---------------------------------------------------------------------

@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from credit_platform_tests.model_fixtures import (
     train_tiny_model,
     valid_request_payloads,
 )
+from credit_platform_tests.training_fixtures import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -90,12 +90,6 @@ class Server:
                 return [dict(row) for row in connection.execute(query).mappings()]
         finally:
             engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:

@@ -118,6 +118,8 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert metadata["served_model_tag"].value == tags[FIRST]
     assert metadata["bento_tag"].value.startswith("credit_score_service:")
     assert _served_tag(platform) == tags[FIRST]
+    served = ServiceClient(f"http://127.0.0.1:{platform['port']}").served_model()
+    assert served.creation_time.tzinfo is not None
     answer = requests.post(f"http://127.0.0.1:{platform['port']}/metadata", timeout=5).json()
     assert answer["partition"] == FIRST
 
@@ -150,13 +152,6 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert _served_tag(platform) == tags[SECOND]
     materialized = platform["instance"].get_materialized_partitions(AssetKey("deployed_bento"))
     assert REJECTED not in materialized
-
-
-def test_served_creation_time_is_timezone_aware(platform):
-    if _served_tag(platform) is None:
-        pytest.skip("runs after the deploy flow test started the service")
-    served = ServiceClient(f"http://127.0.0.1:{platform['port']}").served_model()
-    assert served.creation_time.tzinfo is not None
 
 
 def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):
