@@ -221,6 +221,23 @@ def children_cpu_seconds(pid: int) -> dict[int, float]:
     return found
 
 
+def process_cpu_seconds(name: str) -> float | None:
+    """CPU seconds used so far by the local process called `name` (e.g. mariadbd), or None
+    when no such process runs here (a server on another machine)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != name:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / ticks
+    return None
+
+
 class Server:
     """A server process in its own process group; `stop()` ends the whole group."""
 

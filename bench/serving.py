@@ -36,6 +36,7 @@ from bench.common import (
     machine,
     mariadb_database,
     print_figures,
+    process_cpu_seconds,
     process_tree_rss_mb,
     write_results,
 )
@@ -219,6 +220,34 @@ def warm_up(wrk: str, url: str, bodies: Path, work: Path) -> None:
     run_wrk(wrk, url, "/predict", bodies, work, threads=1, connections=16, seconds=3)
 
 
+def cpu_per_row(
+    workers_after: dict[int, float],
+    workers_before: dict[int, float],
+    mariadb_after: float | None,
+    mariadb_before: float | None,
+    *,
+    rows: int,
+    seconds: float,
+) -> dict:
+    """Where a batch row's CPU goes: the service's workers and, when it runs on this
+    machine, the MariaDB server (microseconds of CPU per answered row, and cores used)."""
+    worker_seconds = sum(
+        after - workers_before.get(pid, 0.0) for pid, after in workers_after.items()
+    )
+    figures = {
+        "batch_worker_cpu_us_per_row": round(worker_seconds * 1e6 / rows, 1) if rows else None,
+        "batch_worker_cpu_share": sorted(
+            round((after - workers_before.get(pid, 0.0)) / seconds, 2)
+            for pid, after in workers_after.items()
+        ),
+    }
+    if mariadb_after is not None and mariadb_before is not None:
+        used = mariadb_after - mariadb_before
+        figures["batch_mariadb_cpu_us_per_row"] = round(used * 1e6 / rows, 1) if rows else None
+        figures["batch_mariadb_cpu_share"] = round(used / seconds, 2)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20, help="length of each load run")
@@ -226,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument(
         "--capacity-runs", type=int, default=3, help="closed-loop runs; the median is reported"
+    )
+    parser.add_argument(
+        "--batch-connections", type=int, default=8, help="connections of the batch run"
     )
     args = parser.parse_args(argv)
 
@@ -271,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 for pid in cpu_after
             )
             print("batch run: /predict_batch with 1,000-row bodies", flush=True)
+            cpu_before = children_cpu_seconds(server.process.pid)
+            mariadb_before = process_cpu_seconds("mariadbd")
             batches = run_wrk(
                 wrk,
                 url,
@@ -278,8 +312,16 @@ def main(argv: list[str] | None = None) -> int:
                 batch,
                 work,
                 threads=1,
-                connections=4,
+                connections=args.batch_connections,
                 seconds=args.seconds,
+            )
+            batch_cpu = cpu_per_row(
+                children_cpu_seconds(server.process.pid),
+                cpu_before,
+                process_cpu_seconds("mariadbd"),
+                mariadb_before,
+                rows=batches.ok * BATCH_ROWS,
+                seconds=batches.seconds,
             )
             rss_mb = process_tree_rss_mb(server.process.pid)
         finally:
@@ -353,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_rows_per_s": round(batches.ok * BATCH_ROWS / batches.seconds),
             "batch_requests": batches.requests,
             "batch_non_2xx": batches.non_2xx,
+            "batch_connections": args.batch_connections,
+            **batch_cpu,
             "rss_mb": rss_mb,
             "log_checks": checks,
         }

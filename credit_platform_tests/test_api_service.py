@@ -425,7 +425,7 @@ def test_reload_refuses_unknown_tags_and_broken_models(
 
     broken = server.reload(tags.broken)
     assert broken.status_code == 422
-    assert "smoke" in broken.text
+    assert "age (center" in broken.text and "scale 0.0" in broken.text
 
     bad_body = requests.post(
         f"{server.url}/admin/reload",

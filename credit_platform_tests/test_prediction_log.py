@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import event, select
@@ -306,3 +307,89 @@ def test_replay_sets_aside_rows_the_database_refuses(sqlite_url: str, tmp_path: 
     assert rejected["row"]["request_id"] == "no-label"
     assert "NOT NULL" in rejected["error"]
     assert not log.database_down  # one bad row does not stop the log
+
+
+NASTY_TEXT = "it's \"quoted\" \\ back\\slash 100% %s %(x)s \x00 nul\nline ü 😀 '); DROP TABLE t; --"
+
+
+@pytest.mark.parametrize("sql_mode", ["default", "NO_BACKSLASH_ESCAPES"])
+def test_mariadb_literal_inserts_keep_every_character(
+    mariadb_url: str, tmp_path: Path, sql_mode: str
+) -> None:
+    """On MariaDB rows go in as literal values the log renders itself: quotes, backslashes,
+    percent signs, NUL and non-ASCII text must arrive unchanged, whatever the server's
+    sql_mode says about backslashes."""
+    init_schema(mariadb_url).dispose()
+    url = mariadb_url
+    if sql_mode != "default":
+        url += "?init_command=" + quote(f"SET SESSION sql_mode = '{sql_mode}'")
+    row = replace(
+        make_row("nasty-1"),
+        customer_id=NASTY_TEXT[:32],
+        features={"text": NASTY_TEXT, "number": -1.5e-7, "count": 3, "missing": None},
+        model_version=f"credit_score_classifier:{NASTY_TEXT}",
+    )
+    log = PredictionLogger(url, tmp_path / "spool")
+    log.write([row, make_row("plain-2")])
+    log.close()
+
+    assert log.stats.committed_rows == 2 and log.stats.spooled_rows == 0
+    engine = make_engine(mariadb_url)
+    with engine.connect() as connection:
+        stored = (
+            connection.execute(select(log_table).where(log_table.c.request_id == "nasty-1"))
+            .mappings()
+            .one()
+        )
+    engine.dispose()
+    assert stored["customer_id"] == row.customer_id
+    assert stored["features"] == row.features
+    assert stored["model_version"] == row.model_version
+    assert stored["created_at"] == row.created_at
+
+
+def test_large_batches_are_split_into_statements_of_one_transaction(
+    mariadb_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_counter: list[int]
+) -> None:
+    import api.prediction_log as prediction_log
+
+    init_schema(mariadb_url).dispose()
+    monkeypatch.setattr(prediction_log, "MAX_STATEMENT_BYTES", 1_000)
+    rows = [make_row(f"split-{number}") for number in range(40)]
+    statements = prediction_log.mariadb_insert_statements(rows)
+    assert len(statements) >= 8 and all(len(statement) <= 1_000 for statement in statements)
+
+    log = PredictionLogger(mariadb_url, tmp_path / "spool", max_batch_rows=1_000)
+    commits_before = commit_counter[0]
+    log.write(rows)
+    log.close()
+    assert commit_counter[0] - commits_before == 1
+    assert sorted(logged_ids(mariadb_url)) == sorted(row.request_id for row in rows)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"confidence": float("nan")},
+        {"elapsed_ms": float("inf")},
+        {"features": {"age": float("nan")}},
+        {"customer_id": 12345},
+    ],
+    ids=["nan confidence", "infinite elapsed", "nan feature", "number as customer id"],
+)
+def test_a_row_that_cannot_be_stored_fails_alone_on_mariadb(
+    mariadb_url: str, tmp_path: Path, poison: dict
+) -> None:
+    init_schema(mariadb_url).dispose()
+    log = PredictionLogger(mariadb_url, tmp_path / "spool")
+    try:
+        good = log.submit([make_row("good-1")])
+        refused = log.submit([replace(make_row("bad"), **poison)])
+        with pytest.raises(PredictionLogUnavailable, match="refused"):
+            refused.result(timeout=30)
+        good.result(timeout=30)
+        log.write([make_row("good-2")])
+        assert not log.database_down
+    finally:
+        log.close()
+    assert sorted(logged_ids(mariadb_url)) == ["good-1", "good-2"]
