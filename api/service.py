@@ -70,6 +70,7 @@ from api.prediction_log import (  # noqa: E402
     utc_now,
 )
 from api.predictor import (  # noqa: E402
+    CoalescingScorer,
     ModelNotFound,
     ModelRefused,
     Prediction,
@@ -361,6 +362,7 @@ class CreditScoreService:
         remove_dead_state_dirs(state_dir.parent)
         predictor = self._initial_predictor(ModelSync.desired_in(state_dir))
         self.served_model = ServedModel(predictor, load_predictor)
+        self.scorer = CoalescingScorer(self.served_model)
         self.model_sync = ModelSync(self.served_model, state_dir)
         self.model_sync.join()
         url = settings.feature_store_url()
@@ -417,14 +419,15 @@ class CreditScoreService:
         """Score one applicant."""
         started = time.perf_counter()
         request_id = request_id_for(ctx)
-        predictor = self.served_model.current  # this request stays on this model
-        scored = self._score(predictor, [data])
+        features = data.features()
+        # Scored with the rows of concurrent requests; the answer names the model used.
+        predictor, prediction = await self.scorer.score(features)
         elapsed_ms = (time.perf_counter() - started) * 1000
+        scored = Scored([features], [prediction])
         await self._record(
             log_rows(request_id, [data], scored, predictor.tag, elapsed_ms, batch=False)
         )
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
-        (prediction,) = scored.predictions
         return PredictionResponse(
             customer_id=data.customer_id, predict=prediction.label, confidence=prediction.confidence
         )

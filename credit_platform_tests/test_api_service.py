@@ -118,7 +118,7 @@ def payloads(sample: pd.DataFrame) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def tags(sample: pd.DataFrame) -> ModelTags:
-    # A model whose scaler divides by zero: it loads, but cannot score the smoke row.
+    # A model whose age scaler has a zero scale: refused when it is loaded.
     model, scalers = train_tiny_model(sample, iterations=5)
     broken_scaler = copy.deepcopy(scalers["age"])
     broken_scaler.scale_ = np.array([0.0])
