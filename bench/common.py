@@ -136,35 +136,17 @@ def mariadb_database(prefix: str) -> Iterator[str]:
         server.dispose()
 
 
-def _buffer_pool_bytes(connection) -> int:
-    from sqlalchemy import text
-
-    return int(connection.execute(text("SELECT @@GLOBAL.innodb_buffer_pool_size")).scalar())
-
-
-@contextmanager
-def mariadb_buffer_pool(size_mb: int | None) -> Iterator[int]:
-    """Yields the server's InnoDB buffer pool size in MiB. With `size_mb`, the pool is
-    resized for the benchmark (as the compose stack configures it) and put back after."""
+def mariadb_buffer_pool_mb() -> int:
+    """The MariaDB server's InnoDB buffer pool, in MiB (recorded beside the figures)."""
     from sqlalchemy import create_engine, text
 
     server = create_engine(MARIADB_SERVER_URL, connect_args={"connect_timeout": 5})
     try:
-        with server.begin() as connection:
-            original = _buffer_pool_bytes(connection)
-            if size_mb is not None:
-                connection.execute(
-                    text(f"SET GLOBAL innodb_buffer_pool_size = {int(size_mb) * 1024 * 1024}")
-                )
-            current = _buffer_pool_bytes(connection)
-        try:
-            yield current // (1024 * 1024)
-        finally:
-            if size_mb is not None:
-                with server.begin() as connection:
-                    connection.execute(text(f"SET GLOBAL innodb_buffer_pool_size = {original}"))
+        with server.connect() as connection:
+            size = connection.execute(text("SELECT @@GLOBAL.innodb_buffer_pool_size")).scalar()
     finally:
         server.dispose()
+    return int(size) // (1024 * 1024)
 
 
 def run_cli(*args: str, echo: bool = True) -> float:

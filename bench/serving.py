@@ -34,7 +34,7 @@ from bench.common import (
     ensure_kaggle_model,
     free_port,
     machine,
-    mariadb_buffer_pool,
+    mariadb_buffer_pool_mb,
     mariadb_database,
     print_figures,
     process_cpu_seconds,
@@ -260,13 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-connections", type=int, default=8, help="connections of the batch run"
     )
-    parser.add_argument(
-        "--buffer-pool-mb",
-        type=int,
-        default=None,
-        help="resize MariaDB's InnoDB buffer pool for the run (put back afterwards); "
-        "the compose stack uses 1024",
-    )
     args = parser.parse_args(argv)
 
     started_machine = machine()
@@ -278,104 +271,102 @@ def main(argv: list[str] | None = None) -> int:
     load = {"threads": args.threads, "connections": args.connections, "seconds": args.seconds}
     figures: dict = {"model_tag": model_tag, "load": load}
 
-    # Both services run against the same server configuration (resized only on request).
-    with mariadb_buffer_pool(args.buffer_pool_mb) as buffer_pool_mb:
-        figures["mariadb_buffer_pool_mb"] = buffer_pool_mb
-        with mariadb_database("bench_serving") as db_url:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            server = Server(
-                [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(port)],
-                service_env(db_url, model_tag, work / "spool"),
-                url,
-                work / "service.log",
-            )
-            try:
-                server.wait_ready()
-                warm_up(wrk, url, single, work)
-                capacity_runs = []
-                for number in range(args.capacity_runs):
-                    print(
-                        f"capacity run {number + 1}/{args.capacity_runs}: {args.connections} "
-                        f"connections, {args.seconds}s",
-                        flush=True,
-                    )
-                    capacity_runs.append(run_wrk(wrk, url, "/predict", single, work, **load))
-                capacity = sorted(capacity_runs, key=lambda run: run.rps)[len(capacity_runs) // 2]
-                rate = int(capacity.rps * 0.8)
+    figures["mariadb_buffer_pool_mb"] = mariadb_buffer_pool_mb()
+    with mariadb_database("bench_serving") as db_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = Server(
+            [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(port)],
+            service_env(db_url, model_tag, work / "spool"),
+            url,
+            work / "service.log",
+        )
+        try:
+            server.wait_ready()
+            warm_up(wrk, url, single, work)
+            capacity_runs = []
+            for number in range(args.capacity_runs):
                 print(
-                    f"fixed-rate run at {rate}/s (80% of the median {capacity.rps:.0f}/s)",
+                    f"capacity run {number + 1}/{args.capacity_runs}: {args.connections} "
+                    f"connections, {args.seconds}s",
                     flush=True,
                 )
-                cpu_before = children_cpu_seconds(server.process.pid)
-                latency = run_wrk(wrk, url, "/predict", single, work, **load, rate=rate)
-                cpu_after = children_cpu_seconds(server.process.pid)
-                worker_cpu = sorted(
-                    round((cpu_after[pid] - cpu_before.get(pid, 0.0)) / latency.seconds, 2)
-                    for pid in cpu_after
-                )
-                print("batch run: /predict_batch with 1,000-row bodies", flush=True)
-                cpu_before = children_cpu_seconds(server.process.pid)
-                mariadb_before = process_cpu_seconds("mariadbd")
-                batches = run_wrk(
-                    wrk,
-                    url,
-                    "/predict_batch",
-                    batch,
-                    work,
-                    threads=1,
-                    connections=args.batch_connections,
-                    seconds=args.seconds,
-                )
-                batch_cpu = cpu_per_row(
-                    children_cpu_seconds(server.process.pid),
-                    cpu_before,
-                    process_cpu_seconds("mariadbd"),
-                    mariadb_before,
-                    rows=batches.ok * BATCH_ROWS,
-                    seconds=batches.seconds,
-                )
-                rss_mb = process_tree_rss_mb(server.process.pid)
-            finally:
-                server.stop()
-            checks = {
-                **{
-                    f"capacity_{number + 1}": check_log(db_url, run)
-                    for number, run in enumerate(capacity_runs)
-                },
-                "fixed_rate": check_log(db_url, latency),
-                "batch": check_log(db_url, batches, rows_per_request=BATCH_ROWS),
-            }
-
-        with mariadb_database("bench_baseline") as baseline_url:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            baseline = Server(
-                [
-                    sys.executable,
-                    "-m",
-                    "bentoml",
-                    "serve",
-                    "bench.baseline.seed_service:SeedBaselineService",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--working-dir",
-                    str(REPO_ROOT),
-                ],
-                service_env(baseline_url, model_tag, work / "baseline_spool"),
-                url,
-                work / "baseline.log",
+                capacity_runs.append(run_wrk(wrk, url, "/predict", single, work, **load))
+            capacity = sorted(capacity_runs, key=lambda run: run.rps)[len(capacity_runs) // 2]
+            rate = int(capacity.rps * 0.8)
+            print(
+                f"fixed-rate run at {rate}/s (80% of the median {capacity.rps:.0f}/s)",
+                flush=True,
             )
-            try:
-                baseline.wait_ready()
-                warm_up(wrk, url, single, work)
-                print("baseline capacity run (seed-style service, same load)", flush=True)
-                base = run_wrk(wrk, url, "/predict", single, work, **load)
-            finally:
-                baseline.stop()
-            checks["baseline"] = check_log(baseline_url, base)
+            cpu_before = children_cpu_seconds(server.process.pid)
+            latency = run_wrk(wrk, url, "/predict", single, work, **load, rate=rate)
+            cpu_after = children_cpu_seconds(server.process.pid)
+            worker_cpu = sorted(
+                round((cpu_after[pid] - cpu_before.get(pid, 0.0)) / latency.seconds, 2)
+                for pid in cpu_after
+            )
+            print("batch run: /predict_batch with 1,000-row bodies", flush=True)
+            cpu_before = children_cpu_seconds(server.process.pid)
+            mariadb_before = process_cpu_seconds("mariadbd")
+            batches = run_wrk(
+                wrk,
+                url,
+                "/predict_batch",
+                batch,
+                work,
+                threads=1,
+                connections=args.batch_connections,
+                seconds=args.seconds,
+            )
+            batch_cpu = cpu_per_row(
+                children_cpu_seconds(server.process.pid),
+                cpu_before,
+                process_cpu_seconds("mariadbd"),
+                mariadb_before,
+                rows=batches.ok * BATCH_ROWS,
+                seconds=batches.seconds,
+            )
+            rss_mb = process_tree_rss_mb(server.process.pid)
+        finally:
+            server.stop()
+        checks = {
+            **{
+                f"capacity_{number + 1}": check_log(db_url, run)
+                for number, run in enumerate(capacity_runs)
+            },
+            "fixed_rate": check_log(db_url, latency),
+            "batch": check_log(db_url, batches, rows_per_request=BATCH_ROWS),
+        }
+
+    with mariadb_database("bench_baseline") as baseline_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        baseline = Server(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "bench.baseline.seed_service:SeedBaselineService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--working-dir",
+                str(REPO_ROOT),
+            ],
+            service_env(baseline_url, model_tag, work / "baseline_spool"),
+            url,
+            work / "baseline.log",
+        )
+        try:
+            baseline.wait_ready()
+            warm_up(wrk, url, single, work)
+            print("baseline capacity run (seed-style service, same load)", flush=True)
+            base = run_wrk(wrk, url, "/predict", single, work, **load)
+        finally:
+            baseline.stop()
+        checks["baseline"] = check_log(baseline_url, base)
 
     single_runs = (*capacity_runs, latency)
     figures.update(
