@@ -11,8 +11,10 @@ from datetime import date, timedelta
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -30,6 +32,10 @@ from credit_platform.schema import credit_score
 
 CONTINUOUS_TRAINING_JOB = "continuous_training"
 DEPLOY_JOB = "deploy_model"
+# A deploy run that fails is requested again, under a new run key, up to this many attempts
+# in all for one model (and one outage); then the sensor waits for a newer model.
+MAX_DEPLOY_ATTEMPTS = 3
+DEPLOY_KEY_TAG = "credit_platform/deploy_key"
 # More new days than this in one tick means a bulk load: request the newest days only
 # and leave the rest to a backfill, instead of flooding the run queue.
 MAX_DAYS_PER_TICK = 7
@@ -136,7 +142,8 @@ def deploy_decision(
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests deployed_bento for the newest model that passed its quality check "
-    "when it is newer than what the API serves at /metadata, or when the API is down.",
+    "when it is newer than what the API serves at /metadata, or when the API is down; a "
+    f"failed deploy is requested again, up to {MAX_DEPLOY_ATTEMPTS} attempts per model.",
 )
 def deploy_sensor(
     context: SensorEvaluationContext,
@@ -160,15 +167,43 @@ def deploy_sensor(
     should_deploy, reason = deploy_decision(candidate, _model_creation_time(candidate), served)
     if not should_deploy:
         return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
-    run_key = f"deploy:{candidate}" + (f":outage:{outage}" if served is None else "")
-    context.log.info(reason)
+    deploy_key = f"deploy:{candidate}" + (f":outage:{outage}" if served is None else "")
+    failed = _failed_deploys(context, deploy_key)
+    if failed >= MAX_DEPLOY_ATTEMPTS:
+        return SensorResult(
+            skip_reason=SkipReason(
+                f"{reason}, but its deploy failed {failed} times: see the failed "
+                f"{DEPLOY_JOB} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a newer model, "
+                "or a deploy started by hand, goes on"
+            ),
+            cursor=cursor,
+        )
+    # The same key while an attempt is queued or running (Dagster launches a key once).
+    run_key = deploy_key if failed == 0 else f"{deploy_key}:retry:{failed}"
+    context.log.info(reason + (f" (attempt {failed + 1})" if failed else ""))
     return SensorResult(
         run_requests=[
             RunRequest(
                 run_key=run_key,
                 partition_key=partition,
-                tags={"credit_platform/model_tag": candidate, "credit_platform/reason": reason},
+                tags={
+                    "credit_platform/model_tag": candidate,
+                    "credit_platform/reason": reason,
+                    DEPLOY_KEY_TAG: deploy_key,
+                },
             )
         ],
         cursor=cursor,
+    )
+
+
+def _failed_deploys(context: SensorEvaluationContext, deploy_key: str) -> int:
+    """How many deploy runs for this key failed or were cancelled."""
+    return len(
+        context.instance.get_run_records(
+            filters=RunsFilter(
+                tags={DEPLOY_KEY_TAG: deploy_key},
+                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+            )
+        )
     )

@@ -3,6 +3,7 @@ sensors evaluated with Dagster's sensor contexts."""
 
 import json
 import os
+import uuid
 from datetime import date
 
 import pytest
@@ -10,6 +11,8 @@ import requests
 from dagster import (
     AssetKey,
     AssetMaterialization,
+    DagsterRun,
+    DagsterRunStatus,
     build_sensor_context,
     instance_for_test,
     materialize,
@@ -23,7 +26,13 @@ from credit_platform.deployment import ServiceClient, stop_service
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform.resources.feature_store import FeatureStoreResource
 from credit_platform.resources.prediction_service import PredictionServiceResource
-from credit_platform.sensors import deploy_sensor, new_data_sensor
+from credit_platform.sensors import (
+    DEPLOY_JOB,
+    DEPLOY_KEY_TAG,
+    MAX_DEPLOY_ATTEMPTS,
+    deploy_sensor,
+    new_data_sensor,
+)
 from credit_platform.settings import ADMIN_TOKEN_ENV
 from credit_platform_tests.training_fixtures import free_port, tiny_grid, training_resources
 
@@ -94,6 +103,18 @@ def _tick(platform, cursor=None):
     return deploy_sensor(context)
 
 
+def _record_failed_deploy(platform, request) -> None:
+    """What the daemon leaves when the run it launched for `request` fails."""
+    platform["instance"].add_run(
+        DagsterRun(
+            job_name=DEPLOY_JOB,
+            run_id=str(uuid.uuid4()),
+            status=DagsterRunStatus.FAILURE,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+        )
+    )
+
+
 def _served_tag(platform) -> str | None:
     served = platform["resources"]["prediction_service"].client().served_model()
     return served.tag if served else None
@@ -129,6 +150,23 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
         (f"deploy:{tags[SECOND]}", SECOND)
     ]
     assert json.loads(newer.cursor) == {}
+    assert newer.run_requests[0].tags[DEPLOY_KEY_TAG] == f"deploy:{tags[SECOND]}"
+
+    # 3b. A failed deploy is requested again under a new key (the same key while that
+    # attempt runs), up to MAX_DEPLOY_ATTEMPTS; then the sensor says why it waits.
+    request = newer.run_requests[0]
+    for attempt in range(1, MAX_DEPLOY_ATTEMPTS):
+        _record_failed_deploy(platform, request)
+        retry = _tick(platform, cursor=newer.cursor)
+        assert [r.run_key for r in retry.run_requests] == [f"deploy:{tags[SECOND]}:retry:{attempt}"]
+        assert [r.run_key for r in _tick(platform, cursor=newer.cursor).run_requests] == [
+            retry.run_requests[0].run_key
+        ]
+        request = retry.run_requests[0]
+    _record_failed_deploy(platform, request)
+    given_up = _tick(platform, cursor=newer.cursor)
+    assert given_up.run_requests == []
+    assert f"failed {MAX_DEPLOY_ATTEMPTS} times" in given_up.skip_reason.skip_message
 
     # 4. Deploying it hot-swaps the running service.
     second = _deploy(platform, SECOND)
