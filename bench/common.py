@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -189,12 +187,6 @@ def ensure_kaggle_model() -> str:
     return tag
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def process_tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
     children: dict[int, list[int]] = {}
@@ -249,50 +241,3 @@ def process_cpu_seconds(name: str) -> float | None:
             continue
         return (int(fields[11]) + int(fields[12])) / ticks
     return None
-
-
-class Server:
-    """A server process in its own process group; `stop()` ends the whole group."""
-
-    def __init__(self, command: list[str], env: dict[str, str], url: str, log_path: Path) -> None:
-        self.url = url
-        self.log_path = log_path
-        with log_path.open("w") as sink:
-            self.process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(
-                    f"error: the server exited ({self.process.returncode}); see {self.log_path}"
-                )
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"error: the server was not ready in {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from bench.common import (
     REPO_ROOT,
-    Server,
     ensure_kaggle_model,
-    free_port,
     machine,
     mariadb_database,
     print_figures,
@@ -28,6 +26,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import service_env
+from credit_platform_tests.service_harness import ServiceProcess
 
 SEED = {"rps": 32.3, "p50_ms": 76, "p95_ms": 260, "p99_ms": 430, "requests": 3618, "failures": 4}
 
@@ -46,14 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     model_tag = ensure_kaggle_model()
     work = Path(tempfile.mkdtemp(prefix="credit_bench_locust_"))
     with mariadb_database("bench_locust") as db_url:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = Server(
-            [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(port)],
-            service_env(db_url, model_tag, work / "spool"),
-            url,
-            work / "service.log",
+        server = ServiceProcess(
+            service_env(db_url, model_tag, work / "spool"), work / "service.log"
         )
+        url = server.url
         try:
             server.wait_ready()
             print(f"locust: 100 users, 5/s, 1-5 s waits, {args.run_time}", flush=True)

@@ -28,11 +28,9 @@ from pathlib import Path
 from bench.common import (
     KAGGLE_SAMPLE,
     REPO_ROOT,
-    Server,
     bench_home,
     children_cpu_seconds,
     ensure_kaggle_model,
-    free_port,
     machine,
     mariadb_buffer_pool_mb,
     mariadb_database,
@@ -41,6 +39,8 @@ from bench.common import (
     process_tree_rss_mb,
     write_results,
 )
+from credit_platform_tests.service_harness import ServiceProcess
+from credit_platform_tests.training_fixtures import free_port
 
 LUA = REPO_ROOT / "bench" / "wrk" / "load.lua"
 BATCH_ROWS = 1000
@@ -273,14 +273,10 @@ def main(argv: list[str] | None = None) -> int:
 
     figures["mariadb_buffer_pool_mb"] = mariadb_buffer_pool_mb()
     with mariadb_database("bench_serving") as db_url:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = Server(
-            [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(port)],
-            service_env(db_url, model_tag, work / "spool"),
-            url,
-            work / "service.log",
+        server = ServiceProcess(
+            service_env(db_url, model_tag, work / "spool"), work / "service.log"
         )
+        url = server.url
         try:
             server.wait_ready()
             warm_up(wrk, url, single, work)
@@ -340,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with mariadb_database("bench_baseline") as baseline_url:
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        baseline = Server(
-            [
+        baseline = ServiceProcess(
+            service_env(baseline_url, model_tag, work / "baseline_spool"),
+            work / "baseline.log",
+            port=port,
+            command=[
                 sys.executable,
                 "-m",
                 "bentoml",
@@ -355,10 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--working-dir",
                 str(REPO_ROOT),
             ],
-            service_env(baseline_url, model_tag, work / "baseline_spool"),
-            url,
-            work / "baseline.log",
         )
+        url = baseline.url
         try:
             baseline.wait_ready()
             warm_up(wrk, url, single, work)

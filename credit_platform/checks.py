@@ -8,7 +8,6 @@ downstream of `credit_score_model` (the deployment) in the same run.
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -20,6 +19,7 @@ from dagster import (
 from pydantic import Field
 
 from credit_platform.assets.model import credit_score_model
+from credit_platform.deployment import ServiceClient
 from credit_platform.partitions import daily_partitions
 from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.resources.prediction_service import PredictionServiceResource
@@ -80,18 +80,11 @@ def judge_model(
 def served_champion(api_url: str, timeout: float) -> Champion | None:
     """The served model's validation accuracy from GET /metadata, or None when the API is down
     or does not report one."""
-    try:
-        response = requests.get(f"{api_url}/metadata", timeout=timeout)
-        response.raise_for_status()
-        body = response.json()
-    except (requests.RequestException, ValueError):
+    served = ServiceClient(api_url, timeout).served_model()
+    accuracy = served.metrics.get("val_accuracy") if served else None
+    if served is None or type(accuracy) not in (int, float):
         return None
-    metrics = body.get("metrics") if isinstance(body, dict) else None
-    accuracy = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
-    if not isinstance(accuracy, int | float):
-        return None
-    served = body.get("model_version") or body.get("version") or "model"
-    return Champion(float(accuracy), f"served {served} at {api_url}")
+    return Champion(float(accuracy), f"served {served.tag} at {api_url}")
 
 
 def registry_champion(mlflow_tracking: MlflowTrackingResource) -> Champion | None:

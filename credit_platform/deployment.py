@@ -61,15 +61,16 @@ class ServiceClient:
             return False
 
     def served_model(self) -> ServedModel | None:
-        """None when the service does not answer or reports no usable model."""
+        """None when the service does not answer or reports no usable model (a body that
+        is not JSON, or lacks the version or its creation time)."""
         try:
             response = requests.get(f"{self.api_url}/metadata", timeout=self.timeout)
         except requests.RequestException:
             return None
         if response.status_code != 200:
             return None
-        body = response.json()
         try:
+            body = response.json()
             return ServedModel(
                 tag=body["model_version"],
                 creation_time=parse_creation_time(body["creation_time"]),

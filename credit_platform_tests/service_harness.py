@@ -53,13 +53,22 @@ def descendants(pid: int) -> list[int]:
 
 
 class ServiceProcess:
-    """`python -m api.cli` (the serve command) in a new session, with its workers."""
+    """`python -m api.cli` (the serve command) in a new session, with its workers; or, with
+    `command`, another server answering /readyz on `port` (the benchmarks' baseline)."""
 
-    def __init__(self, env: dict[str, str], output: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        output: Path,
+        port: int | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = output
-        command = [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(self.port)]
+        if command is None:
+            command = [sys.executable, "-m", "api.cli", "--host", "127.0.0.1"]
+            command += ["--port", str(self.port)]
         with output.open("a") as sink:
             self.process = subprocess.Popen(
                 command,

@@ -85,6 +85,15 @@ def test_the_minimum_applies_even_when_the_champion_is_worse():
 # --- where the champion comes from ------------------------------------------------------
 
 
+def metadata(model_version: str, val_accuracy: object) -> dict:
+    """A /metadata body as the service answers it (the fields the check reads)."""
+    return {
+        "model_version": model_version,
+        "creation_time": "2025-02-03T10:00:00+00:00",
+        "metrics": {"val_accuracy": val_accuracy},
+    }
+
+
 @contextmanager
 def stub_api(body: object, status: int = 200) -> Iterator[str]:
     """A tiny HTTP server answering GET /metadata with `body`, on a free port."""
@@ -112,8 +121,7 @@ def stub_api(body: object, status: int = 200) -> Iterator[str]:
 
 
 def test_the_served_models_accuracy_comes_from_metadata():
-    body = {"model_version": "credit_score_classifier:abc", "metrics": {"val_accuracy": 0.61}}
-    with stub_api(body) as url:
+    with stub_api(metadata("credit_score_classifier:abc", 0.61)) as url:
         champion = served_champion(url, timeout=2)
     assert champion == Champion(0.61, f"served credit_score_classifier:abc at {url}")
 
@@ -121,11 +129,14 @@ def test_the_served_models_accuracy_comes_from_metadata():
 @pytest.mark.parametrize(
     ("body", "status"),
     [
-        ({"model_version": "x", "metrics": {}}, 200),
-        ({"metrics": {"val_accuracy": "high"}}, 200),
+        ({**metadata("x", 0.9), "metrics": {}}, 200),
+        (metadata("x", "high"), 200),
+        ({**metadata("x", 0.9), "creation_time": "2025-02-03T10:00:00"}, 200),  # naive time
+        ({"metrics": {"val_accuracy": 0.9}}, 200),
         (b"not json", 200),
-        ({"metrics": {"val_accuracy": 0.9}}, 503),
+        (metadata("x", 0.9), 503),
     ],
+    ids=["no accuracy", "accuracy not a number", "naive time", "no version", "not JSON", "503"],
 )
 def test_a_served_model_without_a_usable_accuracy_is_no_champion(body, status):
     with stub_api(body, status) as url:
@@ -138,7 +149,7 @@ def test_a_down_api_is_no_champion():
 
 def test_the_served_model_wins_over_the_registry(tmp_path, sqlite_url):
     tracking = training_resources(tmp_path, sqlite_url)["mlflow_tracking"]
-    with stub_api({"model_version": "served", "metrics": {"val_accuracy": 0.7}}) as url:
+    with stub_api(metadata("served", 0.7)) as url:
         assert current_champion(url, 2, tracking).accuracy == 0.7
     # nothing served and nothing registered: no champion at all
     assert current_champion(f"http://127.0.0.1:{free_port()}", 1, tracking) is None
@@ -229,7 +240,7 @@ def test_a_passing_check_lets_deployment_run_and_crowns_the_champion(training_se
 
 
 def test_a_model_much_worse_than_the_served_one_is_blocked(training_setup, monkeypatch):
-    served = {"model_version": "credit_score_classifier:best", "metrics": {"val_accuracy": 0.99}}
+    served = metadata("credit_score_classifier:best", 0.99)
     with stub_api(served) as url:
         training_setup["prediction_service"] = PredictionServiceResource(api_url=url)
         result = _run(training_setup)
