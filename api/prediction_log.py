@@ -199,14 +199,25 @@ def execute_literal_inserts(connection: Connection, rows: Sequence[PredictionLog
     statements = mariadb_insert_statements(
         rows, backslash_escapes=not status & _NO_BACKSLASH_ESCAPES
     )
-    dbapi = connection.dialect.loaded_dbapi
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
     with dbapi_connection.cursor() as cursor:
         for statement in statements:
             try:
                 cursor.execute(statement)
+            except UnicodeError as error:  # a lone surrogate cannot be sent as UTF-8
+                raise RowNotEncodable(f"a value cannot be sent to the database: {error}") from error
             except dbapi.Error as error:
+                lost = dialect.is_disconnect(error, dbapi_connection, cursor)
+                if lost:  # as SQLAlchemy would: the pool must not hand this connection out
+                    connection.invalidate(error)
                 raise DBAPIError.instance(
-                    f"{statement[:300]} ...", None, error, dbapi.Error, dialect=connection.dialect
+                    f"{statement[:300]} ...",
+                    None,
+                    error,
+                    dbapi.Error,
+                    connection_invalidated=lost,
+                    dialect=dialect,
                 ) from error
 
 

@@ -374,8 +374,17 @@ def test_large_batches_are_split_into_statements_of_one_transaction(
         {"elapsed_ms": float("inf")},
         {"features": {"age": float("nan")}},
         {"customer_id": 12345},
+        {"customer_id": "CUS_\ud800"},
+        {"features": {"occupation": "\udfff"}},
     ],
-    ids=["nan confidence", "infinite elapsed", "nan feature", "number as customer id"],
+    ids=[
+        "nan confidence",
+        "infinite elapsed",
+        "nan feature",
+        "number as customer id",
+        "lone surrogate in a column",
+        "lone surrogate in the features",
+    ],
 )
 def test_a_row_that_cannot_be_stored_fails_alone_on_mariadb(
     mariadb_url: str, tmp_path: Path, poison: dict
