@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -48,6 +49,10 @@ def serve_environment(model_tag: str | None) -> dict[str, str]:
     return env
 
 
+class ModelNotSavedYet(click.ClickException):
+    """The store holds no model to serve (yet): `--wait-for-model` waits for one."""
+
+
 def check_model_exists(tag: str) -> None:
     """Fail before starting the server when the model to serve is not in the store."""
     from api.predictor import ModelNotFound, normalize_tag
@@ -60,12 +65,26 @@ def check_model_exists(tag: str) -> None:
     saved = list_model_tags()
     where = f"the BentoML store at {settings.bentoml_home()}"
     if not saved:
-        raise click.ClickException(
+        raise ModelNotSavedYet(
             f"no {settings.MODEL_NAME} model in {where}: train one first "
             "(materialize credit_score_model)"
         )
     if not full_tag.endswith(":latest") and full_tag not in saved:
-        raise click.ClickException(f"no model {full_tag} in {where}; saved: {', '.join(saved[:5])}")
+        raise ModelNotSavedYet(f"no model {full_tag} in {where}; saved: {', '.join(saved[:5])}")
+
+
+def wait_for_model(tag: str, interval: float) -> None:
+    """Return once the model to serve is in the store, checking every `interval` seconds;
+    a malformed tag still fails at once."""
+    while True:
+        try:
+            check_model_exists(tag)
+            return
+        except ModelNotSavedYet as error:
+            click.echo(
+                f"waiting for a model ({error.message}); next look in {interval:g} s", err=True
+            )
+        time.sleep(interval)
 
 
 @click.command()
@@ -84,11 +103,23 @@ def check_model_exists(tag: str) -> None:
     help="Model to serve first, e.g. credit_score_classifier:<version> "
     f"(default: {settings.API_MODEL_TAG_ENV} or the newest saved model).",
 )
-def serve(port: int, host: str, model_tag: str | None) -> None:
+@click.option(
+    "--wait-for-model",
+    "wait_seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="When the store has no model to serve yet, look again every SECONDS instead of "
+    "exiting (a new stack whose first model is still training).",
+)
+def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | None) -> None:
     """Serve predictions over HTTP (BentoML; /predict, /predict_batch, /metadata, /admin/reload)."""
     env = serve_environment(model_tag)
     os.environ[settings.BENTOML_HOME_ENV] = env[settings.BENTOML_HOME_ENV]
-    check_model_exists(model_tag or settings.api_model_tag())
+    tag = model_tag or settings.api_model_tag()
+    if wait_seconds is not None:
+        wait_for_model(tag, wait_seconds)
+    check_model_exists(tag)
     if not settings.admin_token():
         click.echo(
             f"note: {settings.ADMIN_TOKEN_ENV} is not set, so /admin/reload is disabled", err=True

@@ -525,7 +525,7 @@ def test_reload_refuses_when_no_admin_token_is_configured(
     assert "not configured" in response.json()["error"]
 
 
-def test_serve_command_refuses_an_unknown_model_tag() -> None:
+def test_serve_command_refuses_an_unknown_model_tag(tags: ModelTags) -> None:
     from click.testing import CliRunner
 
     from api.cli import serve
@@ -533,6 +533,61 @@ def test_serve_command_refuses_an_unknown_model_tag() -> None:
     result = CliRunner().invoke(serve, ["--model-tag", "credit_score_classifier:missing"])
     assert result.exit_code != 0
     assert "credit_score_classifier:missing" in result.output
+
+
+def test_serve_waits_for_a_first_model(tags: ModelTags, tmp_path: Path) -> None:
+    """`serve --wait-for-model` on an empty store waits instead of exiting (a new stack's
+    API container), and serves the first model once it is saved."""
+    import shutil
+
+    import bentoml
+
+    store = tmp_path / "bentoml"
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(store),
+        "FEATURE_STORE_URL": f"sqlite:///{tmp_path / 'log.db'}",
+        "CREDIT_PREDICTION_SPOOL_DIR": str(tmp_path / "spool"),
+        "CREDIT_API_WORKERS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("CREDIT_API_MODEL_TAG", None)
+    output = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "api.cli", "--port", str(port), "--wait-for-model", "0.5"]
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for a model" not in output.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, output.read_text()
+            time.sleep(0.2)
+        time.sleep(1.5)  # several looks later it is still waiting, not gone
+        assert process.poll() is None, output.read_text()
+        assert "no credit_score_classifier model" in output.read_text()
+
+        saved = bentoml.models.get(tags.first)  # the first training run saves a model
+        version_dir = store / "models" / saved.tag.name / saved.tag.version
+        shutil.copytree(saved.path, version_dir)
+        (version_dir.parent / "latest").write_text(saved.tag.version)
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert process.poll() is None, output.read_text()
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=2)
+                if answer.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.25)
+        assert answer.json()["model_version"] == tags.first
+    finally:
+        stop(process)
 
 
 # --- shutdown (last: it stops the module's server) --------------------------------------
