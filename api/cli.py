@@ -117,9 +117,10 @@ def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | Non
     env = serve_environment(model_tag)
     os.environ[settings.BENTOML_HOME_ENV] = env[settings.BENTOML_HOME_ENV]
     tag = model_tag or settings.api_model_tag()
-    if wait_seconds is not None:
+    if wait_seconds is None:
+        check_model_exists(tag)
+    else:
         wait_for_model(tag, wait_seconds)
-    check_model_exists(tag)
     if not settings.admin_token():
         click.echo(
             f"note: {settings.ADMIN_TOKEN_ENV} is not set, so /admin/reload is disabled", err=True

@@ -296,11 +296,8 @@ class CoalescingScorer:
         self.rows += len(waiting)
         try:
             predictions = predictor.predict([features for features, _ in waiting])
-        except Exception as error:
-            if len(waiting) == 1:
-                _settle(waiting[0][1], error=error)
-                return
-            # One row broke the group: score each alone, so only its own request fails.
+        except Exception:
+            # A row broke the group: score each alone, so only its own request fails.
             for features, future in waiting:
                 try:
                     (prediction,) = predictor.predict([features])

@@ -199,11 +199,9 @@ def deploy_sensor(
 
 def _failed_deploys(context: SensorEvaluationContext, deploy_key: str) -> int:
     """How many deploy runs for this key failed or were cancelled."""
-    return len(
-        context.instance.get_run_records(
-            filters=RunsFilter(
-                tags={DEPLOY_KEY_TAG: deploy_key},
-                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
-            )
+    return context.instance.get_runs_count(
+        filters=RunsFilter(
+            tags={DEPLOY_KEY_TAG: deploy_key},
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
         )
     )

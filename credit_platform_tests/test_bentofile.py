@@ -5,10 +5,10 @@ installed, pinned as in pyproject.toml."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 import tomllib
-from fnmatch import fnmatch
 from importlib.metadata import packages_distributions, requires
 from pathlib import Path
 
@@ -24,14 +24,11 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def included_files() -> list[Path]:
-    files = sorted(path for path in REPO_ROOT.glob("**/*.py") if ".venv" not in path.parts)
-    patterns = BENTOFILE["include"]
-    return [
-        path
-        for path in files
-        if any(fnmatch(str(path.relative_to(REPO_ROOT)), pattern) for pattern in patterns)
-    ]
+@functools.cache
+def included_files() -> tuple[Path, ...]:
+    """The Python files the bentofile's include patterns pack."""
+    found = {path for pattern in BENTOFILE["include"] for path in REPO_ROOT.glob(pattern)}
+    return tuple(sorted(path for path in found if path.suffix == ".py"))
 
 
 def imports_of(path: Path) -> set[str]:
