@@ -44,8 +44,8 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from credit_platform.db import make_engine, redacted
-from credit_platform.schema import credit_predictions_api_log
+from credit_platform.core.db import make_engine, redacted
+from credit_platform.core.schema import credit_predictions_api_log
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `Predictor` wraps one loaded `ModelBundle`. It turns feature rows into the model's input
 without a pandas DataFrame, a column at a time (numbers scaled with numpy exactly as
-`credit_platform.model_input.prepare_model_input` scales), and calls CatBoost's
+`credit_platform.core.model_input.prepare_model_input` scales), and calls CatBoost's
 `predict_proba` once per request on the calling thread: the label is the argmax over
 `model.classes_`, the confidence its probability. A test holds this path equal to the
 reference one.
@@ -25,15 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from credit_platform.features import (
+from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     LABELS,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
 )
-from credit_platform.model_input import MISSING_CATEGORY, MISSING_TEXT
-from credit_platform.model_store import ModelBundle, load_model_bundle
-from credit_platform.settings import MODEL_NAME
+from credit_platform.core.model_input import MISSING_CATEGORY, MISSING_TEXT
+from credit_platform.core.model_store import (
+    ModelBundle,
+    ModelNotFound,
+    load_model_bundle,
+    normalize_tag,
+)
 
 # A plausible applicant every model must score before it may serve.
 SMOKE_ROW: dict[str, Any] = {
@@ -69,10 +73,6 @@ CATBOOST_THREADS = 1
 
 class ModelRefused(RuntimeError):
     """A model was loaded but cannot serve (it failed the smoke test)."""
-
-
-class ModelNotFound(LookupError):
-    """No model with the requested tag is in the BentoML store."""
 
 
 @dataclass(frozen=True)
@@ -204,19 +204,6 @@ class Predictor:
             "creation_time": self.bundle.creation_time.isoformat(),
             "loaded_at": self.loaded_at.isoformat(),
         }
-
-
-def normalize_tag(tag: str | None) -> str:
-    """ "v1", "credit_score_classifier:v1", "latest" or None -> a full tag of our model."""
-    if tag is None or not tag.strip() or tag.strip() == "latest":
-        return f"{MODEL_NAME}:latest"
-    tag = tag.strip()
-    if ":" not in tag:
-        return f"{MODEL_NAME}:{tag}"
-    name = tag.split(":", 1)[0]
-    if name != MODEL_NAME:
-        raise ModelNotFound(f"this service serves {MODEL_NAME} models, not {name!r}")
-    return tag
 
 
 def load_predictor(tag: str | None) -> Predictor:

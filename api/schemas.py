@@ -9,7 +9,7 @@ The other eleven must be present and valid.
 Numbers must be JSON numbers (a string or a boolean is refused), finite (the ``NaN`` and
 ``Infinity`` tokens are refused), and in range: counts are never negative, age is 14-100
 years, rates and ratios are percentages. Integer fields accept integral floats (``3.0``) but
-not fractions. Categories must be one of the values in `credit_platform.features`, and
+not fractions. Categories must be one of the values in `credit_platform.core.features`, and
 ``type_of_loan`` must list known loan types. Unknown fields are refused.
 
 Validation is a large share of the CPU a 1,000-row batch costs, so the checks run inside
@@ -35,8 +35,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from credit_platform import settings
-from credit_platform.features import (
+from credit_platform.core import settings
+from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
     FLOAT_FEATURES,
     INTEGER_FEATURES,
@@ -48,7 +48,7 @@ from credit_platform.features import (
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
-from credit_platform.schema import ID_LENGTH, TEXT_LENGTH
+from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
 
 # Money amounts beyond this are data errors (the Kaggle sentinel -3.33e26), not customers.
 MAX_AMOUNT = 1e12
@@ -218,7 +218,7 @@ class BatchPredictRequest(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    """The seed's response: the customer, the predicted label and its probability."""
+    """The answer: the customer, the predicted label and its probability."""
 
     customer_id: str
     predict: Label

@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from credit_platform import settings
+from credit_platform.core import settings
 
 settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
 
@@ -86,7 +86,7 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
-from credit_platform.db import init_schema  # noqa: E402
+from credit_platform.core.db import init_schema  # noqa: E402
 
 cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
 

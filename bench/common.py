@@ -112,7 +112,7 @@ def mariadb_database(prefix: str) -> Iterator[str]:
     """A fresh database on the shared MariaDB server (schema created), dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    from credit_platform.db import init_schema
+    from credit_platform.core.db import init_schema
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     server = create_engine(MARIADB_SERVER_URL, connect_args={"connect_timeout": 5})
@@ -149,7 +149,7 @@ def mariadb_buffer_pool_mb() -> int:
 
 def run_cli(*args: str, echo: bool = True) -> float:
     """`credit-platform ARGS` in the benchmark home; returns its wall-clock seconds."""
-    command = [sys.executable, "-m", "credit_platform.cli", *args]
+    command = [sys.executable, "-m", "credit_platform.cli.main", *args]
     if echo:
         print("$ credit-platform " + " ".join(args), flush=True)
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def ensure_kaggle_store() -> None:
 
 
 def newest_model_tag() -> str | None:
-    from credit_platform.model_store import list_model_tags
+    from credit_platform.core.model_store import list_model_tags
 
     tags = list_model_tags()
     return tags[0] if tags else None

@@ -33,8 +33,8 @@ def generate(url: str) -> dict:
     """1,000,000 labels and features; returns how long each step took."""
     from sqlalchemy import text
 
-    from credit_platform.db import make_engine
-    from credit_platform.features import MODEL_FEATURES
+    from credit_platform.core.db import make_engine
+    from credit_platform.core.features import MODEL_FEATURES
     from credit_platform.ingest.synthetic import seed_synthetic
 
     engine = make_engine(url)
@@ -81,8 +81,8 @@ def generate(url: str) -> dict:
 
 def build(url: str, base_dt: date) -> tuple[float, int]:
     """One partition exactly as the asset builds it: one transaction."""
-    from credit_platform.db import make_engine
-    from credit_platform.feature_target_sql import build_partition
+    from credit_platform.core.db import make_engine
+    from credit_platform.core.feature_target_sql import build_partition
 
     engine = make_engine(url)
     started = time.perf_counter()
@@ -95,8 +95,8 @@ def build(url: str, base_dt: date) -> tuple[float, int]:
 
 def query_plan(url: str, base_dt: date) -> list[str]:
 
-    from credit_platform.db import make_engine
-    from credit_platform.feature_target_sql import insert_partition_statement, window_start_for
+    from credit_platform.core.db import make_engine
+    from credit_platform.core.feature_target_sql import insert_partition_statement, window_start_for
 
     engine = make_engine(url)
     select_part = insert_partition_statement().select

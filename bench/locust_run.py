@@ -26,7 +26,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import service_env
-from credit_platform_tests.service_harness import ServiceProcess
+from credit_platform.core.service_process import ServiceProcess
 
 SEED = {"rps": 32.3, "p50_ms": 76, "p95_ms": 260, "p99_ms": 430, "requests": 3618, "failures": 4}
 

@@ -26,7 +26,7 @@ from locust import HttpUser, between, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from credit_platform.features import (  # noqa: E402
+from credit_platform.core.features import (  # noqa: E402
     CREDIT_MIX_VALUES,
     LOAN_TYPES,
     OCCUPATION_VALUES,

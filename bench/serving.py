@@ -39,8 +39,7 @@ from bench.common import (
     process_tree_rss_mb,
     write_results,
 )
-from credit_platform_tests.service_harness import ServiceProcess
-from credit_platform_tests.training_fixtures import free_port
+from credit_platform.core.service_process import ServiceProcess, free_port
 
 LUA = REPO_ROOT / "bench" / "wrk" / "load.lua"
 BATCH_ROWS = 1000
@@ -98,7 +97,7 @@ class WrkRun:
 def write_bodies(directory: Path) -> tuple[Path, Path]:
     """Request bodies from valid rows of the shared Kaggle sample: single rows, and
     1,000-row batches."""
-    from credit_platform_tests.model_fixtures import load_sample, valid_request_payloads
+    from api.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     single = directory / "single.jsonl"
@@ -177,7 +176,7 @@ def run_wrk(
 def logged_request_ids(url: str, prefix: str) -> list[str]:
     from sqlalchemy import create_engine, select
 
-    from credit_platform.schema import credit_predictions_api_log as log
+    from credit_platform.core.schema import credit_predictions_api_log as log
 
     engine = create_engine(url)
     try:

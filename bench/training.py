@@ -36,8 +36,8 @@ def grid_summary(tag: str) -> dict:
     """Trials and grid time from MLflow (the runs nested under the model's parent run)."""
     from mlflow import MlflowClient
 
-    from credit_platform import settings
-    from credit_platform.model_store import load_model_bundle
+    from credit_platform.core import settings
+    from credit_platform.core.model_store import load_model_bundle
 
     bundle = load_model_bundle(tag)
     parent_id = bundle.metadata["mlflow_parent_run_id"]

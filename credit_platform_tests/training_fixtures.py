@@ -6,7 +6,6 @@ them reaches a meaningful validation accuracy in a handful of boosting rounds.
 
 from __future__ import annotations
 
-import socket
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from dagster import FilesystemIOManager
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
-from credit_platform.features import (
+from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
     LOAN_TYPES,
     MODEL_FEATURES,
@@ -24,11 +23,11 @@ from credit_platform.features import (
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
-from credit_platform.io_managers import PartitionedParquetIOManager
-from credit_platform.resources.feature_store import FeatureStoreResource
-from credit_platform.resources.mlflow_tracking import MlflowTrackingResource
-from credit_platform.resources.prediction_service import PredictionServiceResource
-from credit_platform.schema import credit_score_features_target
+from credit_platform.core.schema import credit_score_features_target
+from credit_platform.defs.io_managers import PartitionedParquetIOManager
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
+from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 
 
 def synthetic_partition(base_dt: date, rows: int = 300, seed: int = 7) -> pd.DataFrame:
@@ -104,13 +103,6 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     return value
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for a stub API, or a URL that must not answer)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def training_resources(tmp_path: Path, feature_store_url: str) -> dict:

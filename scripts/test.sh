@@ -33,6 +33,6 @@ if [ ! -x /usr/bin/chromium ] && ! install_chromium; then
     "sudo); the browser test skips, or fails when CI is set" >&2
 fi
 
-.venv/bin/ruff check credit_platform credit_platform_tests api
+.venv/bin/ruff check credit_platform credit_platform_tests api bench
 .venv/bin/credit-platform sql --check
 exec .venv/bin/python -m pytest "$@"

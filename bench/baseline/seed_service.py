@@ -19,7 +19,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from credit_platform import settings
+from credit_platform.core import settings
 
 settings.export_bentoml_home()
 
@@ -30,9 +30,9 @@ from pydantic import BaseModel  # noqa: E402
 from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, create_engine  # noqa: E402
 from sqlalchemy.orm import Session, declarative_base  # noqa: E402
 
-from credit_platform.features import CATEGORICAL_FEATURES, TEXT_FEATURES  # noqa: E402
-from credit_platform.model_input import MISSING_CATEGORY, MISSING_TEXT  # noqa: E402
-from credit_platform.model_store import load_model_bundle  # noqa: E402
+from credit_platform.core.features import CATEGORICAL_FEATURES, TEXT_FEATURES  # noqa: E402
+from credit_platform.core.model_input import MISSING_CATEGORY, MISSING_TEXT  # noqa: E402
+from credit_platform.core.model_store import load_model_bundle  # noqa: E402
 
 Base = declarative_base()
 

@@ -43,7 +43,7 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from credit_platform.features import (
+from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
     INTEGER_FEATURES,
     LOAN_TYPES,
@@ -51,7 +51,7 @@ from credit_platform.features import (
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
-from credit_platform.schema import ID_LENGTH, TEXT_LENGTH
+from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
 
 PLAUSIBLE_RANGES = MappingProxyType(
     {

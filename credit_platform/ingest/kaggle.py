@@ -22,7 +22,7 @@ from types import MappingProxyType
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from credit_platform.features import (
+from credit_platform.core.features import (
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from credit_platform.features import (
+from credit_platform.core.features import (
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,

@@ -22,14 +22,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from credit_platform.db import redacted
+from credit_platform.core.db import redacted
+from credit_platform.core.schema import credit_score, credit_score_features, customer_info
 from credit_platform.ingest.cleaning import (
     PLAUSIBLE_RANGES,
     REASONS,
     SENTINEL_DESCRIPTIONS,
     CleaningLog,
 )
-from credit_platform.schema import credit_score, credit_score_features, customer_info
 
 SOURCE_TABLES: tuple[Table, ...] = (customer_info, credit_score, credit_score_features)
 DEFAULT_CHUNK_ROWS = 2_000

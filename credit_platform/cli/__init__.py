@@ -1,0 +1,1 @@
+"""The `credit-platform` command: the operator's layer on top of everything else."""

@@ -1,0 +1,3 @@
+from credit_platform.cli.main import main
+
+main()

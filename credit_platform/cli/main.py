@@ -1,0 +1,207 @@
+"""`credit-platform`: set up the store, load data, run the pipeline, serve, open the UIs."""
+
+import os
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import click
+
+from credit_platform.core import settings
+from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
+from credit_platform.core.service_control import ensure_local_admin_token
+
+REPO_ROOT = settings.REPO_ROOT
+SQL_DIR = REPO_ROOT / "sql"
+
+
+def generated_sql_files() -> dict[Path, str]:
+    """Every file under sql/ that is rendered from the Python source of truth."""
+    from credit_platform.core.feature_target_sql import rendered_sql
+
+    return {
+        SQL_DIR / "schema_mariadb.sql": render_ddl("mariadb"),
+        SQL_DIR / "schema_sqlite.sql": render_ddl("sqlite"),
+        SQL_DIR / "feature_target_build.sql": rendered_sql(),
+    }
+
+
+def prepare_environment() -> None:
+    """Pin the embedded defaults in this process: Dagster's instance and BentoML's store
+    live under the platform home unless the environment says otherwise."""
+    home = settings.platform_home()
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_config = dagster_home / "dagster.yaml"
+    if not instance_config.exists():
+        instance_config.write_text(
+            "# Embedded Dagster instance made by credit-platform: runs, events and schedules\n"
+            "# are kept in SQLite files beside this file.\n"
+        )
+    settings.export_bentoml_home()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    ensure_local_admin_token()
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """Credit-score MLOps platform (Dagster + CatBoost + MLflow + BentoML)."""
+    prepare_environment()
+
+
+@main.command()
+@click.option("--db-url", default=None, help="Feature store URL (default: FEATURE_STORE_URL).")
+@click.option(
+    "--print-ddl",
+    type=click.Choice(["mariadb", "sqlite"]),
+    default=None,
+    help="Print the schema DDL for a dialect instead of applying it.",
+)
+def init(db_url: str | None, print_ddl: str | None) -> None:
+    """Create the feature store database and its tables (safe to repeat)."""
+    if print_ddl:
+        click.echo(render_ddl(print_ddl), nl=False)
+        return
+    url = db_url or settings.feature_store_url()
+    try:
+        init_schema(url).dispose()
+    except FeatureStoreUnavailable as error:
+        fail(str(error))
+    click.echo(f"feature store ready: {redacted(url)}")
+
+
+@main.command()
+@click.option("--write", "mode", flag_value="write", help="Rewrite the files under sql/.")
+@click.option("--check", "mode", flag_value="check", default=True, help="Fail if sql/ is stale.")
+def sql(mode: str) -> None:
+    """Render sql/ from the schema and the feature-target build (the Python is the source)."""
+    stale = []
+    for path, text in generated_sql_files().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if mode == "write":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            click.echo(f"wrote {path.relative_to(REPO_ROOT)}")
+        else:
+            stale.append(str(path.relative_to(REPO_ROOT)))
+    if stale:
+        fail(f"stale generated SQL: {', '.join(stale)}; run `credit-platform sql --write`")
+
+
+def _partition_range(start: str, end: str | None) -> list[str]:
+    first = date.fromisoformat(start)
+    last = date.fromisoformat(end) if end else first
+    if last < first:
+        raise click.BadParameter(f"--end {last} is before --partition {first}")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+@main.command()
+@click.option("--partition", "start", required=True, help="Partition day YYYY-MM-DD.")
+@click.option("--end", default=None, help="Last day of a range (inclusive): one run per day.")
+@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+def materialize(start: str, end: str | None, grid: str) -> None:
+    """Run the continuous-training job for one partition or a range, recorded in the
+    Dagster instance (DAGSTER_HOME) so the runs show up in the UI."""
+    from credit_platform.cli.pipeline_runs import run_training_partitions
+
+    try:
+        partitions = _partition_range(start, end)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    failures = run_training_partitions(partitions, grid=grid, echo=click.echo)
+    if failures:
+        fail(f"{len(failures)} partition(s) failed: {', '.join(failures)}")
+
+
+def _venv_tool(name: str) -> str:
+    """A console script installed beside this interpreter (the project's .venv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@main.command()
+@click.option("--port", default=3001, show_default=True, help="Port of the Dagster UI.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui(port: int, host: str) -> None:
+    """Start `dagster dev` (webserver + daemon) on this checkout and the platform's instance."""
+    command = [
+        _venv_tool("dagster"),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-p",
+        str(port),
+        "-h",
+        host,
+    ]
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    os.chdir(REPO_ROOT)
+    os.execvp(command[0], command)
+
+
+@main.command(name="mlflow-ui")
+@click.option("--port", default=5000, show_default=True, help="Port of the MLflow UI.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def mlflow_ui(port: int, host: str) -> None:
+    """Start the MLflow UI on the platform's tracking store."""
+    command = [
+        _venv_tool("mlflow"),
+        "ui",
+        "--backend-store-uri",
+        settings.mlflow_tracking_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    click.echo(f"MLflow UI on http://{host}:{port} ({redacted(settings.mlflow_tracking_uri())})")
+    os.execvp(command[0], command)
+
+
+@main.command()
+@click.option("--customers", default=200, show_default=True, help="Synthetic customers.")
+@click.option("--days", default=35, show_default=True, help="Days of synthetic history.")
+@click.option("--start", default="2025-01-01", show_default=True, help="First synthetic day.")
+@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+def demo(customers: int, days: int, start: str, grid: str) -> None:
+    """Load synthetic data, train the newest partition, serve its model, ask for a prediction."""
+    from credit_platform.cli.demo import run_demo
+
+    try:
+        run_demo(customers=customers, days=days, start=date.fromisoformat(start), grid=grid)
+    except (FeatureStoreUnavailable, RuntimeError) as error:
+        fail(str(error))
+
+
+@main.command()
+@click.option("--port", default=settings.DEFAULT_API_PORT, show_default=True)
+def stop(port: int) -> None:
+    """Stop a prediction service that a deploy or the demo started in the background."""
+    from credit_platform.core.service_control import stop_service
+
+    if stop_service(port):
+        click.echo(f"stopped the prediction service on port {port}")
+    else:
+        click.echo(f"no background prediction service recorded for port {port}")
+
+
+def _register_subcommands() -> None:
+    from credit_platform.cli.seed import seed
+    from credit_platform.cli.serve import serve
+
+    main.add_command(seed)
+    main.add_command(serve)
+
+
+_register_subcommands()
+
+if __name__ == "__main__":
+    main()

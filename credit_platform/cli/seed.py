@@ -1,0 +1,97 @@
+"""`credit-platform seed ...`: fill the feature store from synthetic data or a Kaggle CSV.
+
+Both commands create missing tables first, print the load summary, and turn every expected
+failure (unreadable CSV, wrong columns, unreachable database) into one line on stderr and
+exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from credit_platform.core import settings
+from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
+from credit_platform.ingest.writer import IngestError, IngestSummary, IngestWriteError
+
+DB_URL_HELP = "Feature store URL (default: FEATURE_STORE_URL or the embedded SQLite file)."
+
+
+def _run_load(db_url: str | None, load: Callable) -> None:
+    """Open the store (creating missing tables), run `load(engine)`, print its summary."""
+    url = db_url or settings.feature_store_url()
+    engine = None
+    try:
+        engine = init_schema(url)
+        summary: IngestSummary = load(engine)
+    except (FeatureStoreUnavailable, IngestError, IngestWriteError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except SQLAlchemyError as error:
+        reason = getattr(error, "orig", None) or error
+        click.echo(f"error: the feature store at {redacted(url)} failed: {reason}", err=True)
+        sys.exit(1)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    click.echo(f"feature store: {redacted(url)}")
+    click.echo(summary.render())
+
+
+@click.group()
+def seed() -> None:
+    """Load source data (labels, features, customer info) into the feature store."""
+
+
+@seed.command("synthetic")
+@click.option("--customers", type=click.IntRange(min=1), required=True, help="Customers.")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Days from --start.")
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    required=True,
+    help="First day, YYYY-MM-DD.",
+)
+@click.option("--seed", "seed_value", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--db-url", default=None, help=DB_URL_HELP)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synthetic_command(
+    customers: int, days: int, start: datetime, seed_value: int, db_url: str | None, quiet: bool
+) -> None:
+    """Generate CUSTOMERS x DAYS seeded rows (one per customer per day) and store them.
+
+    Rerunning writes nothing new; a longer run adds only the missing days.
+    """
+    from credit_platform.ingest.synthetic import seed_synthetic
+
+    _run_load(
+        db_url,
+        lambda engine: seed_synthetic(
+            engine,
+            customers=customers,
+            days=days,
+            start=start.date(),
+            seed=seed_value,
+            progress=not quiet,
+        ),
+    )
+
+
+@seed.command("kaggle")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--year", type=int, default=2025, show_default=True, help="Year for the months.")
+@click.option("--db-url", default=None, help=DB_URL_HELP)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def kaggle_command(path: Path, year: int, db_url: str | None, quiet: bool) -> None:
+    """Clean and store a Kaggle "Credit score classification" CSV (raw or partly cleaned).
+
+    Rows are spread over the days of their month in YEAR; a reload writes nothing new.
+    """
+    from credit_platform.ingest.kaggle import load_kaggle_csv
+
+    _run_load(db_url, lambda engine: load_kaggle_csv(path, engine, year=year, progress=not quiet))

@@ -1,0 +1,131 @@
+"""`credit-platform serve`: start the prediction service on the platform's settings.
+
+It replaces itself with `python -m bentoml serve api.service:CreditScoreService`, so a
+signal sent to the command (Ctrl+C, SIGTERM from a supervisor) reaches BentoML directly
+and the service drains its prediction log before it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from credit_platform.core import settings
+
+REPO_ROOT = settings.REPO_ROOT
+SERVICE = "api.service:CreditScoreService"
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    """The BentoML command line that runs the service from the repository root."""
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(REPO_ROOT),
+    ]
+
+
+def serve_environment(model_tag: str | None) -> dict[str, str]:
+    """This process's environment with the platform defaults pinned for the service."""
+    env = dict(os.environ)
+    env[settings.BENTOML_HOME_ENV] = str(settings.bentoml_home())
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    if model_tag:
+        env[settings.API_MODEL_TAG_ENV] = model_tag
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
+    return env
+
+
+class ModelNotSavedYet(click.ClickException):
+    """The store holds no model to serve (yet): `--wait-for-model` waits for one."""
+
+
+def check_model_exists(tag: str) -> None:
+    """Fail before starting the server when the model to serve is not in the store."""
+    from credit_platform.core.model_store import ModelNotFound, list_model_tags, normalize_tag
+
+    try:
+        full_tag = normalize_tag(tag)
+    except ModelNotFound as error:
+        raise click.ClickException(str(error)) from error
+    saved = list_model_tags()
+    where = f"the BentoML store at {settings.bentoml_home()}"
+    if not saved:
+        raise ModelNotSavedYet(
+            f"no {settings.MODEL_NAME} model in {where}: train one first "
+            "(materialize credit_score_model)"
+        )
+    if not full_tag.endswith(":latest") and full_tag not in saved:
+        raise ModelNotSavedYet(f"no model {full_tag} in {where}; saved: {', '.join(saved[:5])}")
+
+
+def wait_for_model(tag: str, interval: float) -> None:
+    """Return once the model to serve is in the store, checking every `interval` seconds;
+    a malformed tag still fails at once."""
+    while True:
+        try:
+            check_model_exists(tag)
+            return
+        except ModelNotSavedYet as error:
+            click.echo(
+                f"waiting for a model ({error.message}); next look in {interval:g} s", err=True
+            )
+        time.sleep(interval)
+
+
+@click.command()
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=settings.DEFAULT_API_PORT, show_default=True
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Use 0.0.0.0 to listen on every interface.",
+)
+@click.option(
+    "--model-tag",
+    default=None,
+    help="Model to serve first, e.g. credit_score_classifier:<version> "
+    f"(default: {settings.API_MODEL_TAG_ENV} or the newest saved model).",
+)
+@click.option(
+    "--wait-for-model",
+    "wait_seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="When the store has no model to serve yet, look again every SECONDS instead of "
+    "exiting (a new stack whose first model is still training).",
+)
+def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | None) -> None:
+    """Serve predictions over HTTP (BentoML; /predict, /predict_batch, /metadata, /admin/reload)."""
+    env = serve_environment(model_tag)
+    os.environ[settings.BENTOML_HOME_ENV] = env[settings.BENTOML_HOME_ENV]
+    tag = model_tag or settings.api_model_tag()
+    if wait_seconds is None:
+        check_model_exists(tag)
+    else:
+        wait_for_model(tag, wait_seconds)
+    if not settings.admin_token():
+        click.echo(
+            f"note: {settings.ADMIN_TOKEN_ENV} is not set, so /admin/reload is disabled", err=True
+        )
+    command = serve_command(host, port)
+    os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,128 @@
+"""The trained model as it lives in the BentoML model store: the one seam between
+training and serving.
+
+A saved `credit_score_classifier` carries everything the service needs: the CatBoost
+model, the scalers fit with it (custom object), and metadata naming its training
+partition, validation metrics, params and MLflow run. The service never reads a
+date-named folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from catboost import CatBoostClassifier
+
+from credit_platform.core.model_input import Scalers
+from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
+
+SCALERS_KEY = "scalers"
+PARTITION_LABEL = "partition"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded model with the scalers trained with it and what is known about it."""
+
+    tag: str
+    model: CatBoostClassifier
+    scalers: Scalers
+    metadata: dict[str, Any]
+    creation_time: datetime  # timezone-aware UTC, as BentoML records it
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+    @property
+    def partition(self) -> str | None:
+        return self.metadata.get("partition")
+
+
+def save_model_bundle(
+    model: CatBoostClassifier,
+    scalers: Scalers,
+    *,
+    partition: str,
+    metrics: dict[str, float],
+    params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Save the model with its scalers; returns the tag "credit_score_classifier:<version>"."""
+    export_bentoml_home()
+    import bentoml
+
+    metadata: dict[str, Any] = {
+        "partition": partition,
+        "metrics": {name: float(value) for name, value in metrics.items()},
+        "params": {name: _plain(value) for name, value in params.items()},
+        "classes": [str(label) for label in model.classes_],
+        **(extra or {}),
+    }
+    saved = bentoml.catboost.save_model(
+        MODEL_NAME,
+        model,
+        labels={PARTITION_LABEL: partition},
+        metadata=metadata,
+        custom_objects={SCALERS_KEY: scalers},
+        signatures={"predict_proba": {"batchable": False}},
+    )
+    return str(saved.tag)
+
+
+class ModelNotFound(LookupError):
+    """No model with the requested tag is in the BentoML store."""
+
+
+def normalize_tag(tag: str | None) -> str:
+    """ "v1", "credit_score_classifier:v1", "latest" or None -> a full tag of our model."""
+    if tag is None or not tag.strip() or tag.strip() == "latest":
+        return f"{MODEL_NAME}:latest"
+    tag = tag.strip()
+    if ":" not in tag:
+        return f"{MODEL_NAME}:{tag}"
+    name = tag.split(":", 1)[0]
+    if name != MODEL_NAME:
+        raise ModelNotFound(f"this service serves {MODEL_NAME} models, not {name!r}")
+    return tag
+
+
+def load_model_bundle(tag: str = f"{MODEL_NAME}:latest") -> ModelBundle:
+    """Load a saved model and its scalers by tag (default: the newest)."""
+    export_bentoml_home()
+    import bentoml
+
+    if ":" not in tag:
+        tag = f"{MODEL_NAME}:{tag}"
+    stored = bentoml.models.get(tag)
+    model = bentoml.catboost.load_model(stored)
+    scalers = stored.custom_objects[SCALERS_KEY]
+    return ModelBundle(
+        tag=str(stored.tag),
+        model=model,
+        scalers=scalers,
+        metadata=dict(stored.info.metadata),
+        creation_time=stored.info.creation_time,
+    )
+
+
+def list_model_tags() -> list[str]:
+    """Every saved model tag, newest first."""
+    export_bentoml_home()
+    import bentoml
+
+    try:
+        stored = bentoml.models.list(MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # nothing saved under the name yet
+        return []
+    stored.sort(key=lambda item: item.info.creation_time, reverse=True)
+    return [str(item.tag) for item in stored]
+
+
+def _plain(value: Any) -> Any:
+    """BentoML metadata accepts plain types only (numpy scalars are rejected)."""
+    if hasattr(value, "item"):
+        return value.item()
+    return value

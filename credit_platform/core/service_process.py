@@ -1,0 +1,288 @@
+"""Real processes for the reliability tests: the prediction service in its own process
+group, a TCP proxy that can cut the service off its database, and a bounded load
+generator that remembers which requests were answered.
+
+Everything binds to 127.0.0.1 on free ports and is stopped by the test that starts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from credit_platform.core import settings
+
+REPO_ROOT = settings.REPO_ROOT
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a service, a stub API, or a URL that must not
+    answer)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the service ---------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (BentoML starts each worker in a session of its own, so a
+    process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class ServiceProcess:
+    """The serve command in a new session, with its workers; or, with `command`, another
+    server answering /readyz on `port` (the benchmarks' baseline)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        output: Path,
+        port: int | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output = output
+        if command is None:
+            command = [sys.executable, "-m", "credit_platform.cli.serve", "--host", "127.0.0.1"]
+            command += ["--port", str(self.port)]
+        with output.open("a") as sink:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the service exited with {self.process.returncode}:\n{self.tail()}"
+                )
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the service was not ready in {timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.25)
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
+
+    def worker_pids(self) -> set[int]:
+        """The server's descendant processes (its workers)."""
+        return set(descendants(self.process.pid))
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every worker at once: no drain, no cleanup, as when
+        the machine loses power."""
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except ProcessLookupError:
+            pass
+
+
+# --- a TCP proxy between the service and MariaDB -------------------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target. `cut()` closes every connection and stops
+    listening (clients get "connection refused", as when a server is down); `restore()`
+    listens again on the same port."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._closed = True
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        with self._lock:
+            self._listener = listener
+            self._closed = False
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, set()
+        if listener is not None:
+            listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+# --- load ----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    payload_index: int
+    status: int | None  # None: no HTTP answer (connection refused or reset)
+    body: Any = None
+
+
+@dataclass
+class LoadGenerator:
+    """Client threads posting /predict with a unique X-Request-ID each, until stopped, at
+    most `max_requests` per thread and `max_seconds` in all."""
+
+    url: str
+    payloads: Sequence[dict]
+    threads: int = 4
+    max_requests: int = 5000
+    max_seconds: float = 60.0
+    timeout: float = 30.0
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    outcomes: list[Outcome] = field(default_factory=list)
+    path: str = "/predict"
+    body: Callable[[dict], dict] = lambda payload: {"data": payload}
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._run, args=(number,), daemon=True)
+            for number in range(self.threads)
+        ]
+
+    def start(self) -> LoadGenerator:
+        self._deadline = time.monotonic() + self.max_seconds
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(self.timeout + 10)
+        return self.outcomes
+
+    def _run(self, number: int) -> None:
+        session = requests.Session()
+        for count in range(self.max_requests):
+            if self._stop.is_set() or time.monotonic() > self._deadline:
+                break
+            request_id = f"{self.prefix}-{number}-{count}"
+            index = (number * 7919 + count) % len(self.payloads)
+            payload = self.payloads[index]
+            try:
+                response = session.post(
+                    f"{self.url}{self.path}",
+                    data=json.dumps(self.body(payload)),
+                    headers={"Content-Type": "application/json", "X-Request-ID": request_id},
+                    timeout=self.timeout,
+                )
+            except requests.RequestException:
+                outcome = Outcome(request_id, index, None)
+                session.close()
+                session = requests.Session()
+                time.sleep(0.05)  # the service is gone: do not spin
+            else:
+                body = response.json() if response.status_code == 200 else response.text
+                outcome = Outcome(request_id, index, response.status_code, body)
+            with self._lock:
+                self.outcomes.append(outcome)
+        session.close()
+
+    def answered(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == 200]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.outcomes)

@@ -1,0 +1,202 @@
+"""Grid search and evaluation of the CatBoost credit-score classifier (no Dagster, no MLflow).
+
+The Dagster asset wraps each trial in an MLflow run; everything that decides what is
+trained and how it is scored lives here so it can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from catboost import CatBoostClassifier, Pool
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from credit_platform.core.features import CATEGORICAL_FEATURES, LABELS, TEXT_FEATURES
+
+# Text features are tokenized on spaces into single words. CatBoost's default text
+# processing also builds a word-pair dictionary, which is empty for one-word values such as
+# payment_behaviour ("Low_spent_Small_value_payments") and makes training fail with
+# "Dictionary size is 0" -- on the Kaggle data as much as on synthetic data.
+TEXT_PROCESSING: dict[str, Any] = {
+    "tokenizers": [
+        {
+            "tokenizer_id": "Space",
+            "separator_type": "ByDelimiter",
+            "delimiter": " ",
+            "lowercasing": "true",
+        }
+    ],
+    "dictionaries": [{"dictionary_id": "Word", "gram_order": "1", "occurrence_lower_bound": "2"}],
+    "feature_processing": {
+        "default": [
+            {
+                "dictionaries_names": ["Word"],
+                "feature_calcers": ["BoW", "NaiveBayes"],
+                "tokenizers_names": ["Space"],
+            }
+        ]
+    },
+}
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What stays fixed across the grid (lr 0.3, up to 2000 rounds, stop after 50 without gain)."""
+
+    iterations: int = 2000
+    learning_rate: float = 0.3
+    early_stopping_rounds: int = 50
+    thread_count: int = -1
+    random_seed: int = 42
+    loss_function: str = "MultiClassOneVsAll"
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    depth: int
+    rsm: float
+    l2_leaf_reg: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"depth": self.depth, "rsm": self.rsm, "l2_leaf_reg": self.l2_leaf_reg}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    confusion: np.ndarray  # rows: true label, columns: predicted label, in LABELS order
+    labels: tuple[str, ...] = LABELS
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    params: TrialParams
+    model: CatBoostClassifier
+    evaluation: Evaluation
+    best_iteration: int
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            "val_accuracy": self.evaluation.accuracy,
+            "val_macro_f1": self.evaluation.macro_f1,
+            "best_iteration": float(self.best_iteration),
+        }
+
+
+def parameter_grid(
+    depths: Sequence[int], rsms: Sequence[float], l2_leaf_regs: Sequence[float]
+) -> list[TrialParams]:
+    """Every depth × rsm × l2_leaf_reg combination, in a stable order."""
+    for name, values in (("depths", depths), ("rsms", rsms), ("l2_leaf_regs", l2_leaf_regs)):
+        if not values:
+            raise ValueError(f"the training grid needs at least one value in {name}")
+    bad_rsm = [value for value in rsms if not 0 < value <= 1]
+    if bad_rsm:
+        raise ValueError(f"rsm values must be in (0, 1], got {bad_rsm}")
+    return [
+        TrialParams(depth=int(depth), rsm=float(rsm), l2_leaf_reg=float(l2))
+        for depth, rsm, l2 in itertools.product(depths, rsms, l2_leaf_regs)
+    ]
+
+
+def make_pool(features: pd.DataFrame, labels: pd.Series | None = None) -> Pool:
+    """A CatBoost pool of prepared model input (see `model_input.prepare_model_input`)."""
+    return Pool(
+        features,
+        label=None if labels is None else labels.to_numpy(),
+        cat_features=list(CATEGORICAL_FEATURES),
+        text_features=list(TEXT_FEATURES),
+    )
+
+
+def fit_trial(
+    train: Pool, valid: Pool, valid_labels: pd.Series, params: TrialParams, fit: FitSettings
+) -> TrialResult:
+    """Train one grid point with early stopping on the validation pool and score it there."""
+    model = CatBoostClassifier(
+        loss_function=fit.loss_function,
+        learning_rate=fit.learning_rate,
+        iterations=fit.iterations,
+        depth=params.depth,
+        rsm=params.rsm,
+        l2_leaf_reg=params.l2_leaf_reg,
+        early_stopping_rounds=fit.early_stopping_rounds,
+        eval_metric="Accuracy",
+        random_seed=fit.random_seed,
+        thread_count=fit.thread_count,
+        text_processing=TEXT_PROCESSING,
+        allow_writing_files=False,
+        verbose=False,
+    )
+    model.fit(train, eval_set=valid, use_best_model=True)
+    best = model.get_best_iteration()
+    return TrialResult(
+        params=params,
+        model=model,
+        evaluation=evaluate(model, valid, valid_labels),
+        best_iteration=int(best if best is not None else model.tree_count_ - 1),
+    )
+
+
+def predict_labels(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
+    """Class names of the most likely class (one predict_proba call, no predict)."""
+    probabilities = model.predict_proba(pool)
+    return np.asarray(model.classes_)[probabilities.argmax(axis=1)].astype(str)
+
+
+def evaluate(model: CatBoostClassifier, pool: Pool, labels: pd.Series) -> Evaluation:
+    truth = labels.astype(str).to_numpy()
+    predicted = predict_labels(model, pool)
+    return Evaluation(
+        accuracy=float(accuracy_score(truth, predicted)),
+        macro_f1=float(
+            f1_score(truth, predicted, labels=list(LABELS), average="macro", zero_division=0)
+        ),
+        confusion=confusion_matrix(truth, predicted, labels=list(LABELS)),
+    )
+
+
+def best_trial(results: Iterable[TrialResult]) -> TrialResult:
+    """Highest validation accuracy; ties go to the higher macro F1, then the earlier trial."""
+    ranked = list(results)
+    if not ranked:
+        raise ValueError("no trial was trained")
+    return max(
+        enumerate(ranked),
+        key=lambda item: (item[1].evaluation.accuracy, item[1].evaluation.macro_f1, -item[0]),
+    )[1]
+
+
+def feature_importances(model: CatBoostClassifier, top: int = 10) -> list[tuple[str, float]]:
+    """The `top` features by CatBoost's prediction-values-change importance."""
+    pairs = zip(model.feature_names_, model.get_feature_importance(), strict=True)
+    return sorted(((str(name), float(value)) for name, value in pairs), key=lambda p: -p[1])[:top]
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-style table for Dagster's markdown metadata."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def confusion_markdown(evaluation: Evaluation) -> str:
+    headers = ["true \\ predicted", *evaluation.labels]
+    rows = [
+        [label, *(int(count) for count in evaluation.confusion[index])]
+        for index, label in enumerate(evaluation.labels)
+    ]
+    return markdown_table(headers, rows)

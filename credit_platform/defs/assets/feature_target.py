@@ -1,0 +1,94 @@
+"""`credit_score_features_target`: the day's labelled training table, built in the database."""
+
+from datetime import date
+
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from credit_platform.core.feature_target_sql import (
+    SOURCE_TABLES,
+    TARGET_TABLE,
+    EmptyPartitionError,
+    build_partition,
+)
+from credit_platform.core.features import LABELS
+from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
+
+FEATURE_TARGET_ASSET = "credit_score_features_target"
+
+
+class FeatureTargetConfig(Config):
+    retention_days: int = Field(
+        default=7,
+        ge=0,
+        description="Drop base days at or before partition day minus this many days; 0 keeps all.",
+    )
+
+
+@asset(
+    name=FEATURE_TARGET_ASSET,
+    partitions_def=daily_partitions(),
+    group_name="continuous_training",
+    kinds={"sql"},
+    description=(
+        "Labels dated within one month before the partition day joined to their features, "
+        "written with base_dt = partition day (exact replace, one transaction)."
+    ),
+)
+def credit_score_features_target(
+    context: AssetExecutionContext,
+    config: FeatureTargetConfig,
+    feature_store: FeatureStoreResource,
+) -> MaterializeResult:
+    base_dt = date.fromisoformat(context.partition_key)
+    with feature_store.engine() as engine:
+        try:
+            with engine.begin() as connection:
+                result = build_partition(connection, base_dt, config.retention_days)
+        except EmptyPartitionError as error:
+            raise Failure(
+                description=str(error),
+                metadata={
+                    "partition": base_dt.isoformat(),
+                    "source_tables": ", ".join(SOURCE_TABLES),
+                    "feature_store": feature_store.display_url,
+                },
+            ) from error
+    context.log.info(
+        "built %s rows for %s (window %s..%s), replaced %s, retention removed %s",
+        result.rows,
+        base_dt,
+        result.window_start,
+        base_dt,
+        result.replaced_rows,
+        result.retention_deleted,
+    )
+    distribution = "\n".join(
+        ["| label | rows | share |", "| --- | ---: | ---: |"]
+        + [
+            f"| {label} | {result.label_counts.get(label, 0)} | "
+            f"{result.label_counts.get(label, 0) / result.rows:.1%} |"
+            for label in LABELS
+        ]
+    )
+    return MaterializeResult(
+        metadata={
+            "row_count": MetadataValue.int(result.rows),
+            "label_distribution": MetadataValue.md(distribution),
+            **{f"rows_{label.lower()}": result.label_counts.get(label, 0) for label in LABELS},
+            "window": f"{result.window_start.isoformat()}..{base_dt.isoformat()}",
+            "replaced_rows": result.replaced_rows,
+            "retention_deleted_rows": result.retention_deleted,
+            "retention_days": config.retention_days,
+            "table": TARGET_TABLE,
+            "feature_store": feature_store.display_url,
+        }
+    )

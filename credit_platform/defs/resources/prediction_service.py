@@ -1,0 +1,28 @@
+"""The running prediction service as a Dagster resource (used by deploys and sensors)."""
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from credit_platform.core import settings
+from credit_platform.core.service_control import ServiceClient
+
+
+class PredictionServiceResource(ConfigurableResource):
+    """Where the prediction API answers and how to administer it.
+
+    `admin_token` must equal the service's CREDIT_API_ADMIN_TOKEN; `autostart` lets a
+    deploy start a service on this machine when none answers.
+    """
+
+    api_url: str = Field(default_factory=settings.api_url, description="Base URL of the API.")
+    admin_token: str | None = Field(
+        default_factory=settings.admin_token, description="Bearer token for /admin/reload."
+    )
+    timeout_seconds: float = Field(default=2.0, gt=0, description="Timeout of status calls.")
+    autostart: bool = Field(
+        default=True, description="Start a local service when none answers at api_url."
+    )
+    start_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    def client(self) -> ServiceClient:
+        return ServiceClient(self.api_url, timeout=self.timeout_seconds)

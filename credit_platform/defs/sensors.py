@@ -1,0 +1,207 @@
+"""Sensors: train when labels for a new day arrive; deploy when a better model is ready.
+
+Both keep their ticks light (one query, one HTTP call with a short timeout), and every
+request has a run key naming what changed, so repeated ticks never start a run twice.
+"""
+
+import json
+import time
+from datetime import date, timedelta
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from sqlalchemy import func, select
+
+from credit_platform.core.db import FeatureStoreUnavailable
+from credit_platform.core.schema import credit_score
+from credit_platform.core.service_control import ReportedModel
+from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
+from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+
+CONTINUOUS_TRAINING_JOB = "continuous_training"
+DEPLOY_JOB = "deploy_model"
+# A deploy run that fails is requested again, under a new run key, up to this many attempts
+# in all for one model (and one outage); then the sensor waits for a newer model.
+MAX_DEPLOY_ATTEMPTS = 3
+DEPLOY_KEY_TAG = "credit_platform/deploy_key"
+# More new days than this in one tick means a bulk load: request the newest days only
+# and leave the rest to a backfill, instead of flooding the run queue.
+MAX_DAYS_PER_TICK = 7
+
+
+def _latest_label_day(feature_store: FeatureStoreResource) -> date | None:
+    with feature_store.engine() as engine, engine.connect() as connection:
+        latest = connection.execute(select(func.max(credit_score.c.date))).scalar_one()
+    if isinstance(latest, str):  # SQLite without type affinity on an aggregate
+        latest = date.fromisoformat(latest)
+    return latest
+
+
+def new_label_days(latest: date, cursor: str | None, last_partition: str | None) -> list[date]:
+    """Days whose partitions to request: after the cursor up to the newest label day,
+    capped at MAX_DAYS_PER_TICK and at the newest existing partition."""
+    if last_partition is not None:
+        latest = min(latest, date.fromisoformat(last_partition))
+    first = date.fromisoformat(cursor) + timedelta(days=1) if cursor else latest
+    first = max(first, latest - timedelta(days=MAX_DAYS_PER_TICK - 1))
+    return [first + timedelta(days=n) for n in range((latest - first).days + 1)]
+
+
+def _already_trained(context: SensorEvaluationContext, day: date) -> bool:
+    """Whether `day`'s model partition exists (a first tick after the demo needs no run)."""
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey("credit_score_model"), asset_partitions=[day.isoformat()]
+        ),
+        limit=1,
+    )
+    return bool(records.records)
+
+
+@sensor(
+    job_name=CONTINUOUS_TRAINING_JOB,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests the continuous-training partition of each new label day "
+    "(cursor: the newest credit_score.date seen).",
+)
+def new_data_sensor(
+    context: SensorEvaluationContext, feature_store: FeatureStoreResource
+) -> SensorResult | SkipReason:
+    try:
+        latest = _latest_label_day(feature_store)
+    except FeatureStoreUnavailable as error:
+        return SkipReason(f"feature store unavailable: {error}")
+    if latest is None:
+        return SkipReason("credit_score has no labels yet")
+    if context.cursor and latest <= date.fromisoformat(context.cursor):
+        return SkipReason(f"no labels after {context.cursor}")
+    if context.cursor is None and _already_trained(context, latest):
+        return SensorResult(
+            skip_reason=SkipReason(f"the newest label day {latest} is already trained"),
+            cursor=latest.isoformat(),
+        )
+    partitions = daily_partitions()
+    last = partitions.get_last_partition_key()
+    days = [
+        day
+        for day in new_label_days(latest, context.cursor, last)
+        if day.isoformat() >= partitions.start.strftime("%Y-%m-%d")
+    ]
+    if not days:
+        return SkipReason(f"labels up to {latest} are outside the partitions (last {last})")
+    return SensorResult(
+        run_requests=[
+            RunRequest(run_key=f"ct:{day.isoformat()}", partition_key=day.isoformat())
+            for day in days
+        ],
+        cursor=latest.isoformat(),
+    )
+
+
+def _model_creation_time(tag: str):
+    from credit_platform.core.settings import export_bentoml_home
+
+    export_bentoml_home()
+    import bentoml
+
+    return bentoml.models.get(tag).info.creation_time
+
+
+def deploy_decision(
+    candidate_tag: str, candidate_time, served: ReportedModel | None
+) -> tuple[bool, str]:
+    """Deploy when nothing is served or the candidate is newer than what is served (aware
+    datetimes, never strings)."""
+    if served is None:
+        return True, "the prediction service is down or serves no model"
+    if served.tag == candidate_tag:
+        return False, f"{candidate_tag} is already served"
+    if candidate_time > served.creation_time:
+        return True, (
+            f"{candidate_tag} ({candidate_time.isoformat()}) is newer than the served "
+            f"{served.tag} ({served.creation_time.isoformat()})"
+        )
+    return False, f"the served {served.tag} is newer than the champion {candidate_tag}"
+
+
+@sensor(
+    job_name=DEPLOY_JOB,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests deployed_bento for the newest model that passed its quality check "
+    "when it is newer than what the API serves at /metadata, or when the API is down; a "
+    f"failed deploy is requested again, up to {MAX_DEPLOY_ATTEMPTS} attempts per model.",
+)
+def deploy_sensor(
+    context: SensorEvaluationContext,
+    mlflow_tracking: MlflowTrackingResource,
+    prediction_service: PredictionServiceResource,
+) -> SensorResult | SkipReason:
+    champion = mlflow_tracking.champion()
+    if champion is None:
+        return SkipReason("no model has passed its quality check yet")
+    tags = champion.tags or {}
+    candidate, partition = tags.get("bento_tag"), tags.get("partition")
+    if not candidate or not partition:
+        return SkipReason(f"champion version {champion.version} lacks bento_tag/partition tags")
+    served = prediction_service.client().reported_model()
+    state = json.loads(context.cursor) if context.cursor else {}
+    # While the service stays down, every tick carries the same key: one restart per outage.
+    outage = state.get("outage") if served is None else None
+    if served is None and outage is None:
+        outage = str(int(time.time()))
+    cursor = json.dumps({"outage": outage} if outage else {})
+    should_deploy, reason = deploy_decision(candidate, _model_creation_time(candidate), served)
+    if not should_deploy:
+        return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
+    deploy_key = f"deploy:{candidate}" + (f":outage:{outage}" if served is None else "")
+    failed = _failed_deploys(context, deploy_key)
+    if failed >= MAX_DEPLOY_ATTEMPTS:
+        return SensorResult(
+            skip_reason=SkipReason(
+                f"{reason}, but its deploy failed {failed} times: see the failed "
+                f"{DEPLOY_JOB} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a newer model, "
+                "or a deploy started by hand, goes on"
+            ),
+            cursor=cursor,
+        )
+    # The same key while an attempt is queued or running (Dagster launches a key once).
+    run_key = deploy_key if failed == 0 else f"{deploy_key}:retry:{failed}"
+    context.log.info(reason + (f" (attempt {failed + 1})" if failed else ""))
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=run_key,
+                partition_key=partition,
+                tags={
+                    "credit_platform/model_tag": candidate,
+                    "credit_platform/reason": reason,
+                    DEPLOY_KEY_TAG: deploy_key,
+                },
+            )
+        ],
+        cursor=cursor,
+    )
+
+
+def _failed_deploys(context: SensorEvaluationContext, deploy_key: str) -> int:
+    """How many deploy runs for this key failed or were cancelled."""
+    return context.instance.get_runs_count(
+        filters=RunsFilter(
+            tags={DEPLOY_KEY_TAG: deploy_key},
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+        )
+    )

@@ -1,0 +1,614 @@
+"""The prediction service through a real BentoML server process: predictions and their log
+rows, a lender's validation, metadata, hot reload, rollback, refusals, reload under load.
+
+The server runs the `credit-platform serve` command on a free port,
+sharing this session's platform home and BentoML store, with a SQLite prediction log.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from sqlalchemy import select
+
+from api.sample_requests import load_sample, request_payload, valid_request_payloads
+from credit_platform.core.db import make_engine
+from credit_platform.core.features import LABELS, MODEL_FEATURES
+from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_store import list_model_tags, save_model_bundle
+from credit_platform.core.schema import credit_predictions_api_log as log_table
+from credit_platform.core.service_process import free_port
+from credit_platform_tests.model_fixtures import save_tiny_model, train_tiny_model
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "test-admin-token"
+BATCH_LIMIT = 50  # the server's CREDIT_API_MAX_BATCH_ROWS, small to keep the test quick
+STARTUP_TIMEOUT = 90
+
+
+@dataclass(frozen=True)
+class ModelTags:
+    first: str
+    second: str
+    broken: str
+
+
+@dataclass
+class Server:
+    url: str
+    log_url: str
+    process: subprocess.Popen
+    output: Path
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        if body is not None:
+            kwargs["data"] = body if isinstance(body, str | bytes) else json.dumps(body)
+            kwargs.setdefault("headers", {})["Content-Type"] = "application/json"
+        return requests.post(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=30)
+
+    def reload(self, tag: str | None = None, token: str | None = TOKEN) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        body = json.dumps({"tag": tag}) if tag else ""
+        return requests.post(f"{self.url}/admin/reload", data=body, headers=headers, timeout=60)
+
+    def served_tag(self) -> str:
+        return self.get("/metadata").json()["model_version"]
+
+    def log_rows(self, **where: str) -> list[dict[str, Any]]:
+        engine = make_engine(self.log_url)
+        try:
+            query = select(log_table)
+            for column, value in where.items():
+                query = query.where(log_table.c[column] == value)
+            with engine.connect() as connection:
+                return [dict(row) for row in connection.execute(query).mappings()]
+        finally:
+            engine.dispose()
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the server's process group (arbiter and workers), SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sample(kaggle_sample: Path) -> pd.DataFrame:
+    return load_sample(kaggle_sample)
+
+
+@pytest.fixture(scope="module")
+def payloads(sample: pd.DataFrame) -> list[dict[str, Any]]:
+    return valid_request_payloads(sample, 60)
+
+
+@pytest.fixture(scope="module")
+def tags(sample: pd.DataFrame) -> ModelTags:
+    # A model whose age scaler has a zero scale: refused when it is loaded.
+    model, scalers = train_tiny_model(sample, iterations=5)
+    broken_scaler = copy.deepcopy(scalers["age"])
+    broken_scaler.scale_ = np.array([0.0])
+    broken = save_model_bundle(
+        model,
+        {**scalers, "age": broken_scaler},
+        partition="2025-01-14",
+        metrics={"train_accuracy": 0.0},
+        params={"iterations": 5},
+    )
+    first = save_tiny_model(sample, partition="2025-01-15", iterations=20, depth=4, seed=0)
+    second = save_tiny_model(sample, partition="2025-01-16", iterations=15, depth=3, seed=1)
+    return ModelTags(first=first, second=second, broken=broken)
+
+
+@pytest.fixture(scope="module")
+def server(tags: ModelTags, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("api_server")
+    port = free_port()
+    log_url = f"sqlite:///{workdir / 'prediction_log.db'}"
+    env = {
+        **os.environ,
+        "FEATURE_STORE_URL": log_url,
+        "CREDIT_PREDICTION_SPOOL_DIR": str(workdir / "spool"),
+        "CREDIT_API_ADMIN_TOKEN": TOKEN,
+        "CREDIT_API_MAX_BATCH_ROWS": str(BATCH_LIMIT),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    output = workdir / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "credit_platform.cli.serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    command += ["--model-tag", tags.first]
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{output.read_text()}")
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or still starting
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the server was not ready in {STARTUP_TIMEOUT}s:\n{output.read_text()}"
+                )
+            time.sleep(0.25)
+        yield Server(url=url, log_url=log_url, process=process, output=output)
+    finally:
+        stop(process)
+
+
+def features_of(payload: dict[str, Any]) -> dict[str, Any]:
+    return {name: payload[name] for name in MODEL_FEATURES}
+
+
+# --- the fast path (no server) ----------------------------------------------------------
+
+
+def test_fast_path_equals_the_reference_transform_on_real_rows(
+    sample: pd.DataFrame, tags: ModelTags
+) -> None:
+    from api.predictor import load_predictor
+
+    predictor = load_predictor(tags.first)
+    rows = sample.iloc[:800]
+    assert rows[list(MODEL_FEATURES)].isna().any(axis=1).sum() > 100  # gaps are exercised
+    records = [request_payload(row) for row in rows.to_dict(orient="records")]
+
+    fast = predictor.probabilities(records)
+    reference_input = prepare_model_input(rows, predictor.bundle.scalers)
+    reference = predictor.bundle.model.predict_proba(reference_input)
+    np.testing.assert_array_equal(fast, reference)
+
+    predictions = predictor.predict(records)
+    expected_labels = predictor.bundle.model.predict(reference_input).ravel()
+    assert [p.label for p in predictions] == [str(label) for label in expected_labels]
+    assert [p.confidence for p in predictions] == pytest.approx(reference.max(axis=1).tolist())
+
+
+# --- predictions and the log ------------------------------------------------------------
+
+
+def test_predict_answers_and_logs_the_row(server: Server, payloads: list[dict]) -> None:
+    payload = payloads[0]
+    response = server.post("/predict", {"data": payload})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"customer_id", "predict", "confidence"}
+    assert body["customer_id"] == payload["customer_id"]
+    assert body["predict"] in LABELS
+    assert 0 < body["confidence"] <= 1
+
+    request_id = response.headers["X-Request-ID"]
+    (row,) = server.log_rows(request_id=request_id)  # committed before the answer
+    assert row["model_version"] == server.served_tag()
+    assert row["customer_id"] == payload["customer_id"]
+    assert row["prediction"] == body["predict"]
+    assert row["confidence"] == pytest.approx(body["confidence"])
+    assert row["features"] == features_of(payload)
+    assert row["elapsed_ms"] > 0
+
+
+def test_a_retried_request_id_is_logged_once(server: Server, payloads: list[dict]) -> None:
+    headers = {"X-Request-ID": "client-retry-0001"}
+    first = server.post("/predict", {"data": payloads[1]}, headers=headers)
+    again = server.post("/predict", {"data": payloads[1]}, headers=headers)
+
+    assert first.status_code == again.status_code == 200
+    assert first.headers["X-Request-ID"] == "client-retry-0001"
+    assert len(server.log_rows(request_id="client-retry-0001")) == 1
+
+
+def test_batch_keeps_order_and_equals_single_predictions(
+    server: Server, payloads: list[dict]
+) -> None:
+    batch = payloads[:BATCH_LIMIT][::-1]
+    response = server.post("/predict_batch", {"data": batch})
+
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert [answer["customer_id"] for answer in answers] == [row["customer_id"] for row in batch]
+    for payload, answer in zip(batch[:15], answers[:15], strict=True):
+        single = server.post("/predict", {"data": payload}).json()
+        assert answer["predict"] == single["predict"]
+        assert answer["confidence"] == pytest.approx(single["confidence"], rel=1e-12)
+    request_id = response.headers["X-Request-ID"]
+    logged = server.log_rows()
+    batch_rows = [row for row in logged if row["request_id"].startswith(f"{request_id}-")]
+    assert len(batch_rows) == len(batch)
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _set(field: str, value: Any) -> Callable[[dict], dict]:
+    def mutate(body: dict) -> dict:
+        body["data"][field] = value
+        return body
+
+    return mutate
+
+
+def _drop(field: str) -> Callable[[dict], dict]:
+    def mutate(body: dict) -> dict:
+        del body["data"][field]
+        return body
+
+    return mutate
+
+
+INVALID_SINGLE = {
+    "negative count": (_set("num_bank_accounts", -1), "num_bank_accounts"),
+    "negative loan count": (_set("num_of_loan", -100), "num_of_loan"),
+    "negative delayed payments": (_set("num_of_delayed_payment", -3), "num_of_delayed_payment"),
+    "implausible age": (_set("age", 500), "age"),
+    "negative age": (_set("age", -500), "age"),
+    "negative amount": (_set("outstanding_debt", -1.0), "outstanding_debt"),
+    "interest rate over 100%": (_set("interest_rate", 5773), "interest_rate"),
+    "NaN token": (_set("annual_income", float("nan")), "annual_income"),
+    "Infinity token": (_set("monthly_balance", float("inf")), "monthly_balance"),
+    "-Infinity token": (_set("changed_credit_limit", float("-inf")), "changed_credit_limit"),
+    "sentinel balance": (_set("monthly_balance", -3.33e26), "monthly_balance"),
+    "unknown credit_mix": (_set("credit_mix", "Excellent"), "credit_mix"),
+    "unknown payment_of_min_amount": (
+        _set("payment_of_min_amount", "Maybe"),
+        "payment_of_min_amount",
+    ),
+    "unknown payment_behaviour": (_set("payment_behaviour", "!@9#%8"), "payment_behaviour"),
+    "unknown occupation": (_set("occupation", "_______"), "occupation"),
+    "unknown loan type": (_set("type_of_loan", "Auto Loan, and Yacht Loan"), "type_of_loan"),
+    "missing feature": (_drop("interest_rate"), "interest_rate"),
+    "null where a value is required": (_set("age", None), "age"),
+    "number as string": (_set("age", "35"), "age"),
+    "text for a number": (_set("annual_income", "lots"), "annual_income"),
+    "boolean for a number": (_set("num_credit_card", True), "num_credit_card"),
+    "fraction for a count": (_set("num_credit_card", 2.5), "num_credit_card"),
+    "number for a category": (_set("credit_mix", 3), "credit_mix"),
+    "unknown field": (_set("favourite_colour", "blue"), "favourite_colour"),
+    "empty customer_id": (_set("customer_id", "   "), "customer_id"),
+    "overlong customer_id": (_set("customer_id", "C" * 33), "customer_id"),
+    "missing customer_id": (_drop("customer_id"), "customer_id"),
+    "unknown top-level field": (lambda body: {**body, "debug": True}, "debug"),
+    "no data": (lambda body: {}, "data"),
+    "list where one row is due": (lambda body: {"data": [body["data"]]}, "data"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID_SINGLE), ids=list(INVALID_SINGLE))
+def test_bad_input_is_refused_naming_the_field(
+    server: Server, payloads: list[dict], case: str
+) -> None:
+    mutate, field = INVALID_SINGLE[case]
+    body = json.dumps(mutate({"data": dict(payloads[2])}))  # NaN/Infinity stay JSON tokens
+
+    response = server.post("/predict", body)
+
+    assert response.status_code in (400, 422), response.text
+    assert field in response.text
+    assert server.post("/predict", {"data": payloads[2]}).status_code == 200  # still serving
+
+
+def test_malformed_json_is_refused(server: Server) -> None:
+    response = server.post("/predict", '{"data": {"customer_id": ')
+    assert response.status_code == 400
+    assert "json" in response.text.lower()
+
+
+def test_nullable_features_accept_null(server: Server, payloads: list[dict]) -> None:
+    from api.schemas import NULLABLE_FEATURES
+
+    row = {**payloads[3], **dict.fromkeys(NULLABLE_FEATURES)}
+    response = server.post("/predict", {"data": row})
+    assert response.status_code == 200, response.text
+    assert response.json()["predict"] in LABELS
+
+
+def test_bad_request_id_header_is_refused(server: Server, payloads: list[dict]) -> None:
+    response = server.post("/predict", {"data": payloads[0]}, headers={"X-Request-ID": "x" * 80})
+    assert response.status_code == 400
+    assert "X-Request-ID" in response.text
+
+
+def test_batch_validation_names_the_limit_and_the_row(server: Server, payloads: list[dict]) -> None:
+    oversized = (payloads * 2)[: BATCH_LIMIT + 1]
+    response = server.post("/predict_batch", {"data": oversized})
+    assert response.status_code in (400, 422)
+    assert "data" in response.text and str(BATCH_LIMIT) in response.text
+
+    empty = server.post("/predict_batch", {"data": []})
+    assert empty.status_code in (400, 422) and "data" in empty.text
+
+    rows = [dict(row) for row in payloads[:5]]
+    rows[3]["credit_mix"] = "Excellent"
+    bad_row = server.post("/predict_batch", {"data": rows})
+    assert bad_row.status_code in (400, 422)
+    detail = bad_row.json()["detail"]
+    assert ["data", 3, "credit_mix"] in [error["loc"] for error in detail]
+
+    # A body too big for any legal batch is refused before it is parsed.
+    padded = [{**row, "type_of_loan": "Auto Loan" + " " * 4000} for row in payloads[:BATCH_LIMIT]]
+    too_big = server.post("/predict_batch", {"data": padded})
+    assert too_big.status_code == 413
+    assert str(BATCH_LIMIT) in too_big.text
+
+    assert server.post("/predict_batch", {"data": payloads[:3]}).status_code == 200
+
+
+# --- metadata and health ----------------------------------------------------------------
+
+
+def test_metadata_and_health_endpoints(server: Server, tags: ModelTags) -> None:
+    metadata = server.get("/metadata").json()
+    assert metadata["model_name"] == "credit_score_classifier"
+    assert metadata["model_version"] == tags.first
+    assert metadata["partition"] == "2025-01-15"
+    assert metadata["params"]["depth"] == 4
+    assert "train_accuracy" in metadata["metrics"]
+    assert datetime.fromisoformat(metadata["creation_time"]).tzinfo is not None
+    assert datetime.fromisoformat(metadata["loaded_at"]).tzinfo is not None
+
+    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        assert server.get(path).status_code == 200, path
+    assert "bentoml_service" in server.get("/metrics").text
+
+
+# --- reload, rollback, refusals ---------------------------------------------------------
+
+
+def test_reload_needs_the_bearer_token(server: Server, tags: ModelTags) -> None:
+    before = server.served_tag()
+    assert server.reload(tags.second, token=None).status_code == 401
+    assert server.reload(tags.second, token="wrong-token").status_code == 401
+    basic = requests.post(
+        f"{server.url}/admin/reload",
+        headers={"Authorization": f"Basic {TOKEN}"},
+        timeout=30,
+    )
+    assert basic.status_code == 401
+    assert server.served_tag() == before
+
+
+def test_reload_refuses_unknown_tags_and_broken_models(
+    server: Server, tags: ModelTags, payloads: list[dict]
+) -> None:
+    before = server.served_tag()
+
+    unknown = server.reload("credit_score_classifier:doesnotexist")
+    assert unknown.status_code == 404
+    assert "doesnotexist" in unknown.text
+
+    foreign = server.reload("some_other_model:v1")
+    assert foreign.status_code == 404
+
+    broken = server.reload(tags.broken)
+    assert broken.status_code == 422
+    assert "age (center" in broken.text and "scale 0.0" in broken.text
+
+    bad_body = requests.post(
+        f"{server.url}/admin/reload",
+        data='{"tag": 7}',
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert bad_body.status_code == 400 and "tag" in bad_body.text
+
+    assert server.served_tag() == before
+    assert server.post("/predict", {"data": payloads[0]}).status_code == 200
+
+
+def test_reload_switches_models_and_rolls_back(
+    server: Server, tags: ModelTags, payloads: list[dict]
+) -> None:
+    switched = server.reload(tags.second)
+    assert switched.status_code == 200, switched.text
+    metadata = server.get("/metadata").json()
+    assert metadata["model_version"] == tags.second
+    assert metadata["partition"] == "2025-01-16"
+    created = datetime.fromisoformat(metadata["creation_time"])
+    assert created.tzinfo is not None
+    assert datetime.fromisoformat(switched.json()["creation_time"]) == created
+
+    answer = server.post("/predict", {"data": payloads[4]})
+    (row,) = server.log_rows(request_id=answer.headers["X-Request-ID"])
+    assert row["model_version"] == tags.second
+
+    rolled_back = server.reload(tags.first)
+    assert rolled_back.status_code == 200
+    assert rolled_back.json()["previous_version"] == tags.second
+    assert server.served_tag() == tags.first
+
+    latest = server.reload()  # empty body: the newest saved model
+    assert latest.status_code == 200, latest.text
+    assert server.served_tag() == list_model_tags()[0]
+    assert server.reload(tags.first).status_code == 200
+
+
+def test_no_request_fails_while_models_are_swapped(
+    server: Server, tags: ModelTags, payloads: list[dict]
+) -> None:
+    stop_hammering = threading.Event()
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def hammer(offset: int) -> None:
+        session = requests.Session()
+        for number in range(3000):  # bounded even if the reloads hang
+            if stop_hammering.is_set():
+                break
+            payload = payloads[(offset + number) % len(payloads)]
+            response = session.post(f"{server.url}/predict", json={"data": payload}, timeout=30)
+            with lock:
+                results.append((response.status_code, response.text))
+        session.close()
+
+    threads = [threading.Thread(target=hammer, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        reloads = []
+        for tag in (tags.second, tags.first, tags.second, tags.first, tags.second):
+            time.sleep(0.2)
+            reloads.append(server.reload(tag).status_code)
+        time.sleep(0.2)
+    finally:
+        stop_hammering.set()
+        for thread in threads:
+            thread.join(60)
+
+    assert reloads == [200] * 5
+    failures = [(status, text) for status, text in results if status != 200]
+    assert not failures, failures[:3]
+    assert len(results) > 50
+    assert {json.loads(text)["predict"] for _, text in results} <= set(LABELS)
+    served_versions = {row["model_version"] for row in server.log_rows()}
+    assert {tags.first, tags.second} <= served_versions
+    assert server.served_tag() == tags.second
+
+
+# --- without a server -------------------------------------------------------------------
+
+
+def test_reload_refuses_when_no_admin_token_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.testclient import TestClient
+
+    from api.service import admin_app
+
+    monkeypatch.delenv("CREDIT_API_ADMIN_TOKEN", raising=False)
+    with TestClient(admin_app) as client:
+        response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 403
+    assert "not configured" in response.json()["error"]
+
+
+def test_serve_command_refuses_an_unknown_model_tag(tags: ModelTags) -> None:
+    from click.testing import CliRunner
+
+    from credit_platform.cli.serve import serve
+
+    result = CliRunner().invoke(serve, ["--model-tag", "credit_score_classifier:missing"])
+    assert result.exit_code != 0
+    assert "credit_score_classifier:missing" in result.output
+
+
+def test_serve_waits_for_a_first_model(tags: ModelTags, tmp_path: Path) -> None:
+    """`serve --wait-for-model` on an empty store waits instead of exiting (a new stack's
+    API container), and serves the first model once it is saved."""
+    import shutil
+
+    import bentoml
+
+    store = tmp_path / "bentoml"
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(store),
+        "FEATURE_STORE_URL": f"sqlite:///{tmp_path / 'log.db'}",
+        "CREDIT_PREDICTION_SPOOL_DIR": str(tmp_path / "spool"),
+        "CREDIT_API_WORKERS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("CREDIT_API_MODEL_TAG", None)
+    output = tmp_path / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "credit_platform.cli.serve",
+        "--port",
+        str(port),
+        "--wait-for-model",
+        "0.5",
+    ]
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for a model" not in output.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, output.read_text()
+            time.sleep(0.2)
+        time.sleep(1.5)  # several looks later it is still waiting, not gone
+        assert process.poll() is None, output.read_text()
+        assert "no credit_score_classifier model" in output.read_text()
+
+        saved = bentoml.models.get(tags.first)  # the first training run saves a model
+        version_dir = store / "models" / saved.tag.name / saved.tag.version
+        shutil.copytree(saved.path, version_dir)
+        (version_dir.parent / "latest").write_text(saved.tag.version)
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert process.poll() is None, output.read_text()
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=2)
+                if answer.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.25)
+        assert answer.json()["model_version"] == tags.first
+    finally:
+        stop(process)
+
+
+# --- shutdown (last: it stops the module's server) --------------------------------------
+
+
+def test_clean_shutdown_drains_the_log_and_exits(server: Server, payloads: list[dict]) -> None:
+    answered = server.post("/predict", {"data": payloads[5]})
+    assert answered.status_code == 200
+    stop(server.process)
+    assert server.process.returncode == 0
+    output = server.output.read_text()
+    assert "Completed cleanup hook: drain_prediction_log" in output
+    assert server.log_rows(request_id=answered.headers["X-Request-ID"])

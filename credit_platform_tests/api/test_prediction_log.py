@@ -1,0 +1,404 @@
+"""The group-commit prediction log on SQLite and MariaDB: shared commits, answers only after
+durability, spool while the database is down, replay exactly once, drain on close."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
+
+from api.prediction_log import (
+    SPOOL_PREFIX,
+    PredictionLogClosed,
+    PredictionLogger,
+    PredictionLogRow,
+    PredictionLogUnavailable,
+)
+from credit_platform.core.db import init_schema, make_engine
+from credit_platform.core.schema import credit_predictions_api_log as log_table
+
+
+def make_row(request_id: str, confidence: float = 0.5) -> PredictionLogRow:
+    return PredictionLogRow(
+        request_id=request_id,
+        customer_id="CUS_0x1",
+        features={"age": 35, "occupation": None, "annual_income": 1234.5},
+        prediction="Standard",
+        confidence=confidence,
+        elapsed_ms=0.2,
+        model_version="credit_score_classifier:test",
+        created_at=datetime(2025, 1, 15, 12, 0, 0, 123456),
+    )
+
+
+def logged_ids(url: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(select(log_table.c.request_id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def unreachable_url() -> str:
+    """A MariaDB URL on a local port nobody listens on: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"mysql+pymysql://root:@127.0.0.1:{port}/mlops"
+
+
+@pytest.fixture
+def log_store(store_url: str) -> Iterator[str]:
+    init_schema(store_url).dispose()
+    yield store_url
+
+
+@pytest.fixture
+def commit_counter() -> Iterator[list[int]]:
+    """Counts committed transactions on every engine in this process."""
+    commits = [0]
+
+    def count(_connection) -> None:
+        commits[0] += 1
+
+    event.listen(Engine, "commit", count)
+    yield commits
+    event.remove(Engine, "commit", count)
+
+
+def test_group_commit_shares_transactions_and_answers_after_commit(
+    log_store: str, tmp_path: Path, commit_counter: list[int]
+) -> None:
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        # Answer-after-commit: once a future resolves, another connection sees the row.
+        for number in range(3):
+            log.write([make_row(f"sync-{number}")])
+            assert f"sync-{number}" in logged_ids(log_store)
+
+        commit_counter[0] = 0
+        futures = []
+        lock = threading.Lock()
+
+        def client(worker: int) -> None:
+            for number in range(250):
+                future = log.submit([make_row(f"w{worker}-{number}")])
+                with lock:
+                    futures.append(future)
+
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for future in futures:
+            future.result(timeout=30)
+    finally:
+        log.close()
+
+    ids = logged_ids(log_store)
+    assert len(ids) == 2003 == len(set(ids))
+    # One commit per row would be 2,000; group commit needs a handful (500 rows each at most).
+    assert 4 <= commit_counter[0] <= 100
+    assert log.stats.spooled_rows == 0
+
+
+def test_close_drains_every_queued_row(log_store: str, tmp_path: Path) -> None:
+    log = PredictionLogger(log_store, tmp_path / "spool", max_wait_seconds=0.05)
+    futures = [log.submit([make_row(f"drain-{number}")]) for number in range(1500)]
+    log.close()
+
+    assert all(future.done() and future.exception() is None for future in futures)
+    assert len(logged_ids(log_store)) == 1500
+    with pytest.raises(PredictionLogClosed):
+        log.submit([make_row("too-late")])
+
+
+def test_same_request_id_is_logged_once(log_store: str, tmp_path: Path) -> None:
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        log.write([make_row("dup", 0.4)])
+        log.write([make_row("dup", 0.9)])  # a retried request
+        log.write([make_row("twin", 0.1), make_row("twin", 0.2)])  # twice in one transaction
+    finally:
+        log.close()
+
+    assert sorted(logged_ids(log_store)) == ["dup", "twin"]
+    engine = make_engine(log_store)
+    with engine.connect() as connection:
+        kept = connection.execute(
+            select(log_table.c.confidence).where(log_table.c.request_id == "dup")
+        ).scalar_one()
+    engine.dispose()
+    assert kept == pytest.approx(0.4)  # the first write wins, the replay changes nothing
+
+
+def test_outage_spools_with_fsync_then_replays_every_row_exactly_once(
+    log_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool_dir = tmp_path / "spool"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr("api.prediction_log.os.fsync", recording_fsync)
+
+    down = PredictionLogger(unreachable_url(), spool_dir, retry_interval_seconds=60)
+    try:
+        for number in range(30):
+            rows = [make_row(f"outage-{number}-{part}") for part in range(10)]
+            down.write(rows, timeout=30)
+            # Answered only once the rows are in the spool file and synced to disk.
+            spooled = down.spool_path.read_text().splitlines()
+            assert {row.request_id for row in rows} <= {
+                PredictionLogRow.from_json(line).request_id for line in spooled
+            }
+            assert synced and synced[-1] == str(down.spool_path)
+        assert down.database_down
+    finally:
+        down.close()
+    assert down.stats.spooled_rows == 300 and down.stats.committed_rows == 0
+    spool_copy = tmp_path / "spool-copy.jsonl"
+    shutil.copy(down.spool_path, spool_copy)
+
+    back = PredictionLogger(log_store, spool_dir)  # the database is reachable again
+    back.close()
+    ids = logged_ids(log_store)
+    assert len(ids) == 300 == len(set(ids))
+    assert back.stats.replayed_rows == 300
+    assert not down.spool_path.exists()
+
+    # A crash after the commit but before the spool was removed: the replay repeats.
+    shutil.copy(spool_copy, down.spool_path)
+    again = PredictionLogger(log_store, spool_dir)
+    again.close()
+    assert len(logged_ids(log_store)) == 300
+    assert not down.spool_path.exists()
+
+
+def test_recovers_while_running_when_the_database_comes_back(
+    store_url: str, tmp_path: Path
+) -> None:
+    # The table does not exist yet: every insert fails as it would with the server down.
+    log = PredictionLogger(store_url, tmp_path / "spool", retry_interval_seconds=0.2)
+    try:
+        log.write([make_row(f"early-{number}") for number in range(50)])
+        assert log.database_down and log.spool_path.exists()
+
+        init_schema(store_url).dispose()
+        deadline = time.monotonic() + 15
+        while log.database_down and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not log.database_down, "the writer never found the database back"
+        log.write([make_row("late")])
+    finally:
+        log.close()
+
+    ids = logged_ids(store_url)
+    assert sorted(ids) == sorted([f"early-{number}" for number in range(50)] + ["late"])
+    assert not log.spool_path.exists()
+
+
+def test_replays_spools_left_by_dead_processes_but_not_live_ones(
+    log_store: str, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(finished.stdout)
+    dead_spool = spool_dir / f"{SPOOL_PREFIX}{dead_pid}.jsonl"
+    lines = [make_row(f"orphan-{number}").to_json() for number in range(5)]
+    # The killed process was cut short in the middle of its last line (never answered).
+    dead_spool.write_text("\n".join(lines) + '\n{"request_id": "cut-sh')
+    live_spool = spool_dir / f"{SPOOL_PREFIX}{os.getppid()}.jsonl"
+    live_spool.write_text(make_row("still-being-written").to_json() + "\n")
+
+    log = PredictionLogger(log_store, spool_dir)
+    log.close()
+
+    assert sorted(logged_ids(log_store)) == [f"orphan-{number}" for number in range(5)]
+    assert not dead_spool.exists()
+    assert live_spool.exists()  # its owner is alive and replays it itself
+
+
+def test_row_round_trips_through_the_spool_format() -> None:
+    row = make_row("round-trip", 0.625)
+    assert PredictionLogRow.from_json(row.to_json()) == row
+
+
+def test_logged_row_keeps_every_column(log_store: str, tmp_path: Path) -> None:
+    row = make_row("columns", 0.8125)
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    log.write([row])
+    log.close()
+    engine = make_engine(log_store)
+    with engine.connect() as connection:
+        stored = connection.execute(select(log_table)).mappings().one()
+    engine.dispose()
+    assert stored["request_id"] == row.request_id
+    assert stored["customer_id"] == row.customer_id
+    assert stored["features"] == row.features
+    assert stored["prediction"] == row.prediction
+    assert stored["confidence"] == pytest.approx(row.confidence)
+    assert stored["elapsed_ms"] == pytest.approx(row.elapsed_ms)
+    assert stored["model_version"] == row.model_version
+    assert stored["created_at"] == row.created_at  # the request's time, not the insert's
+
+
+def test_a_row_the_database_refuses_fails_alone_and_logging_goes_on(
+    log_store: str, tmp_path: Path
+) -> None:
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        poison = replace(make_row("poison"), features={"not JSON": {1, 2}})
+        futures = [log.submit([make_row(f"good-{number}")]) for number in range(20)]
+        refused = log.submit([poison])
+        futures += [log.submit([make_row(f"after-{number}")]) for number in range(20)]
+
+        with pytest.raises(PredictionLogUnavailable):
+            refused.result(timeout=30)
+        for future in futures:
+            future.result(timeout=30)
+        assert not log.database_down
+    finally:
+        log.close()
+    assert len(logged_ids(log_store)) == 40
+    assert not log.spool_path.exists()
+
+
+def test_replay_sets_aside_rows_the_database_refuses(sqlite_url: str, tmp_path: Path) -> None:
+    init_schema(sqlite_url).dispose()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    spool = spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+    refused = replace(make_row("no-label"), prediction=None)  # violates NOT NULL
+    rows = [make_row("kept-1"), refused, make_row("kept-2")]
+    spool.write_text("".join(row.to_json() + "\n" for row in rows))
+
+    log = PredictionLogger(sqlite_url, spool_dir)
+    log.close()
+
+    assert sorted(logged_ids(sqlite_url)) == ["kept-1", "kept-2"]
+    assert not spool.exists()
+    (rejected,) = [json.loads(line) for line in log.rejected_path.read_text().splitlines()]
+    assert rejected["row"]["request_id"] == "no-label"
+    assert "NOT NULL" in rejected["error"]
+    assert not log.database_down  # one bad row does not stop the log
+
+
+NASTY_TEXT = "it's \"quoted\" \\ back\\slash 100% %s %(x)s \x00 nul\nline ü 😀 '); DROP TABLE t; --"
+
+
+@pytest.mark.parametrize("sql_mode", ["default", "NO_BACKSLASH_ESCAPES"])
+def test_mariadb_literal_inserts_keep_every_character(
+    mariadb_url: str, tmp_path: Path, sql_mode: str
+) -> None:
+    """On MariaDB rows go in as literal values the log renders itself: quotes, backslashes,
+    percent signs, NUL and non-ASCII text must arrive unchanged, whatever the server's
+    sql_mode says about backslashes."""
+    init_schema(mariadb_url).dispose()
+    url = mariadb_url
+    if sql_mode != "default":
+        url += "?init_command=" + quote(f"SET SESSION sql_mode = '{sql_mode}'")
+    row = replace(
+        make_row("nasty-1"),
+        customer_id=NASTY_TEXT[:32],
+        features={"text": NASTY_TEXT, "number": -1.5e-7, "count": 3, "missing": None},
+        model_version=f"credit_score_classifier:{NASTY_TEXT}",
+    )
+    log = PredictionLogger(url, tmp_path / "spool")
+    log.write([row, make_row("plain-2")])
+    log.close()
+
+    assert log.stats.committed_rows == 2 and log.stats.spooled_rows == 0
+    engine = make_engine(mariadb_url)
+    with engine.connect() as connection:
+        stored = (
+            connection.execute(select(log_table).where(log_table.c.request_id == "nasty-1"))
+            .mappings()
+            .one()
+        )
+    engine.dispose()
+    assert stored["customer_id"] == row.customer_id
+    assert stored["features"] == row.features
+    assert stored["model_version"] == row.model_version
+    assert stored["created_at"] == row.created_at
+
+
+def test_large_batches_are_split_into_statements_of_one_transaction(
+    mariadb_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_counter: list[int]
+) -> None:
+    import api.prediction_log as prediction_log
+
+    init_schema(mariadb_url).dispose()
+    monkeypatch.setattr(prediction_log, "MAX_STATEMENT_BYTES", 1_000)
+    rows = [make_row(f"split-{number}") for number in range(40)]
+    statements = prediction_log.mariadb_insert_statements(rows)
+    assert len(statements) >= 8 and all(len(statement) <= 1_000 for statement in statements)
+
+    log = PredictionLogger(mariadb_url, tmp_path / "spool", max_batch_rows=1_000)
+    commits_before = commit_counter[0]
+    log.write(rows)
+    log.close()
+    assert commit_counter[0] - commits_before == 1
+    assert sorted(logged_ids(mariadb_url)) == sorted(row.request_id for row in rows)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"confidence": float("nan")},
+        {"elapsed_ms": float("inf")},
+        {"features": {"age": float("nan")}},
+        {"customer_id": 12345},
+        {"customer_id": "CUS_\ud800"},
+        {"features": {"occupation": "\udfff"}},
+    ],
+    ids=[
+        "nan confidence",
+        "infinite elapsed",
+        "nan feature",
+        "number as customer id",
+        "lone surrogate in a column",
+        "lone surrogate in the features",
+    ],
+)
+def test_a_row_that_cannot_be_stored_fails_alone_on_mariadb(
+    mariadb_url: str, tmp_path: Path, poison: dict
+) -> None:
+    init_schema(mariadb_url).dispose()
+    log = PredictionLogger(mariadb_url, tmp_path / "spool")
+    try:
+        good = log.submit([make_row("good-1")])
+        refused = log.submit([replace(make_row("bad"), **poison)])
+        with pytest.raises(PredictionLogUnavailable, match="refused"):
+            refused.result(timeout=30)
+        good.result(timeout=30)
+        log.write([make_row("good-2")])
+        assert not log.database_down
+    finally:
+        log.close()
+    assert sorted(logged_ids(mariadb_url)) == ["good-1", "good-2"]

@@ -1,0 +1,125 @@
+"""The served model in-process: model input built from small and large requests alike,
+scalers that cannot scale refused at load, and concurrent single rows scored in groups."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel
+from api.sample_requests import load_sample, request_payload
+from credit_platform.core.features import MODEL_FEATURES
+from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_store import ModelBundle
+from credit_platform_tests.model_fixtures import train_tiny_model
+
+
+@pytest.fixture(scope="module")
+def sample(kaggle_sample: Path) -> pd.DataFrame:
+    return load_sample(kaggle_sample, rows=1500)
+
+
+def bundle_of(model: Any, scalers: dict, tag: str) -> ModelBundle:
+    return ModelBundle(
+        tag=tag,
+        model=model,
+        scalers=scalers,
+        metadata={"partition": "2025-01-15"},
+        creation_time=datetime.now(UTC),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(sample: pd.DataFrame) -> tuple[Any, dict]:
+    return train_tiny_model(sample, iterations=15)
+
+
+@pytest.fixture(scope="module")
+def predictor(trained: tuple[Any, dict]) -> Predictor:
+    model, scalers = trained
+    return Predictor(bundle_of(model, scalers, "credit_score_classifier:first"))
+
+
+@pytest.fixture(scope="module")
+def records(sample: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = sample.iloc[:300].to_dict(orient="records")
+    return [
+        {name: payload[name] for name in MODEL_FEATURES} for payload in map(request_payload, rows)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 300])
+def test_model_input_equals_the_training_transform(
+    predictor: Predictor, sample: pd.DataFrame, records: list[dict], count: int
+) -> None:
+    reference = prepare_model_input(sample.iloc[:count], predictor.bundle.scalers)
+    expected = predictor.bundle.model.predict_proba(reference)
+    np.testing.assert_array_equal(predictor.probabilities(records[:count]), expected)
+
+
+def test_scalers_that_cannot_scale_are_refused(trained: tuple[Any, dict]) -> None:
+    model, scalers = trained
+    for bad_scale in (0.0, float("nan"), float("inf")):
+        broken = copy.deepcopy(scalers["outstanding_debt"])
+        broken.scale_ = np.array([bad_scale])
+        with pytest.raises(ModelRefused, match="outstanding_debt"):
+            Predictor(bundle_of(model, {**scalers, "outstanding_debt": broken}, "x:broken"))
+
+
+def test_concurrent_rows_share_one_model_call(predictor: Predictor, records: list[dict]) -> None:
+    scorer = CoalescingScorer(ServedModel(predictor, loader=lambda tag: predictor))
+
+    async def many() -> list:
+        return await asyncio.gather(*(scorer.score(row) for row in records[:40]))
+
+    answers = asyncio.run(many())
+
+    assert scorer.groups == 1 and scorer.rows == 40
+    expected = predictor.predict(records[:40])
+    assert [prediction for _, prediction in answers] == expected
+    assert all(used is predictor for used, _ in answers)
+
+
+def test_a_lone_request_is_scored_at_once_and_groups_follow_a_reload(
+    predictor: Predictor, trained: tuple[Any, dict], records: list[dict]
+) -> None:
+    model, scalers = trained
+    second = Predictor(bundle_of(model, scalers, "credit_score_classifier:second"))
+    served = ServedModel(predictor, loader=lambda tag: second)
+    scorer = CoalescingScorer(served)
+
+    async def one_then_reload_then_many() -> tuple:
+        lone = await scorer.score(records[0])
+        served.reload("second")
+        later = await asyncio.gather(*(scorer.score(row) for row in records[1:5]))
+        return lone, later
+
+    (lone_model, lone_answer), later = asyncio.run(one_then_reload_then_many())
+
+    assert lone_model is predictor and lone_answer == predictor.predict(records[:1])[0]
+    assert {used.tag for used, _ in later} == {"credit_score_classifier:second"}
+    assert scorer.groups == 2
+
+
+def test_a_row_that_breaks_the_model_fails_only_its_own_request(
+    predictor: Predictor, records: list[dict]
+) -> None:
+    scorer = CoalescingScorer(ServedModel(predictor))
+    poison = {**records[1], "age": "not a number"}
+
+    async def group() -> list:
+        rows = [records[0], poison, records[2]]
+        return await asyncio.gather(*(scorer.score(row) for row in rows), return_exceptions=True)
+
+    first, failed, third = asyncio.run(group())
+
+    assert isinstance(failed, ValueError)
+    assert first[1] == predictor.predict([records[0]])[0]
+    assert third[1] == predictor.predict([records[2]])[0]

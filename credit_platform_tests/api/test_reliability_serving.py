@@ -1,0 +1,415 @@
+"""What users trust the prediction service for, under faults: real server processes, real
+load, the real MariaDB (through a proxy the test can cut; the shared server is never
+stopped).
+
+1. durable answers: SIGKILL under load (database up, then down) loses no answered row;
+2. database outage under load: no failed request, every answer logged once;
+3. hot swap under load: ten reloads, no failure, each answer from one of the two models,
+   /metadata the same from every worker after each reload;
+4. bad input: property-based fuzzing from the service's own OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
+
+from api.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core.features import LABELS, MODEL_FEATURES
+from credit_platform.core.schema import credit_predictions_api_log as log_table
+from credit_platform.core.service_process import (
+    LoadGenerator,
+    Outcome,
+    ServiceProcess,
+    TcpProxy,
+)
+from credit_platform_tests.model_fixtures import save_tiny_model
+from credit_platform_tests.openapi_strategies import from_openapi
+
+pytestmark = [pytest.mark.slow]
+
+TOKEN = "reliability-admin-token"
+
+
+@dataclass(frozen=True)
+class Models:
+    first: str
+    second: str
+
+
+@pytest.fixture(scope="module")
+def sample(kaggle_sample: Path) -> pd.DataFrame:
+    return load_sample(kaggle_sample, rows=2000)
+
+
+@pytest.fixture(scope="module")
+def payloads(sample: pd.DataFrame) -> list[dict]:
+    return valid_request_payloads(sample, 120)
+
+
+@pytest.fixture(scope="module")
+def models(sample: pd.DataFrame) -> Models:
+    return Models(
+        first=save_tiny_model(sample, partition="2025-03-01", iterations=20, depth=4, seed=3),
+        second=save_tiny_model(sample, partition="2025-03-02", iterations=12, depth=3, seed=4),
+    )
+
+
+def service_env(db_url: str, spool: Path, tag: str, **extra: str) -> dict[str, str]:
+    return {
+        "FEATURE_STORE_URL": db_url,
+        "CREDIT_PREDICTION_SPOOL_DIR": str(spool),
+        "CREDIT_API_MODEL_TAG": tag,
+        "CREDIT_API_ADMIN_TOKEN": TOKEN,
+        **extra,
+    }
+
+
+@pytest.fixture
+def proxied_db(mariadb_url: str) -> Iterator[tuple[str, TcpProxy]]:
+    """The test's MariaDB database reached through a proxy the test can cut."""
+    url = make_url(mariadb_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 3306)
+    try:
+        yield url.set(port=proxy.port).render_as_string(hide_password=False), proxy
+    finally:
+        proxy.close()
+
+
+def logged_ids(db_url: str, prefix: str) -> Counter:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(log_table.c.request_id).where(log_table.c.request_id.like(f"{prefix}-%"))
+            ).scalars()
+            return Counter(rows)
+    finally:
+        engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def assert_logged_exactly_once(db_url: str, prefix: str, answered: list[Outcome]) -> None:
+    logged = logged_ids(db_url, prefix)
+    missing = [o.request_id for o in answered if logged[o.request_id] == 0]
+    assert not missing, f"{len(missing)} answered requests are not logged, e.g. {missing[:5]}"
+    assert max(logged.values()) == 1  # the column is UNIQUE; a replay never duplicates
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def spool_files(spool: Path) -> list[Path]:
+    return sorted(spool.glob("prediction_log-*.jsonl")) if spool.is_dir() else []
+
+
+# --- 1. durable answers ------------------------------------------------------------------
+
+
+def test_sigkill_under_load_loses_no_answered_row(
+    tmp_path: Path, proxied_db: tuple[str, TcpProxy], payloads: list[dict], models: Models
+) -> None:
+    db_url, proxy = proxied_db
+    spool = tmp_path / "spool"
+    env = service_env(db_url, spool, models.first)
+    output = tmp_path / "service.log"
+
+    def serve_then_kill(prefix: str, min_requests: int, *, server_only: bool) -> list[Outcome]:
+        service = ServiceProcess(env, output)
+        service.wait_ready()
+        workers = service.worker_pids()
+        load = LoadGenerator(service.url, payloads, threads=4, prefix=prefix).start()
+        try:
+            wait_for(lambda: load.count() >= min_requests, 30, f"{min_requests} requests")
+            if server_only:  # the workers must notice, drain and exit, not linger orphaned
+                os.kill(service.process.pid, signal.SIGKILL)
+                wait_for(lambda: not any(alive(pid) for pid in workers), 30, "workers to exit")
+            service.kill()  # mid-load: requests in flight get no answer
+        finally:
+            service.kill()
+            outcomes = load.stop()
+        return [o for o in outcomes if o.status == 200]
+
+    # Database up, the server process killed: answers left after their group commit.
+    committed = serve_then_kill("kill-up", 300, server_only=True)
+    # Database down, every process killed at once: answers left after the spool's fsync.
+    proxy.cut()
+    spooled = serve_then_kill("kill-down", 200, server_only=False)
+    assert spool_files(spool), "rows answered during the outage must be in the spool"
+
+    # Database back; a new service replays the spools the killed workers left.
+    proxy.restore()
+    service = ServiceProcess(env, output)
+    try:
+        service.wait_ready()
+        wait_for(lambda: not spool_files(spool), 30, "the spool to be replayed")
+    finally:
+        service.stop()
+
+    assert len(committed) > 100 and len(spooled) > 100
+    assert_logged_exactly_once(db_url, "kill", committed + spooled)
+
+
+# --- 2. database outage ------------------------------------------------------------------
+
+
+def test_database_outage_under_load_fails_no_request(
+    tmp_path: Path, proxied_db: tuple[str, TcpProxy], payloads: list[dict], models: Models
+) -> None:
+    db_url, proxy = proxied_db
+    spool = tmp_path / "spool"
+    service = ServiceProcess(service_env(db_url, spool, models.first), tmp_path / "service.log")
+    service.wait_ready()
+    load = LoadGenerator(service.url, payloads, threads=4, max_seconds=40).start()
+    try:
+        wait_for(lambda: load.count() >= 200, 20, "load before the outage")
+        proxy.cut()
+        time.sleep(4)
+        during = load.count()
+        proxy.restore()
+        wait_for(lambda: load.count() >= during + 300, 20, "load after the outage")
+    finally:
+        outcomes = load.stop()
+    try:
+        failures = [o for o in outcomes if o.status != 200]
+        assert not failures, f"{len(failures)} failed, e.g. {failures[:3]}"
+        assert during > 200, "requests must keep being answered while the database is down"
+        wait_for(
+            lambda: sum(logged_ids(db_url, load.prefix).values()) >= len(outcomes),
+            30,
+            "the spooled rows to be replayed",
+        )
+        assert_logged_exactly_once(db_url, load.prefix, outcomes)
+        assert not spool_files(spool)
+        assert "spooling to" in service.tail(400)  # the outage really hit the log
+    finally:
+        service.stop()
+
+
+# --- 3. hot swap under load --------------------------------------------------------------
+
+
+def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Models) -> None:
+    from api.predictor import load_predictor
+
+    db_url = f"sqlite:///{tmp_path / 'log.db'}"
+    service = ServiceProcess(
+        service_env(db_url, tmp_path / "spool", models.first), tmp_path / "service.log"
+    )
+    service.wait_ready()
+    assert len(service.worker_pids()) >= 2, "the swap must reach every worker"
+    load = LoadGenerator(service.url, payloads, threads=3, max_seconds=50).start()
+    seen_metadata: set[str] = set()
+    try:
+        targets = [models.second, models.first] * 5
+        for tag in targets:
+            time.sleep(0.3)
+            answer = requests.post(
+                f"{service.url}/admin/reload",
+                json={"tag": tag},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            # Whichever worker answers, it serves the new model once the reload returned.
+            versions = {
+                requests.get(f"{service.url}/metadata", timeout=10).json()["model_version"]
+                for _ in range(12)
+            }
+            assert versions == {tag}
+            seen_metadata |= versions
+        time.sleep(0.3)
+    finally:
+        outcomes = load.stop()
+        service.stop()
+
+    failures = [o for o in outcomes if o.status != 200]
+    assert not failures, failures[:3]
+    assert len(outcomes) > 200
+    predictors = [load_predictor(models.first), load_predictor(models.second)]
+    for outcome in outcomes:
+        features = {name: payloads[outcome.payload_index][name] for name in MODEL_FEATURES}
+        possible = [predictor.predict([features])[0] for predictor in predictors]
+        assert any(
+            outcome.body["predict"] == p.label
+            and outcome.body["confidence"] == pytest.approx(p.confidence, rel=1e-9)
+            for p in possible
+        ), (outcome, possible)
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        versions = Counter(connection.execute(select(log_table.c.model_version)).scalars())
+    engine.dispose()
+    assert set(versions) == {models.first, models.second}
+    assert seen_metadata == {models.first, models.second}
+
+
+# --- 4. bad input ------------------------------------------------------------------------
+
+
+def request_bodies(openapi: dict, route: str):
+    """Bodies valid against the route's published request schema."""
+    body = openapi["paths"][route]["post"]["requestBody"]["content"]["application/json"]
+    return from_openapi(body["schema"], openapi["components"])
+
+
+def test_fuzzed_requests_never_break_the_service(
+    tmp_path: Path, payloads: list[dict], models: Models
+) -> None:
+    from api.predictor import load_predictor
+
+    service = ServiceProcess(
+        service_env(
+            f"sqlite:///{tmp_path / 'log.db'}",
+            tmp_path / "spool",
+            models.first,
+            CREDIT_API_MAX_BATCH_ROWS="8",
+        ),
+        tmp_path / "service.log",
+    )
+    service.wait_ready()
+    workers = service.worker_pids()
+    session = requests.Session()
+    try:
+        openapi = session.get(f"{service.url}/docs.json", timeout=10).json()
+        json_values = st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+            max_leaves=12,
+        )
+        valid_row = st.integers(0, len(payloads) - 1).map(payloads.__getitem__)
+
+        def corrupted(row: dict, name: str, value: object) -> dict:
+            return {**row, name: value}
+
+        broken_row = st.builds(
+            corrupted, valid_row, st.sampled_from(["customer_id", *MODEL_FEATURES]), json_values
+        )
+        bodies = {
+            "/predict": st.one_of(
+                request_bodies(openapi, "/predict"),
+                st.builds(lambda row: {"data": row}, broken_row),
+                json_values,
+            ),
+            "/predict_batch": st.one_of(
+                request_bodies(openapi, "/predict_batch"),
+                st.builds(
+                    lambda rows: {"data": rows}, st.lists(broken_row | valid_row, max_size=10)
+                ),
+                json_values,
+            ),
+        }
+        raw = st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
+        statuses: Counter = Counter()
+
+        def check(route: str, data: bytes, request_id: str | None) -> None:
+            headers = {"Content-Type": "application/json"}
+            if request_id is not None:
+                headers["X-Request-ID"] = request_id
+            response = session.post(f"{service.url}{route}", data=data, headers=headers, timeout=30)
+            statuses[response.status_code] += 1
+            assert response.status_code < 500, (route, data[:300], response.text[:300])
+            if response.status_code == 200:
+                answers = response.json()
+                for answer in answers if isinstance(answers, list) else [answers]:
+                    assert answer["predict"] in LABELS and 0 < answer["confidence"] <= 1
+
+        header = st.none() | st.from_regex(r"\A[!-~]{1,60}\Z")
+        limits = {"deadline": None, "database": None, "suppress_health_check": list(HealthCheck)}
+
+        def fuzz(route: str) -> None:
+            @settings(**limits, max_examples=120)
+            @given(body=bodies[route], request_id=header)
+            def fuzz_json(body: object, request_id: str | None) -> None:
+                check(route, json.dumps(body).encode(), request_id)
+
+            @settings(**limits, max_examples=40)
+            @given(data=raw)
+            def fuzz_bytes(data: bytes) -> None:
+                check(route, data, None)
+
+            fuzz_json()
+            fuzz_bytes()
+
+        fuzz("/predict")
+        fuzz("/predict_batch")
+
+        assert statuses[200] > 0 and sum(statuses.values()) >= 300, statuses
+        # No worker died or was replaced, and the service still answers correctly.
+        assert service.process.poll() is None and service.worker_pids() == workers
+        answer = session.post(f"{service.url}/predict", json={"data": payloads[0]}, timeout=10)
+        assert answer.status_code == 200
+        features = {name: payloads[0][name] for name in MODEL_FEATURES}
+        expected = load_predictor(models.first).predict([features])[0]
+        assert answer.json()["predict"] == expected.label
+        assert answer.json()["confidence"] == pytest.approx(expected.confidence, rel=1e-9)
+    finally:
+        session.close()
+        service.stop()
+
+
+# --- the fix to BentoML's per-request timers (no server) ---------------------------------
+
+
+def test_request_timers_are_cancelled_once_the_response_starts() -> None:
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from api.bentoml_patches import cancel_request_timers
+
+    assert cancel_request_timers()
+
+    async def answer(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def hang(scope, receive, send) -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> tuple[list, list, list]:
+        loop = asyncio.get_running_loop()
+        answered, timed_out = [], []
+
+        async def record(into: list):
+            async def send(message: dict) -> None:
+                into.append(message)
+
+            return send
+
+        middleware = TimeoutMiddleware(answer, timeout=60)
+        for _ in range(50):
+            await middleware({"type": "http"}, None, await record(answered))
+        armed = [handle for handle in loop._scheduled if not handle.cancelled()]
+        await TimeoutMiddleware(hang, timeout=0.05)({"type": "http"}, None, await record(timed_out))
+        return answered, armed, timed_out
+
+    answered, armed, timed_out = asyncio.run(scenario())
+    assert len(answered) == 100
+    assert armed == []  # no 60 s timer outlives its request
+    assert timed_out[0]["status"] == 504  # the timeout itself still works

@@ -1,0 +1,263 @@
+"""Continuous deployment: the deployed_bento asset against a real service process, and both
+sensors evaluated with Dagster's sensor contexts."""
+
+import json
+import os
+import uuid
+from datetime import date
+
+import pytest
+import requests
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterRun,
+    DagsterRunStatus,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+
+from credit_platform.core.db import init_schema
+from credit_platform.core.service_control import ServiceClient, stop_service
+from credit_platform.core.service_process import free_port
+from credit_platform.core.settings import ADMIN_TOKEN_ENV
+from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.checks import credit_score_model_quality
+from credit_platform.defs.definitions import CONTINUOUS_TRAINING_ASSETS
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
+from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+from credit_platform.defs.sensors import (
+    DEPLOY_JOB,
+    DEPLOY_KEY_TAG,
+    MAX_DEPLOY_ATTEMPTS,
+    deploy_sensor,
+    new_data_sensor,
+)
+from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform_tests.training_fixtures import tiny_grid, training_resources
+
+TOKEN = "deploy-test-token"
+FIRST, SECOND, REJECTED = "2025-02-03", "2025-02-04", "2025-02-05"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """Three trained partitions (the third fails its check), resources pointing at a free
+    port where no service runs yet; any service started is stopped at the end."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    url = f"sqlite:///{tmp / 'store.db'}"
+    engine = init_schema(url)
+    seed_synthetic(engine, customers=50, days=36, start=date(2025, 1, 1), seed=5, progress=False)
+    engine.dispose()
+    port = free_port()
+    resources = training_resources(tmp, url)
+    resources["prediction_service"] = PredictionServiceResource(
+        api_url=f"http://127.0.0.1:{port}", admin_token=TOKEN, timeout_seconds=2.0
+    )
+    previous_token = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = TOKEN  # inherited by the service a deploy starts
+    tags = {}
+    try:
+        with instance_for_test() as instance:
+            for partition, min_accuracy in ((FIRST, 0.3), (SECOND, 0.3), (REJECTED, 0.999)):
+                result = materialize(
+                    [*CONTINUOUS_TRAINING_ASSETS, credit_score_model_quality],
+                    partition_key=partition,
+                    resources=resources,
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config={
+                        "ops": {
+                            "credit_score_model": {"config": tiny_grid()},
+                            "credit_score_model_credit_score_model_quality": {
+                                "config": {"min_accuracy": min_accuracy, "tolerance": 1.0}
+                            },
+                        }
+                    },
+                )
+                tags[partition] = result.output_for_node("credit_score_model")["bento_tag"]
+            yield {"resources": resources, "port": port, "tags": tags, "instance": instance}
+    finally:
+        stop_service(port)
+        if previous_token is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = previous_token
+
+
+def _deploy(platform, partition):
+    return materialize(
+        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
+        selection=[deployed_bento],
+        partition_key=partition,
+        resources=platform["resources"],
+        instance=platform["instance"],
+        raise_on_error=False,
+    )
+
+
+def _tick(platform, cursor=None):
+    context = build_sensor_context(
+        instance=platform["instance"], cursor=cursor, resources=platform["resources"]
+    )
+    return deploy_sensor(context)
+
+
+def _record_failed_deploy(platform, request) -> None:
+    """What the daemon leaves when the run it launched for `request` fails."""
+    platform["instance"].add_run(
+        DagsterRun(
+            job_name=DEPLOY_JOB,
+            run_id=str(uuid.uuid4()),
+            status=DagsterRunStatus.FAILURE,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+        )
+    )
+
+
+def _served_tag(platform) -> str | None:
+    served = platform["resources"]["prediction_service"].client().reported_model()
+    return served.tag if served else None
+
+
+def test_deploy_flow_start_reload_skip_and_refuse(platform):
+    tags = platform["tags"]
+
+    # 1. Service down: the sensor asks to deploy the champion, once per outage.
+    down = _tick(platform)
+    assert [request.partition_key for request in down.run_requests] == [SECOND]
+    key = down.run_requests[0].run_key
+    assert key.startswith(f"deploy:{tags[SECOND]}:outage:")
+    again = _tick(platform, cursor=down.cursor)
+    assert [request.run_key for request in again.run_requests] == [key]
+
+    # 2. deployed_bento starts the service with the first model.
+    first = _deploy(platform, FIRST)
+    assert first.success
+    metadata = first.asset_materializations_for_node("deployed_bento")[0].metadata
+    assert metadata["action"].value == "started"
+    assert metadata["served_model_tag"].value == tags[FIRST]
+    assert metadata["bento_tag"].value.startswith("credit_score_service:")
+    assert _served_tag(platform) == tags[FIRST]
+    served = ServiceClient(f"http://127.0.0.1:{platform['port']}").reported_model()
+    assert served.creation_time.tzinfo is not None
+    answer = requests.post(f"http://127.0.0.1:{platform['port']}/metadata", timeout=5).json()
+    assert answer["partition"] == FIRST
+
+    # 3. The champion is newer than the served model: one deploy request keyed by its tag.
+    newer = _tick(platform, cursor=again.cursor)
+    assert [(r.run_key, r.partition_key) for r in newer.run_requests] == [
+        (f"deploy:{tags[SECOND]}", SECOND)
+    ]
+    assert json.loads(newer.cursor) == {}
+    assert newer.run_requests[0].tags[DEPLOY_KEY_TAG] == f"deploy:{tags[SECOND]}"
+
+    # 3b. A failed deploy is requested again under a new key (the same key while that
+    # attempt runs), up to MAX_DEPLOY_ATTEMPTS; then the sensor says why it waits.
+    request = newer.run_requests[0]
+    for attempt in range(1, MAX_DEPLOY_ATTEMPTS):
+        _record_failed_deploy(platform, request)
+        retry = _tick(platform, cursor=newer.cursor)
+        assert [r.run_key for r in retry.run_requests] == [f"deploy:{tags[SECOND]}:retry:{attempt}"]
+        assert [r.run_key for r in _tick(platform, cursor=newer.cursor).run_requests] == [
+            retry.run_requests[0].run_key
+        ]
+        request = retry.run_requests[0]
+    _record_failed_deploy(platform, request)
+    given_up = _tick(platform, cursor=newer.cursor)
+    assert given_up.run_requests == []
+    assert f"failed {MAX_DEPLOY_ATTEMPTS} times" in given_up.skip_reason.skip_message
+
+    # 4. Deploying it hot-swaps the running service.
+    second = _deploy(platform, SECOND)
+    assert second.success
+    metadata = second.asset_materializations_for_node("deployed_bento")[0].metadata
+    assert metadata["action"].value == "reloaded"
+    assert metadata["previous_model_tag"].value == tags[FIRST]
+    assert _served_tag(platform) == tags[SECOND]
+
+    # 5. Nothing newer: repeated ticks request nothing.
+    for _ in range(3):
+        idle = _tick(platform, cursor=newer.cursor)
+        assert idle.run_requests == []
+        assert "already served" in idle.skip_reason.skip_message
+
+    # 6. A model whose blocking check failed is never deployed; the old one keeps serving.
+    refused = _deploy(platform, REJECTED)
+    assert not refused.success
+    error = str(refused.failure_data_for_node("deployed_bento").error)
+    assert tags[REJECTED] in error and "'failed'" in error
+    assert _served_tag(platform) == tags[SECOND]
+    materialized = platform["instance"].get_materialized_partitions(AssetKey("deployed_bento"))
+    assert REJECTED not in materialized
+
+
+def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):
+    resources = training_resources(tmp_path, sqlite_url)
+    resources["prediction_service"] = PredictionServiceResource(
+        api_url=f"http://127.0.0.1:{free_port()}"
+    )
+    with instance_for_test() as instance:
+        result = deploy_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert "no model has passed" in result.skip_message
+
+
+def _new_data_tick(url: str, cursor=None, trained=()):
+    with instance_for_test() as instance:
+        for partition in trained:
+            instance.report_runless_asset_event(
+                AssetMaterialization(asset_key="credit_score_model", partition=partition)
+            )
+        context = build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            resources={"feature_store": FeatureStoreResource(url=url)},
+        )
+        return new_data_sensor(context)
+
+
+def test_new_data_sensor_requests_each_new_day_once(sqlite_url):
+    engine = init_schema(sqlite_url)
+    assert "no labels yet" in _new_data_tick(sqlite_url).skip_message
+
+    seed_synthetic(engine, customers=5, days=10, start=date(2025, 3, 1), seed=1, progress=False)
+    first = _new_data_tick(sqlite_url)
+    assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
+        ("2025-03-10", "ct:2025-03-10")
+    ]
+    assert first.cursor == "2025-03-10"
+    # Same data, next tick: nothing to do.
+    assert "no labels after 2025-03-10" in _new_data_tick(sqlite_url, first.cursor).skip_message
+
+    # Two more days arrive: exactly those two partitions.
+    seed_synthetic(engine, customers=5, days=12, start=date(2025, 3, 1), seed=1, progress=False)
+    engine.dispose()
+    later = _new_data_tick(sqlite_url, first.cursor)
+    assert [r.partition_key for r in later.run_requests] == ["2025-03-11", "2025-03-12"]
+    assert later.cursor == "2025-03-12"
+
+
+def test_new_data_sensor_first_tick_skips_an_already_trained_day(sqlite_url):
+    engine = init_schema(sqlite_url)
+    seed_synthetic(engine, customers=3, days=4, start=date(2025, 3, 1), seed=1, progress=False)
+    engine.dispose()
+    result = _new_data_tick(sqlite_url, trained=["2025-03-04"])
+    assert result.run_requests == []
+    assert "already trained" in result.skip_reason.skip_message
+    assert result.cursor == "2025-03-04"
+
+
+def test_new_data_sensor_caps_a_bulk_load(sqlite_url):
+    engine = init_schema(sqlite_url)
+    seed_synthetic(engine, customers=3, days=40, start=date(2025, 3, 1), seed=1, progress=False)
+    engine.dispose()
+    result = _new_data_tick(sqlite_url, cursor="2025-02-28")
+    assert [r.partition_key for r in result.run_requests] == [
+        f"2025-04-{day:02d}" for day in range(3, 10)
+    ]
+
+
+def test_new_data_sensor_skips_when_the_store_is_down():
+    result = _new_data_tick(f"mysql+pymysql://root:pw@127.0.0.1:{free_port()}/mlops")
+    assert "feature store unavailable" in result.skip_message

@@ -1,0 +1,269 @@
+"""Grid search, MLflow tracking and the BentoML hand-off of `credit_score_model`."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import materialize
+
+from credit_platform.core import settings
+from credit_platform.core.db import init_schema
+from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
+from credit_platform.core.model_input import fit_scalers, prepare_model_input
+from credit_platform.core.model_store import list_model_tags, load_model_bundle
+from credit_platform.core.settings import MODEL_NAME
+from credit_platform.core.training import (
+    Evaluation,
+    FitSettings,
+    TrialParams,
+    TrialResult,
+    best_trial,
+    fit_trial,
+    make_pool,
+    markdown_table,
+    parameter_grid,
+)
+from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.scalers import scalers
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TRAIN, VALID, stratified_split
+from credit_platform.defs.assets.split import train_valid_split as split_asset
+from credit_platform.defs.resources.mlflow_tracking import ExperimentDeleted, MlflowTrackingResource
+from credit_platform_tests.training_fixtures import (
+    insert_partition,
+    synthetic_partition,
+    tiny_grid,
+    training_resources,
+)
+
+DAY = date(2025, 1, 31)
+PARTITION = DAY.isoformat()
+MODEL_METADATA_KEYS = {
+    "bento_tag",
+    "mlflow_run_id",
+    "mlflow_parent_run_id",
+    "mlflow_run",
+    "mlflow_model_version",
+    "best_params",
+    "val_accuracy",
+    "val_macro_f1",
+    "trials",
+    "confusion_matrix",
+    "feature_importance",
+    "rows_train",
+    "rows_valid",
+}
+
+
+def test_parameter_grid_is_the_full_product_in_a_stable_order():
+    grid = parameter_grid([4, 6, 8], [0.5, 0.75, 1.0], [1, 3, 5])
+    assert len(grid) == 27
+    assert len(set(grid)) == 27
+    assert grid[0] == TrialParams(depth=4, rsm=0.5, l2_leaf_reg=1.0)
+    assert grid[-1] == TrialParams(depth=8, rsm=1.0, l2_leaf_reg=5.0)
+    with pytest.raises(ValueError, match="depths"):
+        parameter_grid([], [0.5], [1])
+    with pytest.raises(ValueError, match="rsm"):
+        parameter_grid([4], [1.5], [1])
+
+
+def _result(accuracy: float, macro_f1: float) -> TrialResult:
+    evaluation = Evaluation(accuracy=accuracy, macro_f1=macro_f1, confusion=np.zeros((3, 3)))
+    return TrialResult(
+        params=TrialParams(4, 1.0, 3.0), model=None, evaluation=evaluation, best_iteration=1
+    )
+
+
+def test_best_trial_is_highest_accuracy_then_f1_then_first():
+    low, high, high_better_f1, high_again = (
+        _result(0.6, 0.9),
+        _result(0.7, 0.5),
+        _result(0.7, 0.6),
+        _result(0.7, 0.6),
+    )
+    assert best_trial([low, high]) is high
+    assert best_trial([high, high_better_f1, low]) is high_better_f1
+    assert best_trial([high_better_f1, high_again]) is high_better_f1
+    with pytest.raises(ValueError):
+        best_trial([])
+
+
+def test_markdown_table_escapes_cell_separators():
+    table = markdown_table(["name", "value"], [("a|b", 0.123456), ("c", 2)])
+    assert table.splitlines() == [
+        "| name | value |",
+        "| --- | --- |",
+        "| a\\|b | 0.1235 |",
+        "| c | 2 |",
+    ]
+
+
+def test_a_trial_learns_the_labels_from_prepared_input():
+    split = stratified_split(synthetic_partition(DAY, rows=400), valid_fraction=0.2, seed=42)
+    train = split[split[SPLIT_COLUMN] == TRAIN]
+    valid = split[split[SPLIT_COLUMN] == VALID]
+    fitted = fit_scalers(train)
+    train_pool = make_pool(prepare_model_input(train, fitted), train[TARGET])
+    valid_pool = make_pool(prepare_model_input(valid, fitted), valid[TARGET])
+
+    result = fit_trial(
+        train_pool,
+        valid_pool,
+        valid[TARGET],
+        TrialParams(depth=4, rsm=1.0, l2_leaf_reg=3.0),
+        FitSettings(iterations=60, early_stopping_rounds=10, thread_count=2),
+    )
+
+    majority = valid[TARGET].value_counts(normalize=True).max()
+    assert result.evaluation.accuracy > majority + 0.1
+    assert result.evaluation.confusion.sum() == len(valid)
+    assert 0 <= result.best_iteration < 60
+    assert set(result.model.classes_) == set(LABELS)
+    assert list(result.model.feature_names_) == list(MODEL_FEATURES)
+
+
+def _materialize_partition(tmp_path, sqlite_url, partition: str, seed: int):
+    engine = init_schema(sqlite_url)
+    insert_partition(engine, synthetic_partition(date.fromisoformat(partition), 300, seed))
+    engine.dispose()
+    return materialize(
+        [split_asset, scalers, credit_score_model],
+        partition_key=partition,
+        resources=training_resources(tmp_path, sqlite_url),
+        run_config={"ops": {"credit_score_model": {"config": tiny_grid()}}},
+    )
+
+
+def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sqlite_url):
+    tags_before = set(list_model_tags())
+    result = _materialize_partition(tmp_path, sqlite_url, PARTITION, seed=7)
+
+    summary = result.output_for_node("credit_score_model")
+    fitted_scalers = result.output_for_node("scalers")
+    tracking = training_resources(tmp_path, sqlite_url)["mlflow_tracking"]
+    client = tracking.client()
+
+    # One experiment, one FINISHED parent with a FINISHED child per grid point.
+    experiments = client.search_experiments()
+    assert [e.name for e in experiments if e.name != "Default"] == ["credit_score_tests"]
+    runs = client.search_runs([tracking.experiment_id()])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    (parent,) = parents
+    assert parent.info.run_name == f"credit_score_model/{PARTITION}"
+    assert parent.data.tags["partition"] == PARTITION
+    assert parent.data.tags["dagster_run_id"] == result.run_id
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    for child in children:
+        assert {"val_accuracy", "val_macro_f1", "best_iteration"} <= set(child.data.metrics)
+        assert {"depth", "rsm", "l2_leaf_reg"} <= set(child.data.params)
+    best_child = max(children, key=lambda run: run.data.metrics["val_accuracy"])
+    assert summary["mlflow_run_id"] == best_child.info.run_id
+    assert summary["metrics"]["val_accuracy"] == pytest.approx(
+        best_child.data.metrics["val_accuracy"]
+    )
+    assert summary["trials"] == 2
+
+    # A new registered version, tagged with the partition and the BentoML tag.
+    version = client.get_model_version(MODEL_NAME, summary["mlflow_model_version"])
+    assert version.run_id == best_child.info.run_id
+    assert version.tags["partition"] == PARTITION
+    assert version.tags["bento_tag"] == summary["bento_tag"]
+
+    # The BentoML store holds the same model with the scalers it was trained with.
+    assert summary["bento_tag"] not in tags_before
+    assert summary["bento_tag"] in list_model_tags()
+    bundle = load_model_bundle(summary["bento_tag"])
+    assert bundle.partition == PARTITION
+    assert bundle.metadata["metrics"]["val_accuracy"] == pytest.approx(
+        summary["metrics"]["val_accuracy"]
+    )
+    assert bundle.metadata["params"]["depth"] == summary["params"]["depth"]
+    assert bundle.metadata["params"]["learning_rate"] == 0.3
+    assert bundle.metadata["mlflow_run_id"] == best_child.info.run_id
+    assert bundle.metadata["mlflow_model_version"] == summary["mlflow_model_version"]
+    assert bundle.metadata["dagster_run_id"] == result.run_id
+    for name in NUMERIC_FEATURES:
+        assert bundle.scalers[name].center_[0] == fitted_scalers[name].center_[0]
+        assert bundle.scalers[name].scale_[0] == fitted_scalers[name].scale_[0]
+    stored = pd.read_parquet(tmp_path / "storage" / "train_valid_split" / f"{PARTITION}.parquet")
+    valid = stored[stored[SPLIT_COLUMN] == VALID]
+    probabilities = bundle.model.predict_proba(prepare_model_input(valid, bundle.scalers))
+    predicted = np.asarray(bundle.model.classes_)[probabilities.argmax(axis=1)]
+    assert (predicted == valid[TARGET].to_numpy()).mean() == pytest.approx(
+        summary["metrics"]["val_accuracy"]
+    )
+
+    (materialization,) = result.asset_materializations_for_node("credit_score_model")
+    metadata = materialization.metadata
+    assert set(metadata) >= MODEL_METADATA_KEYS
+    assert metadata["bento_tag"].value == summary["bento_tag"]
+    assert metadata["trials"].value == 2
+    assert metadata["rows_train"].value + metadata["rows_valid"].value == 300
+    assert "| Good |" in metadata["confusion_matrix"].value
+    assert metadata["feature_importance"].value.count("\n") == 11  # header, rule, top 10
+
+    # A second partition reuses the experiment: still one, now with two parent runs.
+    _materialize_partition(tmp_path, sqlite_url, "2025-02-01", seed=8)
+    assert [e.name for e in client.search_experiments() if e.name != "Default"] == [
+        "credit_score_tests"
+    ]
+    runs = client.search_runs([tracking.experiment_id()])
+    assert sum("mlflow.parentRunId" not in run.data.tags for run in runs) == 2
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 2
+
+
+def _tracking(tmp_path) -> MlflowTrackingResource:
+    return MlflowTrackingResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment_name="resource_tests",
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
+
+
+def test_failed_runs_are_closed_as_failed(tmp_path):
+    tracking = _tracking(tmp_path)
+    with pytest.raises(RuntimeError, match="trial broke"), tracking.start_run("parent") as parent:
+        with tracking.start_run("ok-trial", nested=True) as ok_trial:
+            pass
+        with tracking.start_run("bad-trial", nested=True) as bad_trial:
+            raise RuntimeError("trial broke")
+
+    client = tracking.client()
+    assert client.get_run(ok_trial.info.run_id).info.status == "FINISHED"
+    assert client.get_run(bad_trial.info.run_id).info.status == "FAILED"
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+    experiment = client.get_experiment(tracking.experiment_id())
+    assert experiment.artifact_location == (tmp_path / "artifacts").as_uri()
+    assert mlflow.active_run() is None
+
+
+def test_a_deleted_experiment_is_reported_not_recreated(tmp_path):
+    tracking = _tracking(tmp_path)
+    experiment_id = tracking.experiment_id()
+    tracking.client().delete_experiment(experiment_id)
+    with pytest.raises(ExperimentDeleted, match="restore"):
+        tracking.experiment_id()
+    assert tracking.client().get_experiment(experiment_id).lifecycle_stage == "deleted"
+
+
+def test_an_interrupted_run_is_closed_as_killed(tmp_path):
+    tracking = _tracking(tmp_path)
+    with pytest.raises(KeyboardInterrupt), tracking.start_run("interrupted") as run:
+        raise KeyboardInterrupt
+    assert tracking.client().get_run(run.info.run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None
+
+
+def test_a_local_store_keeps_artifacts_under_the_platform_home(tmp_path):
+    tracking = MlflowTrackingResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="defaults"
+    )
+    experiment = tracking.client().get_experiment(tracking.experiment_id())
+    assert experiment.artifact_location == settings.mlflow_artifact_root().as_uri()
+    assert tracking.experiment_id() == experiment.experiment_id  # found, not created again

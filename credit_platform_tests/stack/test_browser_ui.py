@@ -1,0 +1,313 @@
+"""The Dagster UI driven as a person drives it: Debian's headless Chromium (through
+Playwright, with the system browser; nothing is downloaded) opens the webserver, launches
+one partition of the continuous-training assets from the asset pages, watches the run
+succeed and reads the row count and the accuracy off the asset pages.
+
+The webserver and the daemon run as in embedded mode (the root workspace.yaml, SQLite
+instance) on a seeded synthetic store in a temporary home, with CREDIT_TRAINING_GRID=small
+so a launch without config trains two trials. The sensors are stopped before the daemon
+starts: the new-data sensor would otherwise queue a run of its own, and the deploy sensor
+would try to start a prediction service once the model passes its check.
+A screenshot of each asset page lands in pytest's tmp dir and in test-output/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from credit_platform.core.db import init_schema
+from credit_platform.core.schema import credit_score_features_target
+from credit_platform.core.service_process import free_port
+from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform_tests.stack_fixtures import REPO_ROOT, VENV_BIN
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO_ROOT / "test-output"
+START_TIMEOUT = 90.0
+RUN_TIMEOUT = 240.0
+SENSORS = ("new_data_sensor", "deploy_sensor")
+SEED_DAYS = 10
+
+
+@dataclass
+class DagsterUi:
+    url: str
+    api_url: str
+    partition: str
+    feature_store_url: str
+    processes: list[subprocess.Popen]
+    logs: list[Path]
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            for log in self.logs
+        )
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = (
+        f"Debian's chromium is not installed at {CHROMIUM}; scripts/test.sh installs it "
+        "(apt-get install chromium)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _start(command: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: code servers and runs go with it
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    with contextlib.suppress(ProcessLookupError):  # run workers left behind by the group
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_until(check, timeout: float, what: str, ui: DagsterUi | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    pytest.fail(f"{what} within {timeout:.0f}s" + (f"\n{ui.tails()}" if ui else ""))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _stop_sensors(ui: DagsterUi) -> None:
+    for name in SENSORS:
+        selector = {
+            "repositoryLocationName": "credit_platform",
+            "repositoryName": "__repository__",
+            "sensorName": name,
+        }
+        sensor = ui.graphql(
+            "query ($s: SensorSelector!) { sensorOrError(sensorSelector: $s) "
+            "{ ... on Sensor { id } } }",
+            {"s": selector},
+        )["sensorOrError"]
+        stopped = ui.graphql(
+            "mutation ($id: String!) { stopSensor(id: $id) { __typename "
+            "... on StopSensorMutationResult { instigationState { status } } } }",
+            {"id": sensor["id"]},
+        )["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory) -> Iterator[DagsterUi]:
+    _require_chromium()
+    root = tmp_path_factory.mktemp("browser_ui")
+    home = root / "home"
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+    )
+    feature_store_url = f"sqlite:///{home / 'feature_store.db'}"
+    # Recent days, so the launch dialog's default "last 90 days" shows the partition.
+    start = date.today() - timedelta(days=SEED_DAYS)
+    engine = init_schema(feature_store_url)
+    try:
+        seed_synthetic(engine, customers=80, days=SEED_DAYS, start=start, progress=False)
+    finally:
+        engine.dispose()
+    partition = (start + timedelta(days=SEED_DAYS - 1)).isoformat()
+
+    api_url = f"http://127.0.0.1:{free_port()}"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("CREDIT_", "DAGSTER_", "MLFLOW_", "BENTOML_", "FEATURE_STORE"))
+    }
+    env.update(
+        {
+            "CREDIT_PLATFORM_HOME": str(home),
+            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "DAGSTER_HOME": str(dagster_home),
+            "CREDIT_TRAINING_GRID": "small",
+            # Nothing listens here: no prediction service is part of this test.
+            "CREDIT_API_URL": api_url,
+            "CREDIT_API_ADMIN_TOKEN": "browser-test-token",
+        }
+    )
+    port = free_port()
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    webserver_log, daemon_log = root / "webserver.log", root / "daemon.log"
+    webserver = _start(
+        [str(VENV_BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
+        env,
+        webserver_log,
+        root,
+    )
+    result = DagsterUi(
+        url=f"http://127.0.0.1:{port}",
+        api_url=api_url,
+        partition=partition,
+        feature_store_url=feature_store_url,
+        processes=[webserver],
+        logs=[webserver_log],
+    )
+    try:
+        _wait_until(
+            lambda: _answers(f"{result.url}/server_info"), START_TIMEOUT, "no webserver", result
+        )
+        _stop_sensors(result)
+        daemon = _start(
+            [str(VENV_BIN / "dagster-daemon"), "run", "-w", workspace], env, daemon_log, root
+        )
+        result.processes.append(daemon)
+        result.logs.append(daemon_log)
+        yield result
+    finally:
+        for process in reversed(result.processes):
+            _stop(process)
+
+
+def _launch_partition(page, ui: DagsterUi) -> None:
+    """From the model's asset page to its group, and a launch of the whole group for one
+    partition, the way the buttons read."""
+    page.goto(f"{ui.url}/assets/credit_score_model")
+    page.get_by_text("continuous_training", exact=True).first.click()
+    page.wait_for_url(re.compile(r"asset-groups"))
+    page.get_by_role("button", name="Materialize selected…").wait_for()  # the model alone
+    # The group's lineage with no asset selected: the button now launches all four.
+    page.goto(f'{ui.url}/asset-groups~group:"continuous_training"')
+    page.get_by_role("button", name="Materialize all…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Launch runs to materialize 4 assets").wait_for()
+    dialog.get_by_role("button", name="Custom").click()
+    partitions = dialog.get_by_role("textbox").first
+    partitions.fill(ui.partition)
+    partitions.press("Enter")
+    dialog.get_by_text("1 partition", exact=True).wait_for()
+    launch = dialog.get_by_role("button", name=re.compile(r"^Launch"))
+    launch.click()
+    dialog.wait_for(state="hidden")
+
+
+def _run_succeeded(page, ui: DagsterUi) -> bool:
+    page.goto(f"{ui.url}/runs")
+    page.wait_for_load_state("networkidle")
+    body = page.inner_text("body")
+    if "Failure" in body:
+        pytest.fail(f"the run failed:\n{ui.tails()}")
+    return "Success" in body
+
+
+def _rows_in_partition(ui: DagsterUi) -> int:
+    engine = init_schema(ui.feature_store_url)
+    table = credit_score_features_target
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.base_dt == date.fromisoformat(ui.partition))
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _metadata_value(page, key: str) -> str:
+    """The Value cell of `key`'s row in the asset page's metadata table."""
+    row = page.locator("tr").filter(has=page.get_by_text(key, exact=True))
+    row.first.wait_for()
+    return row.first.locator("td").last.inner_text().strip()
+
+
+def _save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    shutil.copy(shot, SCREENSHOTS / name)
+    return shot
+
+
+def test_launch_one_partition_from_the_ui_and_read_its_metadata(ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            _launch_partition(page, ui)
+            _wait_until(lambda: _run_succeeded(page, ui), RUN_TIMEOUT, "no successful run", ui)
+            _save_screenshot(page, tmp_path, "dagster_runs.png")
+
+            page.goto(f"{ui.url}/assets/credit_score_features_target")
+            assert _metadata_value(page, "row_count") == f"{_rows_in_partition(ui):,}"
+            assert ui.partition in page.inner_text("body")
+            _save_screenshot(page, tmp_path, "dagster_feature_target_asset.png")
+
+            page.goto(f"{ui.url}/assets/credit_score_model")
+            accuracy = float(_metadata_value(page, "val_accuracy"))
+            assert 0.3 < accuracy <= 1.0, accuracy
+            assert _metadata_value(page, "trials") == "2", "CREDIT_TRAINING_GRID=small"
+            shot = _save_screenshot(page, tmp_path, "dagster_model_asset.png")
+            assert shot.stat().st_size > 10_000
+            assert not _answers(f"{ui.api_url}/readyz"), "no prediction service was started"
+        finally:
+            browser.close()

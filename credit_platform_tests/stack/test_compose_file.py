@@ -1,0 +1,289 @@
+"""The production stack's files, checked the way `docker compose config` and a first
+`docker compose up` would find their mistakes (this machine has no Docker engine):
+healthchecks and start order, variables, paths, ports, and the Dagster instance the
+containers run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from credit_platform.core import settings
+from credit_platform_tests.stack_fixtures import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    REPO_ROOT,
+    STACK_DAGSTER_DIR,
+    VENV_BIN,
+    bare_variables,
+    command_port,
+    dependencies,
+    healthcheck_command,
+    interpolate,
+    load_compose,
+    read_env_file,
+    variables_used,
+)
+
+DAGSTER_SERVICES = ("dagster-user-code", "dagster-webserver", "dagster-daemon")
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def compose(raw) -> dict:
+    """The compose file as `docker compose` sees it with .env copied from .env.example."""
+    return interpolate(raw, read_env_file())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def _env_references(node) -> set[str]:
+    """Names in Dagster's `{env: NAME}` config values."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(_env_references(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_env_references(item) for item in node))
+    return set()
+
+
+def _stack_dagster_config(name: str) -> dict:
+    return yaml.safe_load((STACK_DAGSTER_DIR / name).read_text())
+
+
+def test_the_stack_has_every_service_of_the_design(services):
+    assert set(services) == {
+        "mariadb",
+        "mlflow",
+        "dagster-user-code",
+        "dagster-webserver",
+        "dagster-daemon",
+        "api",
+    }
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(services):
+    for name, service in services.items():
+        assert healthcheck_command(service), f"{name} has an empty healthcheck"
+        for dependency, condition in dependencies(service).items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            assert condition == "service_healthy", (
+                f"{name} starts when {dependency} is merely {condition}"
+            )
+    # The order a first start needs: the database, then the servers that use it.
+    assert "mariadb" in dependencies(services["mlflow"])
+    assert "mariadb" in dependencies(services["api"])
+    assert "dagster-user-code" in dependencies(services["dagster-webserver"])
+    assert {"dagster-user-code", "dagster-webserver", "mlflow"} <= set(
+        dependencies(services["dagster-daemon"])
+    )
+
+
+def test_every_variable_the_compose_file_uses_is_in_env_example(raw):
+    defined = read_env_file()
+    missing = sorted(variables_used(raw) - set(defined))
+    assert not missing, f"used in {COMPOSE_FILE.name} but not in {ENV_EXAMPLE.name}: {missing}"
+    unused = sorted(set(defined) - variables_used(raw))
+    assert not unused, f"{ENV_EXAMPLE.name} defines settings nothing uses: {unused}"
+    assert not bare_variables(raw), f"$NAME without braces: {bare_variables(raw)}"
+    interpolate(raw, defined)  # raises on a ${NAME:?} left without a value
+
+
+def test_env_example_cannot_change_embedded_mode():
+    """`dagster dev` loads .env from the directory it starts in (the repository root for
+    `credit-platform ui`): a stack .env must not point embedded mode at the stack."""
+    platform_names = {value for name, value in vars(settings).items() if name.endswith("_ENV")} | {
+        "DAGSTER_HOME"
+    }
+    clashes = sorted(platform_names & set(read_env_file()))
+    assert not clashes, f"{ENV_EXAMPLE.name} sets platform settings directly: {clashes}"
+    assert ".env" in (REPO_ROOT / ".gitignore").read_text().split(), ".env holds secrets"
+
+
+def test_every_build_file_and_mounted_path_exists(services, compose):
+    declared_volumes = set(compose["volumes"])
+    for name, service in services.items():
+        if "build" in service:
+            context = REPO_ROOT / service["build"]["context"]
+            dockerfile = context / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), f"{name}: no Dockerfile at {dockerfile}"
+        else:
+            image = service["image"]
+            assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), f"{name}: image {image} unpinned"
+            assert not image.endswith(":latest"), f"{name}: image {image} unpinned"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+            elif not source.startswith("/"):
+                assert source in declared_volumes, f"{name} mounts undeclared volume {source}"
+
+
+def test_python_services_share_one_image_built_from_the_repo(services):
+    python_services = [name for name in services if name != "mariadb"]
+    images = {services[name]["image"] for name in python_services}
+    assert len(images) == 1, images
+    (image,) = images
+    dockerfile = REPO_ROOT / services["api"]["build"]["dockerfile"]
+    text = dockerfile.read_text()
+    assert "FROM python:3.11-slim" in text
+    assert "pyproject.toml" in text, "the image installs the pinned dependencies"
+    # Run containers start from the code server's image.
+    assert services["dagster-user-code"]["environment"]["DAGSTER_CURRENT_IMAGE"] == image
+    # DAGSTER_HOME of the containers is where the image puts deploy/dagster's files.
+    dagster_home = services["dagster-webserver"]["environment"]["DAGSTER_HOME"]
+    assert f"DAGSTER_HOME={dagster_home}" in text
+    assert "deploy/dagster/dagster.yaml deploy/dagster/workspace.yaml" in text
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert services[name]["working_dir"] == dagster_home, name
+
+
+def test_published_ports_are_distinct_and_reach_the_listening_port(services):
+    host_ports: dict[str, str] = {}
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            host, container = str(mapping).rsplit(":", 1)
+            assert host not in host_ports, f"{name} and {host_ports[host]} both publish {host}"
+            host_ports[host] = name
+            assert command_port(service["command"]) == int(container), (
+                f"{name} publishes container port {container} but listens elsewhere"
+            )
+        if name == "mariadb":
+            continue
+        listen = command_port(service["command"])
+        check = " ".join(healthcheck_command(service))
+        if listen is not None:
+            assert f":{listen}/" in check or f"-p {listen}" in check, (
+                f"{name}'s healthcheck does not probe port {listen}: {check}"
+            )
+    assert len(host_ports) == 3, "the Dagster UI, the MLflow UI and the API are published"
+
+
+def test_mariadb_initializes_the_feature_store_and_the_stack_databases(services):
+    mariadb = services["mariadb"]
+    init = {
+        volume.split(":")[1]: volume.split(":")[0]
+        for volume in mariadb["volumes"]
+        if "/docker-entrypoint-initdb.d/" in volume
+    }
+    assert sorted(init.values()) == [
+        "./deploy/mariadb/20-stack-databases.sh",
+        "./sql/schema_mariadb.sql",
+    ]
+    script = (REPO_ROOT / "deploy/mariadb/20-stack-databases.sh").read_text()
+    for name in re.findall(r"\$\{(\w+)\}", script):
+        assert name in mariadb["environment"], f"the init script needs {name} in mariadb's env"
+    # The databases the other services connect to are the ones the server creates.
+    env = services["dagster-daemon"]["environment"]
+    assert env["DAGSTER_MYSQL_DB"] == mariadb["environment"]["DAGSTER_DATABASE"]
+    assert env["FEATURE_STORE_URL"].endswith("/" + mariadb["environment"]["MARIADB_DATABASE"])
+    backend = services["mlflow"]["command"].index("--backend-store-uri") + 1
+    assert services["mlflow"]["command"][backend].endswith(
+        "/" + mariadb["environment"]["MLFLOW_DATABASE"]
+    )
+
+
+def test_dagster_services_get_every_variable_the_instance_config_reads(services):
+    needed = _env_references(_stack_dagster_config("dagster.yaml")) | _env_references(
+        _stack_dagster_config("workspace.yaml")
+    )
+    assert {"DAGSTER_MYSQL_HOST", "DAGSTER_CODE_SERVER_HOST"} <= needed
+    for name in DAGSTER_SERVICES:
+        missing = sorted(needed - set(services[name]["environment"]))
+        assert not missing, f"{name} lacks {missing}"
+
+
+def test_instance_config_validates_with_the_stack_environment(services, monkeypatch):
+    from dagster._core.instance.config import dagster_instance_config
+
+    for name, value in services["dagster-daemon"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    config, _ = dagster_instance_config(str(STACK_DAGSTER_DIR))
+    assert "mysql" in config["storage"], "instance storage is on the database server"
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_launcher"]["class"] == "DockerRunLauncher"
+    assert config["run_launcher"]["module"] == "dagster_docker"
+
+
+def test_run_containers_get_the_network_settings_and_volumes_they_need(compose, services):
+    launcher = _stack_dagster_config("dagster.yaml")["run_launcher"]["config"]
+    assert launcher["network"] == compose["networks"]["default"]["name"]
+    daemon_env = services["dagster-daemon"]["environment"]
+    # The launcher copies each listed variable from the daemon's own environment.
+    missing = [name for name in launcher["env_vars"] if "=" not in name and name not in daemon_env]
+    assert not missing, f"the daemon cannot pass {missing} to run containers"
+    platform_settings = {
+        settings.FEATURE_STORE_URL_ENV,
+        settings.MLFLOW_TRACKING_URI_ENV,
+        settings.BENTOML_HOME_ENV,
+        settings.API_URL_ENV,
+        settings.ADMIN_TOKEN_ENV,
+        settings.HOME_ENV,
+        settings.PARTITIONS_START_ENV,
+        settings.TRAINING_GRID_ENV,
+    }
+    assert platform_settings <= set(launcher["env_vars"])
+    instance_vars = _env_references(_stack_dagster_config("dagster.yaml")["storage"])
+    assert instance_vars <= set(launcher["env_vars"]), "runs open the instance storage too"
+
+    names = {spec["name"]: key for key, spec in compose["volumes"].items()}
+    mounts = {}
+    for volume in launcher["container_kwargs"]["volumes"]:
+        name, path = volume.split(":")[:2]
+        assert name in names, f"run containers mount {name}, which compose does not create"
+        mounts[names[name]] = path
+    # Mounted where the long-running services mount them.
+    code_server_volumes = services["dagster-user-code"]["volumes"]
+    assert f"platform_data:{mounts['platform_data']}" in code_server_volumes
+    assert (
+        f"dagster_storage:{mounts['dagster_storage']}" in services["dagster-webserver"]["volumes"]
+    )
+    assert daemon_env[settings.BENTOML_HOME_ENV].startswith(mounts["platform_data"] + "/")
+
+
+def test_workspaces_serve_their_modes(services):
+    embedded = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
+    assert "python_module" in embedded["load_from"][0], "`dagster dev` loads the code itself"
+    stack = _stack_dagster_config("workspace.yaml")["load_from"][0]["grpc_server"]
+    command = services["dagster-user-code"]["command"]
+    assert stack["location_name"] == command[command.index("--location-name") + 1]
+    env = services["dagster-webserver"]["environment"]
+    assert env[stack["host"]["env"]] == "dagster-user-code"
+    assert int(env[stack["port"]["env"]]) == command_port(command)
+    assert (
+        not (REPO_ROOT / "dagster.yaml").exists()
+        or "mysql" not in (REPO_ROOT / "dagster.yaml").read_text()
+    ), "a root dagster.yaml is read by `dagster dev` without DAGSTER_HOME"
+
+
+def test_secrets_come_from_env_not_from_the_compose_file(raw):
+    for name, service in raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "TOKEN")):
+                assert re.fullmatch(r"\$\{\w+(:\?[^}]*)?\}", str(value)), (
+                    f"{name}: {key} is written into the compose file instead of .env"
+                )
+
+
+def test_every_program_a_service_runs_is_installed_by_the_pinned_project(services):
+    """The image installs what .venv installs (pyproject.toml), so the commands and the
+    healthchecks name programs that exist here too."""
+    for name, service in services.items():
+        if name == "mariadb":
+            continue
+        for command in (service["command"], healthcheck_command(service)):
+            program = command[0]
+            assert program == "python" or (VENV_BIN / program).exists(), (
+                f"{name} runs {program}, which the project does not install"
+            )
