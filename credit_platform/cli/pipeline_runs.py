@@ -60,7 +60,7 @@ def run_training_partitions(
             echo(
                 f"  run {result.run_id}: model {model['bento_tag']} "
                 f"val_accuracy={metrics['val_accuracy']:.3f} "
-                f"val_macro_f1={metrics['val_macro_f1']:.3f}"
+                f"val_macro_f1={metrics['val_macro_f1']:.3f} trials={model['trials']}"
             )
     return failed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,15 +186,10 @@ def partitions_start() -> str:
     return os.environ.get(PARTITIONS_START_ENV) or DEFAULT_PARTITIONS_START
 
 
-def fill_defaults() -> dict[str, str]:
-    """Write the embedded default of every unset platform variable into this process's
-    environment (children inherit it) and return the values now in force.
-
-    Called where a process starts (the CLI, the code location's definitions module), so
-    Dagster resources can take each value through `EnvVar` (the UI shows where it comes
-    from and never prints a secret); a variable already set always wins.
-    """
-    defaults = {
+def embedded_defaults() -> dict[str, Callable[[], str]]:
+    """The variables `fill_defaults` sets, each with the function giving its default (the
+    home first: the others derive from it)."""
+    return {
         HOME_ENV: lambda: str(platform_home()),
         FEATURE_STORE_URL_ENV: default_feature_store_url,
         MLFLOW_TRACKING_URI_ENV: default_mlflow_tracking_uri,
@@ -205,6 +201,17 @@ def fill_defaults() -> dict[str, str]:
         PARTITIONS_START_ENV: lambda: DEFAULT_PARTITIONS_START,
         TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
     }
+
+
+def fill_defaults() -> dict[str, str]:
+    """Write the embedded default of every unset platform variable into this process's
+    environment (children inherit it) and return the values now in force.
+
+    Called where a process starts (the CLI, the code location's definitions module), so
+    Dagster resources can take each value through `EnvVar` (the UI shows where it comes
+    from and never prints a secret); a variable already set always wins.
+    """
+    defaults = embedded_defaults()
     for name, default in defaults.items():
         if not os.environ.get(name):
             os.environ[name] = default()
