@@ -3,9 +3,17 @@
 from datetime import date
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    UrlMetadataValue,
+    instance_for_test,
+    materialize,
+)
 from sqlalchemy import select
 
+from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.schema import credit_score_features_target
@@ -62,6 +70,13 @@ def test_whole_graph_for_one_partition(tmp_path, seeded_store):
         # 60 customers x 36 days of labels in [2025-01-05, 2025-02-05] minus dropped rows.
         assert 0.9 * 60 * 32 <= table.metadata["dagster/row_count"].value <= 60 * 32
         model = result.output_for_node("credit_score_model")
+        # The best trial's run, as a link into the MLflow UI (not a tracking-store path).
+        link = result.asset_materializations_for_node("credit_score_model")[0].metadata
+        experiment = resources["mlflow_tracking"].experiment_id()
+        assert isinstance(link["mlflow_run"], UrlMetadataValue)
+        assert link["mlflow_run"].url == (
+            f"{settings.mlflow_ui_url()}/#/experiments/{experiment}/runs/{model['mlflow_run_id']}"
+        )
         checks = result.get_asset_check_evaluations()
         assert [evaluation.passed for evaluation in checks] == [True]
 
