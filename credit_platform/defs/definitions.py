@@ -10,7 +10,7 @@ from dagster import Definitions, EnvVar, FilesystemIOManager, with_source_code_r
 from credit_platform.core import settings
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.checks import credit_score_model_quality
-from credit_platform.defs.feature_target_checks import FEATURE_TARGET_CHECKS
+from credit_platform.defs.feature_target_checks import feature_target_checks
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParquetIOManager
 from credit_platform.defs.jobs import (
     CONTINUOUS_TRAINING_ASSETS,
@@ -49,7 +49,7 @@ def build_definitions() -> Definitions:
     assets = with_source_code_references([*CONTINUOUS_TRAINING_ASSETS, deployed_bento])
     return Definitions(
         assets=assets,
-        asset_checks=[*FEATURE_TARGET_CHECKS, credit_score_model_quality],
+        asset_checks=[feature_target_checks, credit_score_model_quality],
         jobs=[continuous_training_job, deploy_job],
         schedules=[daily_continuous_training],
         sensors=[new_data_sensor, deploy_sensor],

@@ -4,6 +4,7 @@ The decisions are pure functions of one profile of the partition (row count, lab
 null counts per feature), read by one aggregate query; the checks are thin wrappers.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 
@@ -11,9 +12,10 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     Config,
     MetadataValue,
-    asset_check,
+    multi_asset_check,
 )
 from pydantic import Field
 from sqlalchemy import Date, bindparam, case, func, select
@@ -125,63 +127,69 @@ def judge_null_rates(profile: PartitionProfile, max_null_rate: float) -> Verdict
     )
 
 
-class LabelMixConfig(Config):
+class FeatureTargetCheckConfig(Config):
     max_share: float = Field(
         default=0.8, gt=0, le=1, description="Largest share of the rows any one label may have."
     )
-
-
-class NullRateConfig(Config):
     max_null_rate: float = Field(
         default=0.5, ge=0, le=1, description="Largest share of nulls any feature column may have."
     )
 
 
-def _profile(context: AssetCheckExecutionContext, feature_store: FeatureStoreResource):
-    base_dt = date.fromisoformat(context.partition_key)
-    with feature_store.engine() as engine:
-        return profile_partition(engine, base_dt)
-
-
-def _result(verdict: Verdict, severity: AssetCheckSeverity, metadata: dict) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=verdict.passed,
-        severity=severity,
-        description=verdict.reason,
-        metadata={**metadata, "reason": verdict.reason},
+def _spec(name: str, *, blocking: bool, description: str) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        name,
+        asset=asset,
+        blocking=blocking,
+        partitions_def=daily_partitions(),
+        description=description,
     )
 
 
-@asset_check(
-    asset=asset,
-    blocking=True,
-    partitions_def=daily_partitions(),
-    description="The partition has rows (a later retention run may have removed them).",
+HAS_ROWS = "feature_target_has_rows"
+LABEL_MIX = "feature_target_label_mix"
+NULL_RATES = "feature_target_null_rates"
+FEATURE_TARGET_CHECK_SPECS = (
+    _spec(
+        HAS_ROWS,
+        blocking=True,
+        description="The partition has rows (a later retention run may have removed them).",
+    ),
+    _spec(
+        LABEL_MIX,
+        blocking=True,
+        description="Good, Standard and Poor are all present and no label exceeds max_share.",
+    ),
+    _spec(
+        NULL_RATES,
+        blocking=False,
+        description="No feature column is null in more than max_null_rate of the rows.",
+    ),
 )
-def feature_target_has_rows(
-    context: AssetCheckExecutionContext, feature_store: FeatureStoreResource
-) -> AssetCheckResult:
-    profile = _profile(context, feature_store)
-    return _result(
+
+
+@multi_asset_check(
+    specs=FEATURE_TARGET_CHECK_SPECS,
+    name="feature_target_checks",
+    description="Rows, label mix and null rates of the partition, from one profile query "
+    "(one step for all three, so a run pays for one more process, not three).",
+)
+def feature_target_checks(
+    context: AssetCheckExecutionContext,
+    config: FeatureTargetCheckConfig,
+    feature_store: FeatureStoreResource,
+) -> Iterator[AssetCheckResult]:
+    base_dt = date.fromisoformat(context.partition_key)
+    with feature_store.engine() as engine:
+        profile = profile_partition(engine, base_dt)
+    yield _result(
+        HAS_ROWS,
         judge_rows(profile),
         AssetCheckSeverity.ERROR,
         {"rows": MetadataValue.int(profile.rows), "base_dt": str(profile.base_dt)},
     )
-
-
-@asset_check(
-    asset=asset,
-    blocking=True,
-    partitions_def=daily_partitions(),
-    description="Good, Standard and Poor are all present and no label exceeds max_share.",
-)
-def feature_target_label_mix(
-    context: AssetCheckExecutionContext,
-    config: LabelMixConfig,
-    feature_store: FeatureStoreResource,
-) -> AssetCheckResult:
-    profile = _profile(context, feature_store)
-    return _result(
+    yield _result(
+        LABEL_MIX,
         judge_label_mix(profile, config.max_share),
         AssetCheckSeverity.ERROR,
         {
@@ -196,26 +204,13 @@ def feature_target_label_mix(
             "max_share": MetadataValue.float(config.max_share),
         },
     )
-
-
-@asset_check(
-    asset=asset,
-    blocking=False,
-    partitions_def=daily_partitions(),
-    description="No feature column is null in more than max_null_rate of the rows.",
-)
-def feature_target_null_rates(
-    context: AssetCheckExecutionContext,
-    config: NullRateConfig,
-    feature_store: FeatureStoreResource,
-) -> AssetCheckResult:
-    profile = _profile(context, feature_store)
     rates = null_rates(profile)
     table = "\n".join(
         ["| feature | null rate |", "| --- | ---: |"]
         + [f"| {name} | {rate:.1%} |" for name, rate in sorted(rates.items(), key=lambda i: -i[1])]
     )
-    return _result(
+    yield _result(
+        NULL_RATES,
         judge_null_rates(profile, config.max_null_rate),
         AssetCheckSeverity.WARN,
         {
@@ -227,8 +222,13 @@ def feature_target_null_rates(
     )
 
 
-FEATURE_TARGET_CHECKS = (
-    feature_target_has_rows,
-    feature_target_label_mix,
-    feature_target_null_rates,
-)
+def _result(
+    name: str, verdict: Verdict, severity: AssetCheckSeverity, metadata: dict
+) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=name,
+        passed=verdict.passed,
+        severity=severity,
+        description=verdict.reason,
+        metadata={**metadata, "reason": verdict.reason},
+    )

@@ -11,7 +11,7 @@ from credit_platform.core.features import MODEL_FEATURES, TARGET
 from credit_platform.core.schema import credit_score, credit_score_features
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.feature_target_checks import (
-    FEATURE_TARGET_CHECKS,
+    feature_target_checks,
     judge_rows,
     profile_partition,
 )
@@ -45,7 +45,7 @@ def _store(url: str, frame) -> str:
 def _run_checks(url: str, run_config: dict | None = None) -> dict:
     """The asset and its checks for DAY, as the continuous-training job runs them."""
     result = materialize(
-        [credit_score_features_target, *FEATURE_TARGET_CHECKS],
+        [credit_score_features_target, feature_target_checks],
         partition_key=DAY.isoformat(),
         resources={"feature_store": FeatureStoreResource(url=url)},
         run_config=run_config or {},
@@ -94,8 +94,9 @@ def test_a_dominant_class_fails_against_a_configured_share(sqlite_url):
     url = _store(sqlite_url, frame)
     largest = frame["credit_score"].value_counts(normalize=True).max()
     assert _run_checks(url)["feature_target_label_mix"].passed  # default bound 0.8
-    op = "credit_score_features_target_feature_target_label_mix"
-    config = {"ops": {op: {"config": {"max_share": round(float(largest) - 0.05, 2)}}}}
+    config = {
+        "ops": {"feature_target_checks": {"config": {"max_share": round(float(largest) - 0.05, 2)}}}
+    }
     mix = _run_checks(url, config)["feature_target_label_mix"]
     assert not mix.passed and "above the" in mix.description
 
@@ -110,10 +111,9 @@ def test_high_null_rate_fails_naming_the_column(sqlite_url):
     assert "credit_mix 60.0%" in nulls.description
     assert nulls.metadata["max_observed_null_rate"].value == pytest.approx(0.6)
     # The bound is config: allowing 70% passes the same rows.
-    op = "credit_score_features_target_feature_target_null_rates"
-    relaxed = _run_checks(sqlite_url, {"ops": {op: {"config": {"max_null_rate": 0.7}}}})[
-        "feature_target_null_rates"
-    ]
+    relaxed = _run_checks(
+        sqlite_url, {"ops": {"feature_target_checks": {"config": {"max_null_rate": 0.7}}}}
+    )["feature_target_null_rates"]
     assert relaxed.passed
 
 

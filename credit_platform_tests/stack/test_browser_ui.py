@@ -298,7 +298,7 @@ def test_launch_one_partition_from_the_ui_and_read_its_metadata(ui, tmp_path):
             _save_screenshot(page, tmp_path, "dagster_runs.png")
 
             page.goto(f"{ui.url}/assets/credit_score_features_target")
-            assert _metadata_value(page, "row_count") == f"{_rows_in_partition(ui):,}"
+            assert _metadata_value(page, "dagster/row_count") == f"{_rows_in_partition(ui):,}"
             assert ui.partition in page.inner_text("body")
             _save_screenshot(page, tmp_path, "dagster_feature_target_asset.png")
 
