@@ -1,7 +1,7 @@
 """Asset checks on `credit_score_features_target`: each reads the partition's rows in the store.
 
 The decisions are pure functions of one profile of the partition (row count, label counts,
-null counts per feature), read by one aggregate query; the checks are thin wrappers.
+null counts per feature) that two aggregate queries read; one step reports all three.
 """
 
 from collections.abc import Iterator
