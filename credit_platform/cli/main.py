@@ -27,8 +27,9 @@ def generated_sql_files() -> dict[Path, str]:
 
 # The embedded instance's config: SQLite storage beside the file (Dagster's default when no
 # storage is named), no usage telemetry, and no new-user / community pop-up in the UI.
-EMBEDDED_INSTANCE_CONFIG = """\
-# Embedded Dagster instance made by credit-platform: runs, events and schedules are kept in
+INSTANCE_CONFIG_HEADER = "# Embedded Dagster instance made by credit-platform"
+EMBEDDED_INSTANCE_CONFIG = f"""\
+{INSTANCE_CONFIG_HEADER}: runs, events and schedules are kept in
 # SQLite files beside this file.
 telemetry:
   enabled: false
@@ -38,10 +39,14 @@ nux:
 
 
 def write_instance_config(dagster_home: Path) -> Path:
-    """The embedded instance's dagster.yaml, written once (an operator's own file is kept)."""
+    """The embedded instance's dagster.yaml. An operator's own file is kept; one this command
+    wrote is brought up to date (an older one had no telemetry or pop-up settings)."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     path = dagster_home / "dagster.yaml"
-    if not path.exists():
+    current = path.read_text() if path.exists() else None
+    if current is None or (
+        current.startswith(INSTANCE_CONFIG_HEADER) and current != EMBEDDED_INSTANCE_CONFIG
+    ):
         path.write_text(EMBEDDED_INSTANCE_CONFIG)
     return path
 

@@ -86,13 +86,28 @@ def test_seed_synthetic_refuses_start_and_end_together(cli_runner, sqlite_url):
 
 
 def test_the_instance_the_cli_writes_is_quiet(cli_runner, tmp_path):
+    dagster_home = tmp_path / "dagster_home"  # the cli_runner fixture's DAGSTER_HOME
+    dagster_home.mkdir()
+    # What an earlier version of the command wrote: brought up to date.
+    (dagster_home / "dagster.yaml").write_text(
+        "# Embedded Dagster instance made by credit-platform: runs, events and schedules\n"
+        "# are kept in SQLite files beside this file.\n"
+    )
     result = cli_runner.invoke(main, ["init", "--print-ddl", "sqlite"])
     assert result.exit_code == 0, result.output
-    dagster_home = tmp_path / "dagster_home"  # the cli_runner fixture's DAGSTER_HOME
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         assert instance.telemetry_enabled is False
         assert instance.nux_enabled is False
         assert instance.is_persistent  # SQLite files under DAGSTER_HOME
+
+
+def test_an_operators_instance_config_is_kept(cli_runner, tmp_path):
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    own = "telemetry:\n  enabled: true\n"
+    (dagster_home / "dagster.yaml").write_text(own)
+    assert cli_runner.invoke(main, ["init", "--print-ddl", "sqlite"]).exit_code == 0
+    assert (dagster_home / "dagster.yaml").read_text() == own
 
 
 def test_materialize_without_grid_trains_the_grid_a_ui_launch_uses(tmp_path):
