@@ -35,12 +35,16 @@ def sample_request(url: str, partition: str) -> dict:
     return {"data": data}
 
 
-def run_demo(*, customers: int, days: int, start: date, grid: str) -> None:
+def run_demo(*, customers: int, days: int, end: date, grid: str) -> None:
+    """Seed `days` synthetic days ending on `end` (the CLI's default: yesterday, UTC, the
+    newest partition, so the UI's default partition views show it), then train and deploy
+    the `end` partition."""
     from credit_platform.cli.pipeline_runs import run_deploy_partition, run_training_partitions
     from credit_platform.ingest.synthetic import seed_synthetic
 
     url = settings.feature_store_url()
-    partition = (start + timedelta(days=days - 1)).isoformat()
+    start = end - timedelta(days=days - 1)
+    partition = end.isoformat()
     click.echo(f"1/4 feature store: {redacted(url)}")
     engine = init_schema(url)
     try:
@@ -71,7 +75,7 @@ def run_demo(*, customers: int, days: int, start: date, grid: str) -> None:
         f"\nDone. Where to look:\n"
         f"  Dagster UI:  .venv/bin/credit-platform ui         -> http://127.0.0.1:3001 "
         f"(assets of partition {partition})\n"
-        f"  MLflow UI:   .venv/bin/credit-platform mlflow-ui  -> http://127.0.0.1:5000 "
+        f"  MLflow UI:   .venv/bin/credit-platform mlflow-ui  -> {settings.mlflow_ui_url()} "
         f"(experiment {settings.mlflow_experiment_name()})\n"
         f"  Model tag:   {metadata['model_version']} (BentoML store {settings.bentoml_home()})\n"
         f"  Prediction API (running in the background; stop: .venv/bin/credit-platform stop):\n"

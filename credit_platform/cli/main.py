@@ -2,14 +2,13 @@
 
 import os
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
 
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
-from credit_platform.core.service_control import ensure_local_admin_token
 
 REPO_ROOT = settings.REPO_ROOT
 SQL_DIR = REPO_ROOT / "sql"
@@ -26,21 +25,41 @@ def generated_sql_files() -> dict[Path, str]:
     }
 
 
-def prepare_environment() -> None:
-    """Pin the embedded defaults in this process: Dagster's instance and BentoML's store
-    live under the platform home unless the environment says otherwise."""
-    home = settings.platform_home()
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
+# The embedded instance's config: SQLite storage beside the file (Dagster's default when no
+# storage is named), no usage telemetry, and no new-user / community pop-up in the UI.
+INSTANCE_CONFIG_HEADER = "# Embedded Dagster instance made by credit-platform"
+EMBEDDED_INSTANCE_CONFIG = f"""\
+{INSTANCE_CONFIG_HEADER}: runs, events and schedules are kept in
+# SQLite files beside this file.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def write_instance_config(dagster_home: Path) -> Path:
+    """The embedded instance's dagster.yaml. An operator's own file is kept; one this command
+    wrote is brought up to date (an older one had no telemetry or pop-up settings)."""
     dagster_home.mkdir(parents=True, exist_ok=True)
-    instance_config = dagster_home / "dagster.yaml"
-    if not instance_config.exists():
-        instance_config.write_text(
-            "# Embedded Dagster instance made by credit-platform: runs, events and schedules\n"
-            "# are kept in SQLite files beside this file.\n"
-        )
-    settings.export_bentoml_home()
+    path = dagster_home / "dagster.yaml"
+    current = path.read_text() if path.exists() else None
+    if current is None or (
+        current.startswith(INSTANCE_CONFIG_HEADER) and current != EMBEDDED_INSTANCE_CONFIG
+    ):
+        path.write_text(EMBEDDED_INSTANCE_CONFIG)
+    return path
+
+
+def prepare_environment() -> None:
+    """Pin the embedded defaults in this process and its children: every platform variable
+    that is unset gets its default, Dagster's instance lives under the platform home."""
+    settings.fill_defaults()
+    dagster_home = Path(
+        os.environ.setdefault(settings.DAGSTER_HOME_ENV, str(settings.dagster_home()))
+    )
+    write_instance_config(dagster_home)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    ensure_local_admin_token()
 
 
 def fail(message: str) -> None:
@@ -106,8 +125,14 @@ def _partition_range(start: str, end: str | None) -> list[str]:
 @main.command()
 @click.option("--partition", "start", required=True, help="Partition day YYYY-MM-DD.")
 @click.option("--end", default=None, help="Last day of a range (inclusive): one run per day.")
-@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
-def materialize(start: str, end: str | None, grid: str) -> None:
+@click.option(
+    "--grid",
+    type=click.Choice(list(settings.TRAINING_GRIDS)),
+    default=None,
+    help=f"Training grid (default: {settings.TRAINING_GRID_ENV}, else "
+    f"{settings.DEFAULT_TRAINING_GRID}, the grid a launch from the UI uses).",
+)
+def materialize(start: str, end: str | None, grid: str | None) -> None:
     """Run the continuous-training job for one partition or a range, recorded in the
     Dagster instance (DAGSTER_HOME) so the runs show up in the UI."""
     from credit_platform.cli.pipeline_runs import run_training_partitions
@@ -148,8 +173,13 @@ def ui(port: int, host: str) -> None:
 
 
 @main.command(name="mlflow-ui")
-@click.option("--port", default=5000, show_default=True, help="Port of the MLflow UI.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    default=settings.DEFAULT_MLFLOW_UI_PORT,
+    show_default=True,
+    help="Port of the MLflow UI.",
+)
+@click.option("--host", default=settings.DEFAULT_MLFLOW_UI_HOST, show_default=True)
 def mlflow_ui(port: int, host: str) -> None:
     """Start the MLflow UI on the platform's tracking store."""
     command = [
@@ -169,14 +199,27 @@ def mlflow_ui(port: int, host: str) -> None:
 @main.command()
 @click.option("--customers", default=200, show_default=True, help="Synthetic customers.")
 @click.option("--days", default=35, show_default=True, help="Days of synthetic history.")
-@click.option("--start", default="2025-01-01", show_default=True, help="First synthetic day.")
-@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
-def demo(customers: int, days: int, start: str, grid: str) -> None:
+@click.option(
+    "--end",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Last synthetic day, the partition trained [default: yesterday, UTC].",
+)
+@click.option(
+    "--grid",
+    type=click.Choice(list(settings.TRAINING_GRIDS)),
+    default="small",
+    show_default=True,
+    help="Training grid: two trials keep the quick start to about a minute.",
+)
+def demo(customers: int, days: int, end: datetime | None, grid: str) -> None:
     """Load synthetic data, train the newest partition, serve its model, ask for a prediction."""
     from credit_platform.cli.demo import run_demo
+    from credit_platform.cli.seed import yesterday_utc
 
+    last = end.date() if end else yesterday_utc()
     try:
-        run_demo(customers=customers, days=days, start=date.fromisoformat(start), grid=grid)
+        run_demo(customers=customers, days=days, end=last, grid=grid)
     except (FeatureStoreUnavailable, RuntimeError) as error:
         fail(str(error))
 

@@ -5,8 +5,9 @@ from collections.abc import Callable
 
 from dagster import DagsterInstance, ExecuteInProcessResult
 
-from credit_platform.defs.assets.model import GRID_PRESETS
-from credit_platform.defs.definitions import CONTINUOUS_TRAINING_JOB, DEPLOY_JOB, defs
+from credit_platform.core import settings
+from credit_platform.defs.definitions import defs
+from credit_platform.defs.jobs import continuous_training_job, deploy_job
 
 Echo = Callable[[str], None]
 
@@ -14,12 +15,14 @@ Echo = Callable[[str], None]
 CONSOLE_LOGGING = {"console": {"config": {"log_level": "INFO"}}}
 
 
-def training_run_config(grid: str) -> dict:
-    """Run config naming the grid explicitly ("small" for demos and smoke runs, "seed" for the
-    3 × 3 × 3 grid), so CREDIT_TRAINING_GRID never overrides the --grid a user chose."""
-    if grid not in GRID_PRESETS:
-        raise ValueError(f"unknown grid {grid!r}: choose one of {', '.join(GRID_PRESETS)}")
-    config = GRID_PRESETS[grid]
+def training_run_config(grid: str | None) -> dict:
+    """Run config of a training run. A named grid ("small" for demos and smoke runs, "seed"
+    for the 3 × 3 × 3 grid) is written into the config, so CREDIT_TRAINING_GRID never
+    overrides the --grid a user chose; without one the run takes the asset's default, the
+    CREDIT_TRAINING_GRID preset, exactly as a launch from the UI does."""
+    if grid is None:
+        return {"loggers": CONSOLE_LOGGING}
+    config = settings.training_grid_preset(grid)
     return {"loggers": CONSOLE_LOGGING, "ops": {"credit_score_model": {"config": config}}}
 
 
@@ -38,16 +41,17 @@ def _execute(
 
 
 def run_training_partitions(
-    partitions: list[str], *, grid: str = "small", echo: Echo = print
+    partitions: list[str], *, grid: str | None = None, echo: Echo = print
 ) -> list[str]:
-    """One continuous-training run per partition, in order; returns the failed partitions."""
+    """One continuous-training run per partition, in order; returns the failed partitions.
+    `grid` None trains on the CREDIT_TRAINING_GRID preset (as a launch from the UI does)."""
     failed: list[str] = []
+    run_config = training_run_config(grid)
+    grid_name = grid or settings.training_grid()
     with DagsterInstance.get() as instance:
         for partition in partitions:
-            echo(f"materializing partition {partition} ({grid} grid) ...")
-            result = _execute(
-                CONTINUOUS_TRAINING_JOB, partition, training_run_config(grid), instance, echo
-            )
+            echo(f"materializing partition {partition} ({grid_name} grid) ...")
+            result = _execute(continuous_training_job.name, partition, run_config, instance, echo)
             if not result.success:
                 failed.append(partition)
                 continue
@@ -56,7 +60,7 @@ def run_training_partitions(
             echo(
                 f"  run {result.run_id}: model {model['bento_tag']} "
                 f"val_accuracy={metrics['val_accuracy']:.3f} "
-                f"val_macro_f1={metrics['val_macro_f1']:.3f}"
+                f"val_macro_f1={metrics['val_macro_f1']:.3f} trials={model['trials']}"
             )
     return failed
 
@@ -65,7 +69,7 @@ def run_deploy_partition(partition: str, *, echo: Echo = print) -> bool:
     """Materialize deployed_bento for the partition: the prediction service serves its model."""
     with DagsterInstance.get() as instance:
         echo(f"deploying the model of partition {partition} ...")
-        result = _execute(DEPLOY_JOB, partition, {"loggers": CONSOLE_LOGGING}, instance, echo)
+        result = _execute(deploy_job.name, partition, {"loggers": CONSOLE_LOGGING}, instance, echo)
         if result.success:
             metadata = result.asset_materializations_for_node("deployed_bento")[0].metadata
             echo(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -43,6 +43,20 @@ def _run_load(db_url: str | None, load: Callable) -> None:
     click.echo(summary.render())
 
 
+def yesterday_utc() -> date:
+    """The newest complete day (UTC), and so the newest daily partition."""
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def synthetic_start(days: int, start: date | None, end: date | None) -> date:
+    """The first day: --start as given, else counted back from --end (default yesterday)."""
+    if start is not None and end is not None:
+        raise click.UsageError("give --start or --end, not both")
+    if start is not None:
+        return start
+    return (end or yesterday_utc()) - timedelta(days=days - 1)
+
+
 @click.group()
 def seed() -> None:
     """Load source data (labels, features, customer info) into the feature store."""
@@ -50,24 +64,39 @@ def seed() -> None:
 
 @seed.command("synthetic")
 @click.option("--customers", type=click.IntRange(min=1), required=True, help="Customers.")
-@click.option("--days", type=click.IntRange(min=1), required=True, help="Days from --start.")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Days of data.")
 @click.option(
     "--start",
     type=click.DateTime(formats=["%Y-%m-%d"]),
-    required=True,
+    default=None,
     help="First day, YYYY-MM-DD.",
+)
+@click.option(
+    "--end",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Last day, YYYY-MM-DD, when --start is not given [default: yesterday, UTC].",
 )
 @click.option("--seed", "seed_value", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--db-url", default=None, help=DB_URL_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synthetic_command(
-    customers: int, days: int, start: datetime, seed_value: int, db_url: str | None, quiet: bool
+    customers: int,
+    days: int,
+    start: datetime | None,
+    end: datetime | None,
+    seed_value: int,
+    db_url: str | None,
+    quiet: bool,
 ) -> None:
     """Generate CUSTOMERS x DAYS seeded rows (one per customer per day) and store them.
 
-    Rerunning writes nothing new; a longer run adds only the missing days.
+    The days end yesterday (UTC) unless --start or --end says otherwise. Rerunning writes
+    nothing new; a longer run adds only the missing days.
     """
     from credit_platform.ingest.synthetic import seed_synthetic
+
+    first = synthetic_start(days, start.date() if start else None, end.date() if end else None)
 
     _run_load(
         db_url,
@@ -75,7 +104,7 @@ def synthetic_command(
             engine,
             customers=customers,
             days=days,
-            start=start.date(),
+            start=first,
             seed=seed_value,
             progress=not quiet,
         ),

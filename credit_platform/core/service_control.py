@@ -4,7 +4,6 @@ A running service is hot-swapped through `/admin/reload`, never rebuilt; one tha
 is started with the model to serve."""
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -232,19 +231,3 @@ def build_bento(model_tag: str) -> str:
         **options, models=[model_tag], version=version, build_ctx=str(REPO_ROOT)
     )
     return str(bento.tag)
-
-
-def ensure_local_admin_token() -> str:
-    """Embedded mode: without CREDIT_API_ADMIN_TOKEN, every command of this machine shares
-    one token kept (0600) under the platform home, so a deploy can hot-swap a service that
-    an earlier command started. An explicit environment variable always wins."""
-    token = settings.admin_token()
-    if token:
-        return token
-    path = run_dir() / "admin_token"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    token = path.read_text().strip()
-    os.environ[settings.ADMIN_TOKEN_ENV] = token
-    return token

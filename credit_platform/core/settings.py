@@ -1,14 +1,19 @@
 """Every setting the platform reads from the environment, with its embedded default.
 
-One place names the variables; resources, the CLI and the API read them through the
-functions here, so the defaults (everything under one local home directory, no
-server needed) cannot diverge between components.
+One place names the variables and their defaults (everything under one local home
+directory, no server needed). Where a process starts (the CLI, the Dagster code location)
+`fill_defaults()` writes the defaults of unset variables into its environment, so Dagster
+resources can take every value through `EnvVar`; the API reads the getters below.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HOME_ENV = "CREDIT_PLATFORM_HOME"
 FEATURE_STORE_URL_ENV = "FEATURE_STORE_URL"
@@ -23,6 +28,8 @@ API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
 TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
 API_WORKERS_ENV = "CREDIT_API_WORKERS"
+MLFLOW_UI_URL_ENV = "CREDIT_MLFLOW_UI_URL"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
 # The source checkout (or the Bento's src directory) that holds the packages, api/ and sql/.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +37,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "credit_score_classifier"
 DEFAULT_EXPERIMENT = "credit_score_classification"
 DEFAULT_PARTITIONS_START = "2025-01-01"
-# Named training grids (values in credit_platform.defs.assets.model.GRID_PRESETS): "seed" is the
-# 3 x 3 x 3 depth x rsm x l2 grid, "small" two trials for demos, UI smoke runs and small machines.
-TRAINING_GRIDS = ("seed", "small")
+# The named training grids of CREDIT_TRAINING_GRID and `credit-platform materialize --grid`:
+# "seed" is the 3 x 3 x 3 depth x rsm x l2 grid, "small" two trials for demos, smoke runs and
+# small machines. A run launched without grid config (the UI's Materialize, a sensor, the
+# CLI without --grid) trains on the CREDIT_TRAINING_GRID preset, "seed" unless set.
+TRAINING_GRIDS: dict[str, dict[str, Any]] = {
+    "seed": {
+        "depths": [4, 6, 8],
+        "rsms": [0.5, 0.75, 1.0],
+        "l2_leaf_regs": [1.0, 3.0, 5.0],
+        "iterations": 2000,
+    },
+    "small": {"depths": [4, 6], "rsms": [1.0], "l2_leaf_regs": [3.0], "iterations": 300},
+}
 DEFAULT_TRAINING_GRID = "seed"
 DEFAULT_API_PORT = 3000
+DEFAULT_MLFLOW_UI_HOST = "127.0.0.1"
+DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_API_MAX_BATCH_ROWS = 5000
 DEFAULT_API_WORKERS = 2
 
@@ -60,6 +79,11 @@ def mlflow_tracking_uri() -> str:
     return os.environ.get(MLFLOW_TRACKING_URI_ENV) or default_mlflow_tracking_uri()
 
 
+def dagster_home() -> Path:
+    """The Dagster instance the CLI and `credit-platform ui` use (set by the CLI when unset)."""
+    return Path(os.environ.get(DAGSTER_HOME_ENV) or platform_home() / "dagster").expanduser()
+
+
 def mlflow_artifact_root() -> Path:
     return platform_home() / "mlartifacts"
 
@@ -78,6 +102,25 @@ def api_url() -> str:
 
 def admin_token() -> str | None:
     return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def mlflow_ui_url() -> str:
+    """Base URL of the MLflow UI that asset metadata links to (`credit-platform mlflow-ui`
+    listens there by default)."""
+    default = f"http://{DEFAULT_MLFLOW_UI_HOST}:{DEFAULT_MLFLOW_UI_PORT}"
+    return (os.environ.get(MLFLOW_UI_URL_ENV) or default).rstrip("/")
+
+
+def local_admin_token() -> str:
+    """The embedded default of CREDIT_API_ADMIN_TOKEN: one random token per platform home,
+    kept (0600) under it, so every command of this machine can hot-swap a service that an
+    earlier one started."""
+    path = platform_home() / "run" / "admin_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def api_model_tag() -> str:
@@ -131,8 +174,49 @@ def training_grid() -> str:
     return name
 
 
+def training_grid_preset(name: str | None = None) -> dict[str, Any]:
+    """A copy of the named grid (default: the CREDIT_TRAINING_GRID one) as training config."""
+    name = name or training_grid()
+    if name not in TRAINING_GRIDS:
+        raise ValueError(f"unknown grid {name!r}: choose one of {', '.join(TRAINING_GRIDS)}")
+    return copy.deepcopy(TRAINING_GRIDS[name])
+
+
 def partitions_start() -> str:
     return os.environ.get(PARTITIONS_START_ENV) or DEFAULT_PARTITIONS_START
+
+
+def embedded_defaults() -> dict[str, Callable[[], str]]:
+    """The variables `fill_defaults` sets, each with the function giving its default (the
+    home first: the others derive from it)."""
+    return {
+        HOME_ENV: lambda: str(platform_home()),
+        FEATURE_STORE_URL_ENV: default_feature_store_url,
+        MLFLOW_TRACKING_URI_ENV: default_mlflow_tracking_uri,
+        MLFLOW_EXPERIMENT_ENV: lambda: DEFAULT_EXPERIMENT,
+        MLFLOW_UI_URL_ENV: mlflow_ui_url,
+        BENTOML_HOME_ENV: lambda: str(bentoml_home()),
+        API_URL_ENV: api_url,
+        ADMIN_TOKEN_ENV: local_admin_token,
+        PARTITIONS_START_ENV: lambda: DEFAULT_PARTITIONS_START,
+        TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
+    }
+
+
+def fill_defaults() -> dict[str, str]:
+    """Write the embedded default of every unset platform variable into this process's
+    environment (children inherit it) and return the values now in force.
+
+    Called where a process starts (the CLI, the code location's definitions module), so
+    Dagster resources can take each value through `EnvVar` (the UI shows where it comes
+    from and never prints a secret); a variable already set always wins.
+    """
+    defaults = embedded_defaults()
+    for name, default in defaults.items():
+        if not os.environ.get(name):
+            os.environ[name] = default()
+    training_grid()  # a misspelt grid name fails here, where the process starts
+    return {name: os.environ[name] for name in defaults}
 
 
 def export_bentoml_home() -> Path:

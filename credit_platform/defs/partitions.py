@@ -1,4 +1,4 @@
-"""The one daily partitioning every partitioned asset shares."""
+"""The one daily partitioning every partitioned asset and asset check shares."""
 
 from __future__ import annotations
 

@@ -25,13 +25,12 @@ from sqlalchemy import func, select
 from credit_platform.core.db import FeatureStoreUnavailable
 from credit_platform.core.schema import credit_score
 from credit_platform.core.service_control import ReportedModel
+from credit_platform.defs.jobs import continuous_training_job, deploy_job
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 
-CONTINUOUS_TRAINING_JOB = "continuous_training"
-DEPLOY_JOB = "deploy_model"
 # A deploy run that fails is requested again, under a new run key, up to this many attempts
 # in all for one model (and one outage); then the sensor waits for a newer model.
 MAX_DEPLOY_ATTEMPTS = 3
@@ -71,7 +70,7 @@ def _already_trained(context: SensorEvaluationContext, day: date) -> bool:
 
 
 @sensor(
-    job_name=CONTINUOUS_TRAINING_JOB,
+    job=continuous_training_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests the continuous-training partition of each new label day "
@@ -138,7 +137,7 @@ def deploy_decision(
 
 
 @sensor(
-    job_name=DEPLOY_JOB,
+    job=deploy_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests deployed_bento for the newest model that passed its quality check "
@@ -173,7 +172,7 @@ def deploy_sensor(
         return SensorResult(
             skip_reason=SkipReason(
                 f"{reason}, but its deploy failed {failed} times: see the failed "
-                f"{DEPLOY_JOB} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a newer model, "
+                f"{deploy_job.name} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a newer model, "
                 "or a deploy started by hand, goes on"
             ),
             cursor=cursor,

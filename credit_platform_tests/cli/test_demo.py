@@ -3,21 +3,25 @@
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import requests
 
+from credit_platform.core import settings
 from credit_platform.core.service_process import free_port
 
 
 def test_demo_trains_deploys_and_answers(tmp_path):
     port = free_port()
+    # A user's shell: none of the platform's variables set (this session's are not inherited).
+    inherited = set(settings.embedded_defaults()) | {settings.DAGSTER_HOME_ENV}
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ("BENTOML_HOME", "DAGSTER_HOME")},
+        **{k: v for k, v in os.environ.items() if k not in inherited},
         "CREDIT_PLATFORM_HOME": str(tmp_path / "home"),
         "CREDIT_API_URL": f"http://127.0.0.1:{port}",
     }
-    env.pop("CREDIT_API_ADMIN_TOKEN", None)
     command = [sys.executable, "-m", "credit_platform.cli.main"]
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     try:
         done = subprocess.run(
             [*command, "demo", "--customers", "60", "--days", "33"],
@@ -31,7 +35,10 @@ def test_demo_trains_deploys_and_answers(tmp_path):
         assert "sample prediction for" in out
         assert f"curl -s -X POST http://127.0.0.1:{port}/predict" in out
         metadata = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=5).json()
-        assert metadata["partition"] == "2025-02-02"
+        # The synthetic days end yesterday (UTC): the newest partition, which the UI's
+        # default partition views and launch range show.
+        assert metadata["partition"] == yesterday.isoformat()
+        assert f"continuous training for partition {yesterday}" in out
         assert metadata["model_version"] in out
         # The run is recorded in the instance the UI reads.
         assert (tmp_path / "home" / "dagster" / "history").exists()

@@ -24,11 +24,10 @@ from credit_platform.core.service_process import free_port
 from credit_platform.core.settings import ADMIN_TOKEN_ENV
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.checks import credit_score_model_quality
-from credit_platform.defs.definitions import CONTINUOUS_TRAINING_ASSETS
+from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, deploy_job
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.defs.sensors import (
-    DEPLOY_JOB,
     DEPLOY_KEY_TAG,
     MAX_DEPLOY_ATTEMPTS,
     deploy_sensor,
@@ -108,7 +107,7 @@ def _record_failed_deploy(platform, request) -> None:
     """What the daemon leaves when the run it launched for `request` fails."""
     platform["instance"].add_run(
         DagsterRun(
-            job_name=DEPLOY_JOB,
+            job_name=deploy_job.name,
             run_id=str(uuid.uuid4()),
             status=DagsterRunStatus.FAILURE,
             tags={**request.tags, "dagster/run_key": request.run_key},

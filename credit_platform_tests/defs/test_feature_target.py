@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from dagster import materialize
+from dagster import IntMetadataValue, TableSchemaMetadataValue, materialize
 from sqlalchemy import func, insert, select
+from sqlalchemy.engine import make_url
 
 from credit_platform.core.db import init_schema
 from credit_platform.core.feature_target_sql import EmptyPartitionError, build_partition
@@ -176,9 +177,28 @@ def test_asset_materializes_with_metadata(store):
     assert result.success
     materialization = result.asset_materializations_for_node("credit_score_features_target")[0]
     metadata = materialization.metadata
-    assert metadata["row_count"].value == 3
     assert metadata["rows_poor"].value == 2
     assert "| Poor | 2 |" in metadata["label_distribution"].value
+    # Dagster's catalog conventions: row count, the schema's columns, the table's name.
+    assert isinstance(metadata["dagster/row_count"], IntMetadataValue)
+    assert metadata["dagster/row_count"].value == 3
+    schema = metadata["dagster/column_schema"]
+    assert isinstance(schema, TableSchemaMetadataValue)
+    columns = {column.name: column for column in schema.schema.columns}
+    assert list(columns) == [column.name for column in target_table.columns]
+    assert columns["base_dt"].type == "DATE" and not columns["base_dt"].constraints.nullable
+    assert columns["age"].constraints.nullable
+    table_name = metadata["dagster/table_name"].value
+    database = make_url(url).database
+    expected_name = "credit_score_features_target"
+    assert table_name == (
+        expected_name if url.startswith("sqlite") else f"{database}.{expected_name}"
+    )
+    # The catalog shows the schema before the first materialization too.
+    definition = credit_score_features_target.specs_by_key[
+        credit_score_features_target.key
+    ].metadata
+    assert definition["dagster/column_schema"].columns == schema.schema.columns
 
 
 def test_asset_fails_clearly_on_empty_day(sqlite_url):

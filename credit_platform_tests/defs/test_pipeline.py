@@ -3,18 +3,23 @@
 from datetime import date
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    UrlMetadataValue,
+    instance_for_test,
+    materialize,
+)
 from sqlalchemy import select
 
+from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.schema import credit_score_features_target
 from credit_platform.defs.checks import credit_score_model_quality
-from credit_platform.defs.definitions import (
-    CONTINUOUS_TRAINING_ASSETS,
-    CONTINUOUS_TRAINING_JOB,
-    defs,
-)
+from credit_platform.defs.definitions import defs
+from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, continuous_training_job
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.training_fixtures import tiny_grid, training_resources
 
@@ -23,7 +28,7 @@ START = date(2025, 1, 1)
 
 def test_definitions_load_with_job_schedule_and_check():
     Definitions.validate_loadable(defs)
-    job = defs.resolve_job_def(CONTINUOUS_TRAINING_JOB)
+    job = defs.resolve_job_def(continuous_training_job.name)
     assert job.partitions_def is not None
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} >= {
         "credit_score_features_target",
@@ -32,7 +37,7 @@ def test_definitions_load_with_job_schedule_and_check():
         "credit_score_model",
     }
     schedule = defs.resolve_schedule_def("daily_continuous_training")
-    assert schedule.job_name == CONTINUOUS_TRAINING_JOB
+    assert schedule.job_name == continuous_training_job.name
     checks = defs.resolve_asset_graph().asset_check_keys
     assert any(key.asset_key == AssetKey("credit_score_model") for key in checks)
 
@@ -63,8 +68,15 @@ def test_whole_graph_for_one_partition(tmp_path, seeded_store):
         assert result.success
         table = result.asset_materializations_for_node("credit_score_features_target")[0]
         # 60 customers x 36 days of labels in [2025-01-05, 2025-02-05] minus dropped rows.
-        assert 0.9 * 60 * 32 <= table.metadata["row_count"].value <= 60 * 32
+        assert 0.9 * 60 * 32 <= table.metadata["dagster/row_count"].value <= 60 * 32
         model = result.output_for_node("credit_score_model")
+        # The best trial's run, as a link into the MLflow UI (not a tracking-store path).
+        link = result.asset_materializations_for_node("credit_score_model")[0].metadata
+        experiment = resources["mlflow_tracking"].experiment_id()
+        assert isinstance(link["mlflow_run"], UrlMetadataValue)
+        assert link["mlflow_run"].url == (
+            f"{settings.mlflow_ui_url()}/#/experiments/{experiment}/runs/{model['mlflow_run_id']}"
+        )
         checks = result.get_asset_check_evaluations()
         assert [evaluation.passed for evaluation in checks] == [True]
 

@@ -6,6 +6,7 @@ from typing import Any
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from credit_platform.core.service_control import DeployError, build_bento, start_service
+from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -25,6 +26,7 @@ def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, An
 @asset(
     name=DEPLOYED_BENTO_ASSET,
     partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
     group_name="continuous_deployment",
     kinds={"bentoml"},
     description=(

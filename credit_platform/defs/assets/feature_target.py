@@ -19,6 +19,8 @@ from credit_platform.core.feature_target_sql import (
     build_partition,
 )
 from credit_platform.core.features import LABELS
+from credit_platform.core.schema import credit_score_features_target as target_table
+from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 
@@ -36,12 +38,17 @@ class FeatureTargetConfig(Config):
 @asset(
     name=FEATURE_TARGET_ASSET,
     partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
     group_name="continuous_training",
     kinds={"sql"},
     description=(
         "Labels dated within one month before the partition day joined to their features, "
         "written with base_dt = partition day (exact replace, one transaction)."
     ),
+    metadata={
+        "dagster/table_name": TARGET_TABLE,
+        "dagster/column_schema": table_schema(target_table),
+    },
 )
 def credit_score_features_target(
     context: AssetExecutionContext,
@@ -81,14 +88,15 @@ def credit_score_features_target(
     )
     return MaterializeResult(
         metadata={
-            "row_count": MetadataValue.int(result.rows),
+            "dagster/row_count": MetadataValue.int(result.rows),
+            "dagster/table_name": qualified_table_name(feature_store.url, target_table),
+            "dagster/column_schema": table_schema(target_table),
             "label_distribution": MetadataValue.md(distribution),
             **{f"rows_{label.lower()}": result.label_counts.get(label, 0) for label in LABELS},
             "window": f"{result.window_start.isoformat()}..{base_dt.isoformat()}",
             "replaced_rows": result.replaced_rows,
             "retention_deleted_rows": result.retention_deleted,
             "retention_days": config.retention_days,
-            "table": TARGET_TABLE,
             "feature_store": feature_store.display_url,
         }
     )

@@ -5,7 +5,6 @@ validation accuracy becomes a new version of the registered model and a new
 `credit_score_classifier` in the BentoML store (with the scalers it was trained with).
 """
 
-import copy
 import json
 from typing import Any
 
@@ -31,29 +30,18 @@ from credit_platform.core.training import (
     parameter_grid,
 )
 from credit_platform.defs.assets.split import SPLIT_COLUMN, TRAIN, VALID
+from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 
 MODEL_ARTIFACT = "model"
 
 
-# The named grids of CREDIT_TRAINING_GRID (and `credit-platform materialize --grid`).
-GRID_PRESETS: dict[str, dict[str, Any]] = {
-    "seed": {
-        "depths": [4, 6, 8],
-        "rsms": [0.5, 0.75, 1.0],
-        "l2_leaf_regs": [1.0, 3.0, 5.0],
-        "iterations": 2000,
-    },
-    "small": {"depths": [4, 6], "rsms": [1.0], "l2_leaf_regs": [3.0], "iterations": 300},
-}
-
-
 def _grid_default(key: str) -> Any:
-    """Default of a grid field: the CREDIT_TRAINING_GRID preset (the seed grid unless set),
-    read when the code location loads, so the launchpad shows it and a run launched from the
-    UI without config uses it."""
-    return copy.deepcopy(GRID_PRESETS[settings.training_grid()][key])
+    """Default of a grid field: the CREDIT_TRAINING_GRID preset (`settings.TRAINING_GRIDS`,
+    the seed grid unless set), read when the code location loads, so the launchpad shows it
+    and a run launched without grid config uses it."""
+    return settings.training_grid_preset()[key]
 
 
 class TrainingConfig(Config):
@@ -110,6 +98,7 @@ def _trial_run_name(index: int, result_params: dict[str, Any]) -> str:
 
 @asset(
     partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
     group_name="continuous_training",
     kinds={"catboost", "mlflow", "bentoml"},
     description=(
@@ -234,7 +223,8 @@ def credit_score_model(
             "bento_tag": bento_tag,
             "mlflow_run_id": best_run_id,
             "mlflow_parent_run_id": parent.info.run_id,
-            "mlflow_run": _pointer_metadata(mlflow_tracking.run_pointer(best_run_id)),
+            "mlflow_run": MetadataValue.url(mlflow_tracking.run_url(best_run_id)),
+            "mlflow_parent_run": MetadataValue.url(mlflow_tracking.run_url(parent.info.run_id)),
             "mlflow_model_version": MetadataValue.text(str(version.version)),
             "best_params": MetadataValue.json(params),
             "val_accuracy": MetadataValue.float(metrics["val_accuracy"]),
@@ -247,9 +237,3 @@ def credit_score_model(
             "rows_valid": MetadataValue.int(len(valid)),
         },
     )
-
-
-def _pointer_metadata(pointer: str) -> MetadataValue:
-    if pointer.startswith(("http://", "https://")):
-        return MetadataValue.url(pointer)
-    return MetadataValue.text(pointer)

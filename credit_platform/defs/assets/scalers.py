@@ -7,6 +7,7 @@ from credit_platform.core.features import NUMERIC_FEATURES
 from credit_platform.core.model_input import Scalers, fit_scalers
 from credit_platform.core.training import markdown_table
 from credit_platform.defs.assets.split import SPLIT_COLUMN, TRAIN
+from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 
 
@@ -27,6 +28,7 @@ def scalers_markdown(scalers: Scalers) -> str:
 
 @asset(
     partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
     group_name="continuous_training",
     kinds={"scikitlearn"},
     description="RobustScaler per numeric feature, fit on the train split only (no leakage).",

@@ -31,6 +31,7 @@ from credit_platform.core.features import (
 )
 from credit_platform.core.schema import credit_score_features_target
 from credit_platform.core.training import markdown_table
+from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -133,6 +134,7 @@ def label_distribution_markdown(split: pd.DataFrame) -> str:
 
 @asset(
     partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
     deps=[FEATURE_TARGET_KEY],
     io_manager_key=PARQUET_IO_MANAGER_KEY,
     group_name="continuous_training",

@@ -43,6 +43,10 @@ class MlflowTrackingResource(ConfigurableResource):
         default_factory=settings.mlflow_experiment_name,
         description="The one experiment every training run is logged to.",
     )
+    ui_url: str = Field(
+        default_factory=settings.mlflow_ui_url,
+        description="Base URL of the MLflow UI that asset metadata links runs to.",
+    )
     artifact_location: str | None = Field(
         default=None,
         description=(
@@ -119,13 +123,9 @@ class MlflowTrackingResource(ConfigurableResource):
             else:  # someone ended it already; still record the outcome
                 self.client().set_terminated(run.info.run_id, RunStatus.to_string(status))
 
-    def run_pointer(self, run_id: str) -> str:
-        """Where to find a run: its UI URL on a tracking server, else store + ids."""
-        experiment_id = self.experiment_id()
-        if self._is_server():
-            base = self.tracking_uri.rstrip("/")
-            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f"{self.tracking_uri} experiment {experiment_id} run {run_id}"
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI."""
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def register_model(
         self, model_uri: str, name: str, *, tags: Mapping[str, str] | None = None

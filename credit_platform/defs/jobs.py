@@ -1,0 +1,31 @@
+"""The platform's jobs: continuous training of one day, and deploying one day's model.
+
+Sensors, schedules, the definitions and the CLI import these objects (never their names).
+"""
+
+from dagster import AssetSelection, define_asset_job
+
+from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.assets.feature_target import credit_score_features_target
+from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.scalers import scalers
+from credit_platform.defs.assets.split import train_valid_split
+
+CONTINUOUS_TRAINING_ASSETS = (
+    credit_score_features_target,
+    train_valid_split,
+    scalers,
+    credit_score_model,
+)
+
+continuous_training_job = define_asset_job(
+    "continuous_training",
+    selection=AssetSelection.assets(*CONTINUOUS_TRAINING_ASSETS),
+    description="Continuous training for one base day: build, check, split, scale, tune, check.",
+)
+
+deploy_job = define_asset_job(
+    "deploy_model",
+    selection=AssetSelection.assets(deployed_bento),
+    description="Deploy one partition's checked model to the prediction service.",
+)

@@ -1,0 +1,85 @@
+"""The loaded code location: resources configured from environment variables only, jobs
+shared by sensors and schedules as objects, owners and code references on every asset."""
+
+import pytest
+from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
+
+from credit_platform.core import settings
+from credit_platform.defs.catalog import ASSET_OWNERS
+from credit_platform.defs.definitions import defs
+from credit_platform.defs.jobs import continuous_training_job, deploy_job
+from credit_platform.defs.schedules import daily_continuous_training
+from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
+
+SETTINGS_RESOURCES = {
+    "feature_store": {"url": settings.FEATURE_STORE_URL_ENV},
+    "mlflow_tracking": {
+        "tracking_uri": settings.MLFLOW_TRACKING_URI_ENV,
+        "experiment_name": settings.MLFLOW_EXPERIMENT_ENV,
+        "ui_url": settings.MLFLOW_UI_URL_ENV,
+    },
+    "prediction_service": {
+        "api_url": settings.API_URL_ENV,
+        "admin_token": settings.ADMIN_TOKEN_ENV,
+    },
+}
+
+
+def test_definitions_validate():
+    Definitions.validate_loadable(defs)
+
+
+def test_every_setting_of_a_resource_is_an_env_var():
+    """The UI shows the variable, never a resolved URL or the admin token."""
+    for key, expected in SETTINGS_RESOURCES.items():
+        resource = defs.resources[key]
+        given = {name: getattr(resource, name) for name in resource.model_fields_set}
+        assert all(isinstance(value, EnvVar) for value in given.values()), (key, given)
+        assert {name: value.env_var_name for name, value in given.items()} == expected
+    # Every variable a resource names has its embedded default filled where a process starts.
+    named = {name for fields in SETTINGS_RESOURCES.values() for name in fields.values()}
+    assert named <= set(settings.embedded_defaults())
+
+
+def test_fill_defaults_keeps_set_values_and_fills_the_rest(monkeypatch, tmp_path):
+    for name in settings.embedded_defaults():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))
+    monkeypatch.setenv(settings.API_URL_ENV, "http://api.example:3000")
+    filled = settings.fill_defaults()
+    assert filled[settings.API_URL_ENV] == "http://api.example:3000"
+    assert filled[settings.FEATURE_STORE_URL_ENV] == f"sqlite:///{tmp_path / 'feature_store.db'}"
+    assert filled[settings.MLFLOW_UI_URL_ENV] == "http://127.0.0.1:5000"
+    assert filled[settings.TRAINING_GRID_ENV] == settings.DEFAULT_TRAINING_GRID
+    token = filled[settings.ADMIN_TOKEN_ENV]
+    assert token == (tmp_path / "run" / "admin_token").read_text().strip()
+    assert (tmp_path / "run" / "admin_token").stat().st_mode & 0o077 == 0
+    assert settings.fill_defaults() == filled  # the same token on every start
+
+
+def test_fill_defaults_refuses_an_unknown_grid(monkeypatch):
+    monkeypatch.setenv(settings.TRAINING_GRID_ENV, "huge")
+    with pytest.raises(ValueError, match="CREDIT_TRAINING_GRID must be one of seed, small"):
+        settings.fill_defaults()
+
+
+def test_sensors_and_schedule_target_the_job_objects():
+    assert new_data_sensor.job is continuous_training_job
+    assert deploy_sensor.job is deploy_job
+    assert daily_continuous_training.job is continuous_training_job
+    assert {job.name for job in (continuous_training_job, deploy_job)} <= {
+        job.name for job in defs.resolve_all_job_defs()
+    }
+
+
+def test_every_asset_has_owners_and_a_code_reference():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        spec = graph.get(key)
+        assert list(spec.owners) == ASSET_OWNERS, key
+        references = spec.metadata["dagster/code_references"]
+        assert isinstance(references, CodeReferencesMetadataValue)
+        (reference,) = references.code_references
+        assert reference.file_path.startswith(str(settings.REPO_ROOT / "credit_platform"))
+    table = graph.get(AssetKey("credit_score_features_target")).metadata
+    assert table["dagster/table_name"] == "credit_score_features_target"
