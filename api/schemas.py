@@ -235,6 +235,8 @@ class ModelMetadata(BaseModel):
     partition: str | None
     creation_time: str
     loaded_at: str
+    # The Bento this process runs ("<name>:<version>"); None when it runs from source.
+    bento_tag: str | None = None
 
 
 class ReloadRequest(BaseModel):

@@ -9,7 +9,7 @@ import click
 
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
-from credit_platform.core.service_control import ensure_local_admin_token
+from credit_platform.core.local_service import ensure_local_admin_token
 
 REPO_ROOT = settings.REPO_ROOT
 SQL_DIR = REPO_ROOT / "sql"
@@ -185,7 +185,7 @@ def demo(customers: int, days: int, start: str, grid: str) -> None:
 @click.option("--port", default=settings.DEFAULT_API_PORT, show_default=True)
 def stop(port: int) -> None:
     """Stop a prediction service that a deploy or the demo started in the background."""
-    from credit_platform.core.service_control import stop_service
+    from credit_platform.core.local_service import stop_service
 
     if stop_service(port):
         click.echo(f"stopped the prediction service on port {port}")

@@ -4,7 +4,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from credit_platform.core import settings
-from credit_platform.core.service_control import ServiceClient
+from credit_platform.core.service_client import ServiceClient
 
 
 class PredictionServiceResource(ConfigurableResource):
