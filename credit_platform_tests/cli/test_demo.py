@@ -6,6 +6,7 @@ import sys
 
 import requests
 
+from credit_platform.core.bento import bento_tag
 from credit_platform.core.service_process import free_port
 
 
@@ -33,6 +34,9 @@ def test_demo_trains_deploys_and_answers(tmp_path):
         metadata = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=5).json()
         assert metadata["partition"] == "2025-02-02"
         assert metadata["model_version"] in out
+        # The service runs the built Bento of this code, and the demo names it.
+        assert metadata["bento_tag"] == bento_tag()
+        assert metadata["bento_tag"] in out
         # The run is recorded in the instance the UI reads.
         assert (tmp_path / "home" / "dagster" / "history").exists()
         assert (tmp_path / "home" / "mlflow.db").exists()

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
 from credit_platform.core.local_service import pid_file, start_service, stop_service
-from credit_platform.core.service_client import ServiceClient
+from credit_platform.core.service_client import ReportedModel, ServiceClient, ServiceError
 from credit_platform.core.service_process import (
     LoadGenerator,
     ServiceProcess,
@@ -33,7 +33,14 @@ from credit_platform.core.service_process import (
     free_port,
 )
 from credit_platform.core.settings import ADMIN_TOKEN_ENV
-from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.assets.deploy import (
+    HOT_SWAP,
+    OUTDATED_BENTO,
+    RESTART,
+    START,
+    deployed_bento,
+    rollout,
+)
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.definitions import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -329,6 +336,21 @@ def test_a_service_started_elsewhere_gets_the_model_and_the_deploy_says_to_resta
         assert requests.get(f"{process.url}/metadata", timeout=5).json()["code_change"] == "on"
     finally:
         process.stop()
+
+
+def test_rollout_hot_swaps_only_into_the_built_bento():
+    def running(bento: str | None) -> ReportedModel:
+        return ReportedModel("credit_score_classifier:a", datetime.now(UTC), None, {}, bento)
+
+    new, old = "credit_score_service:new", "credit_score_service:old"
+    assert rollout(None, new, can_start=True, can_restart=False) == START
+    with pytest.raises(ServiceError, match="autostart is off"):
+        rollout(None, new, can_start=False, can_restart=False)
+    assert rollout(running(new), new, can_start=True, can_restart=True) == HOT_SWAP
+    assert rollout(running(new), new, can_start=False, can_restart=False) == HOT_SWAP
+    for stale in (old, None):  # an older Bento, or a service run from source
+        assert rollout(running(stale), new, can_start=True, can_restart=True) == RESTART
+        assert rollout(running(stale), new, can_start=True, can_restart=False) == OUTDATED_BENTO
 
 
 def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):
