@@ -226,7 +226,7 @@ class PredictionResponse(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    """What GET /metadata reports about the model being served."""
+    """What GET /metadata reports: the model being served and the Bento serving it."""
 
     model_name: str
     model_version: str
