@@ -116,6 +116,7 @@ def build_bento(build_ctx: Path = settings.REPO_ROOT) -> str:
             target = stage / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(build_ctx / relative, target)
+        tag = bento_tag(stage)  # of the files as copied, should one have changed meanwhile
         name, version = tag.split(":", 1)
         result = subprocess.run(
             [
