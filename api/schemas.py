@@ -226,7 +226,7 @@ class PredictionResponse(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    """What GET /metadata reports about the model being served."""
+    """What GET /metadata reports: the model being served and the Bento serving it."""
 
     model_name: str
     model_version: str
@@ -235,6 +235,8 @@ class ModelMetadata(BaseModel):
     partition: str | None
     creation_time: str
     loaded_at: str
+    # The Bento this process runs ("<name>:<version>"); None when it runs from source.
+    bento_tag: str | None = None
 
 
 class ReloadRequest(BaseModel):

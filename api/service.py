@@ -114,6 +114,15 @@ def exit_with_server() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def running_bento() -> str | None:
+    """The Bento this worker runs, as BentoML recorded it when it loaded the service
+    (None when the service was imported from source)."""
+    context = bentoml.server_context
+    if not context.bento_name or context.bento_version == "not available":
+        return None
+    return f"{context.bento_name}:{context.bento_version}"
+
+
 def request_id_for(ctx: bentoml.Context) -> str:
     """The client's X-Request-ID when it is well-formed, else a fresh one."""
     supplied = ctx.request.headers.get(REQUEST_ID_HEADER)
@@ -400,7 +409,7 @@ class CreditScoreService:
         self.prediction_log.close()
 
     def model_metadata(self) -> ModelMetadata:
-        return ModelMetadata(**self.served_model.current.metadata())
+        return ModelMetadata(**self.served_model.current.metadata(), bento_tag=running_bento())
 
     async def _record(self, rows: list[PredictionLogRow]) -> None:
         try:

@@ -11,6 +11,7 @@ from credit_platform.core import settings
 from credit_platform.core.db import init_schema, redacted
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import credit_score_features_target
+from credit_platform.core.service_client import ServiceClient
 
 
 def sample_request(url: str, partition: str) -> dict:
@@ -69,7 +70,9 @@ def run_demo(*, customers: int, days: int, end: date, grid: str) -> None:
         raise RuntimeError(
             f"the sample prediction failed: HTTP {response.status_code} {response.text}"
         )
-    metadata = requests.get(f"{settings.api_url()}/metadata", timeout=5).json()
+    served = ServiceClient(settings.api_url(), timeout=5).reported_model()
+    if served is None:
+        raise RuntimeError(f"{settings.api_url()}/metadata reports no model after the deploy")
     click.echo(
         f"\nsample prediction for {body['data']['customer_id']}: {response.json()}\n"
         f"\nDone. Where to look:\n"
@@ -77,7 +80,8 @@ def run_demo(*, customers: int, days: int, end: date, grid: str) -> None:
         f"(assets of partition {partition})\n"
         f"  MLflow UI:   .venv/bin/credit-platform mlflow-ui  -> {settings.mlflow_ui_url()} "
         f"(experiment {settings.mlflow_experiment_name()})\n"
-        f"  Model tag:   {metadata['model_version']} (BentoML store {settings.bentoml_home()})\n"
+        f"  Model tag:   {served.tag} (BentoML store {settings.bentoml_home()})\n"
+        f"  Bento:       {served.bento_tag} (the service's code; bentoml list)\n"
         f"  Prediction API (running in the background; stop: .venv/bin/credit-platform stop):\n"
         f"    curl -s -X POST {settings.api_url()}/predict -H 'Content-Type: application/json' "
         f"-d '{json.dumps(body)}'\n"

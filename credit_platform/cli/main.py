@@ -228,7 +228,7 @@ def demo(customers: int, days: int, end: datetime | None, grid: str) -> None:
 @click.option("--port", default=settings.DEFAULT_API_PORT, show_default=True)
 def stop(port: int) -> None:
     """Stop a prediction service that a deploy or the demo started in the background."""
-    from credit_platform.core.service_control import stop_service
+    from credit_platform.core.local_service import stop_service
 
     if stop_service(port):
         click.echo(f"stopped the prediction service on port {port}")

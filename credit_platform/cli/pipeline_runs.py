@@ -73,7 +73,7 @@ def run_deploy_partition(partition: str, *, echo: Echo = print) -> bool:
         if result.success:
             metadata = result.asset_materializations_for_node("deployed_bento")[0].metadata
             echo(
-                f"  {metadata['action'].value}: {metadata['api_url'].value} serves "
-                f"{metadata['served_model_tag'].value} (Bento {metadata['bento_tag'].value})"
+                f"  {metadata['how'].value}: {metadata['api_url'].value} serves "
+                f"{metadata['model_tag'].value} in Bento {metadata['bento_tag'].value}"
             )
         return result.success

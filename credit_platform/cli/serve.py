@@ -1,51 +1,25 @@
-"""`credit-platform serve`: start the prediction service on the platform's settings.
+"""`credit-platform serve`: run the prediction service's Bento on the platform's settings.
 
-It replaces itself with `python -m bentoml serve api.service:CreditScoreService`, so a
-signal sent to the command (Ctrl+C, SIGTERM from a supervisor) reaches BentoML directly
-and the service drains its prediction log before it exits.
+It builds the Bento when this code is not built yet (a no-op otherwise), then replaces
+itself with `python -m bentoml serve <bento tag>`, so a signal sent to the command (Ctrl+C,
+SIGTERM from a supervisor) reaches BentoML directly and the service drains its prediction
+log before it exits.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
 from credit_platform.core import settings
-
-REPO_ROOT = settings.REPO_ROOT
-SERVICE = "api.service:CreditScoreService"
-
-
-def serve_command(host: str, port: int) -> list[str]:
-    """The BentoML command line that runs the service from the repository root."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--working-dir",
-        str(REPO_ROOT),
-    ]
-
-
-def serve_environment(model_tag: str | None) -> dict[str, str]:
-    """This process's environment with the platform defaults pinned for the service."""
-    env = dict(os.environ)
-    env[settings.BENTOML_HOME_ENV] = str(settings.bentoml_home())
-    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    if model_tag:
-        env[settings.API_MODEL_TAG_ENV] = model_tag
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
-    return env
+from credit_platform.core.bento import (
+    BentoBuildError,
+    build_bento,
+    serve_bento_command,
+    serve_bento_environment,
+)
 
 
 class ModelNotSavedYet(click.ClickException):
@@ -111,8 +85,9 @@ def wait_for_model(tag: str, interval: float) -> None:
     "exiting (a new stack whose first model is still training).",
 )
 def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | None) -> None:
-    """Serve predictions over HTTP (BentoML; /predict, /predict_batch, /metadata, /admin/reload)."""
-    env = serve_environment(model_tag)
+    """Serve predictions over HTTP from the service's built Bento (BentoML; /predict,
+    /predict_batch, /metadata, /admin/reload)."""
+    env = serve_bento_environment(model_tag)
     os.environ[settings.BENTOML_HOME_ENV] = env[settings.BENTOML_HOME_ENV]
     tag = model_tag or settings.api_model_tag()
     if wait_seconds is None:
@@ -123,7 +98,12 @@ def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | Non
         click.echo(
             f"note: {settings.ADMIN_TOKEN_ENV} is not set, so /admin/reload is disabled", err=True
         )
-    command = serve_command(host, port)
+    try:
+        bento_tag = build_bento()
+    except BentoBuildError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"serving Bento {bento_tag}", err=True)
+    command = serve_bento_command(bento_tag, host, port)
     os.execvpe(command[0], command, env)
 
 

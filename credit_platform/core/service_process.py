@@ -1,8 +1,9 @@
-"""Real processes for the reliability tests: the prediction service in its own process
-group, a TCP proxy that can cut the service off its database, and a bounded load
-generator that remembers which requests were answered.
+"""Real processes around the prediction service: the service in a session of its own (the
+background service of embedded mode, the tests and the benchmarks all start it here), a TCP
+proxy that can cut the service off its database, and a bounded load generator that
+remembers which requests were answered.
 
-Everything binds to 127.0.0.1 on free ports and is stopped by the test that starts it.
+The tests and benchmarks bind to 127.0.0.1 on free ports and stop what they start.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+class ServiceNotReady(RuntimeError):
+    """The service process exited, or did not answer /readyz in time."""
+
+
 class ServiceProcess:
-    """The serve command in a new session, with its workers; or, with `command`, another
-    server answering /readyz on `port` (the benchmarks' baseline)."""
+    """`credit-platform serve` (which runs the built Bento) in a new session, with its
+    workers; or, with `command`, another server answering /readyz on `port` (a given
+    Bento, the benchmarks' baseline)."""
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class ServiceProcess:
                 env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -91,7 +98,7 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(
+                raise ServiceNotReady(
                     f"the service exited with {self.process.returncode}:\n{self.tail()}"
                 )
             try:
@@ -101,7 +108,9 @@ class ServiceProcess:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"the service was not ready in {timeout:.0f}s:\n{self.tail()}")
+                raise ServiceNotReady(
+                    f"the service was not ready in {timeout:.0f}s:\n{self.tail()}"
+                )
             time.sleep(0.25)
 
     def tail(self, lines: int = 60) -> str:

@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from credit_platform.core.service_control import ServiceClient
+from credit_platform.core.service_client import ServiceClient
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from credit_platform.core.db import FeatureStoreUnavailable
 from credit_platform.core.schema import credit_score
-from credit_platform.core.service_control import ReportedModel
+from credit_platform.core.service_client import ReportedModel
 from credit_platform.defs.jobs import continuous_training_job, deploy_job
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource

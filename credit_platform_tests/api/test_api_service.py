@@ -1,7 +1,7 @@
 """The prediction service through a real BentoML server process: predictions and their log
 rows, a lender's validation, metadata, hot reload, rollback, refusals, reload under load.
 
-The server runs the `credit-platform serve` command on a free port,
+The server runs the `credit-platform serve` command (the built Bento) on a free port,
 sharing this session's platform home and BentoML store, with a SQLite prediction log.
 """
 
@@ -381,6 +381,20 @@ def test_batch_validation_names_the_limit_and_the_row(server: Server, payloads: 
 
 
 # --- metadata and health ----------------------------------------------------------------
+
+
+def test_serve_runs_the_built_bento(server: Server) -> None:
+    """`credit-platform serve` builds the service's Bento (once per code version) and runs it:
+    the server process is `bentoml serve <bento tag>` and reports that tag."""
+    import bentoml
+
+    from credit_platform.core.bento import bento_tag
+
+    tag = bento_tag()
+    command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert [b"bentoml", b"serve", tag.encode()] == command[2:5], command
+    assert bentoml.bentos.get(tag).info.all_models == []  # models come from the store
+    assert server.get("/metadata").json()["bento_tag"] == tag
 
 
 def test_metadata_and_health_endpoints(server: Server, tags: ModelTags) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
 from api.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core.bento import bento_tag
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import credit_predictions_api_log as log_table
 from credit_platform.core.service_process import (
@@ -224,6 +225,8 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
     )
     service.wait_ready()
     assert len(service.worker_pids()) >= 2, "the swap must reach every worker"
+    bento = requests.get(f"{service.url}/metadata", timeout=10).json()["bento_tag"]
+    assert bento == bento_tag()  # models are swapped into the running Bento
     load = LoadGenerator(service.url, payloads, threads=3, max_seconds=50).start()
     seen_metadata: set[str] = set()
     try:
@@ -243,6 +246,7 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
                 for _ in range(12)
             }
             assert versions == {tag}
+            assert requests.get(f"{service.url}/metadata", timeout=10).json()["bento_tag"] == bento
             seen_metadata |= versions
         time.sleep(0.3)
     finally:

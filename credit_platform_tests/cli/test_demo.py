@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 
 from credit_platform.core import settings
+from credit_platform.core.bento import bento_tag
 from credit_platform.core.service_process import free_port
 
 
@@ -40,6 +41,9 @@ def test_demo_trains_deploys_and_answers(tmp_path):
         assert metadata["partition"] == yesterday.isoformat()
         assert f"continuous training for partition {yesterday}" in out
         assert metadata["model_version"] in out
+        # The service runs the built Bento of this code, and the demo names it.
+        assert metadata["bento_tag"] == bento_tag()
+        assert metadata["bento_tag"] in out
         # The run is recorded in the instance the UI reads.
         assert (tmp_path / "home" / "dagster" / "history").exists()
         assert (tmp_path / "home" / "mlflow.db").exists()

@@ -1,10 +1,13 @@
-"""Continuous deployment: the deployed_bento asset against a real service process, and both
-sensors evaluated with Dagster's sensor contexts."""
+"""Continuous deployment: the deployed_bento asset against real service processes running
+the built Bento (started, hot-swapped under load, restarted on new code), and both sensors
+evaluated with Dagster's sensor contexts."""
 
 import json
 import os
+import time
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,11 +21,26 @@ from dagster import (
     materialize,
 )
 
+from api.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
-from credit_platform.core.service_control import ServiceClient, stop_service
-from credit_platform.core.service_process import free_port
+from credit_platform.core.local_service import pid_file, start_service, stop_service
+from credit_platform.core.service_client import ReportedModel, ServiceClient, ServiceError
+from credit_platform.core.service_process import (
+    LoadGenerator,
+    ServiceProcess,
+    descendants,
+    free_port,
+)
 from credit_platform.core.settings import ADMIN_TOKEN_ENV
-from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.assets.deploy import (
+    HOT_SWAP,
+    OUTDATED_BENTO,
+    RESTART,
+    START,
+    deployed_bento,
+    rollout,
+)
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, deploy_job
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -34,6 +52,7 @@ from credit_platform.defs.sensors import (
     new_data_sensor,
 )
 from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform_tests.core.test_bento import copy_service_code
 from credit_platform_tests.training_fixtures import tiny_grid, training_resources
 
 TOKEN = "deploy-test-token"
@@ -41,7 +60,7 @@ FIRST, SECOND, REJECTED = "2025-02-03", "2025-02-04", "2025-02-05"
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
+def platform(tmp_path_factory, kaggle_sample):
     """Three trained partitions (the third fails its check), resources pointing at a free
     port where no service runs yet; any service started is stopped at the end."""
     tmp = tmp_path_factory.mktemp("deploy")
@@ -76,7 +95,14 @@ def platform(tmp_path_factory):
                     },
                 )
                 tags[partition] = result.output_for_node("credit_score_model")["bento_tag"]
-            yield {"resources": resources, "port": port, "tags": tags, "instance": instance}
+            payloads = valid_request_payloads(load_sample(kaggle_sample, rows=300), 40)
+            yield {
+                "resources": resources,
+                "port": port,
+                "tags": tags,
+                "instance": instance,
+                "payloads": payloads,
+            }
     finally:
         stop_service(port)
         if previous_token is None:
@@ -85,12 +111,38 @@ def platform(tmp_path_factory):
             os.environ[ADMIN_TOKEN_ENV] = previous_token
 
 
-def _deploy(platform, partition):
+def assert_runs_bento(port: int, tag: str) -> int:
+    """The background service on `port` is `bentoml serve <tag>`, and its workers run the
+    service from that Bento's copy of the code (BentoML's working directory for it); returns
+    the server's pid."""
+    import bentoml
+
+    pid = int(pid_file(port).read_text())
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert [b"bentoml", b"serve", tag.encode()] == command[2:5], command
+    source = Path(bentoml.bentos.get(tag).path, "src").resolve()
+    workers = descendants(pid)
+    assert workers
+    assert {Path(f"/proc/{worker}/cwd").resolve() for worker in workers} == {source}
+    return pid
+
+
+def wait_until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _deploy(platform, partition, service: PredictionServiceResource | None = None):
+    resources = platform["resources"]
+    if service is not None:
+        resources = {**resources, "prediction_service": service}
     return materialize(
         [*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
         selection=[deployed_bento],
         partition_key=partition,
-        resources=platform["resources"],
+        resources=resources,
         instance=platform["instance"],
         raise_on_error=False,
     )
@@ -131,18 +183,23 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     again = _tick(platform, cursor=down.cursor)
     assert [request.run_key for request in again.run_requests] == [key]
 
-    # 2. deployed_bento starts the service with the first model.
+    # 2. deployed_bento builds the Bento and starts a service running it, with the first model.
     first = _deploy(platform, FIRST)
     assert first.success
     metadata = first.asset_materializations_for_node("deployed_bento")[0].metadata
-    assert metadata["action"].value == "started"
-    assert metadata["served_model_tag"].value == tags[FIRST]
-    assert metadata["bento_tag"].value.startswith("credit_score_service:")
+    built = bento_tag()
+    assert metadata["how"].value == "start"
+    assert metadata["model_tag"].value == tags[FIRST]
+    assert metadata["partition"].value == FIRST
+    assert metadata["bento_tag"].value == built == metadata["built_bento_tag"].value
+    assert "action_needed" not in metadata
     assert _served_tag(platform) == tags[FIRST]
     served = ServiceClient(f"http://127.0.0.1:{platform['port']}").reported_model()
     assert served.creation_time.tzinfo is not None
+    assert served.bento_tag == built
     answer = requests.post(f"http://127.0.0.1:{platform['port']}/metadata", timeout=5).json()
     assert answer["partition"] == FIRST
+    pid = assert_runs_bento(platform["port"], built)
 
     # 3. The champion is newer than the served model: one deploy request keyed by its tag.
     newer = _tick(platform, cursor=again.cursor)
@@ -168,13 +225,27 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert given_up.run_requests == []
     assert f"failed {MAX_DEPLOY_ATTEMPTS} times" in given_up.skip_reason.skip_message
 
-    # 4. Deploying it hot-swaps the running service.
-    second = _deploy(platform, SECOND)
+    # 4. Deploying it, code unchanged, hot-swaps the model into the running Bento under load:
+    # the same process, the same Bento, no failed request.
+    load = LoadGenerator(
+        f"http://127.0.0.1:{platform['port']}", platform["payloads"], threads=2, max_seconds=120
+    ).start()
+    try:
+        wait_until(lambda: load.count() >= 50)
+        second = _deploy(platform, SECOND)
+        answered_before = load.count()
+        wait_until(lambda: load.count() >= answered_before + 50)
+    finally:
+        outcomes = load.stop()
     assert second.success
+    failures = [outcome for outcome in outcomes if outcome.status != 200]
+    assert not failures, failures[:3]
     metadata = second.asset_materializations_for_node("deployed_bento")[0].metadata
-    assert metadata["action"].value == "reloaded"
+    assert metadata["how"].value == "hot swap"
     assert metadata["previous_model_tag"].value == tags[FIRST]
+    assert metadata["bento_tag"].value == built == metadata["previous_bento_tag"].value
     assert _served_tag(platform) == tags[SECOND]
+    assert assert_runs_bento(platform["port"], built) == pid
 
     # 5. Nothing newer: repeated ticks request nothing.
     for _ in range(3):
@@ -190,6 +261,95 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert _served_tag(platform) == tags[SECOND]
     materialized = platform["instance"].get_materialized_partitions(AssetKey("deployed_bento"))
     assert REJECTED not in materialized
+
+
+def changed_service_code(target: Path) -> Path:
+    """A copy of the service code with a change that /metadata shows (a field the checkout's
+    code does not have), as a build context."""
+    copy = copy_service_code(target)
+    schemas = copy / "api" / "schemas.py"
+    field = "    bento_tag: str | None = None\n"
+    assert field in schemas.read_text()
+    schemas.write_text(schemas.read_text().replace(field, f'{field}    code_change: str = "on"\n'))
+    return copy
+
+
+def _local_service(port: int) -> PredictionServiceResource:
+    return PredictionServiceResource(
+        api_url=f"http://127.0.0.1:{port}", admin_token=TOKEN, timeout_seconds=2.0
+    )
+
+
+def test_new_service_code_restarts_the_background_service_on_the_new_bento(platform, tmp_path):
+    old_bento = build_bento(changed_service_code(tmp_path / "code"))
+    assert old_bento != bento_tag()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        old_pid = start_service(url, old_bento, platform["tags"][FIRST])
+        assert ServiceClient(url).reported_model().bento_tag == old_bento
+        assert requests.get(f"{url}/metadata", timeout=5).json()["code_change"] == "on"
+        assert_runs_bento(port, old_bento)
+
+        result = _deploy(platform, SECOND, _local_service(port))
+        assert result.success
+        metadata = result.asset_materializations_for_node("deployed_bento")[0].metadata
+        assert metadata["how"].value == "restart"
+        assert metadata["previous_bento_tag"].value == old_bento
+        assert metadata["bento_tag"].value == bento_tag()
+        assert "action_needed" not in metadata
+        served = ServiceClient(url).reported_model()
+        assert (served.tag, served.bento_tag) == (platform["tags"][SECOND], bento_tag())
+        assert assert_runs_bento(port, bento_tag()) != old_pid
+        assert "code_change" not in requests.get(f"{url}/metadata", timeout=5).json()
+        assert not Path(f"/proc/{old_pid}").exists()
+    finally:
+        stop_service(port)
+
+
+def test_a_service_started_elsewhere_gets_the_model_and_the_deploy_says_to_restart_it(
+    platform, tmp_path
+):
+    """The stack's case: the api container runs an older Bento; the deploy hot-swaps the
+    model into it and says the container must be recreated."""
+    old_bento = build_bento(changed_service_code(tmp_path / "code"))
+    port = free_port()
+    process = ServiceProcess(
+        env={"CREDIT_API_MODEL_TAG": platform["tags"][FIRST], ADMIN_TOKEN_ENV: TOKEN},
+        output=tmp_path / "service.log",
+        port=port,
+        command=serve_bento_command(old_bento, "127.0.0.1", port),
+    )
+    try:
+        process.wait_ready()
+        result = _deploy(platform, SECOND, _local_service(port))
+        assert result.success
+        metadata = result.asset_materializations_for_node("deployed_bento")[0].metadata
+        assert metadata["how"].value == "hot swap (old Bento)"
+        assert metadata["bento_tag"].value == old_bento
+        assert metadata["built_bento_tag"].value == bento_tag()
+        assert "--force-recreate api" in metadata["action_needed"].value
+        assert process.process.poll() is None
+        served = ServiceClient(process.url).reported_model()
+        assert (served.tag, served.bento_tag) == (platform["tags"][SECOND], old_bento)
+        assert requests.get(f"{process.url}/metadata", timeout=5).json()["code_change"] == "on"
+    finally:
+        process.stop()
+
+
+def test_rollout_hot_swaps_only_into_the_built_bento():
+    def running(bento: str | None) -> ReportedModel:
+        return ReportedModel("credit_score_classifier:a", datetime.now(UTC), None, {}, bento)
+
+    new, old = "credit_score_service:new", "credit_score_service:old"
+    assert rollout(None, new, can_start=True, can_restart=False) == START
+    with pytest.raises(ServiceError, match="autostart is off"):
+        rollout(None, new, can_start=False, can_restart=False)
+    assert rollout(running(new), new, can_start=True, can_restart=True) == HOT_SWAP
+    assert rollout(running(new), new, can_start=False, can_restart=False) == HOT_SWAP
+    for stale in (old, None):  # an older Bento, or a service run from source
+        assert rollout(running(stale), new, can_start=True, can_restart=True) == RESTART
+        assert rollout(running(stale), new, can_start=True, can_restart=False) == OUTDATED_BENTO
 
 
 def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):

@@ -149,6 +149,31 @@ def test_python_services_share_one_image_built_from_the_repo(services):
         assert services[name]["working_dir"] == dagster_home, name
 
 
+def test_the_api_serves_the_bento_that_deploys_build(services, compose):
+    """The api container runs `credit-platform serve`, which builds the service's Bento into
+    BENTOML_HOME (a no-op when a deploy already built that code) and execs `bentoml serve
+    <bento tag>`: the same image and the same BentoML store as the code server and the run
+    containers where deploys build it."""
+    from credit_platform.cli.serve import serve
+
+    api, code = services["api"], services["dagster-user-code"]
+    assert api["image"] == code["image"]
+    assert api["command"][:2] == ["credit-platform", "serve"]
+    serve.make_context("serve", list(api["command"][2:]))  # options the command accepts
+    home = api["environment"]["BENTOML_HOME"]
+    assert code["environment"]["BENTOML_HOME"] == home
+
+    def store_mount(volumes: list[str]) -> str:
+        """ "<volume name>:<path>" of the mount that holds BENTOML_HOME."""
+        (mount,) = [v for v in volumes if home.startswith(v.split(":")[1].rstrip("/") + "/")]
+        volume, path = mount.split(":")[:2]
+        return f"{compose['volumes'][volume].get('name', volume)}:{path}"
+
+    assert store_mount(api["volumes"]) == store_mount(code["volumes"])
+    launcher = _stack_dagster_config("dagster.yaml")["run_launcher"]["config"]
+    assert store_mount(code["volumes"]) in launcher["container_kwargs"]["volumes"]
+
+
 def test_published_ports_are_distinct_and_reach_the_listening_port(services):
     host_ports: dict[str, str] = {}
     for name, service in services.items():

@@ -35,6 +35,7 @@ from sqlalchemy.engine import URL, make_url
 from api.sample_requests import load_sample
 from api.sample_requests import valid_request_payloads as sample_payloads
 from credit_platform.core import settings
+from credit_platform.core.bento import bento_tag
 from credit_platform.core.db import make_engine
 from credit_platform.core.schema import credit_predictions_api_log
 from credit_platform.core.service_process import free_port
@@ -510,6 +511,10 @@ def test_api_answers_and_logs_the_prediction_in_mariadb(stack, kaggle_sample):
     api = stack.http(3000)
     metadata = requests.get(f"{api}/metadata", timeout=10).json()
     assert metadata["model_version"] == stack.model_tag
+    # The api service's command runs the service's built Bento, the one a deploy builds.
+    assert metadata["bento_tag"] == bento_tag()
+    command = psutil.Process(stack.services["api"].process.pid).cmdline()
+    assert command[1:4] == ["-m", "bentoml", "serve"] and command[4] == bento_tag(), command
     payload = sample_payloads(load_sample(kaggle_sample, rows=200), 1)[0]
     request_id = f"native-stack-{uuid.uuid4().hex[:12]}"
     response = requests.post(

@@ -1,11 +1,22 @@
-"""`deployed_bento`: the partition's model built into a Bento and served by the live API."""
+"""`deployed_bento`: the service's Bento built and running, serving the partition's model.
+
+The Bento is the service code and its environment (versioned by a digest of what it packs);
+the model comes from the BentoML model store. A new model of unchanged code is hot-swapped
+into the running Bento; new code needs a new service process on the new Bento."""
 
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from credit_platform.core.service_control import DeployError, build_bento, start_service
+from credit_platform.core.bento import BentoBuildError, build_bento
+from credit_platform.core.local_service import (
+    api_port,
+    start_service,
+    started_here,
+    stop_service,
+)
+from credit_platform.core.service_client import ReportedModel, ServiceError
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
@@ -13,6 +24,9 @@ from credit_platform.defs.resources.prediction_service import PredictionServiceR
 
 DEPLOYED_BENTO_ASSET = "deployed_bento"
 QUALITY_TAG = "quality_check"
+
+# How the model came to serve (the asset's "how" metadata).
+START, RESTART, HOT_SWAP, OUTDATED_BENTO = "start", "restart", "hot swap", "hot swap (old Bento)"
 
 
 def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, Any]) -> str:
@@ -23,6 +37,22 @@ def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, An
     return (version.tags or {}).get(QUALITY_TAG, "missing")
 
 
+def rollout(
+    running: ReportedModel | None, built_bento: str, *, can_start: bool, can_restart: bool
+) -> str:
+    """How to make the built Bento serve the model: start a service when none answers; hot
+    swap the model when the running service runs this very Bento; restart on the new Bento
+    when its code changed and this machine owns the process; otherwise hot swap the model
+    into the old Bento and say that the service must be restarted on the new one."""
+    if running is None:
+        if not can_start:
+            raise ServiceError("no prediction service answers and autostart is off")
+        return START
+    if running.bento_tag == built_bento:
+        return HOT_SWAP
+    return RESTART if can_restart else OUTDATED_BENTO
+
+
 @asset(
     name=DEPLOYED_BENTO_ASSET,
     partitions_def=daily_partitions(),
@@ -30,9 +60,10 @@ def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, An
     group_name="continuous_deployment",
     kinds={"bentoml"},
     description=(
-        "Builds the Bento for the partition's model and makes the prediction service serve it "
-        "(hot reload, or a start when the service is down). Only a model whose blocking "
-        "quality check passed is deployed."
+        "Builds the prediction service's Bento (a no-op when its code is unchanged) and makes "
+        "it serve the partition's model: a hot swap into the running Bento, a start when no "
+        "service answers, a restart on the new Bento when the service code changed. Only a "
+        "model whose blocking quality check passed is deployed."
     ),
 )
 def deployed_bento(
@@ -52,44 +83,57 @@ def deployed_bento(
             metadata={"model_tag": model_tag, "quality_check": verdict},
         )
 
-    bento_tag = build_bento(model_tag)
+    api_url = prediction_service.api_url
     client = prediction_service.client()
-    before = client.reported_model()
     try:
-        if before is not None:
+        built = build_bento()
+        before = client.reported_model()
+        how = rollout(
+            before,
+            built,
+            can_start=prediction_service.autostart,
+            can_restart=prediction_service.autostart and started_here(api_url),
+        )
+        if how in (HOT_SWAP, OUTDATED_BENTO):
             client.reload(model_tag, prediction_service.admin_token)
-            action = "reloaded" if before.tag != model_tag else "already served"
-        elif prediction_service.autostart:
-            pid = start_service(
-                prediction_service.api_url,
-                model_tag,
-                wait_seconds=prediction_service.start_timeout_seconds,
-            )
-            context.log.info("started the prediction service (pid %s)", pid)
-            action = "started"
         else:
-            raise DeployError(f"no prediction service answers at {prediction_service.api_url}")
-    except DeployError as error:
+            if how == RESTART:
+                stop_service(api_port(api_url))
+            pid = start_service(
+                api_url, built, model_tag, wait_seconds=prediction_service.start_timeout_seconds
+            )
+            context.log.info("%s: Bento %s runs as pid %s", how, built, pid)
+    except (BentoBuildError, ServiceError) as error:
         raise Failure(description=str(error), metadata={"model_tag": model_tag}) from error
 
     served = client.reported_model()
     if served is None or served.tag != model_tag:
         raise Failure(
             description=(
-                f"after deploying, {prediction_service.api_url} serves "
+                f"after deploying, {api_url} serves "
                 f"{served.tag if served else 'nothing'} instead of {model_tag}"
             )
         )
-    context.log.info("%s: %s now serves %s", action, prediction_service.api_url, model_tag)
-    return MaterializeResult(
-        metadata={
-            "served_model_tag": model_tag,
-            "bento_tag": bento_tag,
-            "served_at": MetadataValue.timestamp(datetime.now(UTC)),
-            "action": action,
-            "previous_model_tag": before.tag if before else "none (service was down)",
-            "api_url": MetadataValue.url(prediction_service.api_url),
-            "val_accuracy": MetadataValue.float(float(served.metrics.get("val_accuracy", 0.0))),
-            "model_creation_time": served.creation_time.isoformat(),
-        }
-    )
+    metadata: dict[str, Any] = {
+        "bento_tag": served.bento_tag or "none (the service runs from source)",
+        "model_tag": model_tag,
+        "partition": served.partition or context.partition_key,
+        "served_at": MetadataValue.timestamp(datetime.now(UTC)),
+        "how": how,
+        "previous_model_tag": before.tag if before else "none (no service answered)",
+        "previous_bento_tag": (before.bento_tag or "none") if before else "none",
+        "built_bento_tag": built,
+        "api_url": MetadataValue.url(api_url),
+        "val_accuracy": MetadataValue.float(float(served.metrics.get("val_accuracy", 0.0))),
+        "model_creation_time": served.creation_time.isoformat(),
+    }
+    if served.bento_tag != built:
+        note = (
+            f"{api_url} still runs Bento {served.bento_tag or '(from source)'}, not the newly "
+            f"built {built}: restart it on the new Bento (in the stack: `docker compose up -d "
+            "--force-recreate api`, whose serve command runs the newest built code)"
+        )
+        metadata["action_needed"] = note
+        context.log.warning(note)
+    context.log.info("%s: %s serves %s in Bento %s", how, api_url, model_tag, served.bento_tag)
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,90 @@
+"""HTTP client of the running prediction service: what it serves (the one reader of
+GET /metadata) and the hot swap of its model (POST /admin/reload)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import requests
+
+from credit_platform.core import settings
+
+
+class ServiceError(RuntimeError):
+    """The service could not be made to serve the requested model."""
+
+
+@dataclass(frozen=True)
+class ReportedModel:
+    """What the service says it serves (GET /metadata)."""
+
+    tag: str
+    creation_time: datetime  # timezone-aware
+    partition: str | None
+    metrics: dict
+    bento_tag: str | None = None  # None: the service runs from source, not from a Bento
+
+
+def parse_creation_time(value: str) -> datetime:
+    """ISO 8601 from /metadata as an aware datetime; a naive one is refused, not guessed."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"creation_time {value!r} has no timezone")
+    return parsed
+
+
+class ServiceClient:
+    """HTTP calls to the prediction API with short timeouts (sensor ticks must stay light)."""
+
+    def __init__(self, api_url: str, timeout: float = 2.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+
+    def is_up(self) -> bool:
+        try:
+            return requests.get(f"{self.api_url}/readyz", timeout=self.timeout).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def reported_model(self) -> ReportedModel | None:
+        """None when the service does not answer or reports no usable model (a body that
+        is not JSON, or lacks the version or its creation time)."""
+        try:
+            response = requests.get(f"{self.api_url}/metadata", timeout=self.timeout)
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            body = response.json()
+            return ReportedModel(
+                tag=body["model_version"],
+                creation_time=parse_creation_time(body["creation_time"]),
+                partition=body.get("partition"),
+                metrics=dict(body.get("metrics") or {}),
+                bento_tag=body.get("bento_tag"),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def reload(self, tag: str, token: str | None) -> dict:
+        """Hot-swap the served model; raises ServiceError with the service's own reason."""
+        if not token:
+            raise ServiceError(
+                f"cannot reload {self.api_url}: {settings.ADMIN_TOKEN_ENV} is not set for the "
+                "deployer (it must match the service's)"
+            )
+        try:
+            response = requests.post(
+                f"{self.api_url}/admin/reload",
+                json={"tag": tag},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=max(self.timeout, 120.0),
+            )
+        except requests.RequestException as error:
+            raise ServiceError(f"reload of {tag} at {self.api_url} failed: {error}") from error
+        if response.status_code != 200:
+            raise ServiceError(
+                f"{self.api_url} refused to reload {tag} "
+                f"(HTTP {response.status_code}): {response.text[:500]}"
+            )
+        return response.json()
