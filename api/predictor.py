@@ -134,7 +134,7 @@ class Predictor:
             if name in NUMERIC_FEATURES
         ]
         self._numeric_positions = [position for position, _ in numeric]
-        self._numeric_names = [name for _, name in numeric]
+        self._numeric_names = tuple(name for _, name in numeric)
         self._centers = np.array(
             [float(bundle.scalers[name].center_[0]) for name in self._numeric_names]
         )
@@ -186,8 +186,8 @@ class Predictor:
     def _repaired_fields(self, made_missing: np.ndarray) -> list[tuple[str, ...]]:
         """Per row, the names of its numeric features made missing, in model order."""
         repaired: list[tuple[str, ...]] = [()] * len(made_missing)
-        rows, columns = np.nonzero(made_missing)  # row-major: columns ascend within a row
-        if len(rows):
+        if made_missing.any():
+            rows, columns = np.nonzero(made_missing)  # row-major: columns ascend in a row
             names = self._numeric_names
             grouped: dict[int, list[str]] = {}
             for row, column in zip(rows.tolist(), columns.tolist(), strict=True):

@@ -148,25 +148,29 @@ def implausible_masks(names: Sequence[str], numbers: np.ndarray) -> ImplausibleM
     """Fillers and out-of-range values in `numbers` (float64, one column per name in
     `names`, NaN for missing): one vectorized pass over all columns."""
     lows, highs, equal, at_or_below = _bounds(tuple(names))
-    with np.errstate(invalid="ignore"):
-        sentinel = (numbers == equal) | (numbers <= at_or_below)
-        below = (numbers < lows) & ~sentinel
-        above = (numbers > highs) & ~sentinel
+    sentinel = (numbers == equal) | (numbers <= at_or_below)
+    below = (numbers < lows) & ~sentinel
+    above = (numbers > highs) & ~sentinel
     return ImplausibleMasks(sentinel, below, above)
 
 
 def make_implausible_missing(names: Sequence[str], numbers: np.ndarray) -> np.ndarray:
-    """Set fillers and out-of-range values of `numbers` to NaN in place; returns where."""
-    made_missing = implausible_masks(names, numbers).any()
-    numbers[made_missing] = np.nan
+    """Set fillers and out-of-range values of `numbers` to NaN in place; returns where.
+
+    The same values `implausible_masks` finds, in three numpy operations instead of ten
+    (every filler lies outside its plausible range, checked below): this runs on every
+    request, where each operation on a one-row array costs about a microsecond."""
+    lows, highs, _, _ = _bounds(tuple(names))
+    made_missing = (numbers < lows) | (numbers > highs)
+    if made_missing.any():
+        numbers[made_missing] = np.nan
     return made_missing
 
 
 def fractional(values: np.ndarray) -> np.ndarray:
     """Where a value of a whole-number feature has a fraction. Text sources carry such
     typos and the loader nulls them; a typed request sending one is refused instead."""
-    with np.errstate(invalid="ignore"):
-        return ~np.isnan(values) & (values != np.round(values))
+    return ~np.isnan(values) & (values != np.round(values))
 
 
 def loan_list_items(listing: str) -> list[str]:
@@ -217,4 +221,8 @@ def allowed_values(name: str) -> str:
 
 
 assert set(PLAUSIBLE_RANGES) == set(NUMERIC_FEATURES)
+# Fillers are implausible values too, which lets `make_implausible_missing` test ranges only.
+_invested_low, _invested_high = PLAUSIBLE_RANGES["amount_invested_monthly"]
+assert not _invested_low <= AMOUNT_INVESTED_SENTINEL <= _invested_high
+assert PLAUSIBLE_RANGES["monthly_balance"][0] > MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW
 assert set(CATEGORY_VALUES) | set(NUMERIC_FEATURES) | {"type_of_loan"} == set(MODEL_FEATURES)
