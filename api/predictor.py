@@ -1,11 +1,13 @@
 """The model being served: fast inference on validated rows, and a safe hot swap.
 
 `Predictor` wraps one loaded `ModelBundle`. It turns feature rows into the model's input
-without a pandas DataFrame, a column at a time (numbers scaled with numpy exactly as
-`credit_platform.core.model_input.prepare_model_input` scales), and calls CatBoost's
-`predict_proba` once per request on the calling thread: the label is the argmax over
-`model.classes_`, the confidence its probability. A test holds this path equal to the
-reference one.
+without a pandas DataFrame, a column at a time: numbers outside their plausible range are
+made missing by the data contract's rule, the one the loader applies for training
+(`credit_platform.core.data_contract`), then scaled with numpy exactly as
+`credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
+fields so repaired. CatBoost's `predict_proba` runs once per request on the calling
+thread: the label is the argmax over `model.classes_`, the confidence its probability.
+Tests hold this path equal to the reference one, and to loading the same row.
 
 `ServedModel` holds the current `Predictor` behind one reference. A reload loads the new
 bundle and smoke-tests it on a fixed row before swapping that reference, so a request that
@@ -21,10 +23,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from credit_platform.core.data_contract import make_implausible_missing
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     LABELS,
@@ -77,8 +80,26 @@ class ModelRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
+    """A row's answer; `repaired` names the features scored as missing because their value
+    was implausible (in model order; empty for most rows)."""
+
     label: str
     confidence: float
+    repaired: tuple[str, ...] = ()
+
+
+class ModelInput(NamedTuple):
+    """Rows as the model's input, and per row the features made missing on the way."""
+
+    matrix: np.ndarray
+    repaired: list[tuple[str, ...]]
+
+
+def as_scored(features: dict[str, Any], prediction: Prediction) -> dict[str, Any]:
+    """A row's features as the model scored them: its repaired features are null."""
+    if not prediction.repaired:
+        return features
+    return {**features, **dict.fromkeys(prediction.repaired)}
 
 
 def _text_value(value: Any, placeholder: str) -> str:
@@ -113,7 +134,7 @@ class Predictor:
             if name in NUMERIC_FEATURES
         ]
         self._numeric_positions = [position for position, _ in numeric]
-        self._numeric_names = [name for _, name in numeric]
+        self._numeric_names = tuple(name for _, name in numeric)
         self._centers = np.array(
             [float(bundle.scalers[name].center_[0]) for name in self._numeric_names]
         )
@@ -146,36 +167,57 @@ class Predictor:
     def tag(self) -> str:
         return self.bundle.tag
 
-    def encode(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def model_input(self, rows: Sequence[Mapping[str, Any]]) -> ModelInput:
         """Rows as the model's input: an object array in the model's column order. Numbers
-        (None becomes NaN) are scaled for all rows at once: a Python call per value cost more
-        than CatBoost itself on big batches."""
+        (None becomes NaN) are repaired and scaled for all rows at once: a Python call per
+        value cost more than CatBoost itself on big batches."""
         count = len(rows)
         names = self._numeric_names
         numbers = np.array(
             [[row.get(name) for name in names] for row in rows], dtype="float64"
         ).reshape(count, len(names))
+        made_missing = make_implausible_missing(names, numbers)
         matrix = np.empty((count, self._width), dtype=object)
         matrix[:, self._numeric_positions] = (numbers - self._centers) / self._scales
         for position, name, placeholder in self._text_columns:
             matrix[:, position] = [_text_value(row.get(name), placeholder) for row in rows]
-        return matrix
+        return ModelInput(matrix, self._repaired_fields(made_missing))
 
-    def probabilities(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def _repaired_fields(self, made_missing: np.ndarray) -> list[tuple[str, ...]]:
+        """Per row, the names of its numeric features made missing, in model order."""
+        repaired: list[tuple[str, ...]] = [()] * len(made_missing)
+        if made_missing.any():
+            rows, columns = np.nonzero(made_missing)  # row-major: columns ascend in a row
+            names = self._numeric_names
+            grouped: dict[int, list[str]] = {}
+            for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
+                grouped.setdefault(row, []).append(names[column])
+            for row, fields in grouped.items():
+                repaired[row] = tuple(fields)
+        return repaired
+
+    def encode(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.model_input(rows).matrix
+
+    def _predict_proba(self, matrix: np.ndarray) -> np.ndarray:
         return np.asarray(
-            self.bundle.model.predict_proba(self.encode(rows), thread_count=CATBOOST_THREADS),
+            self.bundle.model.predict_proba(matrix, thread_count=CATBOOST_THREADS),
             dtype="float64",
         )
 
+    def probabilities(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self._predict_proba(self.encode(rows))
+
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        """Label and confidence per row, from one predict_proba call."""
+        """Label, confidence and repaired features per row, from one predict_proba call."""
         if not rows:
             return []
-        probabilities = self.probabilities(rows)
+        prepared = self.model_input(rows)
+        probabilities = self._predict_proba(prepared.matrix)
         best = probabilities.argmax(axis=1)
         return [
-            Prediction(self._classes[index], float(probabilities[row, index]))
-            for row, index in enumerate(best)
+            Prediction(self._classes[index], float(probabilities[row, index]), repaired)
+            for row, (index, repaired) in enumerate(zip(best, prepared.repaired, strict=True))
         ]
 
     def smoke_test(self) -> None:

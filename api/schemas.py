@@ -1,16 +1,14 @@
-"""Request and response bodies of the prediction API, with a lender's validation rules.
+"""Request and response bodies of the prediction API, held to the data contract.
 
 Every field is required as a key, so a forgotten field is an error rather than a silent
-"missing". Eleven features may carry an explicit ``null``: the ones that are blank in real
-application data (the Kaggle source has gaps exactly there); the model was trained with
-those gaps and treats null as "unknown" (NaN for numbers, a placeholder for categories).
-The other eleven must be present and valid.
-
-Numbers must be JSON numbers (a string or a boolean is refused), finite (the ``NaN`` and
-``Infinity`` tokens are refused), and in range: counts are never negative, age is 14-100
-years, rates and ratios are percentages. Integer fields accept integral floats (``3.0``) but
-not fractions. Categories must be one of the values in `credit_platform.core.features`, and
-``type_of_loan`` must list known loan types. Unknown fields are refused.
+"missing". Every feature may be ``null``: the stored training data has gaps in each of
+them and the model learned from those gaps. What else a feature may carry comes from
+`credit_platform.core.data_contract`: numbers are JSON numbers (not text, not booleans),
+finite and within the contract's accepted limits; whole-number features take no
+fractions; categories are one of their values and ``type_of_loan`` lists known loan
+types. Anything else is refused naming the field and what it allows. A number inside the
+limits but outside its plausible range is not refused: the predictor makes it missing,
+exactly as the loader does for training, and the answer lists it under ``repaired``.
 
 Validation is a large share of the CPU a 1,000-row batch costs, so the checks run inside
 pydantic-core, with one exception: the loan-type list, whose Python check is cached.
@@ -18,8 +16,6 @@ pydantic-core, with one exception: the loan-type list, whose Python check is cac
 
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -30,18 +26,26 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from credit_platform.core import settings
+from credit_platform.core.data_contract import (
+    ACCEPTED_RANGES,
+    NULLABLE_FEATURES,
+    PLAUSIBLE_RANGES,
+    allowed_values,
+    unknown_loan_types,
+)
 from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,
-    LOAN_TYPES,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
     OCCUPATION_VALUES,
@@ -49,9 +53,6 @@ from credit_platform.core.features import (
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
 from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
-
-# Money amounts beyond this are data errors (the Kaggle sentinel -3.33e26), not customers.
-MAX_AMOUNT = 1e12
 
 
 @dataclass(frozen=True)
@@ -89,59 +90,76 @@ class WholeNumber:
         }
 
 
-@functools.lru_cache(maxsize=4096)
-def _unknown_loan_types(value: str) -> tuple[str, ...]:
-    """The parts of a loan list that are not known loan types (cached: real requests
-    repeat a few hundred lists)."""
-    parts = (part.strip() for part in _LOAN_SEPARATOR.split(value.strip()))
-    return tuple(sorted({part for part in parts if part and part not in LOAN_TYPES}))
+@dataclass(frozen=True)
+class Allowed:
+    """Replaces every error of the schema it annotates with one message saying what the
+    field allows (pydantic-core's custom error, so no Python runs per value)."""
+
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.custom_error_schema(
+            handler(source), custom_error_type="not_allowed", custom_error_message=self.message
+        )
 
 
 def _known_loan_types(value: str) -> str:
     """Each listed loan must be a known type; blank means "no loan listed"."""
-    unknown = _unknown_loan_types(value)
+    unknown = unknown_loan_types(value)
     if unknown:
-        raise ValueError(
-            f"unknown loan type(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(LOAN_TYPES)}"
-        )
+        named = ", ".join(repr(item) if item else "an empty item" for item in unknown)
+        raise ValueError(f"unknown loan type(s) {named}; allowed: {allowed_values('type_of_loan')}")
     return value
 
 
-_LOAN_SEPARATOR = re.compile(r",\s*(?:and\s+)?|^and\s+")
+def _plausible_range(name: str) -> dict[str, Any]:
+    low, high = PLAUSIBLE_RANGES[name]
+    return {"x-plausible-minimum": low, "x-plausible-maximum": high}
+
+
+def _number(name: str, unit: str) -> Any:
+    """A numeric feature: null, or a number within the contract's accepted limits (JSON
+    schema bounds); values outside the plausible range are made missing at scoring."""
+    low, high = ACCEPTED_RANGES[name]
+    if name in INTEGER_FEATURES:
+        number: Any = Annotated[int, WholeNumber(ge=low, le=high)]
+    else:
+        # Strict floats take JSON numbers only (no "35", no true), checked in pydantic-core.
+        number = Annotated[float, Field(ge=low, le=high, allow_inf_nan=False, strict=True)]
+    return Annotated[
+        number | None,
+        Allowed(f"must be {allowed_values(name)}"),
+        Field(
+            description=f"{unit}; {allowed_values(name)}",
+            json_schema_extra=_plausible_range(name),
+        ),
+    ]
+
+
+def _category(name: str, values: tuple[str, ...]) -> Any:
+    return Annotated[
+        Literal[values] | None,  # type: ignore[valid-type]
+        Allowed(f"must be {allowed_values(name)}"),
+        Field(description=allowed_values(name)),
+    ]
+
 
 CustomerId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH)
 ]
-Count = Annotated[int, WholeNumber(ge=0)]
-# Strict floats take JSON numbers only (no "35", no true), checked in pydantic-core: a
-# Python validator per field per row costs more than the rest of a 1,000-row batch's parse.
-Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)]
-SignedAmount = Annotated[
-    float, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)
+LoanList = Annotated[
+    Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, max_length=TEXT_LENGTH),
+        Allowed(f"must be {allowed_values('type_of_loan')}, at most {TEXT_LENGTH} characters"),
+        AfterValidator(_known_loan_types),
+    ]
+    | None,
+    Field(description=allowed_values("type_of_loan")),
 ]
-Percentage = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, strict=True)]
-
-Occupation = Literal[OCCUPATION_VALUES]  # type: ignore[valid-type]
-CreditMix = Literal[CREDIT_MIX_VALUES]  # type: ignore[valid-type]
-PaymentOfMinAmount = Literal[PAYMENT_OF_MIN_AMOUNT_VALUES]  # type: ignore[valid-type]
-PaymentBehaviour = Literal[PAYMENT_BEHAVIOUR_VALUES]  # type: ignore[valid-type]
 Label = Literal[LABELS]  # type: ignore[valid-type]
-
-# Features a request may set to null (documented above); the rest are mandatory values.
-NULLABLE_FEATURES: tuple[str, ...] = (
-    "occupation",
-    "monthly_inhand_salary",
-    "type_of_loan",
-    "num_of_delayed_payment",
-    "changed_credit_limit",
-    "num_credit_inquiries",
-    "credit_mix",
-    "credit_history_age",
-    "amount_invested_monthly",
-    "payment_behaviour",
-    "monthly_balance",
-)
 
 
 class PredictionFeatures(BaseModel):
@@ -150,43 +168,28 @@ class PredictionFeatures(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     customer_id: CustomerId
-    age: Annotated[int, WholeNumber(ge=14, le=100), Field(description="years")]
-    occupation: Occupation | None
-    annual_income: Amount
-    monthly_inhand_salary: Amount | None
-    num_bank_accounts: Count
-    num_credit_card: Count
-    interest_rate: Annotated[int, WholeNumber(ge=0, le=100), Field(description="percent")]
-    num_of_loan: Count
-    type_of_loan: (
-        Annotated[
-            str,
-            Field(
-                max_length=TEXT_LENGTH, description='comma list, e.g. "Auto Loan, and Payday Loan"'
-            ),
-            AfterValidator(_known_loan_types),
-        ]
-        | None
-    )
-    delay_from_due_date: Annotated[
-        int,
-        WholeNumber(ge=-365, le=3650),
-        Field(description="days; negative means paid early"),
-    ]
-    num_of_delayed_payment: Count | None
-    changed_credit_limit: SignedAmount | None
-    num_credit_inquiries: Count | None
-    credit_mix: CreditMix | None
-    outstanding_debt: Amount
-    credit_utilization_ratio: Percentage
-    credit_history_age: (
-        Annotated[int, WholeNumber(ge=0, le=1200), Field(description="months")] | None
-    )
-    payment_of_min_amount: PaymentOfMinAmount
-    total_emi_per_month: Amount
-    amount_invested_monthly: Amount | None
-    payment_behaviour: PaymentBehaviour | None
-    monthly_balance: SignedAmount | None
+    age: _number("age", "years")
+    occupation: _category("occupation", OCCUPATION_VALUES)
+    annual_income: _number("annual_income", "per year")
+    monthly_inhand_salary: _number("monthly_inhand_salary", "per month")
+    num_bank_accounts: _number("num_bank_accounts", "count")
+    num_credit_card: _number("num_credit_card", "count")
+    interest_rate: _number("interest_rate", "percent")
+    num_of_loan: _number("num_of_loan", "count")
+    type_of_loan: LoanList
+    delay_from_due_date: _number("delay_from_due_date", "days; negative means paid early")
+    num_of_delayed_payment: _number("num_of_delayed_payment", "count")
+    changed_credit_limit: _number("changed_credit_limit", "percent change")
+    num_credit_inquiries: _number("num_credit_inquiries", "count")
+    credit_mix: _category("credit_mix", CREDIT_MIX_VALUES)
+    outstanding_debt: _number("outstanding_debt", "amount")
+    credit_utilization_ratio: _number("credit_utilization_ratio", "percent")
+    credit_history_age: _number("credit_history_age", "months")
+    payment_of_min_amount: _category("payment_of_min_amount", PAYMENT_OF_MIN_AMOUNT_VALUES)
+    total_emi_per_month: _number("total_emi_per_month", "per month")
+    amount_invested_monthly: _number("amount_invested_monthly", "per month")
+    payment_behaviour: _category("payment_behaviour", PAYMENT_BEHAVIOUR_VALUES)
+    monthly_balance: _number("monthly_balance", "per month")
 
     def features(self) -> dict[str, Any]:
         """The 22 model features in model order (no customer id): a copy of the instance
@@ -218,11 +221,25 @@ class BatchPredictRequest(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    """The answer: the customer, the predicted label and its probability."""
+    """The answer: the customer, the predicted label and its probability, and, only when
+    the predictor made implausible values missing, which fields those were."""
 
     customer_id: str
     predict: Label
     confidence: Annotated[float, Field(gt=0, le=1)]
+    repaired: list[str] = Field(
+        default_factory=list,
+        description="features whose value was outside its plausible range (or a filler) and "
+        "was scored as missing, as in training; absent when there were none",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_repaired(self, handler: SerializerFunctionWrapHandler):
+        # No return annotation: the published schema stays the fields' own.
+        answer = handler(self)
+        if not answer.get("repaired"):
+            answer.pop("repaired", None)
+        return answer
 
 
 class ModelMetadata(BaseModel):
@@ -250,11 +267,6 @@ class ReloadRequest(BaseModel):
     ) = None
 
 
-assert set(NULLABLE_FEATURES) <= set(MODEL_FEATURES)
+assert set(NULLABLE_FEATURES) == set(MODEL_FEATURES)
 assert set(INTEGER_FEATURES) | set(FLOAT_FEATURES) == set(NUMERIC_FEATURES)
-assert all(
-    any(isinstance(item, WholeNumber) for item in PredictionFeatures.model_fields[name].metadata)
-    or "WholeNumber" in repr(PredictionFeatures.model_fields[name].annotation)
-    for name in INTEGER_FEATURES
-), "every integer feature must be a WholeNumber"
 assert list(PredictionFeatures.model_fields) == ["customer_id", *MODEL_FEATURES]

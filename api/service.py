@@ -76,6 +76,7 @@ from api.predictor import (  # noqa: E402
     Prediction,
     Predictor,
     ServedModel,
+    as_scored,
     load_predictor,
 )
 from api.schemas import (  # noqa: E402
@@ -175,19 +176,18 @@ def batch_response(rows: list[PredictionFeatures], scored: Scored) -> Response:
     """The /predict_batch answer as JSON, built here: BentoML would dump a list of response
     models twice (to Python, then to JSON with the standard library), a large share of a
     1,000-row request. Same body as the `list[PredictionResponse]` the route declares."""
-    return Response(
-        orjson.dumps(
-            [
-                {
-                    "customer_id": row.customer_id,
-                    "predict": prediction.label,
-                    "confidence": prediction.confidence,
-                }
-                for row, prediction in zip(rows, scored.predictions, strict=True)
-            ]
-        ),
-        media_type="application/json",
-    )
+    answers = [
+        {
+            "customer_id": row.customer_id,
+            "predict": prediction.label,
+            "confidence": prediction.confidence,
+        }
+        for row, prediction in zip(rows, scored.predictions, strict=True)
+    ]
+    for answer, prediction in zip(answers, scored.predictions, strict=True):
+        if prediction.repaired:
+            answer["repaired"] = prediction.repaired
+    return Response(orjson.dumps(answers), media_type="application/json")
 
 
 class ClientErrorLogFilter(logging.Filter):
@@ -421,7 +421,8 @@ class CreditScoreService:
     @staticmethod
     def _score(predictor: Predictor, rows: list[PredictionFeatures]) -> Scored:
         features = [row.features() for row in rows]
-        return Scored(features, predictor.predict(features))
+        predictions = predictor.predict(features)
+        return Scored(list(map(as_scored, features, predictions)), predictions)
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, data: PredictionFeatures, ctx: bentoml.Context) -> PredictionResponse:
@@ -432,13 +433,16 @@ class CreditScoreService:
         # Scored with the rows of concurrent requests; the answer names the model used.
         predictor, prediction = await self.scorer.score(features)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        scored = Scored([features], [prediction])
+        scored = Scored([as_scored(features, prediction)], [prediction])
         await self._record(
             log_rows(request_id, [data], scored, predictor.tag, elapsed_ms, batch=False)
         )
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return PredictionResponse(
-            customer_id=data.customer_id, predict=prediction.label, confidence=prediction.confidence
+            customer_id=data.customer_id,
+            predict=prediction.label,
+            confidence=prediction.confidence,
+            repaired=list(prediction.repaired),
         )
 
     @bentoml.api(route="/predict_batch", input_spec=BatchPredictRequest)

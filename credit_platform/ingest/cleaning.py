@@ -1,35 +1,10 @@
-"""Value repair rules shared by the Kaggle loader and the synthetic generator.
+"""Load-side cleaning: parsing the text of a source file, counting every repair.
 
-Every value that is changed or set to NULL is counted in a `CleaningLog` under its column
-and a reason code, so a load can say exactly what it did to the data. Rows are only
+The rules themselves (plausible ranges, fillers, categories, loan lists) are the data
+contract in `credit_platform.core.data_contract`, which the API applies too; this module
+turns raw text into values, applies those rules to columns, and counts in a `CleaningLog`
+every value it changes or sets to NULL, under its column and a reason code. Rows are only
 dropped when they cannot be stored at all (no id, customer or label) and are counted too.
-
-Plausible ranges (inclusive). They come from the real Kaggle data: the true values sit
-well inside them and the corrupted ones (injected by the dataset's author) far outside.
-
-| column                   | min     | max     | real Kaggle values | corrupted values seen   |
-| ------------------------ | ------- | ------- | ------------------ | ----------------------- |
-| age                      | 14      | 100     | 14 .. 56           | -500, 169 .. 8,678      |
-| annual_income            | 0       | 200,000 | 7,006 .. 179,987   | up to 23.8 million      |
-| monthly_inhand_salary    | 0       | 20,000  | 303 .. 15,205      |                         |
-| num_bank_accounts        | 0       | 20      | 0 .. 11            | -1, 26 .. 1,747         |
-| num_credit_card          | 0       | 20      | 0 .. 11            | 21 .. 1,499             |
-| interest_rate            | 0       | 50      | 1 .. 34 (percent)  | 99 .. 5,773             |
-| num_of_loan              | 0       | 12      | 0 .. 9             | -100, 18 .. 1,495       |
-| delay_from_due_date      | -30     | 180     | -5 .. 67 (days)    |                         |
-| num_of_delayed_payment   | 0       | 40      | 0 .. 28            | -3 .. -1, 47 .. 4,281   |
-| changed_credit_limit     | -50     | 100     | -6.5 .. 35         |                         |
-| num_credit_inquiries     | 0       | 30      | 0 .. 17            | 46 .. 2,554             |
-| outstanding_debt         | 0       | 100,000 | 0.2 .. 5,000       |                         |
-| credit_utilization_ratio | 0       | 100     | 20 .. 50 (percent) |                         |
-| credit_history_age       | 0       | 1,200   | 1 .. 404 (months)  |                         |
-| total_emi_per_month      | 0       | 2,000   | 0 .. 1,779         | whole numbers 2,004 ..  |
-|                          |         |         |                    | 81,971 (above salary)   |
-| amount_invested_monthly  | 0       | 5,000   | 0 .. 1,888         | sentinel 10,000         |
-| monthly_balance          | -50,000 | 50,000  | 0.7 .. 1,602       | sentinel -3.33e26       |
-
-Sentinels are checked before ranges: amount_invested_monthly == 10,000 (Kaggle's
-"__10000__") and monthly_balance <= -1e9 (Kaggle's "__-333333333333333333333333333__").
 """
 
 from __future__ import annotations
@@ -43,56 +18,19 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from credit_platform.core.features import (
-    CREDIT_MIX_VALUES,
-    INTEGER_FEATURES,
-    LOAN_TYPES,
-    OCCUPATION_VALUES,
-    PAYMENT_BEHAVIOUR_VALUES,
-    PAYMENT_OF_MIN_AMOUNT_VALUES,
+# The contract's names are re-exported for the loaders, which import them from here.
+from credit_platform.core.data_contract import (
+    AMOUNT_INVESTED_SENTINEL,
+    CATEGORY_VALUES,
+    MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW,
+    PLAUSIBLE_RANGES,
+    SENTINEL_DESCRIPTIONS,
+    fractional,
+    implausible_masks,
+    unknown_loan_types,
 )
+from credit_platform.core.features import INTEGER_FEATURES
 from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
-
-PLAUSIBLE_RANGES = MappingProxyType(
-    {
-        "age": (14, 100),
-        "annual_income": (0, 200_000),
-        "monthly_inhand_salary": (0, 20_000),
-        "num_bank_accounts": (0, 20),
-        "num_credit_card": (0, 20),
-        "interest_rate": (0, 50),
-        "num_of_loan": (0, 12),
-        "delay_from_due_date": (-30, 180),
-        "num_of_delayed_payment": (0, 40),
-        "changed_credit_limit": (-50, 100),
-        "num_credit_inquiries": (0, 30),
-        "outstanding_debt": (0, 100_000),
-        "credit_utilization_ratio": (0, 100),
-        "credit_history_age": (0, 1_200),
-        "total_emi_per_month": (0, 2_000),
-        "amount_invested_monthly": (0, 5_000),
-        "monthly_balance": (-50_000, 50_000),
-    }
-)
-
-# Closed categories and their allowed values (from the feature contract; NM is allowed).
-CATEGORY_VALUES = MappingProxyType(
-    {
-        "occupation": OCCUPATION_VALUES,
-        "credit_mix": CREDIT_MIX_VALUES,
-        "payment_of_min_amount": PAYMENT_OF_MIN_AMOUNT_VALUES,
-        "payment_behaviour": PAYMENT_BEHAVIOUR_VALUES,
-    }
-)
-
-AMOUNT_INVESTED_SENTINEL = 10_000.0
-MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW = -1e9
-SENTINEL_DESCRIPTIONS = MappingProxyType(
-    {
-        "amount_invested_monthly": "10000 is Kaggle's filler",
-        "monthly_balance": "<= -1e9 (Kaggle's -3.33e26 filler)",
-    }
-)
 
 # Kaggle's fillers for a missing value; a value made only of underscores is one too.
 PLACEHOLDERS = frozenset({"!@9#%8", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"})
@@ -171,24 +109,45 @@ def text_or_null(column: str, text: pd.Series, log: CleaningLog) -> pd.Series:
 
 
 def apply_numeric_rules(column: str, values: pd.Series, log: CleaningLog) -> pd.Series:
-    """Null sentinels, out-of-range values and fractions in integer columns.
+    """The data contract's numeric rules: fillers and out-of-range values are nulled (see
+    `credit_platform.core.data_contract`), and so are fractions in integer columns.
 
     Returns nullable Int64 for integer features, float64 otherwise.
     """
     values = pd.to_numeric(values, errors="coerce").astype("float64")
-    if column == "amount_invested_monthly":
-        values = _null_where(values, values.eq(AMOUNT_INVESTED_SENTINEL), column, "sentinel", log)
-    elif column == "monthly_balance":
-        sentinel = values.le(MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW)
-        values = _null_where(values, sentinel, column, "sentinel", log)
-    low, high = PLAUSIBLE_RANGES[column]
-    values = _null_where(values, values.lt(low), column, "below_range", log)
-    values = _null_where(values, values.gt(high), column, "above_range", log)
+    masks = implausible_masks([column], values.to_numpy()[:, np.newaxis])
+    for reason, mask in zip(("sentinel", "below_range", "above_range"), masks, strict=True):
+        values = _null_where(values, pd.Series(mask[:, 0], index=values.index), column, reason, log)
     if column in INTEGER_FEATURES:
-        fraction = values.notna() & values.ne(values.round())
+        fraction = pd.Series(fractional(values.to_numpy()), index=values.index)
         values = _null_where(values, fraction, column, "not_an_integer", log)
         return values.round().astype("Int64")
     return values
+
+
+def parse_numbers(text: pd.Series) -> pd.Series:
+    """float64 of each number written in `text`, NaN where there is none. pandas decides
+    what is a number; the value is the double nearest to the text, as a JSON parser (the
+    API's) reads it: pandas' own parser is off by one unit in the last place for about
+    one decimal in five."""
+    coerced = pd.to_numeric(text, errors="coerce").astype("float64")
+    numeric = coerced.notna()
+    if numeric.any():
+        written = text[numeric]
+        try:
+            coerced[numeric] = written.astype(str).astype("float64")
+        except (TypeError, ValueError):  # a form pandas reads and Python does not
+            coerced[numeric] = [
+                _nearest_double(item, coerced[index]) for index, item in written.items()
+            ]
+    return coerced
+
+
+def _nearest_double(text: object, fallback: float) -> float:
+    try:
+        return float(str(text))
+    except ValueError:
+        return fallback
 
 
 def numbers_from_text(column: str, text: pd.Series, log: CleaningLog) -> pd.Series:
@@ -197,7 +156,7 @@ def numbers_from_text(column: str, text: pd.Series, log: CleaningLog) -> pd.Seri
     present = text_or_null(column, text, log)
     unwrapped = present.str.strip("_")
     had_underscores = present.notna() & unwrapped.ne(present)
-    parsed = pd.to_numeric(unwrapped, errors="coerce").astype("float64")
+    parsed = parse_numbers(unwrapped)
     log.count(log.nulled, (column, "not_a_number"), parsed.isna() & unwrapped.notna())
     cleaned = apply_numeric_rules(column, parsed, log)
     log.count(log.repaired, (column, "trailing_underscore"), had_underscores & cleaned.notna())
@@ -213,7 +172,7 @@ def history_months_from_text(text: pd.Series, log: CleaningLog) -> pd.Series:
     years = pd.to_numeric(parts[0], errors="coerce")
     months = pd.to_numeric(parts[1], errors="coerce")
     from_words = years * 12 + months
-    plain = pd.to_numeric(present.where(from_words.isna()).str.strip("_"), errors="coerce")
+    plain = parse_numbers(present.where(from_words.isna()).str.strip("_"))
     combined = from_words.fillna(plain).astype("float64")
     log.count(log.nulled, (column, "unparseable"), combined.isna() & present.notna())
     cleaned = apply_numeric_rules(column, combined, log)
@@ -230,24 +189,14 @@ def apply_category_rule(
     return _null_where(values, unknown, column, "unknown_category", log).astype("object")
 
 
-def _loan_items(listing: str) -> list[str]:
-    items = []
-    for part in listing.split(","):
-        item = part.strip()
-        if item.lower().startswith("and "):
-            item = item[4:].strip()
-        items.append(item)
-    return items
-
-
 def apply_loan_list_rule(values: pd.Series, log: CleaningLog) -> pd.Series:
     """type_of_loan stays Kaggle's text ("Auto Loan, and Payday Loan"); a list naming an
-    unknown loan type, or too long for the column, becomes NULL."""
+    unknown loan type (the contract's `unknown_loan_types`), or too long for the column,
+    becomes NULL."""
     column = "type_of_loan"
     values = values.astype("object").where(values.notna(), None)
-    known = set(LOAN_TYPES)
     distinct = values.dropna().unique()
-    unknown = {value for value in distinct if not set(_loan_items(value)) <= known}
+    unknown = {value for value in distinct if unknown_loan_types(value)}
     values = _null_where(values, values.isin(unknown), column, "unknown_category", log)
     too_long = values.str.len().gt(TEXT_LENGTH)
     return _null_where(values, too_long, column, "too_long", log).astype("object")
@@ -314,5 +263,6 @@ __all__ = [
     "storable_rows",
     "history_months_from_text",
     "numbers_from_text",
+    "parse_numbers",
     "text_or_null",
 ]

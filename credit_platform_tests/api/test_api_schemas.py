@@ -1,6 +1,7 @@
 """The request bodies in-process (no server): what a whole-number field takes and refuses,
-the schema the OpenAPI page publishes for it, loan lists, and the features a row hands to
-the model and the log."""
+null in every feature, implausible values let through for repair and absurd ones refused
+with what is allowed, the schema the OpenAPI page publishes, loan lists, the answer's
+`repaired`, and the features a row hands to the model and the log."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ import pytest
 from pydantic import ValidationError
 
 from api.predictor import SMOKE_ROW
-from api.schemas import BatchPredictRequest, PredictionFeatures, PredictRequest
+from api.schemas import (
+    BatchPredictRequest,
+    PredictionFeatures,
+    PredictionResponse,
+    PredictRequest,
+)
 from credit_platform.core import settings
-from credit_platform.core.features import INTEGER_FEATURES, MODEL_FEATURES
+from credit_platform.core.data_contract import PLAUSIBLE_RANGES
+from credit_platform.core.features import (
+    FLOAT_FEATURES,
+    INTEGER_FEATURES,
+    MODEL_FEATURES,
+    NUMERIC_FEATURES,
+)
 
 
 def body(**changes: Any) -> str:
@@ -44,30 +56,89 @@ def test_whole_numbers_refuse_text_booleans_and_fractions(field: str, raw: str) 
     assert "whole JSON number" in problems[0][1]
 
 
-def test_whole_number_bounds_are_checked_and_published() -> None:
-    assert errors_for(body(age=13)) == [
-        (("data", "age"), "Input should be greater than or equal to 14")
-    ]
-    assert errors_for(body(interest_rate=101.0))[0][0] == ("data", "interest_rate")
-    assert errors_for(body(num_of_loan=-1))[0][0] == ("data", "num_of_loan")
+def test_implausible_values_are_accepted_for_repair_absurd_ones_refused() -> None:
+    # Outside the plausible range but inside the accepted limits: the predictor repairs it.
+    for field, value in [("age", -500), ("num_bank_accounts", 1747), ("interest_rate", 5773)]:
+        parsed = PredictRequest.model_validate_json(body(**{field: value})).data
+        assert getattr(parsed, field) == value
+    balance = PredictRequest.model_validate_json(body(monthly_balance=-3.33e26)).data
+    assert balance.monthly_balance == -3.33e26  # Kaggle's filler: repaired, not refused
 
+    absurd = {name: [10**20, int("9" * 309), -(10**20), 1e20] for name in INTEGER_FEATURES}
+    absurd |= {name: [1e31, -1e300, int("9" * 309)] for name in FLOAT_FEATURES}
+    for field, values in absurd.items():
+        for value in values:
+            ((loc, message),) = errors_for(body(**{field: value}))
+            assert loc == ("data", field)
+            assert "or null" in message and "treated as missing" in message, message
+
+
+def test_bounds_and_nullability_are_published() -> None:
     schema = PredictionFeatures.model_json_schema()["properties"]
-    assert schema["age"] == {
-        "type": "integer",
-        "minimum": 14,
-        "maximum": 100,
-        "title": "Age",
-        "description": "years",
+    assert schema["age"]["anyOf"] == [
+        {"type": "integer", "minimum": -(10**9), "maximum": 10**9},
+        {"type": "null"},
+    ]
+    assert schema["age"]["x-plausible-minimum"] == 14
+    assert schema["age"]["x-plausible-maximum"] == 100
+    assert schema["age"]["description"].startswith("years; ")
+    income = schema["annual_income"]["anyOf"]
+    assert {"type": "number", "minimum": -1e30, "maximum": 1e30} in income
+    assert {"type": "null"} in income
+    for name in MODEL_FEATURES:
+        assert {"type": "null"} in schema[name]["anyOf"], name
+        if name in NUMERIC_FEATURES:
+            low, high = PLAUSIBLE_RANGES[name]
+            assert (
+                f"outside {low:,}..{high:,} are treated as missing" in (schema[name]["description"])
+            ), name
+    assert set(PredictionFeatures.model_json_schema()["required"]) == {
+        "customer_id",
+        *MODEL_FEATURES,
     }
-    assert schema["num_bank_accounts"]["type"] == "integer"
-    assert schema["num_bank_accounts"]["minimum"] == 0
-    nullable = schema["num_of_delayed_payment"]["anyOf"]
-    assert {"type": "integer", "minimum": 0} in nullable and {"type": "null"} in nullable
+
+
+@pytest.mark.parametrize("field", MODEL_FEATURES)
+def test_every_feature_may_be_null(field: str) -> None:
+    assert getattr(PredictRequest.model_validate_json(body(**{field: None})).data, field) is None
+
+
+def test_refusals_say_what_is_allowed() -> None:
+    ((loc, message),) = errors_for(body(credit_mix="Excellent"))
+    assert loc == ("data", "credit_mix")
+    assert message == "must be one of Good, Standard, Bad, or null (missing)"
+    ((loc, message),) = errors_for(body(age="35"))
+    assert message.startswith("must be a whole JSON number (3 or 3.0) from -1,000,000,000 to ")
+    assert message.endswith("or null (missing); values outside 14..100 are treated as missing")
+    ((loc, message),) = errors_for(body(monthly_balance=float("inf")))
+    assert "<= -1e9 (Kaggle's -3.33e26 filler)" in message
+    ((loc, message),) = errors_for(body(type_of_loan=7))
+    assert loc == ("data", "type_of_loan") and "null when none is listed" in message
+    ((loc, message),) = errors_for(body(type_of_loan="Auto Loan,"))
+    assert "an empty item" in message
+
+
+def test_the_answer_lists_repaired_fields_only_when_there_are_some() -> None:
+    plain = PredictionResponse(customer_id="C", predict="Good", confidence=0.5)
+    assert json.loads(plain.model_dump_json()) == {
+        "customer_id": "C",
+        "predict": "Good",
+        "confidence": 0.5,
+    }
+    repaired = PredictionResponse(
+        customer_id="C", predict="Good", confidence=0.5, repaired=["age", "num_of_loan"]
+    )
+    assert json.loads(repaired.model_dump_json())["repaired"] == ["age", "num_of_loan"]
+    published = PredictionResponse.model_json_schema(mode="serialization")
+    assert published["properties"]["repaired"]["type"] == "array"
+    assert "repaired" not in published["required"]
 
 
 def test_loan_lists_name_the_unknown_loan() -> None:
-    for known in ("Auto Loan, and Payday Loan", "", "   ", None):
+    for known in ("Auto Loan, and Payday Loan", "AND Payday Loan", "", "   ", None):
         assert PredictRequest.model_validate_json(body(type_of_loan=known))
+    padded = PredictRequest.model_validate_json(body(type_of_loan="  Auto Loan  ")).data
+    assert padded.type_of_loan == "Auto Loan"  # stripped, as the loader stores it
     ((loc, message),) = errors_for(body(type_of_loan="Auto Loan, Yacht Loan, and Boat Loan"))
     assert loc == ("data", "type_of_loan")
     assert "'Boat Loan', 'Yacht Loan'" in message

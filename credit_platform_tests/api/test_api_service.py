@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,12 +29,15 @@ import requests
 from sqlalchemy import select
 
 from api.sample_requests import load_sample, request_payload, valid_request_payloads
-from credit_platform.core.db import make_engine
+from credit_platform.core.data_contract import PLAUSIBLE_RANGES
+from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.model_input import prepare_model_input
 from credit_platform.core.model_store import list_model_tags, save_model_bundle
 from credit_platform.core.schema import credit_predictions_api_log as log_table
 from credit_platform.core.service_process import free_port
+from credit_platform.ingest.kaggle import load_kaggle_csv
+from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import save_tiny_model, train_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -201,7 +205,8 @@ def test_fast_path_equals_the_reference_transform_on_real_rows(
     records = [request_payload(row) for row in rows.to_dict(orient="records")]
 
     fast = predictor.probabilities(records)
-    reference_input = prepare_model_input(rows, predictor.bundle.scalers)
+    # Training sees these rows as the loader stores them: implausible values missing.
+    reference_input = prepare_model_input(as_loaded(rows), predictor.bundle.scalers)
     reference = predictor.bundle.model.predict_proba(reference_input)
     np.testing.assert_array_equal(fast, reference)
 
@@ -214,8 +219,20 @@ def test_fast_path_equals_the_reference_transform_on_real_rows(
 # --- predictions and the log ------------------------------------------------------------
 
 
+def plausible(payloads: list[dict]) -> list[dict]:
+    """The payloads with nothing for the predictor to repair."""
+    return [
+        payload
+        for payload in payloads
+        if all(
+            payload[name] is None or low <= payload[name] <= high
+            for name, (low, high) in PLAUSIBLE_RANGES.items()
+        )
+    ]
+
+
 def test_predict_answers_and_logs_the_row(server: Server, payloads: list[dict]) -> None:
-    payload = payloads[0]
+    payload = plausible(payloads)[0]
     response = server.post("/predict", {"data": payload})
 
     assert response.status_code == 200, response.text
@@ -284,17 +301,13 @@ def _drop(field: str) -> Callable[[dict], dict]:
 
 
 INVALID_SINGLE = {
-    "negative count": (_set("num_bank_accounts", -1), "num_bank_accounts"),
-    "negative loan count": (_set("num_of_loan", -100), "num_of_loan"),
-    "negative delayed payments": (_set("num_of_delayed_payment", -3), "num_of_delayed_payment"),
-    "implausible age": (_set("age", 500), "age"),
-    "negative age": (_set("age", -500), "age"),
-    "negative amount": (_set("outstanding_debt", -1.0), "outstanding_debt"),
-    "interest rate over 100%": (_set("interest_rate", 5773), "interest_rate"),
+    "20-digit count": (_set("num_of_loan", 10**20), "num_of_loan"),
+    "309-digit count": (_set("num_bank_accounts", int("9" * 309)), "num_bank_accounts"),
+    "absurd amount": (_set("annual_income", 1e31), "annual_income"),
+    "309-digit amount": (_set("outstanding_debt", -int("9" * 309)), "outstanding_debt"),
     "NaN token": (_set("annual_income", float("nan")), "annual_income"),
     "Infinity token": (_set("monthly_balance", float("inf")), "monthly_balance"),
     "-Infinity token": (_set("changed_credit_limit", float("-inf")), "changed_credit_limit"),
-    "sentinel balance": (_set("monthly_balance", -3.33e26), "monthly_balance"),
     "unknown credit_mix": (_set("credit_mix", "Excellent"), "credit_mix"),
     "unknown payment_of_min_amount": (
         _set("payment_of_min_amount", "Maybe"),
@@ -304,7 +317,6 @@ INVALID_SINGLE = {
     "unknown occupation": (_set("occupation", "_______"), "occupation"),
     "unknown loan type": (_set("type_of_loan", "Auto Loan, and Yacht Loan"), "type_of_loan"),
     "missing feature": (_drop("interest_rate"), "interest_rate"),
-    "null where a value is required": (_set("age", None), "age"),
     "number as string": (_set("age", "35"), "age"),
     "text for a number": (_set("annual_income", "lots"), "annual_income"),
     "boolean for a number": (_set("num_credit_card", True), "num_credit_card"),
@@ -340,13 +352,93 @@ def test_malformed_json_is_refused(server: Server) -> None:
     assert "json" in response.text.lower()
 
 
-def test_nullable_features_accept_null(server: Server, payloads: list[dict]) -> None:
-    from api.schemas import NULLABLE_FEATURES
-
-    row = {**payloads[3], **dict.fromkeys(NULLABLE_FEATURES)}
+def test_every_feature_accepts_null(server: Server, payloads: list[dict]) -> None:
+    row = {**payloads[3], **dict.fromkeys(MODEL_FEATURES)}
     response = server.post("/predict", {"data": row})
     assert response.status_code == 200, response.text
     assert response.json()["predict"] in LABELS
+    assert "repaired" not in response.json()
+
+
+# Values the loader nulls for training: the API scores them as missing and says so.
+IMPLAUSIBLE = {
+    "num_bank_accounts": 1747,
+    "annual_income": 23_800_000.0,
+    "age": -500,
+    "num_of_loan": -100,
+    "interest_rate": 5773,
+    "total_emi_per_month": 81_971.0,
+    "amount_invested_monthly": 10_000.0,
+    "monthly_balance": -3.33e26,
+}
+
+
+def test_implausible_values_are_scored_as_missing_and_listed(
+    server: Server, payloads: list[dict]
+) -> None:
+    payload = plausible(payloads)[1]
+    implausible = {**payload, **IMPLAUSIBLE}
+    as_missing = {**payload, **dict.fromkeys(IMPLAUSIBLE)}
+    in_model_order = [name for name in MODEL_FEATURES if name in IMPLAUSIBLE]
+
+    answer = server.post("/predict", {"data": implausible})
+    same_as_null = server.post("/predict", {"data": as_missing})
+    batch = server.post("/predict_batch", {"data": [payload, implausible, as_missing]})
+
+    assert answer.status_code == same_as_null.status_code == batch.status_code == 200
+    assert answer.json()["repaired"] == in_model_order
+    assert "repaired" not in same_as_null.json()
+    expected = same_as_null.json()
+    assert {key: value for key, value in answer.json().items() if key != "repaired"} == expected
+    first, repaired, nulled = batch.json()
+    assert "repaired" not in first and "repaired" not in nulled
+    assert repaired == {**expected, "repaired": in_model_order}
+    assert nulled == expected
+    # The log holds what was scored: the repaired values as null.
+    (logged,) = server.log_rows(request_id=answer.headers["X-Request-ID"])
+    assert logged["features"] == features_of(as_missing)
+    batch_id = batch.headers["X-Request-ID"]
+    (logged,) = server.log_rows(request_id=f"{batch_id}-1")
+    assert logged["features"] == features_of(as_missing)
+
+
+def test_the_loaded_shared_sample_is_accepted_in_full(
+    server: Server, tags: ModelTags, kaggle_sample: Path, tmp_path: Path
+) -> None:
+    """Every row the loader stores can be scored by the API: none refused, and each answer
+    equals the model's on the stored row."""
+    from api.predictor import load_predictor
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = init_schema(store)
+    try:
+        load_kaggle_csv(kaggle_sample, engine, progress=False)
+        stored = pd.read_sql_table("credit_score_features", engine).sort_values("id")
+    finally:
+        engine.dispose()
+    assert len(stored) == 10_000 and stored[list(MODEL_FEATURES)].isna().any(axis=1).mean() > 0.1
+    rows = [request_payload(row) for row in stored.to_dict(orient="records")]
+
+    answers, statuses = [], Counter()
+    for start in range(0, len(rows), BATCH_LIMIT):
+        response = server.post("/predict_batch", {"data": rows[start : start + BATCH_LIMIT]})
+        statuses[response.status_code] += 1
+        if response.status_code == 200:
+            answers += response.json()
+        else:
+            pytest.fail(f"rows {start}.. refused: {response.text[:500]}")
+
+    assert statuses == {200: len(rows) // BATCH_LIMIT}
+    assert not [answer for answer in answers if "repaired" in answer]  # stored rows are clean
+    predictor = load_predictor(tags.first)
+    probabilities = predictor.bundle.model.predict_proba(
+        prepare_model_input(stored, predictor.bundle.scalers)
+    )
+    labels = [predictor.bundle.model.classes_[index] for index in probabilities.argmax(axis=1)]
+    assert [answer["predict"] for answer in answers] == [str(label) for label in labels]
+    assert [answer["confidence"] for answer in answers] == pytest.approx(
+        probabilities.max(axis=1).tolist(), rel=1e-12
+    )
 
 
 def test_bad_request_id_header_is_refused(server: Server, payloads: list[dict]) -> None:

@@ -1,5 +1,7 @@
-"""The served model in-process: model input built from small and large requests alike,
-scalers that cannot scale refused at load, and concurrent single rows scored in groups."""
+"""The served model in-process: model input built from small and large requests alike (equal
+to the training transform of the same rows as loaded), implausible values scored as
+missing and named, scalers that cannot scale refused at load, and concurrent single rows
+scored in groups."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel
+from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel, as_scored
 from api.sample_requests import load_sample, request_payload
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.model_input import prepare_model_input
 from credit_platform.core.model_store import ModelBundle
+from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import train_tiny_model
 
 
@@ -59,7 +62,7 @@ def records(sample: pd.DataFrame) -> list[dict[str, Any]]:
 def test_model_input_equals_the_training_transform(
     predictor: Predictor, sample: pd.DataFrame, records: list[dict], count: int
 ) -> None:
-    reference = prepare_model_input(sample.iloc[:count], predictor.bundle.scalers)
+    reference = prepare_model_input(as_loaded(sample.iloc[:count]), predictor.bundle.scalers)
     expected = predictor.bundle.model.predict_proba(reference)
     np.testing.assert_array_equal(predictor.probabilities(records[:count]), expected)
 
@@ -123,3 +126,39 @@ def test_a_row_that_breaks_the_model_fails_only_its_own_request(
     assert isinstance(failed, ValueError)
     assert first[1] == predictor.predict([records[0]])[0]
     assert third[1] == predictor.predict([records[2]])[0]
+
+
+def test_implausible_values_are_scored_as_missing_and_named(
+    predictor: Predictor, records: list[dict]
+) -> None:
+    row = records[0]
+    implausible = {
+        **row,
+        "num_bank_accounts": 1747,
+        "annual_income": 23_800_000.0,
+        "amount_invested_monthly": 10_000.0,
+        "monthly_balance": -3.33e26,
+        "age": -500,
+    }
+    as_missing = {**implausible, **dict.fromkeys(set(implausible) - {"customer_id"})}
+    as_missing |= {name: row[name] for name in row if implausible[name] == row[name]}
+
+    (answer,) = predictor.predict([implausible])
+
+    assert answer.repaired == (
+        "age",
+        "annual_income",
+        "num_bank_accounts",
+        "amount_invested_monthly",
+        "monthly_balance",
+    )  # model order
+    np.testing.assert_array_equal(
+        predictor.probabilities([implausible]), predictor.probabilities([as_missing])
+    )
+    (missing_answer,) = predictor.predict([as_missing])
+    assert (missing_answer.label, missing_answer.confidence) == (answer.label, answer.confidence)
+    assert missing_answer.repaired == ()
+    assert as_scored(implausible, answer) == as_missing
+    # Values at the edges of the plausible range are kept.
+    edges = {**row, "age": 14, "num_of_loan": 12, "monthly_balance": -50_000.0}
+    assert predictor.predict([edges])[0].repaired == ()

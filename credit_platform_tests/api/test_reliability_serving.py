@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag
+from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import credit_predictions_api_log as log_table
 from credit_platform.core.service_process import (
@@ -372,6 +373,68 @@ def test_fuzzed_requests_never_break_the_service(
         expected = load_predictor(models.first).predict([features])[0]
         assert answer.json()["predict"] == expected.label
         assert answer.json()["confidence"] == pytest.approx(expected.confidence, rel=1e-9)
+    finally:
+        session.close()
+        service.stop()
+
+
+def test_absurd_numbers_are_refused_and_implausible_ones_repaired_with_the_mariadb_log(
+    tmp_path: Path, mariadb_url: str, payloads: list[dict], models: Models
+) -> None:
+    """A 309-digit or 20-digit integer is a 400 naming the field, never a 500 (float
+    overflow) or a 503 (a log row the database driver cannot encode); an implausible value
+    is scored as missing, listed in the answer and logged as null."""
+    service = ServiceProcess(
+        service_env(mariadb_url, tmp_path / "spool", models.first), tmp_path / "service.log"
+    )
+    service.wait_ready()
+    session = requests.Session()
+    try:
+        row = next(
+            payload
+            for payload in payloads
+            if all(
+                payload[name] is None or low <= payload[name] <= high
+                for name, (low, high) in PLAUSIBLE_RANGES.items()
+            )
+        )
+        absurd = {
+            "num_of_loan": [int("9" * 309), 100000000000000000000],
+            "num_bank_accounts": [-(10**20), 1e20],
+            "age": [int("9" * 309)],
+            "annual_income": [int("9" * 309), 1e31],
+        }
+        for field, values in absurd.items():
+            for value in values:
+                bad = {**row, field: value}
+                for route, body in (
+                    ("/predict", {"data": bad}),
+                    ("/predict_batch", {"data": [bad]}),
+                ):
+                    response = session.post(f"{service.url}{route}", json=body, timeout=30)
+                    assert response.status_code == 400, (route, field, response.text[:300])
+                    assert field in response.text and "or null" in response.text
+
+        answer = session.post(
+            f"{service.url}/predict",
+            json={"data": {**row, "num_bank_accounts": 1747, "annual_income": 23_800_000.0}},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["repaired"] == ["annual_income", "num_bank_accounts"]
+        engine = create_engine(mariadb_url)
+        try:
+            with engine.connect() as connection:
+                logged = connection.execute(
+                    select(log_table.c.features).where(
+                        log_table.c.request_id == answer.headers["X-Request-ID"]
+                    )
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        features = logged if isinstance(logged, dict) else json.loads(logged)
+        assert features["num_bank_accounts"] is None and features["annual_income"] is None
+        assert features["age"] == row["age"]
     finally:
         session.close()
         service.stop()
