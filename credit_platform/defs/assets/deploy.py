@@ -87,7 +87,7 @@ def deployed_bento(
             "action": action,
             "previous_model_tag": before.tag if before else "none (service was down)",
             "api_url": MetadataValue.url(prediction_service.api_url),
-            "val_accuracy": MetadataValue.float(float(served.metrics.get("val_accuracy", 0.0))),
+            "test_accuracy": MetadataValue.float(float(served.metrics.get("test_accuracy", 0.0))),
             "model_creation_time": served.creation_time.isoformat(),
         }
     )
