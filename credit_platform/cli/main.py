@@ -106,7 +106,9 @@ def _partition_range(start: str, end: str | None) -> list[str]:
 @main.command()
 @click.option("--partition", "start", required=True, help="Partition day YYYY-MM-DD.")
 @click.option("--end", default=None, help="Last day of a range (inclusive): one run per day.")
-@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+@click.option(
+    "--grid", type=click.Choice(settings.TRAINING_GRIDS), default="small", show_default=True
+)
 def materialize(start: str, end: str | None, grid: str) -> None:
     """Run the continuous-training job for one partition or a range, recorded in the
     Dagster instance (DAGSTER_HOME) so the runs show up in the UI."""
@@ -170,7 +172,9 @@ def mlflow_ui(port: int, host: str) -> None:
 @click.option("--customers", default=200, show_default=True, help="Synthetic customers.")
 @click.option("--days", default=35, show_default=True, help="Days of synthetic history.")
 @click.option("--start", default="2025-01-01", show_default=True, help="First synthetic day.")
-@click.option("--grid", type=click.Choice(["seed", "small"]), default="small", show_default=True)
+@click.option(
+    "--grid", type=click.Choice(settings.TRAINING_GRIDS), default="small", show_default=True
+)
 def demo(customers: int, days: int, start: str, grid: str) -> None:
     """Load synthetic data, train the newest partition, serve its model, ask for a prediction."""
     from credit_platform.cli.demo import run_demo

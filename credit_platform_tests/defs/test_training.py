@@ -203,9 +203,7 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     # The parent run reports the chosen trial's test metrics, and its confusion matrix.
     for name in ("test_accuracy", "test_macro_f1", "test_recall_Good"):
         assert parent.data.metrics[name] == pytest.approx(summary["metrics"][name])
-    confusion = mlflow.artifacts.load_dict(
-        f"{parent.info.artifact_uri}/test_confusion_matrix.json"
-    )
+    confusion = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/test_confusion_matrix.json")
     assert confusion["labels"] == list(LABELS)
 
     # A new registered version, tagged with the partition and the BentoML tag.

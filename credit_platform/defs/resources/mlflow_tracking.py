@@ -248,6 +248,4 @@ def champion_of(versions: list[ModelVersion]) -> ModelVersion | None:
     candidates = [version for version in versions if eligible(version)]
     if not candidates:
         return None
-    return max(
-        candidates, key=lambda version: (version.tags[PARTITION_TAG], int(version.version))
-    )
+    return max(candidates, key=lambda version: (version.tags[PARTITION_TAG], int(version.version)))
