@@ -25,7 +25,7 @@ from pydantic import Field
 
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import prepare_model_input
-from credit_platform.core.model_store import ModelNotFound, load_model_bundle
+from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
 from credit_platform.core.training import evaluate, make_pool
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.split import TEST, side_rows
@@ -114,12 +114,14 @@ def score_champion(
     if tag == candidate_tag:
         return None
     try:
-        bundle = load_model_bundle(tag)
-    except (ModelNotFound, LookupError) as error:
+        model_metadata(tag)
+    except ModelNotFound as error:
         raise ChampionUnusable(
-            f"{where} names {tag}, which is not in the BentoML store ({error}); roll the "
-            "champion back (`credit-platform rollback`) or restore the model"
+            f"{where} names {tag}, which is not in the BentoML store; roll the champion back "
+            "(`credit-platform rollback`) or restore the model"
         ) from error
+    try:
+        bundle = load_model_bundle(tag)
     except Exception as error:  # a corrupt or incompatible saved model
         raise ChampionUnusable(f"{where}: cannot load {tag}: {error}") from error
     try:
