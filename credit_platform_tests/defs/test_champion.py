@@ -16,8 +16,10 @@ import pytest
 from click.testing import CliRunner
 from dagster import build_sensor_context, instance_for_test, materialize
 
+from api.sample_requests import load_sample
 from credit_platform.cli.rollback import roll_back_champion, rollback
 from credit_platform.core.db import init_schema
+from credit_platform.core.model_store import save_model_bundle
 from credit_platform.core.service_process import free_port
 from credit_platform.core.settings import (
     MLFLOW_EXPERIMENT_ENV,
@@ -36,6 +38,7 @@ from credit_platform.defs.resources.mlflow_tracking import (
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.defs.sensors import deploy_sensor
 from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform_tests.model_fixtures import train_tiny_model
 from credit_platform_tests.training_fixtures import tiny_grid, training_resources
 
 NEWEST = "2025-02-05"
@@ -260,3 +263,47 @@ def test_rollback_is_one_call_and_the_deploy_sensor_follows(backfilled):
     assert [(r.partition_key, r.tags["credit_platform/model_tag"]) for r in tick.run_requests] == [
         ("2025-02-04", models["2025-02-04"]["bento_tag"])
     ]
+
+
+# --- the deploy sensor on a champion it cannot deploy --------------------------------------
+
+
+def _sensor_tick(tracking: MlflowTrackingResource, served_tag: str | None = None):
+    with instance_for_test() as instance:
+        return _deploy_tick(instance, {"mlflow_tracking": tracking}, served_tag)
+
+
+def test_the_deploy_sensor_skips_a_registry_without_a_champion(tmp_path):
+    tracking = _registry(tmp_path)
+    result = _sensor_tick(tracking)
+    assert "has no champion" in result.skip_message
+    _version(tracking, "2025-02-01", verdict="failed")
+    assert tracking.elect_champion() is None
+    assert "has no champion" in _sensor_tick(tracking).skip_message
+
+
+def test_the_deploy_sensor_skips_an_unknown_champion_tag(tmp_path):
+    tracking = _registry(tmp_path)
+    _version(tracking, "2025-02-01", bento=f"{MODEL_NAME}:nosuchmodel")
+    tracking.elect_champion()
+    result = _sensor_tick(tracking)  # even with the service down, nothing is deployed
+    assert f"{MODEL_NAME}:nosuchmodel" in result.skip_message
+    assert "not in the BentoML store" in result.skip_message
+
+
+def test_the_deploy_sensor_skips_a_champion_saved_without_test_metrics(tmp_path, kaggle_sample):
+    sample = load_sample(kaggle_sample, rows=600)
+    model, scalers = train_tiny_model(sample, iterations=5)
+    old_style = save_model_bundle(
+        model,
+        scalers,
+        partition="2025-02-01",
+        metrics={"val_accuracy": 0.61, "val_macro_f1": 0.55},
+        params={"iterations": 5},
+    )
+    tracking = _registry(tmp_path)
+    _version(tracking, "2025-02-01", bento=old_style)
+    tracking.elect_champion()
+    result = _sensor_tick(tracking, served_tag=f"{MODEL_NAME}:other")
+    assert old_style in result.skip_message
+    assert "test_accuracy" in result.skip_message and "saved before" in result.skip_message
