@@ -95,10 +95,6 @@ class ModelNotFound(LookupError):
     """No model with the requested tag is in the BentoML store."""
 
 
-class ModelLacksTestMetrics(ValueError):
-    """A saved model reports no test metrics (saved before models were scored on test rows)."""
-
-
 def missing_test_metrics(metadata: dict[str, Any]) -> list[str]:
     """The required test metrics a model's metadata lacks (empty when it has them all)."""
     metrics = metadata.get("metrics") or {}
