@@ -28,7 +28,7 @@ from credit_platform.core.training import (
     markdown_table,
     parameter_grid,
 )
-from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.model import GRID_PRESETS, credit_score_model
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, stratified_split
 from credit_platform.defs.assets.split import train_valid_split as split_asset
@@ -123,6 +123,18 @@ def test_best_trial_can_be_chosen_by_macro_f1():
         FitSettings(class_weights="heavy")
 
 
+def test_the_seed_grid_stays_selectable():
+    seed = GRID_PRESETS["seed"]
+    assert (seed["depths"], seed["rsms"], seed["l2_leaf_regs"]) == (
+        [4, 6, 8],
+        [0.5, 0.75, 1.0],
+        [1.0, 3.0, 5.0],
+    )
+    assert seed["learning_rate"] == 0.3 and seed["loss_function"] == "MultiClassOneVsAll"
+    assert seed["early_stopping_rounds"] == 50 and seed["selection_metric"] == "accuracy"
+    assert set(GRID_PRESETS) == set(settings.TRAINING_GRIDS)
+
+
 def test_markdown_table_escapes_cell_separators():
     table = markdown_table(["name", "value"], [("a|b", 0.123456), ("c", 2)])
     assert table.splitlines() == [
@@ -194,7 +206,15 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     for child in children:
         assert {"val_accuracy", "val_macro_f1", "best_iteration"} <= set(child.data.metrics)
         assert {"depth", "rsm", "l2_leaf_reg"} <= set(child.data.params)
-    best_child = max(children, key=lambda run: run.data.metrics["val_accuracy"])
+    # The default grid (the `tuned` preset unless CREDIT_TRAINING_GRID says otherwise) picks
+    # its trial by its selection metric on the valid rows.
+    preset = GRID_PRESETS[settings.training_grid()]
+    first, second = (
+        ("val_macro_f1", "val_accuracy")
+        if preset["selection_metric"] == "macro_f1"
+        else ("val_accuracy", "val_macro_f1")
+    )
+    best_child = max(children, key=lambda run: (run.data.metrics[first], run.data.metrics[second]))
     assert summary["mlflow_run_id"] == best_child.info.run_id
     assert summary["validation_metrics"]["val_accuracy"] == pytest.approx(
         best_child.data.metrics["val_accuracy"]
@@ -224,7 +244,8 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
         summary["validation_metrics"]["val_accuracy"]
     )
     assert bundle.metadata["params"]["depth"] == summary["params"]["depth"]
-    assert bundle.metadata["params"]["learning_rate"] == 0.3
+    assert bundle.metadata["params"]["learning_rate"] == preset["learning_rate"]
+    assert bundle.metadata["params"]["class_weights"] == preset["class_weights"]
     assert bundle.metadata["mlflow_run_id"] == best_child.info.run_id
     assert bundle.metadata["mlflow_model_version"] == summary["mlflow_model_version"]
     assert bundle.metadata["dagster_run_id"] == result.run_id
