@@ -90,11 +90,11 @@ def one_seed(rows, seed: int, threads: int) -> dict:
     sides = tuple(side_rows(split, side) for side in (TRAIN, VALID, TEST))
     scalers = fit_scalers(sides[0])
     pools = tuple(make_pool(prepare_model_input(part, scalers), part[TARGET]) for part in sides)
-    result = {"seed": seed, "rows": [len(part) for part in sides]}
+    result = {"split_seed": seed, "rows": [len(part) for part in sides]}
     for name in ("seed", "tuned"):
         result[name] = one_design(name, pools, sides, threads)
         print(
-            f"seed {seed} {name:>5}: test accuracy {result[name]['test_accuracy']:.4f}, "
+            f"split seed {seed}, {name:>5} design: test accuracy {result[name]['test_accuracy']:.4f}, "
             f"macro-F1 {result[name]['test_macro_f1']:.4f}, recall Good "
             f"{result[name]['test_recall_Good']:.4f} (valid accuracy "
             f"{result[name]['valid_accuracy']:.4f}; {result[name]['seconds']:.0f} s)",

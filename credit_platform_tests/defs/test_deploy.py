@@ -145,7 +145,7 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     answer = requests.post(f"http://127.0.0.1:{platform['port']}/metadata", timeout=5).json()
     assert answer["partition"] == FIRST
 
-    # 3. The champion is newer than the served model: one deploy request keyed by its tag.
+    # 3. The service serves another model than the champion: one deploy request keyed by its tag.
     newer = _tick(platform, cursor=again.cursor)
     assert [(r.run_key, r.partition_key) for r in newer.run_requests] == [
         (f"deploy:{tags[SECOND]}", SECOND)
