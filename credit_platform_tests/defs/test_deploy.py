@@ -21,8 +21,12 @@ from dagster import (
 from credit_platform.core.db import init_schema
 from credit_platform.core.service_control import ServiceClient, stop_service
 from credit_platform.core.service_process import free_port
-from credit_platform.core.settings import ADMIN_TOKEN_ENV
-from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.core.settings import ADMIN_TOKEN_ENV, MODEL_NAME
+from credit_platform.defs.assets.deploy import (
+    MLFLOW_VERSION_RUN_TAG,
+    MODEL_TAG_RUN_TAG,
+    deployed_bento,
+)
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.definitions import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -86,7 +90,7 @@ def platform(tmp_path_factory):
             os.environ[ADMIN_TOKEN_ENV] = previous_token
 
 
-def _deploy(platform, partition):
+def _deploy(platform, partition, tags=None):
     return materialize(
         [*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
         selection=[deployed_bento],
@@ -94,6 +98,7 @@ def _deploy(platform, partition):
         resources=platform["resources"],
         instance=platform["instance"],
         raise_on_error=False,
+        tags=tags,
     )
 
 
@@ -191,6 +196,22 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert _served_tag(platform) == tags[SECOND]
     materialized = platform["instance"].get_materialized_partitions(AssetKey("deployed_bento"))
     assert REJECTED not in materialized
+
+    # 7. A run the deploy sensor tagged with a model deploys that model, not the partition's
+    # latest: after a rollback the champion may be an older version of its partition.
+    client = platform["resources"]["mlflow_tracking"].client()
+    (first_version,) = [
+        version.version
+        for version in client.search_model_versions(f"name='{MODEL_NAME}'")
+        if version.tags.get("bento_tag") == tags[FIRST]
+    ]
+    named = _deploy(
+        platform,
+        SECOND,
+        tags={MODEL_TAG_RUN_TAG: tags[FIRST], MLFLOW_VERSION_RUN_TAG: str(first_version)},
+    )
+    assert named.success
+    assert _served_tag(platform) == tags[FIRST]
 
 
 def test_deploy_sensor_skips_without_a_champion(tmp_path, sqlite_url):

@@ -12,6 +12,9 @@ from credit_platform.defs.resources.prediction_service import PredictionServiceR
 
 DEPLOYED_BENTO_ASSET = "deployed_bento"
 QUALITY_TAG = "quality_check"
+# Run tags the deploy sensor sets: the champion's BentoML tag and MLflow version.
+MODEL_TAG_RUN_TAG = "credit_platform/model_tag"
+MLFLOW_VERSION_RUN_TAG = "credit_platform/mlflow_version"
 
 
 def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, Any]) -> str:
@@ -20,6 +23,19 @@ def quality_verdict(mlflow_tracking: MlflowTrackingResource, model: dict[str, An
         model["mlflow_model_name"], str(model["mlflow_model_version"])
     )
     return (version.tags or {}).get(QUALITY_TAG, "missing")
+
+
+def model_to_deploy(run_tags: dict[str, str], partition_model: dict[str, Any]) -> dict[str, Any]:
+    """The model a run deploys: the one the deploy sensor named (the champion, which after a
+    rollback may be an older version of the partition), else the partition's latest."""
+    tag, version = run_tags.get(MODEL_TAG_RUN_TAG), run_tags.get(MLFLOW_VERSION_RUN_TAG)
+    if not tag or not version:
+        return partition_model
+    return {
+        "bento_tag": tag,
+        "mlflow_model_name": partition_model["mlflow_model_name"],
+        "mlflow_model_version": version,
+    }
 
 
 @asset(
@@ -39,8 +55,9 @@ def deployed_bento(
     mlflow_tracking: MlflowTrackingResource,
     prediction_service: PredictionServiceResource,
 ) -> MaterializeResult:
-    model_tag = credit_score_model["bento_tag"]
-    verdict = quality_verdict(mlflow_tracking, credit_score_model)
+    model = model_to_deploy(context.run.tags, credit_score_model)
+    model_tag = model["bento_tag"]
+    verdict = quality_verdict(mlflow_tracking, model)
     if verdict != "passed":
         raise Failure(
             description=(
