@@ -237,9 +237,11 @@ def stop(port: int) -> None:
 
 
 def _register_subcommands() -> None:
+    from credit_platform.cli.rollback import rollback
     from credit_platform.cli.seed import seed
     from credit_platform.cli.serve import serve
 
+    main.add_command(rollback)
     main.add_command(seed)
     main.add_command(serve)
 

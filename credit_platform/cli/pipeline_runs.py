@@ -59,8 +59,9 @@ def run_training_partitions(
             metrics = model["metrics"]
             echo(
                 f"  run {result.run_id}: model {model['bento_tag']} "
-                f"val_accuracy={metrics['val_accuracy']:.3f} "
-                f"val_macro_f1={metrics['val_macro_f1']:.3f} trials={model['trials']}"
+                f"test_accuracy={metrics['test_accuracy']:.3f} "
+                f"test_macro_f1={metrics['test_macro_f1']:.3f} "
+                f"trials={model['trials']}"
             )
     return failed
 

@@ -3,7 +3,8 @@ training and serving.
 
 A saved `credit_score_classifier` carries everything the service needs: the CatBoost
 model, the scalers fit with it (custom object), and metadata naming its training
-partition, validation metrics, params and MLflow run. The service never reads a
+partition, test metrics (accuracy, macro F1, per-label recall, confusion matrix), the
+chosen trial's validation metrics, params and MLflow run. The service never reads a
 date-named folder.
 """
 
@@ -20,6 +21,9 @@ from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
 
 SCALERS_KEY = "scalers"
 PARTITION_LABEL = "partition"
+CONFUSION_KEY = "test_confusion_matrix"
+# What a model's metadata must report to be judged or deployed.
+REQUIRED_TEST_METRICS = ("test_accuracy", "test_macro_f1")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class ModelBundle:
     def partition(self) -> str | None:
         return self.metadata.get("partition")
 
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        return dict(self.metadata.get("metrics") or {})
+
 
 def save_model_bundle(
     model: CatBoostClassifier,
@@ -48,15 +56,26 @@ def save_model_bundle(
     partition: str,
     metrics: dict[str, float],
     params: dict[str, Any],
+    confusion: dict[str, Any] | None = None,
+    validation_metrics: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Save the model with its scalers; returns the tag "credit_score_classifier:<version>"."""
+    """Save the model with its scalers; returns the tag "credit_score_classifier:<version>".
+
+    `metrics` are the test metrics ("test_accuracy", ...); the confusion matrix goes beside
+    them as "test_confusion_matrix", so whatever reports the metrics reports it too."""
     export_bentoml_home()
     import bentoml
 
     metadata: dict[str, Any] = {
         "partition": partition,
-        "metrics": {name: float(value) for name, value in metrics.items()},
+        "metrics": {
+            **{name: float(value) for name, value in metrics.items()},
+            **({CONFUSION_KEY: confusion} if confusion is not None else {}),
+        },
+        "validation_metrics": {
+            name: float(value) for name, value in (validation_metrics or {}).items()
+        },
         "params": {name: _plain(value) for name, value in params.items()},
         "classes": [str(label) for label in model.classes_],
         **(extra or {}),
@@ -74,6 +93,24 @@ def save_model_bundle(
 
 class ModelNotFound(LookupError):
     """No model with the requested tag is in the BentoML store."""
+
+
+def missing_test_metrics(metadata: dict[str, Any]) -> list[str]:
+    """The required test metrics a model's metadata lacks (empty when it has them all)."""
+    metrics = metadata.get("metrics") or {}
+    return [name for name in REQUIRED_TEST_METRICS if type(metrics.get(name)) not in (int, float)]
+
+
+def model_metadata(tag: str) -> dict[str, Any]:
+    """A saved model's metadata without loading the model; ModelNotFound for an unknown tag."""
+    export_bentoml_home()
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return dict(bentoml.models.get(normalize_tag(tag)).info.metadata)
+    except NotFound as error:
+        raise ModelNotFound(f"no model {tag!r} in the BentoML store: {error}") from error
 
 
 def normalize_tag(tag: str | None) -> str:

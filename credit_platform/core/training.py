@@ -1,7 +1,8 @@
 """Grid search and evaluation of the CatBoost credit-score classifier (no Dagster, no MLflow).
 
 The Dagster asset wraps each trial in an MLflow run; everything that decides what is
-trained and how it is scored lives here so it can be tested on its own.
+trained, how a trial is chosen (on the valid rows) and how the chosen model is reported (on
+the test rows, once) lives here so it can be tested on its own.
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ TEXT_PROCESSING: dict[str, Any] = {
 }
 
 
+SELECTION_METRICS = ("accuracy", "macro_f1")
+CLASS_WEIGHTS = ("none", "Balanced", "SqrtBalanced")
+
+
 @dataclass(frozen=True)
 class FitSettings:
-    """What stays fixed across the grid (lr 0.3, up to 2000 rounds, stop after 50 without gain)."""
+    """What stays fixed across the grid. The defaults are the seed design: lr 0.3, up to 2000
+    rounds, stop after 50 without a better valid accuracy, no class weights, the trial with
+    the best valid accuracy wins."""
 
     iterations: int = 2000
     learning_rate: float = 0.3
@@ -54,6 +61,21 @@ class FitSettings:
     thread_count: int = -1
     random_seed: int = 42
     loss_function: str = "MultiClassOneVsAll"
+    eval_metric: str = "Accuracy"
+    class_weights: str = "none"
+    selection_metric: str = "accuracy"
+
+    def __post_init__(self) -> None:
+        if self.selection_metric not in SELECTION_METRICS:
+            raise ValueError(
+                f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, "
+                f"not {self.selection_metric!r}"
+            )
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ValueError(
+                f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, "
+                f"not {self.class_weights!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,29 @@ class Evaluation:
     confusion: np.ndarray  # rows: true label, columns: predicted label, in LABELS order
     labels: tuple[str, ...] = LABELS
 
+    @property
+    def recall(self) -> dict[str, float]:
+        """Share of each label's rows predicted as that label (0 for a label with no rows)."""
+        totals = self.confusion.sum(axis=1)
+        return {
+            label: float(self.confusion[index, index] / totals[index]) if totals[index] else 0.0
+            for index, label in enumerate(self.labels)
+        }
+
+    def score(self, metric: str) -> float:
+        return self.accuracy if metric == "accuracy" else self.macro_f1
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Accuracy, macro F1 and per-label recall named "<prefix>_accuracy" and so on."""
+        return {
+            f"{prefix}_accuracy": self.accuracy,
+            f"{prefix}_macro_f1": self.macro_f1,
+            **{f"{prefix}_recall_{label}": value for label, value in self.recall.items()},
+        }
+
+    def confusion_rows(self) -> list[list[int]]:
+        return [[int(count) for count in row] for row in self.confusion]
+
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -83,11 +128,8 @@ class TrialResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return {
-            "val_accuracy": self.evaluation.accuracy,
-            "val_macro_f1": self.evaluation.macro_f1,
-            "best_iteration": float(self.best_iteration),
-        }
+        """The trial's valid-row scores (what chose it, hence optimistic for the winner)."""
+        return {**self.evaluation.metrics("val"), "best_iteration": float(self.best_iteration)}
 
 
 def parameter_grid(
@@ -128,7 +170,8 @@ def fit_trial(
         rsm=params.rsm,
         l2_leaf_reg=params.l2_leaf_reg,
         early_stopping_rounds=fit.early_stopping_rounds,
-        eval_metric="Accuracy",
+        eval_metric=fit.eval_metric,
+        auto_class_weights=None if fit.class_weights == "none" else fit.class_weights,
         random_seed=fit.random_seed,
         thread_count=fit.thread_count,
         text_processing=TEXT_PROCESSING,
@@ -142,6 +185,21 @@ def fit_trial(
         model=model,
         evaluation=evaluate(model, valid, valid_labels),
         best_iteration=int(best if best is not None else model.tree_count_ - 1),
+    )
+
+
+def search_grid(
+    train: Pool,
+    valid: Pool,
+    valid_labels: pd.Series,
+    grid: Sequence[TrialParams],
+    fit: FitSettings,
+) -> TrialResult:
+    """Every grid point fit on train and early-stopped on valid; the best by the fit's
+    selection metric on valid (the test rows play no part)."""
+    return best_trial(
+        (fit_trial(train, valid, valid_labels, params, fit) for params in grid),
+        fit.selection_metric,
     )
 
 
@@ -163,14 +221,22 @@ def evaluate(model: CatBoostClassifier, pool: Pool, labels: pd.Series) -> Evalua
     )
 
 
-def best_trial(results: Iterable[TrialResult]) -> TrialResult:
-    """Highest validation accuracy; ties go to the higher macro F1, then the earlier trial."""
+def best_trial(results: Iterable[TrialResult], metric: str = "accuracy") -> TrialResult:
+    """Highest validation score by `metric` ("accuracy" or "macro_f1"); ties go to the other
+    score, then the earlier trial."""
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(SELECTION_METRICS)}, not {metric!r}")
+    other = "macro_f1" if metric == "accuracy" else "accuracy"
     ranked = list(results)
     if not ranked:
         raise ValueError("no trial was trained")
     return max(
         enumerate(ranked),
-        key=lambda item: (item[1].evaluation.accuracy, item[1].evaluation.macro_f1, -item[0]),
+        key=lambda item: (
+            item[1].evaluation.score(metric),
+            item[1].evaluation.score(other),
+            -item[0],
+        ),
     )[1]
 
 
@@ -191,6 +257,11 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def confusion_document(evaluation: Evaluation) -> dict[str, Any]:
+    """The confusion matrix as plain JSON: rows are true labels, columns predicted ones."""
+    return {"labels": list(evaluation.labels), "rows": evaluation.confusion_rows()}
 
 
 def confusion_markdown(evaluation: Evaluation) -> str:

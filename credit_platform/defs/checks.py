@@ -1,28 +1,41 @@
-"""The blocking quality gate between training and deployment.
+"""The blocking quality gate between training and deployment, and the champion election.
 
-A new model passes when its validation accuracy reaches a floor and is not worse than the
-current champion beyond a tolerance. Being blocking, a failed check stops everything
+A candidate passes when its test accuracy reaches a floor and is not worse than the current
+champion (the MLflow registry's alias, never whatever answers at the API's URL) scored on
+the candidate's own test rows, beyond a tolerance. On a pass the champion is elected again
+from the registry: the passing model of the newest data partition, so a backfill of older
+days never displaces a model of newer data. Being blocking, a failed check stops everything
 downstream of `credit_score_model` (the deployment) in the same run.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetIn,
     Config,
     MetadataValue,
     asset_check,
 )
 from pydantic import Field
 
-from credit_platform.core.service_client import ServiceClient
+from credit_platform.core.features import TARGET
+from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
+from credit_platform.core.training import evaluate, make_pool
 from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.split import TEST, side_rows
 from credit_platform.defs.partitions import daily_partitions
-from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
-from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+from credit_platform.defs.resources.mlflow_tracking import (
+    BENTO_TAG,
+    PARTITION_TAG,
+    QUALITY_TAG,
+    MlflowTrackingResource,
+)
 
 # Accuracies are compared with a little slack so 0.62 - 0.02 is not "worse than" 0.60.
 _EPSILON = 1e-9
@@ -30,19 +43,26 @@ _EPSILON = 1e-9
 
 class ModelQualityConfig(Config):
     min_accuracy: float = Field(
-        default=0.5, ge=0, le=1, description="Validation accuracy every deployable model needs."
+        default=0.5, ge=0, le=1, description="Test accuracy every deployable model needs."
     )
     tolerance: float = Field(
-        default=0.02, ge=0, description="How much worse than the champion a model may be."
+        default=0.02,
+        ge=0,
+        description="How much worse than the champion, on the same test rows, a model may be.",
     )
 
 
 @dataclass(frozen=True)
 class Champion:
-    """The model a candidate must not fall behind, and where that fact came from."""
+    """The model a candidate must not fall behind: its accuracy on the candidate's test rows,
+    and which model that is."""
 
     accuracy: float
     source: str
+
+
+class ChampionUnusable(RuntimeError):
+    """The registry names a champion that cannot be loaded or scored."""
 
 
 @dataclass(frozen=True)
@@ -57,103 +77,127 @@ def judge_model(
     """The check's decision, kept pure so each rule can be tested on its own."""
     if accuracy + _EPSILON < min_accuracy:
         return Verdict(
-            False, f"val_accuracy {accuracy:.4f} is below the minimum {min_accuracy:.4f}"
+            False, f"test_accuracy {accuracy:.4f} is below the minimum {min_accuracy:.4f}"
         )
     if champion is None:
         return Verdict(
-            True, f"val_accuracy {accuracy:.4f} >= minimum {min_accuracy:.4f}; no champion yet"
+            True, f"test_accuracy {accuracy:.4f} >= minimum {min_accuracy:.4f}; no champion yet"
         )
     floor = champion.accuracy - tolerance
     if accuracy + _EPSILON < floor:
         return Verdict(
             False,
-            f"val_accuracy {accuracy:.4f} is worse than the champion's {champion.accuracy:.4f} "
-            f"({champion.source}) by more than the tolerance {tolerance:.4f}",
+            f"test_accuracy {accuracy:.4f} is worse than the champion's {champion.accuracy:.4f} "
+            f"on the same test rows ({champion.source}) by more than the tolerance "
+            f"{tolerance:.4f}",
         )
     return Verdict(
         True,
-        f"val_accuracy {accuracy:.4f} >= minimum {min_accuracy:.4f} and within {tolerance:.4f} "
-        f"of the champion's {champion.accuracy:.4f} ({champion.source})",
+        f"test_accuracy {accuracy:.4f} >= minimum {min_accuracy:.4f} and within {tolerance:.4f} "
+        f"of the champion's {champion.accuracy:.4f} on the same test rows ({champion.source})",
     )
 
 
-def served_champion(api_url: str, timeout: float) -> Champion | None:
-    """The served model's validation accuracy from GET /metadata, or None when the API is down
-    or does not report one."""
-    served = ServiceClient(api_url, timeout).reported_model()
-    accuracy = served.metrics.get("val_accuracy") if served else None
-    if served is None or type(accuracy) not in (int, float):
-        return None
-    return Champion(float(accuracy), f"served {served.tag} at {api_url}")
-
-
-def registry_champion(mlflow_tracking: MlflowTrackingResource) -> Champion | None:
-    """The last model that passed this check, from the MLflow registry's champion alias."""
+def score_champion(
+    mlflow_tracking: MlflowTrackingResource, test_rows: pd.DataFrame, candidate_tag: str
+) -> Champion | None:
+    """The registry's champion scored on `test_rows`; None when there is no champion (or the
+    champion is the candidate itself). Raises ChampionUnusable naming what is wrong."""
     version = mlflow_tracking.champion()
     if version is None:
         return None
-    raw = (version.tags or {}).get("val_accuracy")
-    if raw is None:
+    tags = version.tags or {}
+    where = f"MLflow {version.name} version {version.version} (champion)"
+    tag = tags.get(BENTO_TAG)
+    if not tag:
+        raise ChampionUnusable(f"{where} has no {BENTO_TAG} tag naming its BentoML model")
+    if tag == candidate_tag:
         return None
-    return Champion(float(raw), f"MLflow {version.name} version {version.version} (champion)")
-
-
-def current_champion(
-    api_url: str, timeout: float, mlflow_tracking: MlflowTrackingResource
-) -> Champion | None:
-    """What is served right now wins; when nothing answers, the last model that passed."""
-    return served_champion(api_url, timeout) or registry_champion(mlflow_tracking)
+    try:
+        model_metadata(tag)
+    except ModelNotFound as error:
+        raise ChampionUnusable(
+            f"{where} names {tag}, which is not in the BentoML store; roll the champion back "
+            "(`credit-platform rollback`) or restore the model"
+        ) from error
+    try:
+        bundle = load_model_bundle(tag)
+    except Exception as error:  # a corrupt or incompatible saved model
+        raise ChampionUnusable(f"{where}: cannot load {tag}: {error}") from error
+    try:
+        pool = make_pool(prepare_model_input(test_rows, bundle.scalers))
+        evaluation = evaluate(bundle.model, pool, test_rows[TARGET])
+    except Exception as error:
+        raise ChampionUnusable(f"{where}: {tag} cannot score the test rows: {error}") from error
+    partition = tags.get(PARTITION_TAG, "unknown")
+    return Champion(evaluation.accuracy, f"{tag}, partition {partition}, {where}")
 
 
 @asset_check(
     asset=credit_score_model,
     blocking=True,
     partitions_def=daily_partitions(),
+    additional_ins={"train_valid_split": AssetIn()},
     description=(
-        "Validation accuracy at least min_accuracy and no worse than the served (or last "
-        "passing) model beyond the tolerance; on pass the model becomes the MLflow champion."
+        "Test accuracy at least min_accuracy and no worse than the MLflow champion scored on "
+        "the same test rows beyond the tolerance; on pass the champion is elected again: the "
+        "passing model of the newest partition."
     ),
 )
 def credit_score_model_quality(
     context: AssetCheckExecutionContext,
     config: ModelQualityConfig,
     mlflow_tracking: MlflowTrackingResource,
-    prediction_service: PredictionServiceResource,
     credit_score_model: dict[str, Any],
+    train_valid_split: pd.DataFrame,
 ) -> AssetCheckResult:
-    accuracy = float(credit_score_model["metrics"]["val_accuracy"])
-    version = str(credit_score_model["mlflow_model_version"])
     name = credit_score_model["mlflow_model_name"]
-    champion = current_champion(
-        prediction_service.api_url, prediction_service.timeout_seconds, mlflow_tracking
-    )
-    verdict = judge_model(
-        accuracy,
-        min_accuracy=config.min_accuracy,
-        tolerance=config.tolerance,
-        champion=champion,
-    )
+    version = str(credit_score_model["mlflow_model_version"])
+    candidate_tag = credit_score_model["bento_tag"]
+    accuracy = float(credit_score_model["metrics"]["test_accuracy"])
+    test_rows = side_rows(train_valid_split, TEST)
     client = mlflow_tracking.client()
+    try:
+        champion = score_champion(mlflow_tracking, test_rows, candidate_tag)
+    except ChampionUnusable as error:
+        champion, verdict = None, Verdict(False, f"cannot compare with the champion: {error}")
+    else:
+        verdict = judge_model(
+            accuracy,
+            min_accuracy=config.min_accuracy,
+            tolerance=config.tolerance,
+            champion=champion,
+        )
     client.set_model_version_tag(
-        name, version, "quality_check", "passed" if verdict.passed else "failed"
+        name, version, QUALITY_TAG, "passed" if verdict.passed else "failed"
     )
-    if verdict.passed:
-        mlflow_tracking.set_champion(version, name)
-    context.log.info("model %s version %s: %s", name, version, verdict.reason)
+    elected = mlflow_tracking.elect_champion(name) if verdict.passed else mlflow_tracking.champion()
+    crowned = elected is not None and str(elected.version) == version
+    reason = verdict.reason
+    if verdict.passed and not crowned and elected is not None:
+        reason += (
+            f"; the champion stays version {elected.version} "
+            f"(partition {(elected.tags or {}).get(PARTITION_TAG)}, newer data than "
+            f"{context.partition_key})"
+        )
+    context.log.info("model %s version %s: %s", name, version, reason)
     return AssetCheckResult(
         passed=verdict.passed,
         severity=AssetCheckSeverity.ERROR,
-        description=verdict.reason,
+        description=reason,
         metadata={
-            "val_accuracy": MetadataValue.float(accuracy),
+            "test_accuracy": MetadataValue.float(accuracy),
+            "test_rows": MetadataValue.int(len(test_rows)),
             "min_accuracy": MetadataValue.float(config.min_accuracy),
             "tolerance": MetadataValue.float(config.tolerance),
             "champion_accuracy": (
                 MetadataValue.float(champion.accuracy) if champion else MetadataValue.null()
             ),
             "champion_source": champion.source if champion else "none",
-            "bento_tag": credit_score_model["bento_tag"],
+            "champion_version": str(elected.version) if elected else "none",
+            "became_champion": crowned,
+            "bento_tag": candidate_tag,
             "mlflow_model_version": version,
-            "reason": verdict.reason,
+            "reason": reason,
         },
     )

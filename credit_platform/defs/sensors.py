@@ -1,4 +1,5 @@
-"""Sensors: train when labels for a new day arrive; deploy when a better model is ready.
+"""Sensors: train when labels for a new day arrive; deploy when the service does not serve the
+MLflow champion (the passing model of the newest data partition).
 
 Both keep their ticks light (one query, one HTTP call with a short timeout), and every
 request has a run key naming what changed, so repeated ticks never start a run twice.
@@ -23,6 +24,7 @@ from dagster import (
 from sqlalchemy import func, select
 
 from credit_platform.core.db import FeatureStoreUnavailable
+from credit_platform.core.model_store import ModelNotFound, missing_test_metrics, model_metadata
 from credit_platform.core.schema import credit_score
 from credit_platform.core.service_client import ReportedModel
 from credit_platform.defs.jobs import continuous_training_job, deploy_job
@@ -110,38 +112,44 @@ def new_data_sensor(
     )
 
 
-def _model_creation_time(tag: str):
-    from credit_platform.core.settings import export_bentoml_home
+def champion_problem(tags: dict[str, str], version: str) -> str | None:
+    """Why the registry's champion cannot be deployed (None when it can): a missing tag, a
+    model absent from the BentoML store, or a model saved without test metrics."""
+    candidate, partition = tags.get("bento_tag"), tags.get("partition")
+    if not candidate or not partition:
+        return f"champion version {version} lacks bento_tag/partition tags"
+    try:
+        metadata = model_metadata(candidate)
+    except ModelNotFound:
+        return (
+            f"champion version {version} names {candidate}, which is not in the BentoML "
+            "store; restore it or roll the champion back (`credit-platform rollback`)"
+        )
+    missing = missing_test_metrics(metadata)
+    if missing:
+        return (
+            f"champion {candidate} (version {version}) reports no {', '.join(missing)}: it was "
+            "saved before models were scored on test rows; train its partition again or roll "
+            "the champion back"
+        )
+    return None
 
-    export_bentoml_home()
-    import bentoml
 
-    return bentoml.models.get(tag).info.creation_time
-
-
-def deploy_decision(
-    candidate_tag: str, candidate_time, served: ReportedModel | None
-) -> tuple[bool, str]:
-    """Deploy when nothing is served or the candidate is newer than what is served (aware
-    datetimes, never strings)."""
+def deploy_decision(champion_tag: str, served: ReportedModel | None) -> tuple[bool, str]:
+    """Deploy when nothing is served or the service serves anything but the champion."""
     if served is None:
         return True, "the prediction service is down or serves no model"
-    if served.tag == candidate_tag:
-        return False, f"{candidate_tag} is already served"
-    if candidate_time > served.creation_time:
-        return True, (
-            f"{candidate_tag} ({candidate_time.isoformat()}) is newer than the served "
-            f"{served.tag} ({served.creation_time.isoformat()})"
-        )
-    return False, f"the served {served.tag} is newer than the champion {candidate_tag}"
+    if served.tag == champion_tag:
+        return False, f"the champion {champion_tag} is already served"
+    return True, f"the service serves {served.tag}, not the champion {champion_tag}"
 
 
 @sensor(
     job=deploy_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Requests deployed_bento for the newest model that passed its quality check "
-    "when it is newer than what the API serves at /metadata, or when the API is down; a "
+    description="Requests deployed_bento for the MLflow champion (the passing model of the "
+    "newest data partition) when the API serves another model at /metadata, or is down; a "
     f"failed deploy is requested again, up to {MAX_DEPLOY_ATTEMPTS} attempts per model.",
 )
 def deploy_sensor(
@@ -151,11 +159,14 @@ def deploy_sensor(
 ) -> SensorResult | SkipReason:
     champion = mlflow_tracking.champion()
     if champion is None:
-        return SkipReason("no model has passed its quality check yet")
+        return SkipReason(
+            "the MLflow registry has no champion: no model has passed its quality check yet"
+        )
     tags = champion.tags or {}
-    candidate, partition = tags.get("bento_tag"), tags.get("partition")
-    if not candidate or not partition:
-        return SkipReason(f"champion version {champion.version} lacks bento_tag/partition tags")
+    problem = champion_problem(tags, str(champion.version))
+    if problem:
+        return SkipReason(problem)
+    candidate, partition = tags["bento_tag"], tags["partition"]
     served = prediction_service.client().reported_model()
     state = json.loads(context.cursor) if context.cursor else {}
     # While the service stays down, every tick carries the same key: one restart per outage.
@@ -163,7 +174,7 @@ def deploy_sensor(
     if served is None and outage is None:
         outage = str(int(time.time()))
     cursor = json.dumps({"outage": outage} if outage else {})
-    should_deploy, reason = deploy_decision(candidate, _model_creation_time(candidate), served)
+    should_deploy, reason = deploy_decision(candidate, served)
     if not should_deploy:
         return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
     deploy_key = f"deploy:{candidate}" + (f":outage:{outage}" if served is None else "")
@@ -187,6 +198,7 @@ def deploy_sensor(
                 partition_key=partition,
                 tags={
                     "credit_platform/model_tag": candidate,
+                    "credit_platform/mlflow_version": str(champion.version),
                     "credit_platform/reason": reason,
                     DEPLOY_KEY_TAG: deploy_key,
                 },

@@ -495,7 +495,13 @@ def test_metadata_and_health_endpoints(server: Server, tags: ModelTags) -> None:
     assert metadata["model_version"] == tags.first
     assert metadata["partition"] == "2025-01-15"
     assert metadata["params"]["depth"] == 4
-    assert "train_accuracy" in metadata["metrics"]
+    # the test metrics the model was saved with: accuracy, macro F1, recall, confusion matrix
+    metrics = metadata["metrics"]
+    assert 0 < metrics["test_accuracy"] <= 1 and 0 < metrics["test_macro_f1"] <= 1
+    assert {"test_recall_Good", "test_recall_Standard", "test_recall_Poor"} <= set(metrics)
+    confusion = metrics["test_confusion_matrix"]
+    assert confusion["labels"] == ["Good", "Standard", "Poor"]
+    assert sum(map(sum, confusion["rows"])) == 600  # the last fifth of the 3,000 sample rows
     assert datetime.fromisoformat(metadata["creation_time"]).tzinfo is not None
     assert datetime.fromisoformat(metadata["loaded_at"]).tzinfo is not None
 

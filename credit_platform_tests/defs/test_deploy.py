@@ -32,9 +32,11 @@ from credit_platform.core.service_process import (
     descendants,
     free_port,
 )
-from credit_platform.core.settings import ADMIN_TOKEN_ENV
+from credit_platform.core.settings import ADMIN_TOKEN_ENV, MODEL_NAME
 from credit_platform.defs.assets.deploy import (
     HOT_SWAP,
+    MLFLOW_VERSION_RUN_TAG,
+    MODEL_TAG_RUN_TAG,
     OUTDATED_BENTO,
     RESTART,
     START,
@@ -134,7 +136,7 @@ def wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def _deploy(platform, partition, service: PredictionServiceResource | None = None):
+def _deploy(platform, partition, service: PredictionServiceResource | None = None, tags=None):
     resources = platform["resources"]
     if service is not None:
         resources = {**resources, "prediction_service": service}
@@ -145,6 +147,7 @@ def _deploy(platform, partition, service: PredictionServiceResource | None = Non
         resources=resources,
         instance=platform["instance"],
         raise_on_error=False,
+        tags=tags,
     )
 
 
@@ -201,7 +204,7 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert answer["partition"] == FIRST
     pid = assert_runs_bento(platform["port"], built)
 
-    # 3. The champion is newer than the served model: one deploy request keyed by its tag.
+    # 3. The service serves another model than the champion: one deploy request keyed by its tag.
     newer = _tick(platform, cursor=again.cursor)
     assert [(r.run_key, r.partition_key) for r in newer.run_requests] == [
         (f"deploy:{tags[SECOND]}", SECOND)
@@ -261,6 +264,22 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert _served_tag(platform) == tags[SECOND]
     materialized = platform["instance"].get_materialized_partitions(AssetKey("deployed_bento"))
     assert REJECTED not in materialized
+
+    # 7. A run the deploy sensor tagged with a model deploys that model, not the partition's
+    # latest: after a rollback the champion may be an older version of its partition.
+    client = platform["resources"]["mlflow_tracking"].client()
+    (first_version,) = [
+        version.version
+        for version in client.search_model_versions(f"name='{MODEL_NAME}'")
+        if version.tags.get("bento_tag") == tags[FIRST]
+    ]
+    named = _deploy(
+        platform,
+        SECOND,
+        tags={MODEL_TAG_RUN_TAG: tags[FIRST], MLFLOW_VERSION_RUN_TAG: str(first_version)},
+    )
+    assert named.success
+    assert _served_tag(platform) == tags[FIRST]
 
 
 def changed_service_code(target: Path) -> Path:

@@ -1,33 +1,26 @@
-"""The blocking model-quality check: its decision rules, where the champion comes from, and
-that a failed check keeps the deployment asset from running."""
+"""The blocking model-quality check: its decision rules, the champion scored on the
+candidate's own test rows, clear failures for an unusable champion, and that a failed check
+keeps the deployment asset from running."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pandas as pd
 import pytest
 from dagster import AssetKey, asset, materialize
 
 from credit_platform.core.db import init_schema
+from credit_platform.core.features import TARGET
+from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.service_process import free_port
 from credit_platform.core.settings import API_URL_ENV, MODEL_NAME
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.scalers import scalers
-from credit_platform.defs.assets.split import train_valid_split
-from credit_platform.defs.checks import (
-    Champion,
-    credit_score_model_quality,
-    current_champion,
-    judge_model,
-    served_champion,
-)
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, train_valid_split
+from credit_platform.defs.checks import Champion, credit_score_model_quality, judge_model
 from credit_platform.defs.partitions import daily_partitions
-from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform_tests.training_fixtures import (
     insert_partition,
     synthetic_partition,
@@ -82,79 +75,6 @@ def test_the_minimum_applies_even_when_the_champion_is_worse():
     assert not judge_model(0.45, min_accuracy=0.5, tolerance=0.02, champion=champion).passed
 
 
-# --- where the champion comes from ------------------------------------------------------
-
-
-def metadata(model_version: str, val_accuracy: object) -> dict:
-    """A /metadata body as the service answers it (the fields the check reads)."""
-    return {
-        "model_version": model_version,
-        "creation_time": "2025-02-03T10:00:00+00:00",
-        "metrics": {"val_accuracy": val_accuracy},
-    }
-
-
-@contextmanager
-def stub_api(body: object, status: int = 200) -> Iterator[str]:
-    """A tiny HTTP server answering GET /metadata with `body`, on a free port."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            payload = json.dumps(body).encode() if not isinstance(body, bytes) else body
-            self.send_response(status if self.path == "/metadata" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_the_served_models_accuracy_comes_from_metadata():
-    with stub_api(metadata("credit_score_classifier:abc", 0.61)) as url:
-        champion = served_champion(url, timeout=2)
-    assert champion == Champion(0.61, f"served credit_score_classifier:abc at {url}")
-
-
-@pytest.mark.parametrize(
-    ("body", "status"),
-    [
-        ({**metadata("x", 0.9), "metrics": {}}, 200),
-        (metadata("x", "high"), 200),
-        ({**metadata("x", 0.9), "creation_time": "2025-02-03T10:00:00"}, 200),  # naive time
-        ({"metrics": {"val_accuracy": 0.9}}, 200),
-        (b"not json", 200),
-        (metadata("x", 0.9), 503),
-    ],
-    ids=["no accuracy", "accuracy not a number", "naive time", "no version", "not JSON", "503"],
-)
-def test_a_served_model_without_a_usable_accuracy_is_no_champion(body, status):
-    with stub_api(body, status) as url:
-        assert served_champion(url, timeout=2) is None
-
-
-def test_a_down_api_is_no_champion():
-    assert served_champion(f"http://127.0.0.1:{free_port()}", timeout=1) is None
-
-
-def test_the_served_model_wins_over_the_registry(tmp_path, sqlite_url):
-    tracking = training_resources(tmp_path, sqlite_url)["mlflow_tracking"]
-    with stub_api(metadata("served", 0.7)) as url:
-        assert current_champion(url, 2, tracking).accuracy == 0.7
-    # nothing served and nothing registered: no champion at all
-    assert current_champion(f"http://127.0.0.1:{free_port()}", 1, tracking) is None
-
-
 # --- the check inside a run -------------------------------------------------------------
 
 
@@ -164,11 +84,12 @@ def training_setup(tmp_path, sqlite_url, monkeypatch):
     engine = init_schema(sqlite_url)
     insert_partition(engine, synthetic_partition(DAY, rows=300, seed=11))
     engine.dispose()
+    # Whatever answers at the API's URL plays no part in the check.
     monkeypatch.setenv(API_URL_ENV, f"http://127.0.0.1:{free_port()}")
     return training_resources(tmp_path, sqlite_url)
 
 
-def _run(resources, min_accuracy: float | None = None):
+def _run(resources, min_accuracy: float | None = None, grid: dict | None = None):
     check_config = {} if min_accuracy is None else {"min_accuracy": min_accuracy}
     return materialize(
         [
@@ -182,7 +103,7 @@ def _run(resources, min_accuracy: float | None = None):
         resources=resources,
         run_config={
             "ops": {
-                "credit_score_model": {"config": tiny_grid()},
+                "credit_score_model": {"config": grid or tiny_grid()},
                 "credit_score_model_credit_score_model_quality": {"config": check_config},
             }
         },
@@ -215,6 +136,11 @@ def test_a_failing_check_blocks_deployment_and_crowns_no_champion(training_setup
     assert tags["quality_check"] == "failed"
 
 
+def _stored_test_rows(tmp_path) -> pd.DataFrame:
+    stored = pd.read_parquet(tmp_path / "storage" / "train_valid_split" / f"{PARTITION}.parquet")
+    return stored[stored[SPLIT_COLUMN] == TEST]
+
+
 def test_a_passing_check_lets_deployment_run_and_crowns_the_champion(training_setup):
     result = _run(training_setup)
 
@@ -222,8 +148,9 @@ def test_a_passing_check_lets_deployment_run_and_crowns_the_champion(training_se
     evaluation = _evaluation(result)
     assert evaluation.passed
     summary = result.output_for_node("credit_score_model")
-    assert evaluation.metadata["val_accuracy"].value == summary["metrics"]["val_accuracy"]
+    assert evaluation.metadata["test_accuracy"].value == summary["metrics"]["test_accuracy"]
     assert evaluation.metadata["champion_source"].value == "none"
+    assert evaluation.metadata["became_champion"].value is True
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     assert DEPLOYED in materialized
 
@@ -231,23 +158,42 @@ def test_a_passing_check_lets_deployment_run_and_crowns_the_champion(training_se
     assert champion is not None
     assert str(champion.version) == summary["mlflow_model_version"]
     assert champion.tags["bento_tag"] == summary["bento_tag"]
-    # With no API answering, the next check measures against this registry champion.
-    fallback = current_champion(
-        f"http://127.0.0.1:{free_port()}", 1, training_setup["mlflow_tracking"]
+    assert champion.tags["quality_check"] == "passed"
+
+
+def test_the_champion_is_scored_on_the_candidates_own_test_rows(training_setup, tmp_path):
+    champion_run = _run(training_setup)
+    champion_tag = champion_run.output_for_node("credit_score_model")["bento_tag"]
+    # A much weaker candidate of the same day: two trees of depth 2.
+    weak = {"depths": [2], "rsms": [1.0], "l2_leaf_regs": [3.0], "iterations": 2}
+    result = _run(training_setup, min_accuracy=0.3, grid=weak)
+
+    evaluation = _evaluation(result)
+    test = _stored_test_rows(tmp_path)
+    bundle = load_model_bundle(champion_tag)
+    probabilities = bundle.model.predict_proba(prepare_model_input(test, bundle.scalers))
+    expected = (bundle.model.classes_[probabilities.argmax(axis=1)] == test[TARGET]).mean()
+    assert evaluation.metadata["champion_accuracy"].value == pytest.approx(expected)
+    assert evaluation.metadata["test_rows"].value == len(test)
+    assert evaluation.metadata["champion_source"].value.startswith(champion_tag)
+    assert not evaluation.passed
+    assert "worse than the champion's" in evaluation.metadata["reason"].value
+    assert "on the same test rows" in evaluation.metadata["reason"].value
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert DEPLOYED not in materialized
+    assert training_setup["mlflow_tracking"].champion().tags["bento_tag"] == champion_tag
+
+
+def test_a_champion_missing_from_the_bentoml_store_fails_the_check_clearly(training_setup):
+    first = _run(training_setup).output_for_node("credit_score_model")
+    tracking = training_setup["mlflow_tracking"]
+    tracking.client().set_model_version_tag(
+        MODEL_NAME, first["mlflow_model_version"], "bento_tag", f"{MODEL_NAME}:nosuchmodel"
     )
-    assert fallback.accuracy == pytest.approx(summary["metrics"]["val_accuracy"], abs=1e-6)
-    assert f"version {summary['mlflow_model_version']} (champion)" in fallback.source
-
-
-def test_a_model_much_worse_than_the_served_one_is_blocked(training_setup, monkeypatch):
-    served = metadata("credit_score_classifier:best", 0.99)
-    with stub_api(served) as url:
-        training_setup["prediction_service"] = PredictionServiceResource(api_url=url)
-        result = _run(training_setup)
+    result = _run(training_setup)
 
     evaluation = _evaluation(result)
     assert not evaluation.passed
-    assert evaluation.metadata["champion_accuracy"].value == 0.99
-    assert "credit_score_classifier:best" in evaluation.metadata["reason"].value
-    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
-    assert DEPLOYED not in materialized
+    reason = evaluation.metadata["reason"].value
+    assert f"{MODEL_NAME}:nosuchmodel" in reason and "not in the BentoML store" in reason
+    assert str(tracking.champion().version) == first["mlflow_model_version"]

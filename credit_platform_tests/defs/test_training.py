@@ -1,4 +1,5 @@
-"""Grid search, MLflow tracking and the BentoML hand-off of `credit_score_model`."""
+"""Grid search, MLflow tracking and the BentoML hand-off of `credit_score_model`: valid rows
+choose the trial, test rows report it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from credit_platform.core.training import (
 )
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.scalers import scalers
-from credit_platform.defs.assets.split import SPLIT_COLUMN, TRAIN, VALID, stratified_split
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, stratified_split
 from credit_platform.defs.assets.split import train_valid_split as split_asset
 from credit_platform.defs.resources.mlflow_tracking import ExperimentDeleted, MlflowTrackingResource
 from credit_platform_tests.training_fixtures import (
@@ -48,6 +49,11 @@ MODEL_METADATA_KEYS = {
     "mlflow_run",
     "mlflow_model_version",
     "best_params",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_recall_Good",
+    "test_recall_Standard",
+    "test_recall_Poor",
     "val_accuracy",
     "val_macro_f1",
     "trials",
@@ -55,6 +61,7 @@ MODEL_METADATA_KEYS = {
     "feature_importance",
     "rows_train",
     "rows_valid",
+    "rows_test",
 }
 
 
@@ -68,6 +75,19 @@ def test_parameter_grid_is_the_full_product_in_a_stable_order():
         parameter_grid([], [0.5], [1])
     with pytest.raises(ValueError, match="rsm"):
         parameter_grid([4], [1.5], [1])
+
+
+def test_evaluation_reports_recall_per_label():
+    confusion = np.array([[8, 2, 0], [1, 6, 3], [0, 0, 0]])
+    evaluation = Evaluation(accuracy=0.7, macro_f1=0.5, confusion=confusion)
+    assert evaluation.recall == {"Good": 0.8, "Standard": 0.6, "Poor": 0.0}
+    assert evaluation.metrics("test") == {
+        "test_accuracy": 0.7,
+        "test_macro_f1": 0.5,
+        "test_recall_Good": 0.8,
+        "test_recall_Standard": 0.6,
+        "test_recall_Poor": 0.0,
+    }
 
 
 def _result(accuracy: float, macro_f1: float) -> TrialResult:
@@ -89,6 +109,30 @@ def test_best_trial_is_highest_accuracy_then_f1_then_first():
     assert best_trial([high_better_f1, high_again]) is high_better_f1
     with pytest.raises(ValueError):
         best_trial([])
+
+
+def test_best_trial_can_be_chosen_by_macro_f1():
+    accurate, balanced = _result(0.7, 0.5), _result(0.68, 0.6)
+    assert best_trial([accurate, balanced]) is accurate
+    assert best_trial([accurate, balanced], "macro_f1") is balanced
+    with pytest.raises(ValueError, match="metric"):
+        best_trial([accurate], "recall")
+    with pytest.raises(ValueError, match="selection_metric"):
+        FitSettings(selection_metric="recall")
+    with pytest.raises(ValueError, match="class_weights"):
+        FitSettings(class_weights="heavy")
+
+
+def test_the_seed_grid_stays_selectable():
+    seed = settings.TRAINING_GRIDS["seed"]
+    assert (seed["depths"], seed["rsms"], seed["l2_leaf_regs"]) == (
+        [4, 6, 8],
+        [0.5, 0.75, 1.0],
+        [1.0, 3.0, 5.0],
+    )
+    assert seed["learning_rate"] == 0.3 and seed["loss_function"] == "MultiClassOneVsAll"
+    assert seed["early_stopping_rounds"] == 50 and seed["selection_metric"] == "accuracy"
+    assert set(settings.TRAINING_GRIDS) == set(settings.TRAINING_GRIDS)
 
 
 def test_markdown_table_escapes_cell_separators():
@@ -162,12 +206,25 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     for child in children:
         assert {"val_accuracy", "val_macro_f1", "best_iteration"} <= set(child.data.metrics)
         assert {"depth", "rsm", "l2_leaf_reg"} <= set(child.data.params)
-    best_child = max(children, key=lambda run: run.data.metrics["val_accuracy"])
+    # The default grid (the `tuned` preset unless CREDIT_TRAINING_GRID says otherwise) picks
+    # its trial by its selection metric on the valid rows.
+    preset = settings.TRAINING_GRIDS[settings.training_grid()]
+    first, second = (
+        ("val_macro_f1", "val_accuracy")
+        if preset["selection_metric"] == "macro_f1"
+        else ("val_accuracy", "val_macro_f1")
+    )
+    best_child = max(children, key=lambda run: (run.data.metrics[first], run.data.metrics[second]))
     assert summary["mlflow_run_id"] == best_child.info.run_id
-    assert summary["metrics"]["val_accuracy"] == pytest.approx(
+    assert summary["validation_metrics"]["val_accuracy"] == pytest.approx(
         best_child.data.metrics["val_accuracy"]
     )
     assert summary["trials"] == 2
+    # The parent run reports the chosen trial's test metrics, and its confusion matrix.
+    for name in ("test_accuracy", "test_macro_f1", "test_recall_Good"):
+        assert parent.data.metrics[name] == pytest.approx(summary["metrics"][name])
+    confusion = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/test_confusion_matrix.json")
+    assert confusion["labels"] == list(LABELS)
 
     # A new registered version, tagged with the partition and the BentoML tag.
     version = client.get_model_version(MODEL_NAME, summary["mlflow_model_version"])
@@ -180,11 +237,15 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     assert summary["bento_tag"] in list_model_tags()
     bundle = load_model_bundle(summary["bento_tag"])
     assert bundle.partition == PARTITION
-    assert bundle.metadata["metrics"]["val_accuracy"] == pytest.approx(
-        summary["metrics"]["val_accuracy"]
+    for name, value in summary["metrics"].items():
+        assert bundle.metadata["metrics"][name] == pytest.approx(value)
+    assert bundle.metadata["metrics"]["test_confusion_matrix"] == confusion
+    assert bundle.metadata["validation_metrics"]["val_accuracy"] == pytest.approx(
+        summary["validation_metrics"]["val_accuracy"]
     )
     assert bundle.metadata["params"]["depth"] == summary["params"]["depth"]
-    assert bundle.metadata["params"]["learning_rate"] == 0.3
+    assert bundle.metadata["params"]["learning_rate"] == preset["learning_rate"]
+    assert bundle.metadata["params"]["class_weights"] == preset["class_weights"]
     assert bundle.metadata["mlflow_run_id"] == best_child.info.run_id
     assert bundle.metadata["mlflow_model_version"] == summary["mlflow_model_version"]
     assert bundle.metadata["dagster_run_id"] == result.run_id
@@ -192,11 +253,13 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
         assert bundle.scalers[name].center_[0] == fitted_scalers[name].center_[0]
         assert bundle.scalers[name].scale_[0] == fitted_scalers[name].scale_[0]
     stored = pd.read_parquet(tmp_path / "storage" / "train_valid_split" / f"{PARTITION}.parquet")
-    valid = stored[stored[SPLIT_COLUMN] == VALID]
-    probabilities = bundle.model.predict_proba(prepare_model_input(valid, bundle.scalers))
+    # The reported accuracy is the saved model's on the stored split's test rows.
+    test = stored[stored[SPLIT_COLUMN] == TEST]
+    assert sum(confusion["rows"], []) and sum(map(sum, confusion["rows"])) == len(test)
+    probabilities = bundle.model.predict_proba(prepare_model_input(test, bundle.scalers))
     predicted = np.asarray(bundle.model.classes_)[probabilities.argmax(axis=1)]
-    assert (predicted == valid[TARGET].to_numpy()).mean() == pytest.approx(
-        summary["metrics"]["val_accuracy"]
+    assert (predicted == test[TARGET].to_numpy()).mean() == pytest.approx(
+        summary["metrics"]["test_accuracy"]
     )
 
     (materialization,) = result.asset_materializations_for_node("credit_score_model")
@@ -204,7 +267,9 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     assert set(metadata) >= MODEL_METADATA_KEYS
     assert metadata["bento_tag"].value == summary["bento_tag"]
     assert metadata["trials"].value == 2
-    assert metadata["rows_train"].value + metadata["rows_valid"].value == 300
+    assert metadata["test_accuracy"].value == summary["metrics"]["test_accuracy"]
+    sizes = [metadata[f"rows_{side}"].value for side in ("train", "valid", "test")]
+    assert sum(sizes) == 300 and min(sizes) >= 55
     assert "| Good |" in metadata["confusion_matrix"].value
     assert metadata["feature_importance"].value.count("\n") == 11  # header, rule, top 10
 

@@ -24,6 +24,9 @@ from credit_platform.defs.resources.prediction_service import PredictionServiceR
 
 DEPLOYED_BENTO_ASSET = "deployed_bento"
 QUALITY_TAG = "quality_check"
+# Run tags the deploy sensor sets: the champion's BentoML tag and MLflow version.
+MODEL_TAG_RUN_TAG = "credit_platform/model_tag"
+MLFLOW_VERSION_RUN_TAG = "credit_platform/mlflow_version"
 
 # How the model came to serve (the asset's "how" metadata).
 START, RESTART, HOT_SWAP, OUTDATED_BENTO = "start", "restart", "hot swap", "hot swap (old Bento)"
@@ -53,6 +56,19 @@ def rollout(
     return RESTART if can_restart else OUTDATED_BENTO
 
 
+def model_to_deploy(run_tags: dict[str, str], partition_model: dict[str, Any]) -> dict[str, Any]:
+    """The model a run deploys: the one the deploy sensor named (the champion, which after a
+    rollback may be an older version of the partition), else the partition's latest."""
+    tag, version = run_tags.get(MODEL_TAG_RUN_TAG), run_tags.get(MLFLOW_VERSION_RUN_TAG)
+    if not tag or not version:
+        return partition_model
+    return {
+        "bento_tag": tag,
+        "mlflow_model_name": partition_model["mlflow_model_name"],
+        "mlflow_model_version": version,
+    }
+
+
 @asset(
     name=DEPLOYED_BENTO_ASSET,
     partitions_def=daily_partitions(),
@@ -72,8 +88,9 @@ def deployed_bento(
     mlflow_tracking: MlflowTrackingResource,
     prediction_service: PredictionServiceResource,
 ) -> MaterializeResult:
-    model_tag = credit_score_model["bento_tag"]
-    verdict = quality_verdict(mlflow_tracking, credit_score_model)
+    model = model_to_deploy(context.run.tags, credit_score_model)
+    model_tag = model["bento_tag"]
+    verdict = quality_verdict(mlflow_tracking, model)
     if verdict != "passed":
         raise Failure(
             description=(
@@ -124,7 +141,7 @@ def deployed_bento(
         "previous_bento_tag": (before.bento_tag or "none") if before else "none",
         "built_bento_tag": built,
         "api_url": MetadataValue.url(api_url),
-        "val_accuracy": MetadataValue.float(float(served.metrics.get("val_accuracy", 0.0))),
+        "test_accuracy": MetadataValue.float(float(served.metrics.get("test_accuracy", 0.0))),
         "model_creation_time": served.creation_time.isoformat(),
     }
     if served.bento_tag != built:

@@ -1,8 +1,9 @@
 """`credit_score_model`: grid-searched CatBoost, tracked in MLflow, saved to BentoML.
 
-Each grid point is a nested MLflow run under one parent run per partition; the best by
-validation accuracy becomes a new version of the registered model and a new
-`credit_score_classifier` in the BentoML store (with the scalers it was trained with).
+Each grid point is a nested MLflow run under one parent run per partition; the best on the
+valid rows is scored once on the test rows, and those test metrics are what the parent run,
+the new registered model version, the `credit_score_classifier` in the BentoML store (saved
+with its scalers) and the asset's metadata report.
 """
 
 import json
@@ -22,14 +23,16 @@ from credit_platform.core.training import (
     FitSettings,
     TrialResult,
     best_trial,
+    confusion_document,
     confusion_markdown,
+    evaluate,
     feature_importances,
     fit_trial,
     make_pool,
     markdown_table,
     parameter_grid,
 )
-from credit_platform.defs.assets.split import SPLIT_COLUMN, TRAIN, VALID
+from credit_platform.defs.assets.split import TEST, TRAIN, VALID, side_rows
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
@@ -64,9 +67,27 @@ class TrainingConfig(Config):
         ge=1,
         description="Upper bound on boosting rounds.",
     )
-    learning_rate: float = Field(default=0.3, gt=0)
+    learning_rate: float = Field(default=_grid_default("learning_rate"), gt=0)
+    loss_function: str = Field(
+        default=_grid_default("loss_function"),
+        description="CatBoost loss: MultiClassOneVsAll or MultiClass.",
+    )
+    eval_metric: str = Field(
+        default=_grid_default("eval_metric"),
+        description="CatBoost metric on the valid rows that early stopping follows.",
+    )
     early_stopping_rounds: int = Field(
-        default=50, ge=1, description="Stop after this many rounds without a better valid score."
+        default=_grid_default("early_stopping_rounds"),
+        ge=1,
+        description="Stop after this many rounds without a better valid score.",
+    )
+    class_weights: str = Field(
+        default=_grid_default("class_weights"),
+        description="CatBoost auto_class_weights: none, Balanced or SqrtBalanced.",
+    )
+    selection_metric: str = Field(
+        default=_grid_default("selection_metric"),
+        description="Valid-row score that picks the best trial: accuracy or macro_f1.",
     )
     thread_count: int = Field(default=-1, description="CatBoost threads; -1 uses every core.")
     random_seed: int = Field(default=42)
@@ -78,6 +99,10 @@ class TrainingConfig(Config):
             early_stopping_rounds=self.early_stopping_rounds,
             thread_count=self.thread_count,
             random_seed=self.random_seed,
+            loss_function=self.loss_function,
+            eval_metric=self.eval_metric,
+            class_weights=self.class_weights,
+            selection_metric=self.selection_metric,
         )
 
 
@@ -87,6 +112,9 @@ def _fixed_params(fit: FitSettings) -> dict[str, Any]:
         "learning_rate": fit.learning_rate,
         "iterations": fit.iterations,
         "early_stopping_rounds": fit.early_stopping_rounds,
+        "eval_metric": fit.eval_metric,
+        "class_weights": fit.class_weights,
+        "selection_metric": fit.selection_metric,
         "random_seed": fit.random_seed,
     }
 
@@ -103,7 +131,8 @@ def _trial_run_name(index: int, result_params: dict[str, Any]) -> str:
     kinds={"catboost", "mlflow", "bentoml"},
     description=(
         "CatBoost grid search (depth × rsm × l2_leaf_reg) tracked in MLflow; the best trial "
-        f"by validation accuracy is registered as {MODEL_NAME} and saved to BentoML."
+        "on the valid rows is scored once on the test rows, registered as "
+        f"{MODEL_NAME} and saved to BentoML with those test metrics."
     ),
 )
 def credit_score_model(
@@ -117,8 +146,12 @@ def credit_score_model(
     from mlflow.models import infer_signature
 
     partition = context.partition_key
-    train = train_valid_split.loc[train_valid_split[SPLIT_COLUMN] == TRAIN]
-    valid = train_valid_split.loc[train_valid_split[SPLIT_COLUMN] == VALID]
+    train, valid, test = (side_rows(train_valid_split, side) for side in (TRAIN, VALID, TEST))
+    if test.empty:
+        raise ValueError(
+            f"partition {partition}: the stored split has no test rows; materialize "
+            "train_valid_split again"
+        )
     train_input = prepare_model_input(train, scalers)
     valid_input = prepare_model_input(valid, scalers)
     train_pool = make_pool(train_input, train[TARGET])
@@ -138,6 +171,7 @@ def credit_score_model(
                 "grid_l2_leaf_regs": json.dumps(config.l2_leaf_regs),
                 "rows_train": len(train),
                 "rows_valid": len(valid),
+                "rows_test": len(test),
             }
         )
         best: TrialResult | None = None
@@ -165,15 +199,18 @@ def credit_score_model(
                 result.evaluation.macro_f1,
                 result.best_iteration,
             )
-            if best is None or best_trial([best, result]) is result:
+            if best is None or best_trial([best, result], fit.selection_metric) is result:
                 best, best_run_id, best_model_uri = result, trial_run.info.run_id, logged.model_uri
         assert best is not None  # parameter_grid never returns an empty grid
 
-        metrics = best.metrics
+        # The one use of the test rows: report the chosen model.
+        tested = evaluate(best.model, make_pool(prepare_model_input(test, scalers)), test[TARGET])
+        metrics = tested.metrics("test")
         params = {**best.params.as_dict(), **fixed}
-        confusion = confusion_markdown(best.evaluation)
+        confusion = confusion_markdown(tested)
         importances = markdown_table(["feature", "importance"], feature_importances(best.model))
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({**metrics, **best.metrics})
+        mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
         mlflow.log_text(importances, "feature_importance.md")
 
@@ -182,8 +219,8 @@ def credit_score_model(
             MODEL_NAME,
             tags={
                 **tags,
-                "val_accuracy": f"{best.evaluation.accuracy:.6f}",
-                "val_macro_f1": f"{best.evaluation.macro_f1:.6f}",
+                "test_accuracy": f"{tested.accuracy:.6f}",
+                "test_macro_f1": f"{tested.macro_f1:.6f}",
                 "trial_run_id": best_run_id,
             },
         )
@@ -193,6 +230,8 @@ def credit_score_model(
             partition=partition,
             metrics=metrics,
             params=params,
+            confusion=confusion_document(tested),
+            validation_metrics=best.metrics,
             extra={
                 "mlflow_run_id": best_run_id,
                 "mlflow_parent_run_id": parent.info.run_id,
@@ -214,6 +253,7 @@ def credit_score_model(
         "mlflow_model_name": MODEL_NAME,
         "mlflow_model_version": str(version.version),
         "metrics": metrics,
+        "validation_metrics": best.metrics,
         "params": params,
         "trials": len(grid),
     }
@@ -227,13 +267,15 @@ def credit_score_model(
             "mlflow_parent_run": MetadataValue.url(mlflow_tracking.run_url(parent.info.run_id)),
             "mlflow_model_version": MetadataValue.text(str(version.version)),
             "best_params": MetadataValue.json(params),
-            "val_accuracy": MetadataValue.float(metrics["val_accuracy"]),
-            "val_macro_f1": MetadataValue.float(metrics["val_macro_f1"]),
+            **{name: MetadataValue.float(value) for name, value in metrics.items()},
+            "val_accuracy": MetadataValue.float(best.evaluation.accuracy),
+            "val_macro_f1": MetadataValue.float(best.evaluation.macro_f1),
             "best_iteration": MetadataValue.int(best.best_iteration),
             "trials": MetadataValue.int(len(grid)),
             "confusion_matrix": MetadataValue.md(confusion),
             "feature_importance": MetadataValue.md(importances),
             "rows_train": MetadataValue.int(len(train)),
             "rows_valid": MetadataValue.int(len(valid)),
+            "rows_test": MetadataValue.int(len(test)),
         },
     )

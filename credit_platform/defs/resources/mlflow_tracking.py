@@ -1,4 +1,9 @@
-"""MLflow tracking and model registry as a Dagster resource."""
+"""MLflow tracking and model registry as a Dagster resource.
+
+The registry's `champion` alias is the source of truth for what should serve: it is
+elected from the version tags (the passing model of the newest data partition), so the
+order in which runs finish never decides it.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION_ALIAS = "champion"
+QUALITY_TAG = "quality_check"
+PASSED = "passed"
+PARTITION_TAG = "partition"
+BENTO_TAG = "bento_tag"
+# A rolled-back version keeps its quality verdict but is never elected again.
+ROLLED_BACK_TAG = "rolled_back"
 # Error codes MLflow uses for "no such registered model" and "no such alias".
 _ABSENT_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
@@ -150,6 +161,58 @@ class MlflowTrackingResource(ConfigurableResource):
     def set_champion(self, version: str, name: str = settings.MODEL_NAME) -> None:
         self.client().set_registered_model_alias(name, CHAMPION_ALIAS, version)
 
+    def versions(self, name: str = settings.MODEL_NAME) -> list[ModelVersion]:
+        """Every version of the registered model (none when it was never registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return list(self.client().search_model_versions(f"name = '{name}'"))
+        except MlflowException as error:
+            if error.error_code in _ABSENT_CODES:
+                return []
+            raise
+
+    def elect_champion(self, name: str = settings.MODEL_NAME) -> ModelVersion | None:
+        """Point the champion alias at the passing, not rolled-back version of the newest data
+        partition (the newest such version on a tie) and return it; None when none qualifies.
+
+        Every check records its verdict tag before electing, so whichever of several
+        concurrent runs elects last sees every verdict and leaves the same answer; a second
+        pass repairs an alias moved by a run that elected from an older view.
+        """
+        elected = None
+        for _ in range(2):
+            elected = champion_of(self.versions(name))
+            current = self.champion(name)
+            if elected is None:
+                if current is not None:
+                    self.client().delete_registered_model_alias(name, CHAMPION_ALIAS)
+                return None
+            if current is None or str(current.version) != str(elected.version):
+                self.set_champion(str(elected.version), name)
+        return elected
+
+    def roll_back(self, name: str = settings.MODEL_NAME) -> tuple[ModelVersion, ModelVersion]:
+        """Retire the champion (tag it rolled back) and elect the next one; returns (retired,
+        new champion). Raises LookupError when there is no champion or none to fall back to."""
+        current = self.champion(name)
+        if current is None:
+            raise LookupError(f"{name} has no {CHAMPION_ALIAS!r} alias: nothing to roll back")
+        remaining = [
+            version
+            for version in self.versions(name)
+            if str(version.version) != str(current.version)
+        ]
+        if champion_of(remaining) is None:
+            raise LookupError(
+                f"{name} version {current.version} is the only passing model: there is no "
+                "previous champion to roll back to"
+            )
+        self.client().set_model_version_tag(name, str(current.version), ROLLED_BACK_TAG, "true")
+        elected = self.elect_champion(name)
+        assert elected is not None  # `remaining` holds an eligible version
+        return current, elected
+
     def _is_server(self) -> bool:
         return self.tracking_uri.startswith(("http://", "https://"))
 
@@ -166,3 +229,23 @@ class MlflowTrackingResource(ConfigurableResource):
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+
+
+def eligible(version: ModelVersion) -> bool:
+    """Passed its quality check, knows its partition and model, and was never rolled back."""
+    tags = version.tags or {}
+    return (
+        tags.get(QUALITY_TAG) == PASSED
+        and bool(tags.get(PARTITION_TAG))
+        and bool(tags.get(BENTO_TAG))
+        and tags.get(ROLLED_BACK_TAG) != "true"
+    )
+
+
+def champion_of(versions: list[ModelVersion]) -> ModelVersion | None:
+    """The eligible version of the newest partition (ISO dates sort as days); on a tie the
+    newest version. None when no version is eligible."""
+    candidates = [version for version in versions if eligible(version)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda version: (version.tags[PARTITION_TAG], int(version.version)))
