@@ -4,11 +4,12 @@ server processes started in their own process group.
 
 Import this module before anything from `credit_platform` or BentoML: it pins the
 benchmark's home (CREDIT_BENCH_HOME, default ~/.credit_platform_bench) so a benchmark never
-touches the user's ~/.credit_platform.
+touches the user's ~/.credit_platform, and points the API URL at a port nothing answers on.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -37,25 +38,21 @@ def bench_home() -> Path:
 
 def pin_environment() -> dict[str, str]:
     """Point every platform setting at the benchmark home (in this process, and returned
-    for the subprocesses)."""
+    for the subprocesses): variables a user exported are cleared, and the prediction API's
+    URL is a port this process holds without listening, so nothing a benchmark runs can
+    reach a service it did not start (a demo on port 3000)."""
+    from credit_platform.core.service_process import SilentPort, pin_isolated_environment
+
     home = bench_home()
     home.mkdir(parents=True, exist_ok=True)
-    for name in ("FEATURE_STORE_URL", "MLFLOW_TRACKING_URI", "CREDIT_API_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        {
-            "CREDIT_PLATFORM_HOME": str(home),
-            "BENTOML_HOME": str(home / "bentoml"),
-            "DAGSTER_HOME": str(home / "dagster"),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        }
-    )
+    silent_api = SilentPort()  # held until this process exits (atexit keeps a reference)
+    atexit.register(silent_api.close)
+    environment = pin_isolated_environment(home, silent_api.url)
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = (
         f"{REPO_ROOT}{os.pathsep}{pythonpath}" if pythonpath else str(REPO_ROOT)
     )
-    return dict(os.environ)
+    return {**environment, "PYTHONPATH": os.environ["PYTHONPATH"]}
 
 
 pin_environment()

@@ -1,6 +1,10 @@
 """Shared fixtures: an isolated platform home per test session, SQLite and MariaDB stores.
 
-The home is pinned before anything imports BentoML, which reads BENTOML_HOME once.
+The suite is hermetic: before anything imports BentoML (which reads BENTOML_HOME once),
+every platform variable a user may have set is cleared, the home, the BentoML store and the
+Dagster instance go to a fresh temporary directory, and the prediction API's URL points at
+a port this session holds without listening. So no test reaches `~/.credit_platform`,
+port 3000 or a service it did not start (such as a demo left running).
 """
 
 from __future__ import annotations
@@ -12,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from credit_platform.core.service_process import SilentPort, pin_isolated_environment
+
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="credit_platform_test_home_"))
-for _name in ("FEATURE_STORE_URL", "MLFLOW_TRACKING_URI", "BENTOML_HOME", "CREDIT_API_URL"):
-    os.environ.pop(_name, None)
-os.environ["CREDIT_PLATFORM_HOME"] = str(_SESSION_HOME)
-os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Held (bound, never listening) for the whole session: the API URL every test inherits.
+_SILENT_API_PORT = SilentPort()
+pin_isolated_environment(_SESSION_HOME, _SILENT_API_PORT.url)
 
 MARIADB_SERVER_URL = os.environ.get(
     "CREDIT_TEST_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306"
@@ -30,6 +33,12 @@ KAGGLE_SAMPLE = SHARED_DATA / "kaggle_credit_train_sample.csv"
 @pytest.fixture(scope="session")
 def platform_home() -> Path:
     return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def unanswered_api_url() -> str:
+    """The session's API URL: nothing answers there, and nothing can start there."""
+    return _SILENT_API_PORT.url
 
 
 @pytest.fixture

@@ -119,6 +119,17 @@ def _partition_range(start: str, end: str | None) -> list[str]:
     last = date.fromisoformat(end) if end else first
     if last < first:
         raise click.BadParameter(f"--end {last} is before --partition {first}")
+    from credit_platform.defs.partitions import daily_partitions
+
+    partitions = daily_partitions()
+    valid_first = date.fromisoformat(partitions.get_first_partition_key())
+    valid_last = date.fromisoformat(partitions.get_last_partition_key())
+    for day in (first, last):
+        if not valid_first <= day <= valid_last:
+            fail(
+                f"partition {day} is outside the valid range {valid_first} .. {valid_last} "
+                f"(from {settings.PARTITIONS_START_ENV} to yesterday, the last complete day)"
+            )
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 

@@ -3,7 +3,7 @@
 
 from collections.abc import Callable
 
-from dagster import DagsterInstance, ExecuteInProcessResult
+from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance, ExecuteInProcessResult
 
 from credit_platform.core import settings
 from credit_platform.defs.definitions import defs
@@ -26,6 +26,50 @@ def training_run_config(grid: str | None) -> dict:
     return {"loggers": CONSOLE_LOGGING, "ops": {"credit_score_model": {"config": config}}}
 
 
+# Dagster's wrappers around a user error: the cause says what went wrong.
+_WRAPPER_ERRORS = {"DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}
+
+
+def failure_reasons(result: ExecuteInProcessResult) -> list[str]:
+    """Why a run failed, one line each: every failed blocking check with its description,
+    every other failed step with its error; the run's own error when no step failed."""
+    reasons: list[str] = []
+    check_steps: set[str] = set()
+    for event in result.all_events:
+        if event.event_type != DagsterEventType.ASSET_CHECK_EVALUATION:
+            continue
+        evaluation = event.event_specific_data
+        if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
+            reasons.append(
+                f"check {evaluation.check_name} failed: "
+                f"{_one_line(evaluation.description or 'no description')}"
+            )
+            check_steps.add(event.step_key)
+    for event in result.all_events:
+        if event.is_step_failure and event.step_key not in check_steps:
+            reasons.append(f"step {event.step_key} failed: {_error_text(event)}")
+    if not reasons:
+        for event in result.all_events:
+            if event.event_type == DagsterEventType.RUN_FAILURE:
+                error = getattr(event.event_specific_data, "error", None)
+                reasons.append(_one_line(error.message if error else event.message or ""))
+    return reasons or ["the run failed without recording why"]
+
+
+def _error_text(event) -> str:
+    failure = event.step_failure_data
+    if failure.user_failure_data is not None and failure.user_failure_data.description:
+        return _one_line(failure.user_failure_data.description)
+    error = failure.error
+    while error.cause is not None and error.cls_name in _WRAPPER_ERRORS:
+        error = error.cause
+    return _one_line(error.message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _execute(
     job_name: str, partition: str, run_config: dict, instance: DagsterInstance, echo: Echo
 ) -> ExecuteInProcessResult:
@@ -33,18 +77,19 @@ def _execute(
         partition_key=partition, run_config=run_config, instance=instance, raise_on_error=False
     )
     if not result.success:
-        for event in result.all_events:
-            if event.is_failure and event.step_failure_data is not None:
-                echo(f"  {event.step_key} failed: {event.step_failure_data.error.message}")
-        echo(f"  run {result.run_id} failed")
+        echo(
+            f"partition {partition} failed (run {result.run_id}): "
+            + "; ".join(failure_reasons(result))
+        )
     return result
 
 
 def run_training_partitions(
     partitions: list[str], *, grid: str | None = None, echo: Echo = print
 ) -> list[str]:
-    """One continuous-training run per partition, in order; returns the failed partitions.
-    `grid` None trains on the CREDIT_TRAINING_GRID preset (as a launch from the UI does)."""
+    """One continuous-training run per partition, in order; a failed day is reported in one
+    line and the next day runs. Returns the failed partitions. `grid` None trains on the
+    CREDIT_TRAINING_GRID preset (as a launch from the UI does)."""
     failed: list[str] = []
     run_config = training_run_config(grid)
     grid_name = grid or settings.training_grid()

@@ -1,8 +1,8 @@
 """`credit-platform seed ...`: fill the feature store from synthetic data or a Kaggle CSV.
 
 Both commands create missing tables first, print the load summary, and turn every expected
-failure (unreadable CSV, wrong columns, unreachable database) into one line on stderr and
-exit status 1.
+failure (unreadable CSV, wrong columns, a ragged line, unreachable database, a load that
+keeps no row) into one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
+from credit_platform.ingest.kaggle import DEFAULT_READ_CHUNK_ROWS
 from credit_platform.ingest.writer import IngestError, IngestSummary, IngestWriteError
 
 DB_URL_HELP = "Feature store URL (default: FEATURE_STORE_URL or the embedded SQLite file)."
@@ -41,6 +42,17 @@ def _run_load(db_url: str | None, load: Callable) -> None:
             engine.dispose()
     click.echo(f"feature store: {redacted(url)}")
     click.echo(summary.render())
+    if summary.rows_kept == 0:
+        reasons = ", ".join(
+            f"{reason}: {n:,}" for reason, n in sorted(summary.rows_dropped.items())
+        )
+        click.echo(
+            f"error: no row could be stored ({summary.rows_read:,} read"
+            + (f"; dropped by reason: {reasons}" if reasons else "")
+            + "); nothing was loaded",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def yesterday_utc() -> date:
@@ -116,11 +128,25 @@ def synthetic_command(
 @click.option("--year", type=int, default=2025, show_default=True, help="Year for the months.")
 @click.option("--db-url", default=None, help=DB_URL_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def kaggle_command(path: Path, year: int, db_url: str | None, quiet: bool) -> None:
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_READ_CHUNK_ROWS,
+    show_default=True,
+    help="Rows read, cleaned and written at a time (one transaction); bounds memory.",
+)
+def kaggle_command(path: Path, year: int, db_url: str | None, quiet: bool, chunk_rows: int) -> None:
     """Clean and store a Kaggle "Credit score classification" CSV (raw or partly cleaned).
 
-    Rows are spread over the days of their month in YEAR; a reload writes nothing new.
+    The file is streamed in chunks, with progress on stderr; a ragged line (a field too
+    many or too few) is refused by its line number before anything is stored. Rows are
+    spread over the days of their month in YEAR; a reload writes nothing new.
     """
     from credit_platform.ingest.kaggle import load_kaggle_csv
 
-    _run_load(db_url, lambda engine: load_kaggle_csv(path, engine, year=year, progress=not quiet))
+    _run_load(
+        db_url,
+        lambda engine: load_kaggle_csv(
+            path, engine, year=year, progress=not quiet, chunk_rows=chunk_rows
+        ),
+    )

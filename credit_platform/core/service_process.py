@@ -38,6 +38,63 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class SilentPort:
+    """A loopback port that is bound but never listens, held until `close()`.
+
+    A connection to it is refused at once, and no other socket (a service a test starts, a
+    user's demo) can take the port while it is held: the URL for settings that must reach
+    no service at all.
+    """
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+# Dagster's own variable: the CLI points it under the platform home when it is unset.
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
+
+
+def platform_variables() -> list[str]:
+    """Every environment variable the platform reads: the `*_ENV` names of core.settings,
+    and DAGSTER_HOME."""
+    names = {
+        value
+        for name, value in vars(settings).items()
+        if name.endswith("_ENV") and isinstance(value, str)
+    }
+    return sorted(names | {DAGSTER_HOME_ENV})
+
+
+def pin_isolated_environment(home: Path, api_url: str) -> dict[str, str]:
+    """Clear every platform variable a user may have set, then point the home, the BentoML
+    store, the Dagster instance and the prediction API at what the caller owns.
+
+    Tests and benchmarks call this before anything imports BentoML (which reads
+    BENTOML_HOME once), so they never reach the default home, port 3000 or a user's
+    service. Returns the environment for their subprocesses.
+    """
+    for name in platform_variables():
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            settings.HOME_ENV: str(home),
+            settings.BENTOML_HOME_ENV: str(home / "bentoml"),
+            DAGSTER_HOME_ENV: str(home / "dagster"),
+            settings.API_URL_ENV: api_url,
+            "BENTOML_DO_NOT_TRACK": "true",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+    )
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    return dict(os.environ)
+
+
 # --- the service ---------------------------------------------------------------------
 
 

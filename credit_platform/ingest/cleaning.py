@@ -216,12 +216,19 @@ def apply_length_rule(
     return _null_where(values, too_long, column, "too_long", log).astype("object")
 
 
-def storable_rows(keys: pd.DataFrame, labels: Collection[str], log: CleaningLog) -> pd.Series:
+def storable_rows(
+    keys: pd.DataFrame,
+    labels: Collection[str],
+    log: CleaningLog,
+    *,
+    seen_ids: set[str] | None = None,
+) -> pd.Series:
     """Which rows can be stored: those with an id, a customer, a known label and a date.
 
     `keys` has columns id, customer_id, credit_score (text or None) and date (or None).
-    A row repeating an id already seen in the same input is not storable either. Each
-    rejected row is counted once, under the first reason that applies.
+    A row repeating an id already seen in the same input is not storable either; when the
+    input comes in chunks, `seen_ids` holds the ids kept from earlier chunks and gains
+    this chunk's. Each rejected row is counted once, under the first reason that applies.
     """
     checks = [
         ("missing id", keys["id"].isna()),
@@ -241,8 +248,13 @@ def storable_rows(keys: pd.DataFrame, labels: Collection[str], log: CleaningLog)
         log.count(log.dropped, reason, bad)
         keep &= ~bad
     repeated = keep & keys["id"].where(keep).duplicated(keep="first")
+    if seen_ids:
+        repeated |= keep & keys["id"].isin(seen_ids)
     log.count(log.dropped, "id repeated within the input", repeated)
-    return keep & ~repeated
+    keep &= ~repeated
+    if seen_ids is not None:
+        seen_ids.update(keys["id"][keep])
+    return keep
 
 
 __all__ = [

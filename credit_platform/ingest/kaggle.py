@@ -13,14 +13,18 @@ every row on the same day again.
 from __future__ import annotations
 
 import calendar
+import csv
 import hashlib
+import sys
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 
 import pandas as pd
 from sqlalchemy.engine import Engine
+from tqdm import tqdm
 
 from credit_platform.core.features import (
     FLOAT_FEATURES,
@@ -43,13 +47,14 @@ from credit_platform.ingest.cleaning import (
     text_or_null,
 )
 from credit_platform.ingest.writer import (
-    DEFAULT_CHUNK_ROWS,
     IngestError,
     IngestSummary,
     SourceFrames,
     SourceWriter,
 )
 
+# Records read, cleaned and written together (one transaction): memory is bounded by this.
+DEFAULT_READ_CHUNK_ROWS = 10_000
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "customer_id", "month", *MODEL_FEATURES, TARGET)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("name", "ssn")
 _KEY_COLUMNS = ("id", "customer_id", TARGET, "month")
@@ -107,11 +112,14 @@ def spread_dates(ids: pd.Series, months: pd.Series, year: int) -> pd.Series:
     return pd.Series(dates, index=ids.index, dtype="object")
 
 
-def clean_kaggle_frame(raw: pd.DataFrame, year: int) -> tuple[SourceFrames, IngestSummary]:
+def clean_kaggle_frame(
+    raw: pd.DataFrame, year: int, *, seen_ids: set[str] | None = None
+) -> tuple[SourceFrames, IngestSummary]:
     """Clean a Kaggle frame read with every column as text; no database involved.
 
     Rows that cannot be stored are dropped first (and counted), so the value counts
-    describe exactly the rows that are kept.
+    describe exactly the rows that are kept. `seen_ids` carries the ids kept from earlier
+    chunks of the same file (a repeat of one is dropped as a repeat) and is updated.
     """
     if not 1 <= year <= 9999:
         raise IngestError(f"year must be between 1 and 9999, got {year}")
@@ -122,7 +130,7 @@ def clean_kaggle_frame(raw: pd.DataFrame, year: int) -> tuple[SourceFrames, Inge
         index=frame.index,
     )
     keys["date"] = spread_dates(keys["id"], keys["month"], year)
-    keep = storable_rows(keys, LABELS, log)
+    keep = storable_rows(keys, LABELS, log, seen_ids=seen_ids)
     frame, clean = frame.loc[keep], keys.loc[keep, ["id", "customer_id", "date", TARGET]].copy()
     for name in INTEGER_FEATURES + FLOAT_FEATURES:
         if name == "credit_history_age":
@@ -149,21 +157,71 @@ def clean_kaggle_frame(raw: pd.DataFrame, year: int) -> tuple[SourceFrames, Inge
     return frames, summary
 
 
-def read_kaggle_csv(path: str | Path) -> pd.DataFrame:
-    """The CSV with every cell as the exact text in the file (no NA guessing)."""
+def _unreadable(path: Path, error: Exception) -> IngestError:
+    if isinstance(error, FileNotFoundError):
+        return IngestError(f"cannot read {path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return IngestError(f"cannot read {path}: it is a directory")
+    if isinstance(error, UnicodeDecodeError):
+        return IngestError(f"cannot read {path}: it is not UTF-8 text ({error.reason})")
+    return IngestError(f"cannot read {path} as CSV: {error}")
+
+
+def check_csv_shape(path: str | Path) -> int:
+    """Check a whole CSV before anything is stored: known columns, and every record with as
+    many fields as the header. Returns the number of data records.
+
+    A ragged record (a field too many or too few) would shift or drop columns silently, so
+    it is an IngestError naming its line; the file is read as a stream.
+    """
     path = Path(path)
     try:
-        return pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
-        )
-    except FileNotFoundError as error:
-        raise IngestError(f"cannot read {path}: no such file") from error
-    except IsADirectoryError as error:
-        raise IngestError(f"cannot read {path}: it is a directory") from error
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise IngestError(f"cannot read {path}: the file is empty")
+            normalised_columns(pd.DataFrame(columns=header))
+            width, records = len(header), 0
+            for record in reader:
+                if not record:
+                    continue  # a blank line, skipped when reading too
+                if len(record) != width:
+                    raise IngestError(
+                        f"{path} line {reader.line_num}: {len(record)} fields where the header "
+                        f"has {width}; nothing was loaded (fix or remove the line)"
+                    )
+                records += 1
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise _unreadable(path, error) from error
+    return records
+
+
+def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The CSV in frames of `chunk_rows` records, every cell the exact text in the file."""
+    try:
+        with pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding="utf-8-sig",
+            index_col=False,
+            chunksize=chunk_rows,
+        ) as reader:
+            yield from reader
     except pd.errors.EmptyDataError as error:
         raise IngestError(f"cannot read {path}: the file is empty") from error
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-        raise IngestError(f"cannot read {path} as CSV: {error}") from error
+        raise _unreadable(path, error) from error
+
+
+def read_kaggle_csv(path: str | Path) -> pd.DataFrame:
+    """The whole CSV with every cell as the exact text in the file (no NA guessing); ragged
+    lines are refused as in `check_csv_shape`."""
+    path = Path(path)
+    check_csv_shape(path)
+    return pd.concat(list(_csv_chunks(path, DEFAULT_READ_CHUNK_ROWS)), ignore_index=True)
 
 
 def load_kaggle_csv(
@@ -172,20 +230,38 @@ def load_kaggle_csv(
     *,
     year: int = 2025,
     progress: bool = True,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = DEFAULT_READ_CHUNK_ROWS,
 ) -> IngestSummary:
-    """Read, clean and store a Kaggle CSV; nothing is written unless the whole file cleans."""
+    """Read, clean and store a Kaggle CSV, streamed in chunks of `chunk_rows` records.
+
+    The file's shape is checked whole first, so a bad header or a ragged line stores
+    nothing. Then each chunk is cleaned and written in one transaction (memory stays
+    bounded by the chunk, plus the set of ids kept so far, which finds repeats across
+    chunks); the summary covers the whole file, the same for any chunk size.
+    """
+    if not 1 <= year <= 9999:
+        raise IngestError(f"year must be between 1 and 9999, got {year}")
+    if chunk_rows < 1:
+        raise IngestError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    path = Path(path)
     started = time.perf_counter()
-    frames, summary = clean_kaggle_frame(read_kaggle_csv(path), year)
-    summary.source = f"kaggle csv {path}"
-    with SourceWriter(
-        engine,
-        total_rows=len(frames),
-        chunk_rows=chunk_rows,
-        progress=progress,
-        description="kaggle rows",
-    ) as writer:
-        writer.write(frames)
+    records = check_csv_shape(path)
+    summary = IngestSummary(source=f"kaggle csv {path}")
+    seen_ids: set[str] = set()
+    bar = tqdm(
+        total=records,
+        desc="kaggle rows",
+        unit="rows",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=0.5,
+    )
+    with bar, SourceWriter(engine, chunk_rows=chunk_rows, progress=False) as writer:
+        for raw in _csv_chunks(path, chunk_rows):
+            frames, part = clean_kaggle_frame(raw, year, seen_ids=seen_ids)
+            summary.merge(part)
+            writer.write(frames)
+            bar.update(len(raw))
     summary.rows_written = dict(writer.written)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -107,6 +107,24 @@ class IngestSummary:
             self.first_date = low if self.first_date is None else min(self.first_date, low)
             self.last_date = high if self.last_date is None else max(self.last_date, high)
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add another part of the same load (a later chunk of the file)."""
+        self.rows_read += other.rows_read
+        self.rows_kept += other.rows_kept
+        for mine, theirs in (
+            (self.rows_dropped, other.rows_dropped),
+            (self.missing, other.missing),
+            (self.nulled, other.nulled),
+            (self.repaired, other.repaired),
+        ):
+            mine.update(theirs)
+        for name, count in other.rows_written.items():
+            self.rows_written[name] = self.rows_written.get(name, 0) + count
+        dates = [d for d in (self.first_date, other.first_date) if d is not None]
+        self.first_date = min(dates) if dates else None
+        dates = [d for d in (self.last_date, other.last_date) if d is not None]
+        self.last_date = max(dates) if dates else None
+
     @property
     def total_dropped(self) -> int:
         return sum(self.rows_dropped.values())

@@ -645,7 +645,11 @@ def test_serve_command_refuses_an_unknown_model_tag(tags: ModelTags) -> None:
 
     from credit_platform.cli.serve import serve
 
-    result = CliRunner().invoke(serve, ["--model-tag", "credit_score_classifier:missing"])
+    # A port of its own: were the tag found, the command would serve there, never on 3000.
+    port = str(free_port())
+    result = CliRunner().invoke(
+        serve, ["--port", port, "--model-tag", "credit_score_classifier:missing"]
+    )
     assert result.exit_code != 0
     assert "credit_score_classifier:missing" in result.output
 

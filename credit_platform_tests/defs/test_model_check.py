@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, asset, materialize
 
+from credit_platform.cli.pipeline_runs import failure_reasons
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import prepare_model_input
@@ -125,6 +126,10 @@ def test_a_failing_check_blocks_deployment_and_crowns_no_champion(training_setup
     assert not evaluation.passed
     assert "below the minimum 0.9900" in evaluation.metadata["reason"].value
     assert evaluation.metadata["min_accuracy"].value == 0.99
+    # `credit-platform materialize` reports the failed run by its check and reason.
+    (reason,) = failure_reasons(result)
+    assert reason.startswith("check credit_score_model_quality failed: val_accuracy "), reason
+    assert "below the minimum 0.9900" in reason
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     assert AssetKey("credit_score_model") in materialized
     assert DEPLOYED not in materialized

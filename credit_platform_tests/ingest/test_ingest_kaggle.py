@@ -477,3 +477,105 @@ def test_cli_unreachable_database_is_one_clear_line(raw_sample, tmp_path):
     assert "cannot reach" in result.stderr and "127.0.0.1:1" in result.stderr
     assert "secret" not in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+# --- ragged lines, empty loads, chunked streaming -------------------------------------------
+
+
+def _csv_lines(raw_sample: pd.DataFrame, folder: Path, rows: int) -> list[str]:
+    """The first `rows` sample rows as CSV text lines (line 1 the header, row i on line i + 2)."""
+    text_form = raw_sample.head(rows).to_csv(index=False)
+    lines = text_form.splitlines()
+    assert len(lines) == rows + 1, "a sample value spans lines; pick other rows"
+    return lines
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("ragged", "fields"),
+    [(lambda line: line + ",surplus", 29), (lambda line: line.rsplit(",", 1)[0], 27)],
+    ids=["a field too many", "a field too few"],
+)
+def test_cli_refuses_a_ragged_line_by_its_number_and_stores_nothing(
+    store_url, raw_sample, tmp_path, ragged, fields
+):
+    lines = _csv_lines(raw_sample, tmp_path, 300)
+    lines[151] = ragged(lines[151])  # line 152 of the file, in the second chunk of 100
+    path = _write_lines(tmp_path / "ragged.csv", lines)
+    result = CliRunner().invoke(
+        seed, ["kaggle", str(path), "--db-url", store_url, "--chunk-rows", "100", "--quiet"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.output
+    assert f"line 152: {fields} fields where the header has 28" in result.stderr
+    assert result.stderr.count("\n") == 1
+    engine = init_schema(store_url)
+    try:
+        assert _row_counts(engine) == {table.name: 0 for table in SOURCE_TABLES}
+    finally:
+        engine.dispose()
+
+
+def test_cli_refuses_a_file_whose_every_line_has_an_extra_field(sqlite_url, raw_sample, tmp_path):
+    """One field too many on every data line would shift every column by one (the first
+    field taken as an index) and drop every row; it is refused at its first line."""
+    lines = _csv_lines(raw_sample, tmp_path, 50)
+    shifted = [lines[0]] + [f"{number},{line}" for number, line in enumerate(lines[1:])]
+    path = _write_lines(tmp_path / "shifted.csv", shifted)
+    result = CliRunner().invoke(seed, ["kaggle", str(path), "--db-url", sqlite_url, "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "line 2: 29 fields where the header has 28" in result.stderr
+    engine = init_schema(sqlite_url)
+    try:
+        assert _row_counts(engine) == {table.name: 0 for table in SOURCE_TABLES}
+    finally:
+        engine.dispose()
+
+
+def test_cli_load_that_keeps_no_row_exits_non_zero(sqlite_url, raw_sample, tmp_path):
+    path = tmp_path / "unlabelled.csv"
+    raw_sample.head(40).assign(credit_score="Unknown").to_csv(path, index=False)
+    result = CliRunner().invoke(seed, ["kaggle", str(path), "--db-url", sqlite_url, "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "rows read: 40   kept: 0   dropped: 40" in result.stdout
+    assert result.stderr.startswith("error: no row could be stored (40 read; dropped by reason:")
+    assert "credit_score not one of Good, Standard, Poor: 40" in result.stderr
+
+
+def _summary_without_time(summary) -> str:
+    return "\n".join(line for line in summary.render().splitlines() if not line.startswith("time:"))
+
+
+def test_a_multi_chunk_load_stores_and_reports_exactly_what_a_one_chunk_load_does(
+    store_url, raw_sample, tmp_path
+):
+    """The whole shared sample, plus rows repeating ids from far earlier chunks (with other
+    labels), loaded in one chunk and in chunks of 997 rows: same rows, same summary."""
+    repeats = raw_sample.head(25).assign(credit_score="Poor", age="33")
+    repeats.loc[repeats.index[:5], "credit_score"] = "Unknown"  # dropped for the label first
+    path = tmp_path / "sample_with_repeats.csv"
+    pd.concat([raw_sample, repeats], ignore_index=True).to_csv(path, index=False)
+    one_store = init_schema(f"sqlite:///{tmp_path / 'one_chunk.db'}")
+    many_store = init_schema(store_url)
+    try:
+        one = load_kaggle_csv(path, one_store, progress=False, chunk_rows=20_000)
+        many = load_kaggle_csv(path, many_store, progress=False, chunk_rows=997)
+        assert one.rows_read == many.rows_read == 10_025
+        assert one.rows_dropped["id repeated within the input"] == 20
+        assert _summary_without_time(many) == _summary_without_time(one)
+        assert many.rows_written == one.rows_written == {t.name: 10_000 for t in SOURCE_TABLES}
+        for table in SOURCE_TABLES:
+            assert _stored_rows(many_store, table) == _stored_rows(one_store, table)
+        # The sample's own rows were kept, not the later repeats of their ids.
+        first = raw_sample.loc[0]
+        stored = {row["id"]: row for row in _stored_rows(many_store, credit_score)}
+        assert stored[first["id"]]["credit_score"] == first["credit_score"]
+        again = load_kaggle_csv(path, many_store, progress=False, chunk_rows=997)
+        assert again.rows_written == {table.name: 0 for table in SOURCE_TABLES}
+    finally:
+        one_store.dispose()
+        many_store.dispose()
