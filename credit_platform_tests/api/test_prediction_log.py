@@ -19,17 +19,20 @@ from urllib.parse import quote
 
 import pytest
 from sqlalchemy import event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from api.prediction_log import (
     SPOOL_PREFIX,
+    LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
     PredictionLogRow,
     PredictionLogUnavailable,
+    RequestConflict,
 )
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.schema import credit_predictions_api_log as log_table
+from credit_platform.core.service_process import TcpProxy
 
 
 def make_row(request_id: str, confidence: float = 0.5) -> PredictionLogRow:
@@ -132,20 +135,34 @@ def test_close_drains_every_queued_row(log_store: str, tmp_path: Path) -> None:
 def test_same_request_id_is_logged_once(log_store: str, tmp_path: Path) -> None:
     log = PredictionLogger(log_store, tmp_path / "spool")
     try:
-        log.write([make_row("dup", 0.4)])
-        log.write([make_row("dup", 0.9)])  # a retried request
-        log.write([make_row("twin", 0.1), make_row("twin", 0.2)])  # twice in one transaction
+        assert log.write([make_row("dup", 0.4)]) is None
+        # A retried request: the same rows again answer what the log holds.
+        (again,) = log.write([make_row("dup", 0.9)])
+        assert again == LoggedAnswer("Standard", 0.4, "credit_score_classifier:test")
+        # Another body under a logged id is a conflict, not a silently dropped row.
+        with pytest.raises(RequestConflict, match="dup"):
+            log.write([replace(make_row("dup"), customer_id="CUS_0x2")])
+        with pytest.raises(RequestConflict):
+            log.write([replace(make_row("dup"), features={"age": 36})])
+        # Twice in one group commit: the first is logged, the second gets its answer.
+        first = log.submit([make_row("twin", 0.1)])
+        second = log.submit([make_row("twin", 0.2)])
+        other = log.submit([make_row("neighbour", 0.3)])
+        assert first.result(timeout=30) is None and other.result(timeout=30) is None
+        assert second.result(timeout=30) == [
+            LoggedAnswer("Standard", 0.1, "credit_score_classifier:test")
+        ]
     finally:
         log.close()
 
-    assert sorted(logged_ids(log_store)) == ["dup", "twin"]
+    assert sorted(logged_ids(log_store)) == ["dup", "neighbour", "twin"]
     engine = make_engine(log_store)
     with engine.connect() as connection:
         kept = connection.execute(
             select(log_table.c.confidence).where(log_table.c.request_id == "dup")
         ).scalar_one()
     engine.dispose()
-    assert kept == pytest.approx(0.4)  # the first write wins, the replay changes nothing
+    assert kept == pytest.approx(0.4)  # the first write wins, the retry changes nothing
 
 
 def test_outage_spools_with_fsync_then_replays_every_row_exactly_once(
@@ -194,16 +211,22 @@ def test_outage_spools_with_fsync_then_replays_every_row_exactly_once(
     assert not down.spool_path.exists()
 
 
-def test_recovers_while_running_when_the_database_comes_back(
-    store_url: str, tmp_path: Path
+def test_creates_its_table_and_recovers_when_the_database_comes_back(
+    mariadb_url: str, tmp_path: Path
 ) -> None:
-    # The table does not exist yet: every insert fails as it would with the server down.
-    log = PredictionLogger(store_url, tmp_path / "spool", retry_interval_seconds=0.2)
+    """Started while the database is down (fresh: no table yet), the log answers from the
+    spool, keeps trying, creates the table once the server answers and replays every row."""
+    url = make_url(mariadb_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 3306)
+    proxy.cut()
+    proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+    log = PredictionLogger(proxied, tmp_path / "spool", retry_interval_seconds=0.2)
     try:
         log.write([make_row(f"early-{number}") for number in range(50)])
         assert log.database_down and log.spool_path.exists()
+        assert log.problem is None  # an outage, not a configuration error
 
-        init_schema(store_url).dispose()
+        proxy.restore()
         deadline = time.monotonic() + 15
         while log.database_down and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -211,10 +234,19 @@ def test_recovers_while_running_when_the_database_comes_back(
         log.write([make_row("late")])
     finally:
         log.close()
+        proxy.close()
 
-    ids = logged_ids(store_url)
+    ids = logged_ids(mariadb_url)
     assert sorted(ids) == sorted([f"early-{number}" for number in range(50)] + ["late"])
-    assert not log.spool_path.exists()
+    assert not list((tmp_path / "spool").glob(f"{SPOOL_PREFIX}*"))
+
+
+def test_creates_its_table_on_a_fresh_database(sqlite_url: str, tmp_path: Path) -> None:
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    log.write([make_row("first")])
+    log.close()
+    assert logged_ids(sqlite_url) == ["first"]
+    assert log.stats.spooled_rows == 0
 
 
 def test_replays_spools_left_by_dead_processes_but_not_live_ones(
@@ -360,11 +392,12 @@ def test_large_batches_are_split_into_statements_of_one_transaction(
     assert len(statements) >= 8 and all(len(statement) <= 1_000 for statement in statements)
 
     log = PredictionLogger(mariadb_url, tmp_path / "spool", max_batch_rows=1_000)
+    log.write([make_row("warm-up")])  # the table is checked before the first insert
     commits_before = commit_counter[0]
     log.write(rows)
     log.close()
     assert commit_counter[0] - commits_before == 1
-    assert sorted(logged_ids(mariadb_url)) == sorted(row.request_id for row in rows)
+    assert sorted(logged_ids(mariadb_url)) == sorted(["warm-up"] + [r.request_id for r in rows])
 
 
 @pytest.mark.parametrize(
