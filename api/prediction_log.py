@@ -317,13 +317,22 @@ def _log_engine(url: str) -> Engine:
     return engine
 
 
+# MariaDB errors about the rows themselves, whatever class the driver gives them: a value out
+# of range (an id column at the top of its type included) or too long, a wrong value, a
+# NULL, a duplicate key, a failed CHECK constraint.
+_ROW_ERRORS = frozenset({167, 1048, 1062, 1264, 1292, 1366, 1406, 3140, 4025})
+
+
 def _rows_refused(error: BaseException) -> bool:
     """True when the database is up but will not take these rows (a constraint, bad data,
     a value that cannot be bound); anything else (connection lost, table missing, locked)
     is an outage, and the rows wait in the spool."""
     if isinstance(error, IntegrityError | DataError | RowNotEncodable):
         return True
-    return isinstance(error, StatementError) and not isinstance(error, DBAPIError)
+    if isinstance(error, DBAPIError):
+        args = getattr(error.orig, "args", ())
+        return bool(args) and args[0] in _ROW_ERRORS
+    return isinstance(error, StatementError)
 
 
 def _pid_alive(pid: int) -> bool:
