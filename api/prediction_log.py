@@ -792,12 +792,16 @@ class PredictionLogger:
         a new file the replay does not remove."""
         with self._spool_lock:
             self._spool_pending = False
-            if self.spool_path.exists():
+            if not self.spool_path.exists():
+                return
+            while True:  # never over a sealed file a crashed process of this pid left
                 self._sealed += 1
                 sealed = self.spool_path.with_name(
                     f"{SPOOL_PREFIX}{os.getpid()}.{self._sealed}.jsonl"
                 )
-                os.replace(self.spool_path, sealed)
+                if not sealed.exists():
+                    break
+            os.replace(self.spool_path, sealed)
 
     def _maybe_recover(self) -> None:
         """Create the schema if needed and replay the spools, when due."""

@@ -276,6 +276,23 @@ def test_replays_spools_left_by_dead_processes_but_not_live_ones(
     assert live_spool.exists()  # its owner is alive and replays it itself
 
 
+def test_replay_never_seals_over_a_spool_left_by_an_earlier_process_of_this_pid(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A restarted container often has the pid of the one that crashed mid-replay: the sealed
+    file that process left is replayed, not overwritten by this process's own spool."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    left = spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.1.jsonl"
+    left.write_text(make_row("left-by-crash").to_json() + "\n")
+    (spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl").write_text(make_row("own").to_json() + "\n")
+
+    log = PredictionLogger(sqlite_url, spool_dir)
+    log.close()
+    assert sorted(logged_ids(sqlite_url)) == ["left-by-crash", "own"]
+    assert not list(spool_dir.glob(f"{SPOOL_PREFIX}*"))
+
+
 def test_row_round_trips_through_the_spool_format() -> None:
     row = make_row("round-trip", 0.625)
     assert PredictionLogRow.from_json(row.to_json()) == row
