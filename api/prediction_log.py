@@ -203,6 +203,7 @@ def mariadb_insert_statements(
         f"({', '.join(f'`{name}`' for name in _ROW_FIELDS)}) VALUES "
     )
     timestamps: dict[datetime, str] = {}
+    roles: dict[str, str] = {}  # a handful of values: render each once
     statements: list[str] = []
     values: list[str] = []
     size = len(head)
@@ -213,13 +214,17 @@ def mariadb_insert_statements(
             if not isinstance(created_at, datetime):
                 raise RowNotEncodable(f"created_at is not a datetime: {created_at!r:.80}")
             stamp = timestamps[created_at] = f"'{created_at:%Y-%m-%d %H:%M:%S.%f}'"
+        try:
+            role = roles[row.role]
+        except (KeyError, TypeError):
+            role = roles[row.role] = literal(row.role)
         if not isinstance(row.features, dict):
             raise RowNotEncodable(f"features must be a mapping, not {type(row.features).__name__}")
         value = (
             f"({literal(row.request_id)},{literal(row.customer_id)},"
             f"{literal(features_json(row.features))},{literal(row.prediction)},"
             f"{_number_literal(row.confidence)},{_number_literal(row.elapsed_ms)},"
-            f"{literal(row.model_version)},{stamp},{literal(row.role)})"
+            f"{literal(row.model_version)},{stamp},{role})"
         )
         if values and size + len(value) > MAX_STATEMENT_BYTES:
             statements.append(head + ",".join(values))
