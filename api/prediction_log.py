@@ -871,8 +871,14 @@ class PredictionLogger:
 
     @staticmethod
     def _read_spool(path: Path) -> list[PredictionLogRow]:
-        rows = []
-        with path.open(encoding="utf-8") as spool:
+        """The file's rows; none when another process replayed and removed it meanwhile (a
+        dead process's spool is found by every worker)."""
+        rows: list[PredictionLogRow] = []
+        try:
+            spool = path.open(encoding="utf-8")
+        except FileNotFoundError:
+            return rows
+        with spool:
             for number, line in enumerate(spool, start=1):
                 if not line.strip():
                     continue

@@ -293,6 +293,22 @@ def test_replay_never_seals_over_a_spool_left_by_an_earlier_process_of_this_pid(
     assert not list(spool_dir.glob(f"{SPOOL_PREFIX}*"))
 
 
+def test_a_spool_another_worker_replayed_first_is_no_outage(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker finds a dead process's spool; the one that replays it second finds it
+    gone, which must not count as a database failure."""
+    gone = tmp_path / "spool" / f"{SPOOL_PREFIX}1.jsonl"
+    monkeypatch.setattr(PredictionLogger, "_spool_files", lambda self: [gone])
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    try:
+        assert log.write([make_row("after")]) is None
+        assert not log.database_down and log.stats.database_failures == 0
+    finally:
+        log.close()
+    assert logged_ids(sqlite_url) == ["after"]
+
+
 def test_row_round_trips_through_the_spool_format() -> None:
     row = make_row("round-trip", 0.625)
     assert PredictionLogRow.from_json(row.to_json()) == row
