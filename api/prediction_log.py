@@ -392,6 +392,7 @@ class PredictionLogger:
         self._in_flight: list[_Pending] = []
         self._taken_over = False
         self._stopped = threading.Event()
+        self._first_attempt = threading.Event()  # the table was created, or could not be yet
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._watchdog = threading.Thread(
             target=self._watch, name="prediction-log-watchdog", daemon=True
@@ -425,6 +426,12 @@ class PredictionLogger:
         return self._database_down
 
     @property
+    def ready(self) -> bool:
+        """The writer runs, its first attempt at the table is over (created, or spooling
+        while the database is unreachable), and no permanent `problem` stands."""
+        return self.alive and self._first_attempt.is_set() and self._problem is None
+
+    @property
     def problem(self) -> str | None:
         """Why the log cannot reach its table in a way no retry fixes (bad password, missing
         database or privilege, a table of another layout); None otherwise. The log keeps
@@ -447,6 +454,7 @@ class PredictionLogger:
 
     def _run(self) -> None:
         self._maybe_recover()
+        self._first_attempt.set()
         stopping = False
         while not stopping:
             batch, stopping = self._next_batch()
@@ -723,6 +731,7 @@ class PredictionLogger:
                 stuck = since is not None and time.monotonic() - since > self.timeout_seconds
                 if stuck and not self._taken_over:
                     self._taken_over = True
+                    self._first_attempt.set()
                     batch = list(self._in_flight)
                     self.stats.stalls += 1
                 else:

@@ -407,9 +407,10 @@ class CreditScoreService:
         return self.prediction_log.alive
 
     def __is_ready__(self) -> bool:
-        """Not ready while the log database refuses the service for good (bad password,
-        missing database or privilege): answers still go out, their rows to the spool."""
-        return self.prediction_log.alive and self.prediction_log.problem is None
+        """Ready once the log has tried its table; not while the log database refuses the
+        service for good (bad password, missing database or privilege): answers still go
+        out then, their rows to the spool."""
+        return self.prediction_log.ready
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:

@@ -492,7 +492,7 @@ def test_a_full_id_column_fails_requests_instead_of_losing_rows(
     mariadb_url: str, tmp_path: Path
 ) -> None:
     """Near the top of the id type, every request either has its row or gets an error:
-    never an answer with no row (INSERT IGNORE turned the overflow into a warning)."""
+    never an answer with no row."""
     init_schema(mariadb_url).dispose()
     column_type = id_column_type(mariadb_url)
     top = {"int": 2**31 - 1, "bigint": 2**63 - 1}[column_type]
@@ -592,6 +592,7 @@ def test_a_permanent_error_is_reported_and_rows_are_kept(mariadb_url: str, tmp_p
     try:
         log.write([make_row("bad-password")])
         assert log.problem and "1045" in log.problem and "Access denied" in log.problem
+        assert not log.ready and log.alive
     finally:
         log.close()
 
@@ -612,7 +613,7 @@ def test_a_permanent_error_is_reported_and_rows_are_kept(mariadb_url: str, tmp_p
             deadline = time.monotonic() + 15
             while (log.problem or log.database_down) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert log.problem is None and not log.database_down
+            assert log.problem is None and not log.database_down and log.ready
             log.write([make_row("fixed")])
             log.close()
             assert sorted(logged_ids(missing.render_as_string(hide_password=False))) == [

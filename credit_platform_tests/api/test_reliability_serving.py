@@ -25,7 +25,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from api.sample_requests import load_sample, valid_request_payloads
@@ -292,6 +292,40 @@ def test_a_log_database_refusing_the_service_fails_readiness(
         assert "not-the-password" not in output
     finally:
         service.stop()
+
+
+def test_a_full_log_id_column_never_answers_without_a_row(
+    tmp_path: Path, mariadb_url: str, payloads: list[dict], models: Models
+) -> None:
+    """Six /predict with the log's id two below the top of its type: two are answered and
+    logged, the rest get 503; none is answered without its row."""
+    service = ServiceProcess(
+        service_env(mariadb_url, tmp_path / "spool", models.first), tmp_path / "service.log"
+    )
+    try:
+        service.wait_ready()
+        engine = create_engine(mariadb_url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(f"ALTER TABLE credit_predictions_api_log AUTO_INCREMENT={2**63 - 3}")
+            )
+        engine.dispose()
+        statuses = {}
+        for number in range(6):
+            request_id = f"full-{number}"
+            response = requests.post(
+                f"{service.url}/predict",
+                json={"data": payloads[number]},
+                headers={"X-Request-ID": request_id},
+                timeout=30,
+            )
+            statuses[request_id] = response.status_code
+    finally:
+        service.stop()
+    answered = sorted(request_id for request_id, status in statuses.items() if status == 200)
+    assert sorted(logged_ids(mariadb_url, "full")) == answered
+    assert len(answered) == 3 and set(statuses.values()) == {200, 503}, statuses
+    assert "Out of range" in service.tail(400)
 
 
 def answers(url: str) -> int | None:
