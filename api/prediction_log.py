@@ -2,21 +2,27 @@
 
 A request enqueues its log rows and waits on a future. One writer thread takes whatever
 is queued (up to `max_batch_rows` rows; while rows keep arriving it waits for more, at most
-`max_wait_seconds`),
-inserts it in ONE transaction, and only then resolves the futures: the caller answers
-after its row is durable, yet a commit is shared by every request of that moment.
+`max_wait_seconds`), inserts it in ONE transaction, and only then resolves the futures: the
+caller answers after its row is durable, yet a commit is shared by every request of that
+moment. The writer creates the table itself (retrying while the database is unreachable).
 
-If the database fails, the batch is appended to a JSON-lines spool file and fsync'd
-before the futures resolve, and later batches go straight to the spool until a probe
-finds the database back; the writer then replays the spool (its own file and those left
-by processes that died) and removes it. Inserts ignore a request_id already present, so a
-replay that repeats rows never duplicates one. On MariaDB a batch is sent as multi-row
-`INSERT IGNORE` statements rendered here (values escaped as the server's sql_mode needs),
-since PyMySQL's per-value escaping cost more CPU than everything else a batch row needs.
-A row the database is up but refuses (a
-constraint, a value it cannot take) fails its own request only; met during a replay, when
-it was answered already, it goes to a "rejected" file beside the spool rather than block
-the log. `close()` drains the queue.
+If the database fails, or does not answer within `timeout_seconds` (a watchdog thread then
+takes over from the stuck writer), the rows are appended to a JSON-lines spool file and
+fsync'd before the futures resolve; later batches go straight to the spool until a probe
+finds the database back, and the writer then replays the spool (its own file and those left
+by processes that died) and removes it. An error no retry can fix (bad password, missing
+database or privilege, a table of another layout) is kept in `problem` for the service's
+readiness, and logged.
+
+Inserts are plain INSERTs: nothing the database reports is downgraded to a warning. A
+request id already logged is the one error handled: the same rows again (a retry, a replay)
+resolve to the logged answers; other rows under that id raise `RequestConflict`. On MariaDB
+a batch is sent as multi-row INSERT statements rendered here (values escaped as the server's
+sql_mode needs; strict mode is forced per session), since PyMySQL's per-value escaping cost
+more CPU than everything else a batch row needs. A row the database refuses (a constraint,
+a value it cannot take) fails its own request only; met during a replay, when it was
+answered already, it goes to a "rejected" file beside the spool rather than block the log.
+`close()` drains the queue.
 
 Plain class, no BentoML: the service owns one, tests drive it directly.
 """
@@ -31,27 +37,28 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import create_engine
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy import create_engine, event, insert, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from credit_platform.core.db import make_engine, redacted
-from credit_platform.core.schema import credit_predictions_api_log
+from credit_platform.core.db import create_tables, make_engine, permanent_problem, redacted
+from credit_platform.core.schema import MODEL_ROLES, credit_predictions_api_log
 
 logger = logging.getLogger(__name__)
 
 SPOOL_PREFIX = "prediction_log-"
 REJECTED_PREFIX = "prediction_log_rejected-"
-_SPOOL_NAME = re.compile(rf"^{re.escape(SPOOL_PREFIX)}(\d+)\.jsonl$")
+# prediction_log-<pid>.jsonl is appended to; prediction_log-<pid>.<n>.jsonl is sealed for replay.
+_SPOOL_NAME = re.compile(rf"^{re.escape(SPOOL_PREFIX)}(\d+)(?:\.\d+)?\.jsonl$")
 
 
 class PredictionLogClosed(RuntimeError):
@@ -64,6 +71,19 @@ class PredictionLogUnavailable(RuntimeError):
 
 class RowNotEncodable(ValueError):
     """A row holds a value the log cannot store (wrong type, NaN, unserializable features)."""
+
+
+class RequestConflict(ValueError):
+    """The request id is logged already, for other rows (another body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedAnswer:
+    """What the log holds for one row of a request answered before."""
+
+    prediction: str
+    confidence: float
+    model_version: str
 
 
 @dataclass(slots=True)
@@ -79,6 +99,7 @@ class PredictionLogRow:
     elapsed_ms: float
     model_version: str
     created_at: datetime
+    role: str = MODEL_ROLES[0]
 
     def record(self) -> dict[str, Any]:
         """The row as the table's columns. A shallow copy: `dataclasses.asdict` deep-copies
@@ -95,6 +116,26 @@ class PredictionLogRow:
         record = json.loads(line)
         record["created_at"] = datetime.fromisoformat(record["created_at"])
         return cls(**record)
+
+    def same_request(self, other: PredictionLogRow | _StoredRow) -> bool:
+        """Whether `other`, logged under this row's request id, was scored from the same
+        input (customer and features); the answer and the model may differ."""
+        return self.customer_id == other.customer_id and self.features == other.features
+
+    def answer(self) -> LoggedAnswer:
+        return LoggedAnswer(self.prediction, self.confidence, self.model_version)
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredRow:
+    customer_id: str
+    features: Any
+    prediction: str
+    confidence: float
+    model_version: str
+
+    def answer(self) -> LoggedAnswer:
+        return LoggedAnswer(self.prediction, self.confidence, self.model_version)
 
 
 _ROW_FIELDS = tuple(field.name for field in fields(PredictionLogRow))
@@ -153,15 +194,16 @@ def features_json(features: dict[str, Any]) -> str:
 def mariadb_insert_statements(
     rows: Sequence[PredictionLogRow], *, backslash_escapes: bool = True
 ) -> list[str]:
-    """`INSERT IGNORE` statements holding every row as literal values, each at most
+    """`INSERT` statements holding every row as literal values, each at most
     MAX_STATEMENT_BYTES characters (or one row, if a row is longer). Raises RowNotEncodable
     for a row that cannot be stored."""
     literal = _backslash_literal if backslash_escapes else _doubled_quote_literal
     head = (
-        f"INSERT IGNORE INTO `{credit_predictions_api_log.name}` "
+        f"INSERT INTO `{credit_predictions_api_log.name}` "
         f"({', '.join(f'`{name}`' for name in _ROW_FIELDS)}) VALUES "
     )
     timestamps: dict[datetime, str] = {}
+    roles: dict[str, str] = {}  # a handful of values: render each once
     statements: list[str] = []
     values: list[str] = []
     size = len(head)
@@ -172,13 +214,17 @@ def mariadb_insert_statements(
             if not isinstance(created_at, datetime):
                 raise RowNotEncodable(f"created_at is not a datetime: {created_at!r:.80}")
             stamp = timestamps[created_at] = f"'{created_at:%Y-%m-%d %H:%M:%S.%f}'"
+        try:
+            role = roles[row.role]
+        except (KeyError, TypeError):
+            role = roles[row.role] = literal(row.role)
         if not isinstance(row.features, dict):
             raise RowNotEncodable(f"features must be a mapping, not {type(row.features).__name__}")
         value = (
             f"({literal(row.request_id)},{literal(row.customer_id)},"
             f"{literal(features_json(row.features))},{literal(row.prediction)},"
             f"{_number_literal(row.confidence)},{_number_literal(row.elapsed_ms)},"
-            f"{literal(row.model_version)},{stamp})"
+            f"{literal(row.model_version)},{stamp},{role})"
         )
         if values and size + len(value) > MAX_STATEMENT_BYTES:
             statements.append(head + ",".join(values))
@@ -226,10 +272,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# What a request's future resolves to: None when its rows were logged (or spooled) as given,
+# the logged answers when the same rows were logged before under its request id.
+LogOutcome = list[LoggedAnswer] | None
+
+
 @dataclass
 class _Pending:
     rows: Sequence[PredictionLogRow]
-    future: Future[None]
+    future: Future[LogOutcome]
 
 
 @dataclass
@@ -242,29 +293,39 @@ class LogStats:
     replayed_rows: int = 0
     rejected_rows: int = 0
     database_failures: int = 0
+    repeated_requests: int = 0
+    stalls: int = 0
+
+
+def _strict_session(dbapi_connection, _record) -> None:
+    """Strict mode for every statement of the log's sessions, whatever the server's default:
+    a value too long or out of range is an error, never stored truncated."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(
+            "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+            "'STRICT_ALL_TABLES')"
+        )
 
 
 def _log_engine(url: str) -> Engine:
-    """SQLite through the shared factory; on MariaDB also bound reads and writes, so a hung
-    server turns into a spooled batch instead of requests waiting forever."""
+    """SQLite through the shared factory; on MariaDB also bound reads and writes (a hung
+    server eventually fails the stuck call) and force strict mode."""
     if make_url(url).get_backend_name() == "sqlite":
         return make_engine(url)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_recycle=3600,
         connect_args={"connect_timeout": 3, "read_timeout": 10, "write_timeout": 10},
     )
+    event.listen(engine, "connect", _strict_session)
+    return engine
 
 
-def _insert_ignoring_duplicates(engine: Engine):
-    table = credit_predictions_api_log
-    backend = engine.url.get_backend_name()
-    if backend == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
-    if backend in ("mysql", "mariadb"):
-        return mysql.insert(table).prefix_with("IGNORE")
-    raise ValueError(f"the prediction log supports SQLite and MariaDB, not {backend}")
+# MariaDB errors about the rows themselves, whatever class the driver gives them: a value out
+# of range (an id column at the top of its type included) or too long, a wrong value, a
+# NULL, a duplicate key, a failed CHECK constraint.
+_ROW_ERRORS = frozenset({167, 1048, 1062, 1264, 1292, 1366, 1406, 3140, 4025})
 
 
 def _rows_refused(error: BaseException) -> bool:
@@ -273,7 +334,10 @@ def _rows_refused(error: BaseException) -> bool:
     is an outage, and the rows wait in the spool."""
     if isinstance(error, IntegrityError | DataError | RowNotEncodable):
         return True
-    return isinstance(error, StatementError) and not isinstance(error, DBAPIError)
+    if isinstance(error, DBAPIError):
+        args = getattr(error.orig, "args", ())
+        return bool(args) and args[0] in _ROW_ERRORS
+    return isinstance(error, StatementError)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -298,6 +362,7 @@ class PredictionLogger:
         max_wait_seconds: float = 0.005,
         idle_gap_seconds: float = 0.0005,
         retry_interval_seconds: float = 2.0,
+        timeout_seconds: float = 1.0,
     ) -> None:
         self.url = url
         self.spool_dir = Path(spool_dir)
@@ -307,33 +372,50 @@ class PredictionLogger:
         self.max_wait_seconds = max_wait_seconds
         self.idle_gap_seconds = idle_gap_seconds
         self.retry_interval_seconds = retry_interval_seconds
+        self.timeout_seconds = timeout_seconds
         self.stats = LogStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._accepting = True
         self._submit_lock = threading.Lock()
         self._engine: Engine | None = None
-        self._insert = None
         self._literal_statements = False
         self._database_down = False
+        self._schema_ready = False
+        self._problem: str | None = None
         self._next_probe = 0.0
         self._spool_pending = True  # at start: look for spools left by dead processes
+        self._sealed = 0
+        # The spool is appended to by the writer and, while the writer is stuck in a
+        # database call, by the watchdog; this lock also guards the fields below.
+        self._spool_lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._in_flight: list[_Pending] = []
+        self._taken_over = False
+        self._stopped = threading.Event()
+        self._first_attempt = threading.Event()  # the table was created, or could not be yet
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._watchdog = threading.Thread(
+            target=self._watch, name="prediction-log-watchdog", daemon=True
+        )
         self._thread.start()
+        self._watchdog.start()
 
     # --- the request side -------------------------------------------------------------
 
-    def submit(self, rows: Sequence[PredictionLogRow]) -> Future[None]:
-        """Queue rows; the future resolves once they are committed or spooled (fsync'd)."""
-        future: Future[None] = Future()
+    def submit(self, rows: Sequence[PredictionLogRow]) -> Future[LogOutcome]:
+        """Queue rows; the future resolves once they are committed or spooled (fsync'd): to
+        None, or to the logged answers when these rows were logged before under their
+        request ids. It raises RequestConflict when other rows hold those ids."""
+        future: Future[LogOutcome] = Future()
         with self._submit_lock:
             if not self._accepting:
                 raise PredictionLogClosed("the prediction log is closed (shutting down)")
             self._queue.put(_Pending(list(rows), future))
         return future
 
-    def write(self, rows: Sequence[PredictionLogRow], timeout: float | None = 30.0) -> None:
+    def write(self, rows: Sequence[PredictionLogRow], timeout: float | None = 30.0) -> LogOutcome:
         """Blocking form of `submit`."""
-        self.submit(rows).result(timeout=timeout)
+        return self.submit(rows).result(timeout=timeout)
 
     @property
     def alive(self) -> bool:
@@ -342,6 +424,19 @@ class PredictionLogger:
     @property
     def database_down(self) -> bool:
         return self._database_down
+
+    @property
+    def ready(self) -> bool:
+        """The writer runs, its first attempt at the table is over (created, or spooling
+        while the database is unreachable), and no permanent `problem` stands."""
+        return self.alive and self._first_attempt.is_set() and self._problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the log cannot reach its table in a way no retry fixes (bad password, missing
+        database or privilege, a table of another layout); None otherwise. The log keeps
+        spooling and retrying meanwhile."""
+        return self._problem
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting rows, write every queued row, stop the writer. Idempotent."""
@@ -352,17 +447,20 @@ class PredictionLogger:
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.error("prediction log writer did not finish within %s s", timeout)
+        self._stopped.set()
+        self._watchdog.join(5)
 
     # --- the writer thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        self._maybe_replay()
+        self._maybe_recover()
+        self._first_attempt.set()
         stopping = False
         while not stopping:
             batch, stopping = self._next_batch()
             if batch:
                 self._write_batch(batch)
-            self._maybe_replay()
+            self._maybe_recover()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -401,14 +499,16 @@ class PredictionLogger:
             pending.future.set_running_or_notify_cancel()
         if not self._database_down:
             try:
-                self._commit([row for pending in batch for row in pending.rows])
+                with self._database_call(batch):
+                    outcomes = self._commit_requests([pending.rows for pending in batch])
             except Exception as error:
                 if _rows_refused(error):
                     self._write_each_request(batch)
                     return
                 self._mark_database_down(error)
             else:
-                self._resolve(batch, None)
+                for pending, outcome in zip(batch, outcomes, strict=True):
+                    self._resolve([pending], outcome)
                 return
         self._spool_batch(batch)
 
@@ -417,7 +517,8 @@ class PredictionLogger:
         the request whose rows it refuses fails (it gets no answer), not its neighbours."""
         for position, pending in enumerate(batch):
             try:
-                self._commit(pending.rows)
+                with self._database_call([pending]):
+                    (outcome,) = self._commit_requests([pending.rows])
             except Exception as error:
                 if not _rows_refused(error):
                     self._mark_database_down(error)
@@ -428,14 +529,17 @@ class PredictionLogger:
                     [pending], PredictionLogUnavailable(f"the database refused the row: {error}")
                 )
             else:
-                self._resolve([pending], None)
+                self._resolve([pending], outcome)
 
     def _spool_batch(self, batch: list[_Pending]) -> None:
         """Append the batch to the spool with one fsync; a request whose rows cannot be
-        serialized fails alone, the others resolve once the spool is on disk."""
+        serialized fails alone, the others resolve once the spool is on disk. Requests
+        already answered (by the watchdog) are skipped."""
         lines: list[str] = []
         spooled: list[_Pending] = []
         for pending in batch:
+            if pending.future.done():
+                continue
             try:
                 encoded = [row.to_json() + "\n" for row in pending.rows]
             except (TypeError, ValueError) as error:
@@ -443,23 +547,22 @@ class PredictionLogger:
             else:
                 lines.extend(encoded)
                 spooled.append(pending)
-        try:
-            self._append(self.spool_path, lines)
-        except OSError as error:
-            logger.exception("cannot spool %d prediction log rows", len(lines))
-            self._resolve(
-                spooled,
-                PredictionLogUnavailable(
-                    f"the prediction log database is down and the spool {self.spool_path} "
-                    f"cannot be written: {error}"
-                ),
-            )
-            return
-        self._spool_pending = self._spool_pending or bool(lines)
-        self.stats.spooled_rows += len(lines)
-        self._resolve(spooled, None)
+        with self._spool_lock:
+            try:
+                self._append(self.spool_path, lines)
+            except OSError as error:
+                logger.exception("cannot spool %d prediction log rows", len(lines))
+                failure: PredictionLogUnavailable | None = PredictionLogUnavailable(
+                    f"the prediction log database is unavailable and the spool "
+                    f"{self.spool_path} cannot be written: {error}"
+                )
+            else:
+                failure = None
+                self._spool_pending = self._spool_pending or bool(lines)
+                self.stats.spooled_rows += len(lines)
+        self._resolve(spooled, failure)
 
-    def _set_aside(self, rows: Sequence[PredictionLogRow], error: BaseException) -> None:
+    def _set_aside(self, rows: Sequence[PredictionLogRow], error: BaseException | str) -> None:
         """Keep spooled rows the database refuses (already answered, so they cannot fail) in
         the rejected file, fsync'd and never replayed. Raises when even that fails, so the
         spool is kept."""
@@ -472,24 +575,27 @@ class PredictionLogger:
         self.stats.rejected_rows += len(rows)
 
     @staticmethod
-    def _resolve(batch: Iterable[_Pending], error: BaseException | None) -> None:
+    def _resolve(batch: Iterable[_Pending], outcome: LogOutcome | BaseException) -> None:
         for pending in batch:
-            if pending.future.cancelled():  # its caller went away; the row is kept anyway
-                continue
-            if error is None:
-                pending.future.set_result(None)
-            else:
-                pending.future.set_exception(error)
+            future = pending.future
+            try:
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            except InvalidStateError:  # cancelled by its caller, or answered by the watchdog
+                pass
+
+    # --- the database -----------------------------------------------------------------
 
     def _connect(self) -> Engine:
         if self._engine is None:
             self._engine = _log_engine(self.url)
-            self._insert = _insert_ignoring_duplicates(self._engine)
             self._literal_statements = self._engine.url.get_backend_name() in ("mysql", "mariadb")
         return self._engine
 
-    def _commit(self, rows: Sequence[PredictionLogRow]) -> None:
-        """All rows in one transaction; rows whose request_id is logged already are skipped."""
+    def _insert(self, rows: Sequence[PredictionLogRow]) -> None:
+        """All rows in one transaction, or none (a duplicate request id fails the lot)."""
         if not rows:
             return
         engine = self._connect()
@@ -497,21 +603,171 @@ class PredictionLogger:
             if self._literal_statements:
                 execute_literal_inserts(connection, rows)
             else:
-                connection.execute(self._insert, [row.record() for row in rows])
+                connection.execute(
+                    insert(credit_predictions_api_log), [row.record() for row in rows]
+                )
         self.stats.commits += 1
         self.stats.committed_rows += len(rows)
 
+    def _logged(self, request_ids: Sequence[str]) -> dict[str, _StoredRow]:
+        table = credit_predictions_api_log
+        columns = (
+            table.c.request_id,
+            table.c.customer_id,
+            table.c.features,
+            table.c.prediction,
+            table.c.confidence,
+            table.c.model_version,
+        )
+        found: dict[str, _StoredRow] = {}
+        with self._connect().connect() as connection:
+            for start in range(0, len(request_ids), 1000):
+                chunk = request_ids[start : start + 1000]
+                query = select(*columns).where(table.c.request_id.in_(chunk))
+                for row in connection.execute(query):
+                    found[row[0]] = _StoredRow(*row[1:])
+        return found
+
+    def _commit_requests(self, requests: Sequence[Sequence[PredictionLogRow]]) -> list[LogOutcome]:
+        """Insert the requests' rows in one transaction; a request whose ids are logged
+        already (or earlier in the same batch) resolves to those answers when its rows are
+        the same, and to RequestConflict otherwise; the others are inserted. Raises what
+        the database reports for anything else."""
+        try:
+            self._insert([row for rows in requests for row in rows])
+            return [None] * len(requests)
+        except IntegrityError as error:
+            failure: IntegrityError = error
+        outcomes: list[LogOutcome | RequestConflict] = [None] * len(requests)
+        remaining = list(range(len(requests)))
+        for _attempt in range(3):  # another process may log the same id meanwhile
+            stored = self._logged([row.request_id for i in remaining for row in requests[i]])
+            earlier: dict[str, PredictionLogRow] = {}
+            to_insert = []
+            for i in remaining:
+                rows = requests[i]
+                known = [stored.get(row.request_id) or earlier.get(row.request_id) for row in rows]
+                if not any(known):
+                    to_insert.append(i)
+                    earlier.update((row.request_id, row) for row in rows)
+                elif all(
+                    logged is not None and row.same_request(logged)
+                    for row, logged in zip(rows, known, strict=True)
+                ):
+                    outcomes[i] = [logged.answer() for logged in known]  # type: ignore[union-attr]
+                    self.stats.repeated_requests += 1
+                else:
+                    outcomes[i] = RequestConflict(
+                        f"request id {rows[0].request_id.split('#')[0]!r} is logged already "
+                        "for another request body"
+                    )
+            if len(to_insert) == len(remaining):
+                raise failure  # no request id was logged before: the database refused a row
+            try:
+                self._insert([row for i in to_insert for row in requests[i]])
+            except IntegrityError as error:
+                failure, remaining = error, to_insert
+                continue
+            return outcomes  # type: ignore[return-value]
+        raise failure
+
+    def _ensure_schema(self) -> None:
+        """Create the tables if missing (serialised between processes) and check them."""
+        if not self._schema_ready:
+            create_tables(self._connect())
+            self._schema_ready = True
+
     def _mark_database_down(self, error: BaseException) -> None:
         self.stats.database_failures += 1
-        if not self._database_down:
+        self._schema_ready = False  # recreate on the next probe, should it be gone
+        problem = permanent_problem(error)
+        if problem and problem != self._problem:
+            logger.error(
+                "prediction log database %s refuses the service: %s; answers go on, their "
+                "rows are spooled to %s until this is fixed",
+                redacted(self.url),
+                problem,
+                self.spool_path,
+            )
+        elif not problem and not self._database_down:
             logger.warning(
                 "prediction log database %s failed (%s); spooling to %s until it is back",
                 redacted(self.url),
                 error,
                 self.spool_path,
             )
+        self._problem = problem
         self._database_down = True
         self._next_probe = time.monotonic() + self.retry_interval_seconds
+
+    # --- the watchdog -----------------------------------------------------------------
+
+    @contextmanager
+    def _database_call(self, batch: list[_Pending]) -> Iterator[None]:
+        """Marks the writer busy in the database with `batch` waiting on it, so the
+        watchdog can spool it (and whatever queues meanwhile) should the call hang."""
+        with self._spool_lock:
+            self._busy_since = time.monotonic()
+            self._in_flight = batch
+        try:
+            yield
+        finally:
+            with self._spool_lock:
+                self._busy_since = None
+                self._in_flight = []
+                taken_over, self._taken_over = self._taken_over, False
+            if taken_over:  # the rows are in the spool; replay them once the database answers
+                self._database_down = True
+                self._schema_ready = False
+                self._next_probe = time.monotonic() + self.retry_interval_seconds
+
+    def _watch(self) -> None:
+        """While the writer has been stuck in one database call for over timeout_seconds,
+        spool what waits on it and everything queued meanwhile, so answers leave."""
+        poll = min(0.05, self.timeout_seconds / 5)
+        while not self._stopped.wait(poll):
+            with self._spool_lock:
+                since = self._busy_since
+                stuck = since is not None and time.monotonic() - since > self.timeout_seconds
+                if stuck and not self._taken_over:
+                    self._taken_over = True
+                    self._first_attempt.set()
+                    batch = list(self._in_flight)
+                    self.stats.stalls += 1
+                else:
+                    continue
+            logger.warning(
+                "prediction log database %s has not answered for %.1f s; spooling to %s",
+                redacted(self.url),
+                self.timeout_seconds,
+                self.spool_path,
+            )
+            self._spool_batch(batch)
+            self._drain_while_stuck()
+
+    def _drain_while_stuck(self) -> None:
+        while True:
+            with self._spool_lock:
+                if self._busy_since is None:
+                    return
+            batch: list[_Pending] = []
+            closing = False
+            try:
+                item = self._queue.get(timeout=0.02)
+                while True:
+                    if item is None:
+                        closing = True
+                        break
+                    item.future.set_running_or_notify_cancel()
+                    batch.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if batch:
+                self._spool_batch(batch)
+            if closing:  # leave the end-of-input mark to the writer
+                self._queue.put(None)
+                return
 
     # --- spool and replay -------------------------------------------------------------
 
@@ -532,66 +788,106 @@ class PredictionLogger:
             os.close(fd)
 
     def _spool_files(self) -> list[Path]:
-        """Our own spool and those of processes that are gone (never a live one's)."""
+        """Our own sealed spools and those of processes that are gone (never a live one's)."""
         if not self.spool_dir.is_dir():
             return []
         found = []
         for path in sorted(self.spool_dir.iterdir()):
             match = _SPOOL_NAME.match(path.name)
-            if not match:
+            if not match or path == self.spool_path:
                 continue
             pid = int(match.group(1))
             if pid == os.getpid() or not _pid_alive(pid):
                 found.append(path)
         return found
 
-    def _maybe_replay(self) -> None:
-        if not self._spool_pending:
+    def _seal_spool(self) -> None:
+        """Move our spool aside for replay, so rows spooled meanwhile (by the watchdog) go to
+        a new file the replay does not remove."""
+        with self._spool_lock:
+            self._spool_pending = False
+            if not self.spool_path.exists():
+                return
+            while True:  # never over a sealed file a crashed process of this pid left
+                self._sealed += 1
+                sealed = self.spool_path.with_name(
+                    f"{SPOOL_PREFIX}{os.getpid()}.{self._sealed}.jsonl"
+                )
+                if not sealed.exists():
+                    break
+            os.replace(self.spool_path, sealed)
+
+    def _maybe_recover(self) -> None:
+        """Create the schema if needed and replay the spools, when due."""
+        if not self._spool_pending and self._schema_ready:
             return
         if self._database_down and time.monotonic() < self._next_probe:
             return
         try:
-            self._replay_spool()
+            with self._database_call([]):
+                self._ensure_schema()
+                self._replay_spool()
         except Exception as error:
+            with self._spool_lock:
+                self._spool_pending = True
             self._mark_database_down(error)
             return
-        if self._database_down:
+        if self._database_down or self._problem:
             logger.warning("prediction log database %s is back", redacted(self.url))
         self._database_down = False
+        self._problem = None
 
     def _replay_spool(self) -> int:
         """Insert every spooled row (in transactions of max_batch_rows) and remove the spool
         files; returns the rows replayed. Runs on the writer thread only. Raises, keeping
         the files, when the database is still down."""
+        self._seal_spool()
         replayed = 0
         for path in self._spool_files():
             rows = self._read_spool(path)
             for start in range(0, len(rows), self.max_batch_rows):
-                chunk = rows[start : start + self.max_batch_rows]
-                try:
-                    self._commit(chunk)
-                except Exception as error:
-                    if not _rows_refused(error):
-                        raise
-                    for row in chunk:  # find the rows the database refuses
-                        try:
-                            self._commit([row])
-                        except Exception as row_error:
-                            if not _rows_refused(row_error):
-                                raise
-                            self._set_aside([row], row_error)
+                self._replay_chunk(rows[start : start + self.max_batch_rows])
             path.unlink(missing_ok=True)
             replayed += len(rows)
             if rows:
                 logger.info("replayed %d prediction log rows from %s", len(rows), path)
         self.stats.replayed_rows += replayed
-        self._spool_pending = False
         return replayed
+
+    def _replay_chunk(self, rows: Sequence[PredictionLogRow]) -> None:
+        """Rows already logged are skipped (a repeated replay, a commit that finished after
+        the watchdog spooled it); rows the database refuses, or that conflict with a logged
+        row of another body, go to the rejected file."""
+        try:
+            outcomes = self._commit_requests([[row] for row in rows])
+        except Exception as error:
+            if not _rows_refused(error):
+                raise
+            for row in rows:  # find the rows the database refuses
+                try:
+                    (outcome,) = self._commit_requests([[row]])
+                except Exception as row_error:
+                    if not _rows_refused(row_error):
+                        raise
+                    self._set_aside([row], row_error)
+                else:
+                    if isinstance(outcome, RequestConflict):
+                        self._set_aside([row], outcome)
+            return
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, RequestConflict):
+                self._set_aside([row], outcome)
 
     @staticmethod
     def _read_spool(path: Path) -> list[PredictionLogRow]:
-        rows = []
-        with path.open(encoding="utf-8") as spool:
+        """The file's rows; none when another process replayed and removed it meanwhile (a
+        dead process's spool is found by every worker)."""
+        rows: list[PredictionLogRow] = []
+        try:
+            spool = path.open(encoding="utf-8")
+        except FileNotFoundError:
+            return rows
+        with spool:
             for number, line in enumerate(spool, start=1):
                 if not line.strip():
                     continue

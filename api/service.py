@@ -6,9 +6,11 @@ rollback to any saved tag), and BentoML's own /livez, /readyz, /healthz and /met
 (/healthz and /livez answer 200 only while a model is loaded and the log writer runs).
 
 Every answered prediction is in `credit_predictions_api_log` before its 2xx leaves: rows go
-through the group-commit `PredictionLogger` (spooled to disk while the database is down).
-A client may send `X-Request-ID` to make a retried request idempotent in the log; the
-id used is echoed in the response header.
+through the group-commit `PredictionLogger` (spooled to disk while the database is down,
+slow or refusing the service; the latter fails /readyz). `X-Request-ID` is an idempotency
+key (1-48 letters, digits and ._:-): the same key with the same body answers what the log
+holds, with another body 409. The id used is echoed in the response header; a batch's
+rows are logged as "<id>#<position>", a form no client key can take.
 
 Several workers (CREDIT_API_WORKERS, default 2: one per core of a small machine): a reload
 received by one reaches every other through `api.model_sync`, and answers once all serve
@@ -33,6 +35,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from credit_platform.core import settings
@@ -63,10 +66,12 @@ from api.model_sync import (  # noqa: E402
     remove_dead_state_dirs,
 )
 from api.prediction_log import (  # noqa: E402
+    LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
     PredictionLogRow,
     PredictionLogUnavailable,
+    RequestConflict,
     utc_now,
 )
 from api.predictor import (  # noqa: E402
@@ -87,7 +92,6 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
-from credit_platform.core.db import init_schema  # noqa: E402
 
 cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
 
@@ -95,6 +99,9 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
+# Joins a batch's request id and a row's position: outside the client key alphabet, so a
+# batch row's id is never a key some other request may send.
+BATCH_ROW_SEPARATOR = "#"
 # Rows larger than this in a batch body can only be padding; refuse before parsing.
 MAX_BYTES_PER_ROW = 4096
 # Above this many rows a batch is scored off the event loop.
@@ -153,11 +160,11 @@ def log_rows(
     *,
     batch: bool,
 ) -> list[PredictionLogRow]:
-    """One log row per answered row; a batch's rows get "<request id>-<position>"."""
+    """One log row per answered row; a batch's rows get "<request id>#<position>"."""
     now = utc_now()
     return [
         PredictionLogRow(
-            f"{request_id}-{position}" if batch else request_id,
+            f"{request_id}{BATCH_ROW_SEPARATOR}{position}" if batch else request_id,
             row.customer_id,
             row_features,
             prediction.label,
@@ -170,6 +177,20 @@ def log_rows(
             zip(rows, scored.features, scored.predictions, strict=True)
         )
     ]
+
+
+def logged_again(scored: Scored, answers: list[LoggedAnswer]) -> Scored:
+    """The answers the log holds for a request sent before (same key, same body); the
+    repaired fields are the fresh ones, since the same body is repaired the same way."""
+    return Scored(
+        scored.features,
+        [
+            Prediction(
+                label=answer.prediction, confidence=answer.confidence, repaired=fresh.repaired
+            )
+            for answer, fresh in zip(answers, scored.predictions, strict=True)
+        ],
+    )
 
 
 def batch_response(rows: list[PredictionFeatures], scored: Scored) -> Response:
@@ -374,12 +395,12 @@ class CreditScoreService:
         self.scorer = CoalescingScorer(self.served_model)
         self.model_sync = ModelSync(self.served_model, state_dir)
         self.model_sync.join()
-        url = settings.feature_store_url()
-        try:
-            init_schema(url).dispose()
-        except Exception as error:  # never fatal: the log spools until the database is back
-            logger.warning("prediction log database not ready (%s); rows will be spooled", error)
-        self.prediction_log = PredictionLogger(url, settings.prediction_spool_dir())
+        # The log creates its table itself, retrying (and spooling) until the database answers.
+        self.prediction_log = PredictionLogger(
+            settings.feature_store_url(),
+            settings.prediction_spool_dir(),
+            timeout_seconds=settings.prediction_log_timeout(),
+        )
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
@@ -401,7 +422,10 @@ class CreditScoreService:
         return self.prediction_log.alive
 
     def __is_ready__(self) -> bool:
-        return self.prediction_log.alive
+        """Ready once the log has tried its table; not while the log database refuses the
+        service for good (bad password, missing database or privilege): answers still go
+        out then, their rows to the spool."""
+        return self.prediction_log.ready
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
@@ -411,9 +435,15 @@ class CreditScoreService:
     def model_metadata(self) -> ModelMetadata:
         return ModelMetadata(**self.served_model.current.metadata(), bento_tag=running_bento())
 
-    async def _record(self, rows: list[PredictionLogRow]) -> None:
+    async def _record(self, rows: list[PredictionLogRow]) -> list[LoggedAnswer] | None:
+        """Log the rows; the logged answers instead when the request was answered before."""
         try:
-            await asyncio.wrap_future(self.prediction_log.submit(rows))
+            return await asyncio.wrap_future(self.prediction_log.submit(rows))
+        except RequestConflict as error:
+            raise BentoMLException(
+                f"{REQUEST_ID_HEADER} conflict: {error}; send a new id for a new request",
+                error_code=HTTPStatus.CONFLICT,
+            ) from error
         except (PredictionLogClosed, PredictionLogUnavailable) as error:
             logger.error("prediction not answered, its log row cannot be kept: %s", error)
             raise ServiceUnavailable(str(error)) from error
@@ -434,9 +464,11 @@ class CreditScoreService:
         predictor, prediction = await self.scorer.score(features)
         elapsed_ms = (time.perf_counter() - started) * 1000
         scored = Scored([as_scored(features, prediction)], [prediction])
-        await self._record(
+        logged = await self._record(
             log_rows(request_id, [data], scored, predictor.tag, elapsed_ms, batch=False)
         )
+        if logged is not None:  # a retry: the answer given the first time
+            (prediction,) = logged_again(scored, logged).predictions
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return PredictionResponse(
             customer_id=data.customer_id,
@@ -458,9 +490,11 @@ class CreditScoreService:
         else:
             scored = await anyio.to_thread.run_sync(self._score, predictor, data)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        await self._record(
+        logged = await self._record(
             log_rows(request_id, data, scored, predictor.tag, elapsed_ms, batch=True)
         )
+        if logged is not None:
+            scored = logged_again(scored, logged)
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return batch_response(data, scored)  # type: ignore[return-value]
 

@@ -191,11 +191,11 @@ def logged_request_ids(url: str, prefix: str) -> list[str]:
 
 
 def check_log(db_url: str, run: WrkRun, *, rows_per_request: int = 1) -> dict:
-    """Every answered id logged exactly once (batches: one row per position)."""
+    """Every answered id logged exactly once (batches: one row per position, "<id>#<n>")."""
     logged = logged_request_ids(db_url, run.prefix)
     counts: dict[str, int] = {}
     for request_id in logged:
-        key = request_id.rsplit("-", 1)[0] if rows_per_request > 1 else request_id
+        key = request_id.rsplit("#", 1)[0] if rows_per_request > 1 else request_id
         counts[key] = counts.get(key, 0) + 1
     missing = [rid for rid in run.answered_ids if counts.get(rid, 0) != rows_per_request]
     return {

@@ -1,18 +1,20 @@
 -- Generated from credit_platform/schema.py by `credit-platform init --print-ddl mariadb`, do not edit by hand.
 
 CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
-	id INTEGER NOT NULL AUTO_INCREMENT,
-	request_id VARCHAR(64) NOT NULL,
+	id BIGINT NOT NULL AUTO_INCREMENT,
+	request_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
 	features JSON NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
 	confidence DOUBLE NOT NULL,
 	elapsed_ms DOUBLE NOT NULL,
 	model_version VARCHAR(128) NOT NULL,
+	role VARCHAR(16) NOT NULL DEFAULT 'champion',
 	created_at DATETIME(6) NOT NULL DEFAULT (now()),
 	PRIMARY KEY (id),
+	CONSTRAINT ck_credit_predictions_api_log_role CHECK (role IN ('champion', 'shadow', 'canary')),
 	UNIQUE (request_id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX IF NOT EXISTS ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
 
@@ -22,7 +24,7 @@ CREATE TABLE IF NOT EXISTS credit_score (
 	date DATE NOT NULL,
 	credit_score VARCHAR(16) NOT NULL,
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX IF NOT EXISTS ix_credit_score_customer ON credit_score (customer_id);
 
@@ -57,7 +59,7 @@ CREATE TABLE IF NOT EXISTS credit_score_features (
 	name VARCHAR(128),
 	ssn VARCHAR(32),
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX IF NOT EXISTS ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
 
@@ -90,7 +92,7 @@ CREATE TABLE IF NOT EXISTS credit_score_features_target (
 	monthly_balance DOUBLE,
 	credit_score VARCHAR(16) NOT NULL,
 	PRIMARY KEY (base_dt, id, customer_id)
-);
+)CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS customer_info (
 	id VARCHAR(32) NOT NULL,
@@ -99,6 +101,6 @@ CREATE TABLE IF NOT EXISTS customer_info (
 	name VARCHAR(128),
 	ssn VARCHAR(32),
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX IF NOT EXISTS ix_customer_info_customer_date ON customer_info (customer_id, date);

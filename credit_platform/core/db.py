@@ -1,18 +1,57 @@
-"""Engines for the feature store, with errors that name the database instead of a stack trace."""
+"""Engines for the feature store, with errors that name the database instead of a stack trace.
+
+Creating the schema is safe to repeat and to run from several processes at once (a lock
+serialises it), and refuses tables that could not store what the schema promises (an older
+layout, a character set other than utf8mb4).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import bindparam, create_engine, inspect, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from credit_platform.core.schema import metadata
+from credit_platform.core.schema import MARIADB_CHARSET, metadata
+
+# MariaDB errors no retry can fix: access denied (user, database, table, column, privilege,
+# host), unknown database, unknown column (a table of another layout).
+PERMANENT_MARIADB_ERRORS = frozenset({1044, 1045, 1049, 1054, 1130, 1142, 1143, 1227, 1698})
+# SQLite's equivalents: a file that cannot be opened, a table of another layout.
+PERMANENT_SQLITE_MESSAGES = ("unable to open database file", "no such column", "has no column")
+SCHEMA_LOCK_SECONDS = 60
 
 
 class FeatureStoreUnavailable(RuntimeError):
     """The feature store could not be reached or opened."""
+
+
+class SchemaMismatch(FeatureStoreUnavailable):
+    """Existing tables cannot hold what the schema promises (layout or character set)."""
+
+
+def permanent_problem(error: BaseException) -> str | None:
+    """The reason when `error` (or what caused it) is one no retry can fix: bad credentials,
+    a missing database, missing privileges, tables of another layout; None for anything
+    that may pass (server down, timeout, lock)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, SchemaMismatch):
+            return str(seen)
+        original = seen.orig if isinstance(seen, DBAPIError) else seen
+        args = getattr(original, "args", ())
+        if args and isinstance(args[0], int) and args[0] in PERMANENT_MARIADB_ERRORS:
+            return f"MariaDB error {args[0]}: {args[1] if len(args) > 1 else original}"
+        if type(original).__module__.startswith("sqlite3") and any(
+            message in str(original) for message in PERMANENT_SQLITE_MESSAGES
+        ):
+            return f"SQLite: {original}"
+        seen = seen.__cause__
+    return None
 
 
 def redacted(url: str) -> str:
@@ -78,12 +117,98 @@ def create_database_if_missing(url: str) -> None:
         server.dispose()
 
 
-def init_schema(url: str) -> Engine:
-    """Create the database (MariaDB) and every table that is missing; safe to repeat."""
-    create_database_if_missing(url)
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Held while the schema is created, so processes starting together on a fresh database
+    do not race on CREATE TABLE: a named lock on MariaDB, a file lock beside SQLite's file."""
+    if engine.url.get_backend_name() == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{Path(database).expanduser()}.schema-lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return
+    with engine.connect() as connection:
+        name = f"credit_platform_schema:{engine.url.database}"[:64]
+        acquired = connection.execute(
+            text("SELECT GET_LOCK(:name, :seconds)"),
+            {"name": name, "seconds": SCHEMA_LOCK_SECONDS},
+        ).scalar()
+        if acquired != 1:
+            raise FeatureStoreUnavailable(
+                f"another process held the schema lock of {redacted(str(engine.url))} "
+                f"for over {SCHEMA_LOCK_SECONDS} s"
+            )
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+def _check_tables(connection: Connection) -> None:
+    """Raise SchemaMismatch when an existing table lacks a column of the schema or (MariaDB)
+    holds text in another character set than utf8mb4, naming the table and the fix."""
+    inspector = inspect(connection)
+    problems = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in present]
+        if missing:
+            problems.append(
+                f"table {table.name} lacks column(s) {', '.join(missing)} (an older layout: "
+                "move its rows aside and drop it, and it is created anew)"
+            )
+    if connection.dialect.name in ("mysql", "mariadb"):
+        names = [table.name for table in metadata.sorted_tables]
+        found = connection.execute(
+            text(
+                "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME "
+                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> :charset "
+                "AND TABLE_NAME IN :names ORDER BY TABLE_NAME, ORDINAL_POSITION"
+            ).bindparams(bindparam("names", expanding=True)),
+            {"charset": MARIADB_CHARSET, "names": names},
+        ).all()
+        tables = sorted({row[0] for row in found})
+        for table_name in tables:
+            columns = [f"{row[1]} ({row[2]})" for row in found if row[0] == table_name]
+            problems.append(
+                f"table {table_name} stores text as {', '.join(columns)}, which turns emoji "
+                f"and CJK text into '?': ALTER TABLE `{table_name}` CONVERT TO CHARACTER SET "
+                f"{MARIADB_CHARSET}"
+            )
+    if problems:
+        raise SchemaMismatch("; ".join(problems))
+
+
+def create_tables(engine: Engine) -> None:
+    """Create every missing table under the schema lock, then check the existing ones."""
+    with schema_lock(engine):
+        metadata.create_all(engine)
+    with engine.connect() as connection:
+        _check_tables(connection)
+
+
+def init_schema(url: str, *, create_database: bool = True) -> Engine:
+    """Create the database (MariaDB, unless `create_database` is false) and every table that
+    is missing; safe to repeat and to run concurrently. Raises SchemaMismatch for tables
+    that cannot hold the schema's data."""
+    if create_database:
+        create_database_if_missing(url)
     engine = make_engine(url)
-    check_reachable(engine)
-    metadata.create_all(engine)
+    try:
+        check_reachable(engine)
+        create_tables(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

@@ -2,12 +2,16 @@
 
 SQLAlchemy Core renders it for SQLite and MariaDB alike; `sql/schema_mariadb.sql`
 is generated from it (`credit-platform init --print-ddl`) and a test keeps the two equal.
+On MariaDB every table is utf8mb4 whatever the database's default character set, so no
+text is ever stored as "?".
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -30,6 +34,24 @@ TIMESTAMP = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 ID_LENGTH = 32
 TEXT_LENGTH = 255
+REQUEST_ID_LENGTH = 64
+# Every MariaDB table is created with this character set, named explicitly: a database whose
+# default is latin1 would otherwise store emoji and CJK text as "?".
+MARIADB_CHARSET = "utf8mb4"
+TABLE_OPTIONS = {"mysql_charset": MARIADB_CHARSET}
+# A 64-bit key on MariaDB (a 32-bit one fills up within days at the log's insert rate);
+# SQLite needs INTEGER PRIMARY KEY for its own 64-bit rowid key.
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+# Request ids compare byte for byte ("CaseTest-1" is not "casetest-1"); SQLite's default
+# comparison already does.
+REQUEST_ID = String(REQUEST_ID_LENGTH).with_variant(
+    mysql.VARCHAR(REQUEST_ID_LENGTH, charset=MARIADB_CHARSET, collation="utf8mb4_bin"),
+    "mysql",
+    "mariadb",
+)
+# Which model of the service answered: the one the champion alias names, or one sharing the
+# traffic beside it.
+MODEL_ROLES = ("champion", "shadow", "canary")
 
 
 def _feature_column(name: str) -> Column:
@@ -58,6 +80,7 @@ customer_info = Table(
     Column("name", String(128), nullable=True),
     Column("ssn", String(32), nullable=True),
     Index("ix_customer_info_customer_date", "customer_id", "date"),
+    **TABLE_OPTIONS,
 )
 
 credit_score = Table(
@@ -69,6 +92,7 @@ credit_score = Table(
     Column(TARGET, String(16), nullable=False),
     Index("ix_credit_score_date", "date"),
     Index("ix_credit_score_customer", "customer_id"),
+    **TABLE_OPTIONS,
 )
 
 credit_score_features = Table(
@@ -81,6 +105,7 @@ credit_score_features = Table(
     Column("name", String(128), nullable=True),
     Column("ssn", String(32), nullable=True),
     Index("ix_credit_score_features_customer_date", "customer_id", "date"),
+    **TABLE_OPTIONS,
 )
 
 credit_score_features_target = Table(
@@ -92,21 +117,28 @@ credit_score_features_target = Table(
     Column("date", Date, nullable=False),
     *feature_columns(),
     Column(TARGET, String(16), nullable=False),
+    **TABLE_OPTIONS,
 )
 
 credit_predictions_api_log = Table(
     "credit_predictions_api_log",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(64), nullable=False, unique=True),
+    Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    Column("request_id", REQUEST_ID, nullable=False, unique=True),
     Column("customer_id", String(ID_LENGTH), nullable=False),
     Column("features", JSON, nullable=False),
     Column("prediction", String(16), nullable=False),
     Column("confidence", DOUBLE, nullable=False),
     Column("elapsed_ms", DOUBLE, nullable=False),
     Column("model_version", String(128), nullable=False),
+    Column("role", String(16), nullable=False, server_default=MODEL_ROLES[0]),
     Column("created_at", TIMESTAMP, nullable=False, server_default=func.now()),
     Index("ix_credit_predictions_api_log_created_at", "created_at"),
+    CheckConstraint(
+        "role IN (" + ", ".join(f"'{role}'" for role in MODEL_ROLES) + ")",
+        name="ck_credit_predictions_api_log_role",
+    ),
+    **TABLE_OPTIONS,
 )
 
 TABLE_NAMES: tuple[str, ...] = tuple(metadata.tables)

@@ -203,11 +203,15 @@ class ServiceProcess:
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. `cut()` closes every connection and stops
     listening (clients get "connection refused", as when a server is down); `restore()`
-    listens again on the same port."""
+    listens again on the same port. `stall()` keeps every connection open but forwards
+    nothing, either way (as a hung server: clients wait for their timeouts); `resume()`
+    delivers what was held and forwards again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -224,7 +228,14 @@ class TcpProxy:
             self._closed = False
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def cut(self) -> None:
+        self._flowing.set()  # held data goes nowhere: its sockets are closed below
         with self._lock:
             self._closed = True
             listener, self._listener = self._listener, None
@@ -263,6 +274,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -26,6 +26,7 @@ PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
 API_MODEL_TAG_ENV = "CREDIT_API_MODEL_TAG"
 API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
+PREDICTION_LOG_TIMEOUT_ENV = "CREDIT_PREDICTION_LOG_TIMEOUT"
 TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
 API_WORKERS_ENV = "CREDIT_API_WORKERS"
 MLFLOW_UI_URL_ENV = "CREDIT_MLFLOW_UI_URL"
@@ -89,6 +90,7 @@ DEFAULT_MLFLOW_UI_HOST = "127.0.0.1"
 DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_API_MAX_BATCH_ROWS = 5000
 DEFAULT_API_WORKERS = 2
+DEFAULT_PREDICTION_LOG_TIMEOUT = 1.0
 
 
 def platform_home() -> Path:
@@ -195,6 +197,22 @@ def prediction_spool_dir() -> Path:
     """Where the prediction log spools rows (fsync'd JSON lines) while the database is down."""
     raw = os.environ.get(PREDICTION_SPOOL_DIR_ENV)
     return Path(raw).expanduser() if raw else platform_home() / "spool"
+
+
+def prediction_log_timeout() -> float:
+    """Seconds a request waits for the log database before its rows go to the spool instead
+    (a hung database then delays answers by this much, not by the driver's timeouts)."""
+    raw = os.environ.get(PREDICTION_LOG_TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_PREDICTION_LOG_TIMEOUT
+    problem = f"{PREDICTION_LOG_TIMEOUT_ENV} must be a positive number of seconds, not {raw!r}"
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if not 0 < value < float("inf"):
+        raise ValueError(problem)
+    return value
 
 
 def training_grid() -> str:

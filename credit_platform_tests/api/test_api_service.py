@@ -259,7 +259,72 @@ def test_a_retried_request_id_is_logged_once(server: Server, payloads: list[dict
 
     assert first.status_code == again.status_code == 200
     assert first.headers["X-Request-ID"] == "client-retry-0001"
+    assert again.json() == first.json()
     assert len(server.log_rows(request_id="client-retry-0001")) == 1
+
+
+def test_request_id_is_an_idempotency_key(
+    server: Server, tags: ModelTags, payloads: list[dict]
+) -> None:
+    """Same key and body: the logged answer again, even after a reload to a model that would
+    answer otherwise; another body under the key: 409 naming it, and the log keeps the first."""
+    before = server.served_tag()
+    headers = {"X-Request-ID": "idem-key-1"}
+    first = server.post("/predict", {"data": payloads[6]}, headers=headers)
+    assert first.status_code == 200, first.text
+    other = tags.second if before != tags.second else tags.first
+    assert server.reload(other).status_code == 200
+    try:
+        again = server.post("/predict", {"data": payloads[6]}, headers=headers)
+        fresh = server.post("/predict", {"data": payloads[6]})
+    finally:
+        assert server.reload(before).status_code == 200
+    assert again.status_code == 200 and again.json() == first.json()
+    assert fresh.status_code == 200
+    assert fresh.json()["confidence"] != first.json()["confidence"]  # the other model's answer
+    (row,) = server.log_rows(request_id="idem-key-1")
+    assert row["model_version"] == before and row["role"] == "champion"
+
+    changed = {**payloads[6], "age": payloads[6]["age"] + 1}
+    conflict = server.post("/predict", {"data": changed}, headers=headers)
+    assert conflict.status_code == 409
+    assert "X-Request-ID" in conflict.text and "idem-key-1" in conflict.text
+    (kept,) = server.log_rows(request_id="idem-key-1")
+    assert kept["features"] == features_of(payloads[6])
+
+    # Keys are case-sensitive: another key, another request.
+    upper = server.post("/predict", {"data": payloads[7]}, headers={"X-Request-ID": "Idem-Key-1"})
+    assert upper.status_code == 200
+    assert server.log_rows(request_id="Idem-Key-1")[0]["customer_id"] == payloads[7]["customer_id"]
+
+
+def test_batch_rows_never_collide_with_a_client_key(server: Server, payloads: list[dict]) -> None:
+    batch = server.post(
+        "/predict_batch", {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
+    )
+    single = server.post("/predict", {"data": payloads[10]}, headers={"X-Request-ID": "coll-1"})
+    assert batch.status_code == single.status_code == 200
+    assert [row["customer_id"] for row in server.log_rows(request_id="coll#1")] == [
+        payloads[9]["customer_id"]
+    ]
+    assert [row["customer_id"] for row in server.log_rows(request_id="coll-1")] == [
+        payloads[10]["customer_id"]
+    ]
+    # A client cannot send a batch row's form as its key.
+    taken = server.post("/predict", {"data": payloads[10]}, headers={"X-Request-ID": "coll#1"})
+    assert taken.status_code == 400 and "X-Request-ID" in taken.text
+
+    # The batch retried: the same answers, no new rows; another body under its key: 409.
+    again = server.post(
+        "/predict_batch", {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
+    )
+    assert again.status_code == 200 and again.json() == batch.json()
+    longer = server.post(
+        "/predict_batch", {"data": payloads[8:11]}, headers={"X-Request-ID": "coll"}
+    )
+    assert longer.status_code == 409
+    logged = [row["request_id"] for row in server.log_rows() if row["request_id"][:5] == "coll#"]
+    assert sorted(logged) == ["coll#0", "coll#1"]
 
 
 def test_batch_keeps_order_and_equals_single_predictions(
@@ -277,7 +342,7 @@ def test_batch_keeps_order_and_equals_single_predictions(
         assert answer["confidence"] == pytest.approx(single["confidence"], rel=1e-12)
     request_id = response.headers["X-Request-ID"]
     logged = server.log_rows()
-    batch_rows = [row for row in logged if row["request_id"].startswith(f"{request_id}-")]
+    batch_rows = [row for row in logged if row["request_id"].startswith(f"{request_id}#")]
     assert len(batch_rows) == len(batch)
 
 

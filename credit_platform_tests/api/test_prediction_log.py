@@ -18,18 +18,21 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import Engine, make_url
 
 from api.prediction_log import (
     SPOOL_PREFIX,
+    LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
     PredictionLogRow,
     PredictionLogUnavailable,
+    RequestConflict,
 )
-from credit_platform.core.db import init_schema, make_engine
+from credit_platform.core.db import SchemaMismatch, init_schema, make_engine
 from credit_platform.core.schema import credit_predictions_api_log as log_table
+from credit_platform.core.service_process import TcpProxy
 
 
 def make_row(request_id: str, confidence: float = 0.5) -> PredictionLogRow:
@@ -132,20 +135,34 @@ def test_close_drains_every_queued_row(log_store: str, tmp_path: Path) -> None:
 def test_same_request_id_is_logged_once(log_store: str, tmp_path: Path) -> None:
     log = PredictionLogger(log_store, tmp_path / "spool")
     try:
-        log.write([make_row("dup", 0.4)])
-        log.write([make_row("dup", 0.9)])  # a retried request
-        log.write([make_row("twin", 0.1), make_row("twin", 0.2)])  # twice in one transaction
+        assert log.write([make_row("dup", 0.4)]) is None
+        # A retried request: the same rows again answer what the log holds.
+        (again,) = log.write([make_row("dup", 0.9)])
+        assert again == LoggedAnswer("Standard", 0.4, "credit_score_classifier:test")
+        # Another body under a logged id is a conflict, not a silently dropped row.
+        with pytest.raises(RequestConflict, match="dup"):
+            log.write([replace(make_row("dup"), customer_id="CUS_0x2")])
+        with pytest.raises(RequestConflict):
+            log.write([replace(make_row("dup"), features={"age": 36})])
+        # Twice in one group commit: the first is logged, the second gets its answer.
+        first = log.submit([make_row("twin", 0.1)])
+        second = log.submit([make_row("twin", 0.2)])
+        other = log.submit([make_row("neighbour", 0.3)])
+        assert first.result(timeout=30) is None and other.result(timeout=30) is None
+        assert second.result(timeout=30) == [
+            LoggedAnswer("Standard", 0.1, "credit_score_classifier:test")
+        ]
     finally:
         log.close()
 
-    assert sorted(logged_ids(log_store)) == ["dup", "twin"]
+    assert sorted(logged_ids(log_store)) == ["dup", "neighbour", "twin"]
     engine = make_engine(log_store)
     with engine.connect() as connection:
         kept = connection.execute(
             select(log_table.c.confidence).where(log_table.c.request_id == "dup")
         ).scalar_one()
     engine.dispose()
-    assert kept == pytest.approx(0.4)  # the first write wins, the replay changes nothing
+    assert kept == pytest.approx(0.4)  # the first write wins, the retry changes nothing
 
 
 def test_outage_spools_with_fsync_then_replays_every_row_exactly_once(
@@ -194,16 +211,22 @@ def test_outage_spools_with_fsync_then_replays_every_row_exactly_once(
     assert not down.spool_path.exists()
 
 
-def test_recovers_while_running_when_the_database_comes_back(
-    store_url: str, tmp_path: Path
+def test_creates_its_table_and_recovers_when_the_database_comes_back(
+    mariadb_url: str, tmp_path: Path
 ) -> None:
-    # The table does not exist yet: every insert fails as it would with the server down.
-    log = PredictionLogger(store_url, tmp_path / "spool", retry_interval_seconds=0.2)
+    """Started while the database is down (fresh: no table yet), the log answers from the
+    spool, keeps trying, creates the table once the server answers and replays every row."""
+    url = make_url(mariadb_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 3306)
+    proxy.cut()
+    proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+    log = PredictionLogger(proxied, tmp_path / "spool", retry_interval_seconds=0.2)
     try:
         log.write([make_row(f"early-{number}") for number in range(50)])
         assert log.database_down and log.spool_path.exists()
+        assert log.problem is None  # an outage, not a configuration error
 
-        init_schema(store_url).dispose()
+        proxy.restore()
         deadline = time.monotonic() + 15
         while log.database_down and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -211,10 +234,19 @@ def test_recovers_while_running_when_the_database_comes_back(
         log.write([make_row("late")])
     finally:
         log.close()
+        proxy.close()
 
-    ids = logged_ids(store_url)
+    ids = logged_ids(mariadb_url)
     assert sorted(ids) == sorted([f"early-{number}" for number in range(50)] + ["late"])
-    assert not log.spool_path.exists()
+    assert not list((tmp_path / "spool").glob(f"{SPOOL_PREFIX}*"))
+
+
+def test_creates_its_table_on_a_fresh_database(sqlite_url: str, tmp_path: Path) -> None:
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    log.write([make_row("first")])
+    log.close()
+    assert logged_ids(sqlite_url) == ["first"]
+    assert log.stats.spooled_rows == 0
 
 
 def test_replays_spools_left_by_dead_processes_but_not_live_ones(
@@ -242,6 +274,39 @@ def test_replays_spools_left_by_dead_processes_but_not_live_ones(
     assert sorted(logged_ids(log_store)) == [f"orphan-{number}" for number in range(5)]
     assert not dead_spool.exists()
     assert live_spool.exists()  # its owner is alive and replays it itself
+
+
+def test_replay_never_seals_over_a_spool_left_by_an_earlier_process_of_this_pid(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A restarted container often has the pid of the one that crashed mid-replay: the sealed
+    file that process left is replayed, not overwritten by this process's own spool."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    left = spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.1.jsonl"
+    left.write_text(make_row("left-by-crash").to_json() + "\n")
+    (spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl").write_text(make_row("own").to_json() + "\n")
+
+    log = PredictionLogger(sqlite_url, spool_dir)
+    log.close()
+    assert sorted(logged_ids(sqlite_url)) == ["left-by-crash", "own"]
+    assert not list(spool_dir.glob(f"{SPOOL_PREFIX}*"))
+
+
+def test_a_spool_another_worker_replayed_first_is_no_outage(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker finds a dead process's spool; the one that replays it second finds it
+    gone, which must not count as a database failure."""
+    gone = tmp_path / "spool" / f"{SPOOL_PREFIX}1.jsonl"
+    monkeypatch.setattr(PredictionLogger, "_spool_files", lambda self: [gone])
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    try:
+        assert log.write([make_row("after")]) is None
+        assert not log.database_down and log.stats.database_failures == 0
+    finally:
+        log.close()
+    assert logged_ids(sqlite_url) == ["after"]
 
 
 def test_row_round_trips_through_the_spool_format() -> None:
@@ -360,11 +425,12 @@ def test_large_batches_are_split_into_statements_of_one_transaction(
     assert len(statements) >= 8 and all(len(statement) <= 1_000 for statement in statements)
 
     log = PredictionLogger(mariadb_url, tmp_path / "spool", max_batch_rows=1_000)
+    log.write([make_row("warm-up")])  # the table is checked before the first insert
     commits_before = commit_counter[0]
     log.write(rows)
     log.close()
     assert commit_counter[0] - commits_before == 1
-    assert sorted(logged_ids(mariadb_url)) == sorted(row.request_id for row in rows)
+    assert sorted(logged_ids(mariadb_url)) == sorted(["warm-up"] + [r.request_id for r in rows])
 
 
 @pytest.mark.parametrize(
@@ -402,3 +468,274 @@ def test_a_row_that_cannot_be_stored_fails_alone_on_mariadb(
     finally:
         log.close()
     assert sorted(logged_ids(mariadb_url)) == ["good-1", "good-2"]
+
+
+# --- no database error is ever swallowed ---------------------------------------------------
+
+
+def id_column_type(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                text(
+                    "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+                    "DATABASE() AND TABLE_NAME = 'credit_predictions_api_log' "
+                    "AND COLUMN_NAME = 'id'"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_full_id_column_fails_requests_instead_of_losing_rows(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """Near the top of the id type, every request either has its row or gets an error:
+    never an answer with no row."""
+    init_schema(mariadb_url).dispose()
+    column_type = id_column_type(mariadb_url)
+    top = {"int": 2**31 - 1, "bigint": 2**63 - 1}[column_type]
+    engine = make_engine(mariadb_url)
+    with engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE credit_predictions_api_log AUTO_INCREMENT={top - 2}"))
+    engine.dispose()
+
+    log = PredictionLogger(mariadb_url, tmp_path / "spool")
+    answered, refused = [], []
+    try:
+        for number in range(6):
+            try:
+                log.write([make_row(f"near-top-{number}")])
+            except PredictionLogUnavailable as error:
+                refused.append(str(error))
+            else:
+                answered.append(f"near-top-{number}")
+    finally:
+        log.close()
+
+    assert sorted(logged_ids(mariadb_url)) == answered  # every answer has its row
+    assert len(answered) == 3 and len(refused) == 3
+    assert "Out of range" in refused[0]
+    assert column_type == "bigint"  # 2^31 rows is under a day at the batch rate
+
+
+@pytest.mark.parametrize("sql_mode", ["server default", "lax"])
+@pytest.mark.parametrize(
+    "too_big",
+    [
+        {"customer_id": "C" * 40},
+        {"prediction": "Standard-and-then-some"},
+        {"model_version": "credit_score_classifier:" + "v" * 200},
+        {"role": "champion-of-the-world"},
+    ],
+    ids=["customer_id", "prediction", "model_version", "role"],
+)
+def test_values_that_do_not_fit_are_refused_not_truncated(
+    mariadb_url: str, tmp_path: Path, sql_mode: str, too_big: dict
+) -> None:
+    """Even on a server whose sql_mode is not strict, the log's sessions are: a value that
+    does not fit fails its request instead of being stored cut short."""
+    init_schema(mariadb_url).dispose()
+    url = mariadb_url
+    if sql_mode == "lax":
+        url += "?init_command=" + quote("SET SESSION sql_mode = ''")
+    log = PredictionLogger(url, tmp_path / "spool")
+    try:
+        with pytest.raises(PredictionLogUnavailable, match="refused"):
+            log.write([replace(make_row("too-big"), **too_big)])
+        log.write([make_row("fits")])
+    finally:
+        log.close()
+    assert logged_ids(mariadb_url) == ["fits"]
+
+
+def test_request_ids_are_case_sensitive_on_mariadb(mariadb_url: str, tmp_path: Path) -> None:
+    init_schema(mariadb_url).dispose()
+    log = PredictionLogger(mariadb_url, tmp_path / "spool")
+    try:
+        assert log.write([make_row("CaseTest-1")]) is None
+        assert log.write([replace(make_row("casetest-1"), customer_id="CUS_0x2")]) is None
+    finally:
+        log.close()
+    assert sorted(logged_ids(mariadb_url)) == ["CaseTest-1", "casetest-1"]
+
+
+def test_a_conflicting_row_met_in_a_replay_is_set_aside(sqlite_url: str, tmp_path: Path) -> None:
+    """While the database was down another worker answered other rows under a logged id:
+    the replay keeps that row in the rejected file, and the identical one it skips."""
+    init_schema(sqlite_url).dispose()
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    log.write([make_row("shared")])
+    log.close()
+    spool = tmp_path / "spool" / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+    spool.parent.mkdir(exist_ok=True)
+    rows = [make_row("shared"), replace(make_row("shared"), customer_id="CUS_0x9"), make_row("new")]
+    spool.write_text("".join(row.to_json() + "\n" for row in rows))
+
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    log.close()
+    assert sorted(logged_ids(sqlite_url)) == ["new", "shared"]
+    (rejected,) = [json.loads(line) for line in log.rejected_path.read_text().splitlines()]
+    assert rejected["row"]["customer_id"] == "CUS_0x9" and "another request" in rejected["error"]
+
+
+# --- outages at start, bad configuration, concurrent creation ------------------------------
+
+
+def test_a_permanent_error_is_reported_and_rows_are_kept(mariadb_url: str, tmp_path: Path) -> None:
+    """A bad password or a missing database is no outage: `problem` says so (the service's
+    readiness fails on it), the rows wait in the spool, and they are replayed once fixed."""
+    url = make_url(mariadb_url)
+    wrong_password = url.set(password="not-the-password").render_as_string(hide_password=False)
+    log = PredictionLogger(wrong_password, tmp_path / "spool-password")
+    try:
+        log.write([make_row("bad-password")])
+        assert log.problem and "1045" in log.problem and "Access denied" in log.problem
+        assert not log.ready and log.alive
+    finally:
+        log.close()
+
+    missing = url.set(database=f"{url.database}_missing")
+    log = PredictionLogger(
+        missing.render_as_string(hide_password=False),
+        tmp_path / "spool-database",
+        retry_interval_seconds=0.2,
+    )
+    try:
+        log.write([make_row("no-database")])
+        assert log.problem and "1049" in log.problem and "Unknown database" in log.problem
+        assert log.spool_path.exists()
+        server = make_engine(url.set(database="").render_as_string(hide_password=False))
+        with server.begin() as connection:
+            connection.execute(text(f"CREATE DATABASE `{missing.database}` CHARACTER SET utf8mb4"))
+        try:
+            deadline = time.monotonic() + 15
+            while (log.problem or log.database_down) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert log.problem is None and not log.database_down and log.ready
+            log.write([make_row("fixed")])
+            log.close()
+            assert sorted(logged_ids(missing.render_as_string(hide_password=False))) == [
+                "fixed",
+                "no-database",
+            ]
+        finally:
+            with server.begin() as connection:
+                connection.execute(text(f"DROP DATABASE IF EXISTS `{missing.database}`"))
+            server.dispose()
+    finally:
+        log.close()
+
+
+def test_processes_starting_together_do_not_race_on_create_table(store_url: str) -> None:
+    """Workers of one service create the schema at the same moment on a fresh database."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            init_schema(store_url).dispose()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+
+
+# --- charset --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def latin1_url(mariadb_url: str) -> Iterator[str]:
+    """A database whose default character set is latin1."""
+    url = make_url(mariadb_url)
+    name = f"{url.database}_latin1"
+    server = make_engine(url.set(database="").render_as_string(hide_password=False))
+    with server.begin() as connection:
+        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET latin1"))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.begin() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        server.dispose()
+
+
+def test_a_latin1_database_still_stores_emoji_and_cjk(latin1_url: str, tmp_path: Path) -> None:
+    customer = "顧客_😀_Ölçü"
+    init_schema(latin1_url).dispose()
+    log = PredictionLogger(latin1_url, tmp_path / "spool")
+    log.write([replace(make_row("unicode"), customer_id=customer, features={"名前": "😀"})])
+    log.close()
+    engine = make_engine(latin1_url)
+    with engine.connect() as connection:
+        stored = connection.execute(select(log_table)).mappings().one()
+    engine.dispose()
+    assert stored["customer_id"] == customer
+    assert stored["features"] == {"名前": "😀"}
+
+
+def test_a_table_that_would_store_question_marks_is_refused(
+    latin1_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(latin1_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("CREATE TABLE customer_info (id VARCHAR(32) PRIMARY KEY, customer_id "
+                 "VARCHAR(32) NOT NULL, date DATE NOT NULL, name VARCHAR(128), ssn VARCHAR(32))")
+        )  # fmt: skip
+    engine.dispose()
+    with pytest.raises(SchemaMismatch, match=r"customer_info.*latin1.*CONVERT TO CHARACTER SET"):
+        init_schema(latin1_url).dispose()
+    log = PredictionLogger(latin1_url, tmp_path / "spool")
+    log.write([make_row("kept")])  # answered from the spool
+    log.close()
+    assert log.problem and "customer_info" in log.problem
+    assert log.spool_path.exists()
+
+
+# --- a hung database -------------------------------------------------------------------------
+
+
+def test_a_hung_database_delays_answers_by_the_timeout_only(
+    mariadb_url: str, tmp_path: Path
+) -> None:
+    """The server stops answering (the proxy holds every byte): after timeout_seconds the
+    rows go to the spool and the callers return; once it answers, the spool is replayed and
+    every row is logged exactly once."""
+    init_schema(mariadb_url).dispose()
+    url = make_url(mariadb_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 3306)
+    proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+    log = PredictionLogger(
+        proxied, tmp_path / "spool", timeout_seconds=0.5, retry_interval_seconds=0.5
+    )
+    try:
+        log.write([make_row("before")])
+        proxy.stall()
+        waits = []
+        for number in range(4):
+            started = time.monotonic()
+            futures = [log.submit([make_row(f"hung-{number}-{part}")]) for part in range(5)]
+            for future in futures:
+                assert future.result(timeout=30) is None
+            waits.append(time.monotonic() - started)
+        assert max(waits) < 2.5, waits  # the driver's own timeouts are 10 s
+        assert log.stats.stalls >= 1 and log.stats.spooled_rows >= 20
+        proxy.resume()
+        deadline = time.monotonic() + 40
+        while (log.database_down or log.spool_path.exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log.write([make_row("after")])
+    finally:
+        log.close()
+        proxy.close()
+    expected = ["after", "before"] + [f"hung-{n}-{p}" for n in range(4) for p in range(5)]
+    assert sorted(logged_ids(mariadb_url)) == sorted(expected)
+    assert not list((tmp_path / "spool").glob(f"{SPOOL_PREFIX}*"))

@@ -25,7 +25,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from api.sample_requests import load_sample, valid_request_payloads
@@ -212,6 +212,129 @@ def test_database_outage_under_load_fails_no_request(
         assert "spooling to" in service.tail(400)  # the outage really hit the log
     finally:
         service.stop()
+
+
+def test_database_down_at_start_then_hung_neither_stalls_nor_loses_answers(
+    tmp_path: Path, proxied_db: tuple[str, TcpProxy], payloads: list[dict], models: Models
+) -> None:
+    """Started while the database is down (its table not created yet), the service answers
+    from the spool, creates the table and replays once the database answers. Then the
+    database hangs (the proxy holds every byte): answers leave after the configured log
+    timeout instead of the driver's 10-20 s, and everything is logged exactly once."""
+    db_url, proxy = proxied_db
+    spool = tmp_path / "spool"
+    proxy.cut()
+    service = ServiceProcess(
+        service_env(db_url, spool, models.first, CREDIT_PREDICTION_LOG_TIMEOUT="0.5"),
+        tmp_path / "service.log",
+    )
+    try:
+        service.wait_ready()  # an outage is not a configuration error: still ready
+        session = requests.Session()
+
+        def predict(request_id: str, index: int) -> tuple[int, float]:
+            started = time.monotonic()
+            response = session.post(
+                f"{service.url}/predict",
+                json={"data": payloads[index % len(payloads)]},
+                headers={"X-Request-ID": request_id},
+                timeout=60,
+            )
+            return response.status_code, time.monotonic() - started
+
+        answered = []
+        for number in range(10):
+            status, _ = predict(f"start-down-{number}", number)
+            assert status == 200
+            answered.append(f"start-down-{number}")
+        assert spool_files(spool), "answers during the outage must be spooled"
+
+        proxy.restore()
+        wait_for(lambda: not spool_files(spool), 30, "the table to be created and replayed")
+
+        proxy.stall()
+        waits = []
+        for number in range(12):
+            status, waited = predict(f"hung-{number}", number)
+            assert status == 200
+            answered.append(f"hung-{number}")
+            waits.append(waited)
+        assert max(waits) < 3.0, f"a hung database held answers for {max(waits):.1f} s"
+
+        proxy.resume()
+        wait_for(lambda: not spool_files(spool), 60, "the rows spooled while hung to be replayed")
+        session.close()
+    finally:
+        service.stop()
+        proxy.resume()
+    logged = logged_ids(db_url, "start-down") + logged_ids(db_url, "hung")
+    assert sorted(logged) == sorted(answered) and max(logged.values()) == 1
+    assert "has not answered for 0.5 s" in service.tail(400)
+
+
+def test_a_log_database_refusing_the_service_fails_readiness(
+    tmp_path: Path, mariadb_url: str, payloads: list[dict], models: Models
+) -> None:
+    """A wrong password is no outage: /readyz fails and the log says why, while answers go
+    on (their rows spooled) and /livez stays up."""
+    wrong = make_url(mariadb_url).set(password="not-the-password")
+    spool = tmp_path / "spool"
+    service = ServiceProcess(
+        service_env(wrong.render_as_string(hide_password=False), spool, models.first),
+        tmp_path / "service.log",
+    )
+    try:
+        wait_for(lambda: answers(f"{service.url}/livez") == 200, 90, "the service to start")
+        wait_for(lambda: answers(f"{service.url}/readyz") == 503, 15, "/readyz to fail")
+        response = requests.post(f"{service.url}/predict", json={"data": payloads[0]}, timeout=30)
+        assert response.status_code == 200
+        assert spool_files(spool)
+        output = service.tail(400)
+        assert "refuses the service" in output and "Access denied" in output
+        assert "not-the-password" not in output
+    finally:
+        service.stop()
+
+
+def test_a_full_log_id_column_never_answers_without_a_row(
+    tmp_path: Path, mariadb_url: str, payloads: list[dict], models: Models
+) -> None:
+    """Six /predict with the log's id two below the top of its type: two are answered and
+    logged, the rest get 503; none is answered without its row."""
+    service = ServiceProcess(
+        service_env(mariadb_url, tmp_path / "spool", models.first), tmp_path / "service.log"
+    )
+    try:
+        service.wait_ready()
+        engine = create_engine(mariadb_url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(f"ALTER TABLE credit_predictions_api_log AUTO_INCREMENT={2**63 - 3}")
+            )
+        engine.dispose()
+        statuses = {}
+        for number in range(6):
+            request_id = f"full-{number}"
+            response = requests.post(
+                f"{service.url}/predict",
+                json={"data": payloads[number]},
+                headers={"X-Request-ID": request_id},
+                timeout=30,
+            )
+            statuses[request_id] = response.status_code
+    finally:
+        service.stop()
+    answered = sorted(request_id for request_id, status in statuses.items() if status == 200)
+    assert sorted(logged_ids(mariadb_url, "full")) == answered
+    assert len(answered) == 3 and set(statuses.values()) == {200, 503}, statuses
+    assert "Out of range" in service.tail(400)
+
+
+def answers(url: str) -> int | None:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.RequestException:
+        return None
 
 
 # --- 3. hot swap under load --------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
             "confidence",
             "elapsed_ms",
             "model_version",
+            "role",
             "created_at",
         }
         uniques = inspect(engine).get_unique_constraints("credit_predictions_api_log")
