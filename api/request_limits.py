@@ -99,7 +99,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     )
                     return
             self._header_bytes = seen
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a refused request's leftovers are not a new bad request
@@ -140,7 +140,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         if self._headers_since is None:
             self._headers_since = self.loop.time()
 
@@ -165,7 +165,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_limit = limit
         self._body_bytes = 0
         self._chunked = chunked
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if self._chunked and cycle is self.cycle and cycle.more_body:
@@ -173,7 +173,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # and within the limit (on_message_complete), never on part of it.
             self._held = (cycle, app)
             return
-        super()._start_asgi_task(cycle, app)
+        HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -186,15 +186,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._held is not None:
             self.cycle.body += body  # bounded by the limit; read on without pausing
             return
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        super().on_message_complete()
-        held, self._held = self._held, None
-        if held is not None:
-            super()._start_asgi_task(*held)
+        HttpToolsProtocol.on_message_complete(self)
+        if self._held is not None:
+            held, self._held = self._held, None
+            HttpToolsProtocol._start_asgi_task(self, *held)
         self._reading_headers = True
         self._header_bytes = 0
 
