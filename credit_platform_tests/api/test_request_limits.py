@@ -338,3 +338,27 @@ def test_slow_header_sockets_are_closed_after_the_timeout(service: Service) -> N
         for connection in sockets:
             connection.close()
     assert service.predict_seconds() < 1.0
+
+
+def test_a_keep_alive_client_that_stalls_in_its_next_headers_is_closed(service: Service) -> None:
+    connection = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+    try:
+        connection.sendall(b"GET /metadata HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        while len(rest) < length:
+            rest += connection.recv(65536)
+        connection.sendall(b"GET /metadata HTTP/1.1\r\nHo")  # and nothing more
+        started = time.monotonic()
+        tail = b""
+        while piece := connection.recv(65536):
+            tail += piece
+        waited = time.monotonic() - started
+    finally:
+        connection.close()
+    assert tail.startswith(b"HTTP/1.1 408 "), tail[:200]
+    assert HEADER_TIMEOUT - 0.1 <= waited < 2 * HEADER_TIMEOUT + 1.0, f"closed after {waited:.1f} s"
