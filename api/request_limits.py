@@ -172,6 +172,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # A streamed body of unknown size: the application starts once it is complete
             # and within the limit (on_message_complete), never on part of it.
             self._held = (cycle, app)
+            if cycle.waiting_for_100_continue:  # the client waits for this before sending
+                cycle.waiting_for_100_continue = False
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
 

@@ -362,3 +362,22 @@ def test_a_keep_alive_client_that_stalls_in_its_next_headers_is_closed(service: 
         connection.close()
     assert tail.startswith(b"HTTP/1.1 408 "), tail[:200]
     assert HEADER_TIMEOUT - 0.1 <= waited < 2 * HEADER_TIMEOUT + 1.0, f"closed after {waited:.1f} s"
+
+
+def test_a_chunked_body_sent_after_100_continue_is_answered(service: Service) -> None:
+    body = json.dumps({"data": service.payloads[0]}).encode()
+    connection = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    try:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = connection.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        connection.sendall(b"".join(chunked([body[:100], body[100:]])))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536)
+    finally:
+        connection.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
