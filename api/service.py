@@ -84,6 +84,7 @@ from api.predictor import (  # noqa: E402
     as_scored,
     load_predictor,
 )
+from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
     BatchPredictRequest,
     ModelMetadata,
@@ -94,6 +95,7 @@ from api.schemas import (  # noqa: E402
 )
 
 cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
+install_request_limits()  # header, body and header-time limits: 431, 413, 408
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
 # Joins a batch's request id and a row's position: outside the client key alphabet, so a
 # batch row's id is never a key some other request may send.
 BATCH_ROW_SEPARATOR = "#"
-# Rows larger than this in a batch body can only be padding; refuse before parsing.
-MAX_BYTES_PER_ROW = 4096
 # Above this many rows a batch is scored off the event loop.
 INLINE_ROWS = 64
 
@@ -230,33 +230,6 @@ class ClientErrorLogFilter(logging.Filter):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
         return True
-
-
-class BatchBodyLimit:
-    """Refuses a /predict_batch body whose declared size cannot be a legal batch (413),
-    so an oversized request never gets parsed."""
-
-    def __init__(self, app: ASGIApp, path: str = "/predict_batch") -> None:
-        self.app = app
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") == self.path:
-            limit = settings.api_max_batch_rows() * MAX_BYTES_PER_ROW
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > limit:
-                    response = JSONResponse(
-                        {
-                            "error": f"request body of {int(value)} bytes is over the limit "
-                            f"of {limit} bytes for a batch of at most "
-                            f"{settings.api_max_batch_rows()} rows",
-                            "detail": [{"loc": ["data"], "msg": "batch too large"}],
-                        },
-                        status_code=413,
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 class KeepAliveRecycler:
@@ -499,5 +472,4 @@ class CreditScoreService:
         return batch_response(data, scored)  # type: ignore[return-value]
 
 
-CreditScoreService.add_asgi_middleware(BatchBodyLimit)
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)

@@ -9,6 +9,7 @@ in-network addresses and container paths for local ones (`NativeAddresses`).
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 STACK_DAGSTER_DIR = REPO_ROOT / "deploy" / "dagster"
+REQUIRE_SECRETS = REPO_ROOT / "deploy" / "require-secrets.sh"
+# The secrets of .env: empty in .env.example, filled in by whoever deploys.
+SECRET_SETTINGS = ("MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD", "API_ADMIN_TOKEN")
 VENV_BIN = Path(sys.executable).parent
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, and $$.
@@ -49,6 +53,14 @@ def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
         if not separator or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError(f"{path.name}:{number} is not NAME=value: {line!r}")
         values[name] = value
+    return values
+
+
+def filled_env_file(**overrides: str) -> dict[str, str]:
+    """.env as an operator makes it from .env.example: each secret a fresh random value."""
+    values = read_env_file()
+    values.update({name: secrets.token_hex(24) for name in SECRET_SETTINGS})
+    values.update(overrides)
     return values
 
 

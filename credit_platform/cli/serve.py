@@ -22,6 +22,31 @@ from credit_platform.core.bento import (
 )
 
 
+# The same rule as deploy/require-secrets.sh, which guards the stack's containers.
+MIN_SECRET_LENGTH = 16
+PLACEHOLDER_WORDS = ("changeme", "placeholder", "replaceme", "example", "yourpassword", "yourtoken")
+
+
+def check_admin_token(token: str | None) -> None:
+    """Refuse to serve with a guessable admin token (a placeholder such as "change-me", or
+    a short one): whoever knows it can swap the served model. No token at all leaves
+    /admin/reload disabled."""
+    if not token:
+        return
+    normalized = "".join(character for character in token.lower() if character.isalnum())
+    if any(word in normalized for word in PLACEHOLDER_WORDS):
+        problem = "is a placeholder"
+    elif len(token) < MIN_SECRET_LENGTH:
+        problem = f"is shorter than {MIN_SECRET_LENGTH} characters"
+    else:
+        return
+    raise click.ClickException(
+        f"refusing to serve: {settings.ADMIN_TOKEN_ENV} {problem}; set it to a random value "
+        f"of at least {MIN_SECRET_LENGTH} characters (e.g. openssl rand -hex 24), or unset "
+        "it to serve with /admin/reload disabled"
+    )
+
+
 class ModelNotSavedYet(click.ClickException):
     """The store holds no model to serve (yet): `--wait-for-model` waits for one."""
 
@@ -87,6 +112,7 @@ def wait_for_model(tag: str, interval: float) -> None:
 def serve(port: int, host: str, model_tag: str | None, wait_seconds: float | None) -> None:
     """Serve predictions over HTTP from the service's built Bento (BentoML; /predict,
     /predict_batch, /metadata, /admin/reload)."""
+    check_admin_token(settings.admin_token())
     env = serve_bento_environment(model_tag)
     os.environ[settings.BENTOML_HOME_ENV] = env[settings.BENTOML_HOME_ENV]
     tag = model_tag or settings.api_model_tag()

@@ -187,6 +187,48 @@ def api_workers() -> int:
     return _positive_int(API_WORKERS_ENV, DEFAULT_API_WORKERS)
 
 
+# Request limits of the prediction service (api/request_limits.py enforces them).
+API_MAX_HEADER_BYTES_ENV = "CREDIT_API_MAX_HEADER_BYTES"
+API_MAX_BODY_BYTES_ENV = "CREDIT_API_MAX_BODY_BYTES"
+API_MAX_ROW_BYTES_ENV = "CREDIT_API_MAX_ROW_BYTES"
+API_HEADER_TIMEOUT_ENV = "CREDIT_API_HEADER_TIMEOUT_SECONDS"
+DEFAULT_API_MAX_HEADER_BYTES = 32 * 1024
+DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_API_MAX_ROW_BYTES = 4096
+DEFAULT_API_HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def api_max_header_bytes() -> int:
+    """Bytes a request line and its headers may take together (431 above)."""
+    return _positive_int(API_MAX_HEADER_BYTES_ENV, DEFAULT_API_MAX_HEADER_BYTES)
+
+
+def api_max_body_bytes() -> int:
+    """Bytes a request body may take on every route but /predict_batch (413 above)."""
+    return _positive_int(API_MAX_BODY_BYTES_ENV, DEFAULT_API_MAX_BODY_BYTES)
+
+
+def api_max_row_bytes() -> int:
+    """Bytes one row of a /predict_batch body may take: the batch body limit is this times
+    the batch row limit (at least the body limit of the other routes)."""
+    return _positive_int(API_MAX_ROW_BYTES_ENV, DEFAULT_API_MAX_ROW_BYTES)
+
+
+def api_header_timeout_seconds() -> float:
+    """Seconds a client may take to send a request line and headers, counted from its
+    first byte (or from the connection, for its first request); then it is disconnected."""
+    raw = os.environ.get(API_HEADER_TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_API_HEADER_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{API_HEADER_TIMEOUT_ENV} must be a positive number, not {raw!r}")
+    return value
+
+
 def api_worker_state_dir(server_identity: str) -> Path:
     """Where the workers of one running service agree on the model to serve (see
     `api.model_sync`); `server_identity` names the server process."""

@@ -6,21 +6,29 @@ containers run.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import time
 
 import pytest
 import yaml
 
 from credit_platform.core import settings
+from credit_platform.core.service_process import free_port
 from credit_platform_tests.stack_fixtures import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     REPO_ROOT,
+    REQUIRE_SECRETS,
+    SECRET_SETTINGS,
     STACK_DAGSTER_DIR,
     VENV_BIN,
+    UnsetVariable,
     bare_variables,
     command_port,
     dependencies,
+    filled_env_file,
     healthcheck_command,
     interpolate,
     load_compose,
@@ -38,8 +46,8 @@ def raw() -> dict:
 
 @pytest.fixture(scope="module")
 def compose(raw) -> dict:
-    """The compose file as `docker compose` sees it with .env copied from .env.example."""
-    return interpolate(raw, read_env_file())
+    """The compose file as `docker compose` sees it with .env made from .env.example."""
+    return interpolate(raw, filled_env_file())
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,7 @@ def test_every_variable_the_compose_file_uses_is_in_env_example(raw):
     unused = sorted(set(defined) - variables_used(raw))
     assert not unused, f"{ENV_EXAMPLE.name} defines settings nothing uses: {unused}"
     assert not bare_variables(raw), f"$NAME without braces: {bare_variables(raw)}"
-    interpolate(raw, defined)  # raises on a ${NAME:?} left without a value
+    interpolate(raw, filled_env_file())  # raises on a ${NAME:?} left without a value
 
 
 def test_env_example_cannot_change_embedded_mode():
@@ -312,3 +320,136 @@ def test_every_program_a_service_runs_is_installed_by_the_pinned_project(service
             assert program == "python" or (VENV_BIN / program).exists(), (
                 f"{name} runs {program}, which the project does not install"
             )
+
+
+# --- exposure and secrets -----------------------------------------------------------------
+
+# What .env.example held before secrets became mandatory: each must be refused.
+OLD_PLACEHOLDERS = {
+    "MARIADB_ROOT_PASSWORD": "change-me-root",
+    "MARIADB_PASSWORD": "change-me",
+    "API_ADMIN_TOKEN": "change-me-token",
+}
+
+
+def _published(services: dict) -> dict[str, list[str]]:
+    return {name: spec["ports"] for name, spec in services.items() if spec.get("ports")}
+
+
+def test_published_ports_bind_to_localhost_unless_the_operator_opts_out(raw):
+    """The Dagster UI, MLflow and the prediction routes authenticate no one: by default
+    they are reachable from this host only; BIND_ADDRESS opens them deliberately."""
+    example = filled_env_file()
+    assert example["BIND_ADDRESS"] == "127.0.0.1"
+    without = {name: value for name, value in example.items() if name != "BIND_ADDRESS"}
+    for env in (example, without):
+        published = _published(interpolate(raw, env)["services"])
+        assert set(published) == {"mlflow", "dagster-webserver", "api"}
+        for name, mappings in published.items():
+            for mapping in mappings:
+                assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping}"
+    opened = _published(interpolate(raw, filled_env_file(BIND_ADDRESS="0.0.0.0"))["services"])
+    assert all(str(m).startswith("0.0.0.0:") for ms in opened.values() for m in ms)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "BIND_ADDRESS" in readme and "BIND_ADDRESS" in ENV_EXAMPLE.read_text()
+
+
+def test_env_example_holds_no_usable_secret(raw):
+    example = read_env_file()
+    secret_like = {name for name in example if re.search(r"PASSWORD|TOKEN|SECRET", name)}
+    assert secret_like == set(SECRET_SETTINGS)
+    for name in SECRET_SETTINGS:
+        assert example[name] == "", f"{ENV_EXAMPLE.name} gives {name} a value"
+    # A .env copied without filling them in stops `docker compose` before any container.
+    with pytest.raises(UnsetVariable, match="API_ADMIN_TOKEN|MARIADB"):
+        interpolate(raw, example)
+
+
+def _script_variables() -> set[str]:
+    match = re.search(r'^SECRET_VARIABLES="([^"]*)"', REQUIRE_SECRETS.read_text(), re.M)
+    assert match, f"{REQUIRE_SECRETS.name} lists no SECRET_VARIABLES"
+    return set(match[1].split())
+
+
+def test_every_container_starts_through_the_secret_check(raw, services):
+    dockerfile = (REPO_ROOT / services["api"]["build"]["dockerfile"]).read_text()
+    assert 'ENTRYPOINT ["sh", "/opt/credit_platform/deploy/require-secrets.sh"]' in dockerfile
+    for name, service in raw["services"].items():
+        if name == "mariadb":
+            continue
+        assert "build" in service and "entrypoint" not in service, (
+            f"{name} does not start through the image's entrypoint"
+        )
+    mariadb = services["mariadb"]
+    assert mariadb["entrypoint"] == [
+        "sh",
+        "/usr/local/bin/require-secrets.sh",
+        "docker-entrypoint.sh",
+    ]
+    assert "./deploy/require-secrets.sh:/usr/local/bin/require-secrets.sh:ro" in mariadb["volumes"]
+    # Every secret a container receives is one the script checks.
+    received = {
+        key
+        for service in services.values()
+        for key in (service.get("environment") or {})
+        if re.search(r"PASSWORD|TOKEN|SECRET", key)
+    }
+    assert received <= _script_variables(), received - _script_variables()
+
+
+def _run_check(raw: dict, name: str, env_file: dict[str, str]):
+    """deploy/require-secrets.sh run as the container runs it, with the service's
+    environment and arguments; `echo` stands in for the program. Returns the completed
+    process and the arguments echoed when the check passes."""
+    spec = interpolate(raw, env_file)["services"][name]
+    env = {"PATH": os.environ["PATH"]}
+    env.update({key: str(value) for key, value in (spec.get("environment") or {}).items()})
+    arguments = [str(argument) for argument in (spec.get("command") or [])[1:]]
+    done = subprocess.run(
+        ["sh", str(REQUIRE_SECRETS), "echo", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done, arguments
+
+
+@pytest.mark.parametrize(
+    "name", ["mariadb", "mlflow", "dagster-user-code", "dagster-webserver", "dagster-daemon", "api"]
+)
+def test_each_service_refuses_placeholder_and_short_secrets(raw, name):
+    refused, _ = _run_check(raw, name, filled_env_file(**OLD_PLACEHOLDERS))
+    assert refused.returncode == 78, refused
+    assert "is a placeholder" in refused.stderr and refused.stdout == ""
+    short = {secret: "abc123" for secret in SECRET_SETTINGS}
+    refused, _ = _run_check(raw, name, filled_env_file(**short))
+    assert refused.returncode == 78 and "shorter than 16" in refused.stderr, refused
+    started, arguments = _run_check(raw, name, filled_env_file())
+    assert started.returncode == 0 and started.stderr == "", started
+    assert started.stdout.split() == arguments
+
+
+def test_serve_refuses_a_placeholder_admin_token(services):
+    """The api service's own command, run here as its container runs it (through the
+    entrypoint and straight), refuses the old example's token at once instead of waiting
+    for a model and serving with it."""
+    command = list(services["api"]["command"])
+    assert command[:2] == ["credit-platform", "serve"] and "--wait-for-model" in command
+    native = [str(VENV_BIN / command[0]), *command[1:]]
+    native[native.index("--host") + 1] = "127.0.0.1"
+    native[native.index("--port") + 1] = str(free_port())
+    env = {
+        **os.environ,
+        "CREDIT_API_ADMIN_TOKEN": OLD_PLACEHOLDERS["API_ADMIN_TOKEN"],
+        "CREDIT_PLATFORM_HOME": str(REPO_ROOT / ".no-such-home"),
+    }
+    for argv in (native, ["sh", str(REQUIRE_SECRETS), *native]):
+        started = time.monotonic()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0, done
+        assert "CREDIT_API_ADMIN_TOKEN" in done.stderr and "placeholder" in done.stderr
+        assert time.monotonic() - started < 30
+    env["CREDIT_API_ADMIN_TOKEN"] = "short-token"
+    done = subprocess.run(native, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "shorter than 16 characters" in done.stderr, done

@@ -44,14 +44,15 @@ from credit_platform_tests.conftest import MARIADB_SERVER_URL, _mariadb_answers
 from credit_platform_tests.model_fixtures import save_tiny_model
 from credit_platform_tests.stack_fixtures import (
     REPO_ROOT,
+    REQUIRE_SECRETS,
     NativeAddresses,
     command_port,
     copy_stack_dagster_home,
     dependencies,
+    filled_env_file,
     healthcheck_command,
     interpolate,
     load_compose,
-    read_env_file,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
@@ -273,10 +274,10 @@ def stack_databases() -> Iterator[StackDatabases]:
 
 
 def _compose_for(databases: StackDatabases) -> dict:
-    """The compose file interpolated as `docker compose` would with .env from .env.example,
-    the database names and credentials being this test's."""
+    """The compose file interpolated as `docker compose` would with .env made from
+    .env.example, the database names and credentials being this test's."""
     env = {
-        **read_env_file(),
+        **filled_env_file(),
         "MARIADB_USER": databases.user,
         "MARIADB_PASSWORD": databases.password,
         "MARIADB_DATABASE": databases.store,
@@ -368,6 +369,7 @@ def stack(stack_databases, tmp_path_factory, kaggle_sample) -> Iterator[NativeSt
         cwd = Path(native.text(spec.get("working_dir", str(root))))
         leftovers = native.leftovers(env, [*argv, *probe, str(cwd)], list(compose["services"]))
         assert not leftovers, f"{name} would still reach into the containers: {leftovers}"
+        argv = ["sh", str(REQUIRE_SECRETS), *argv]  # the image's entrypoint checks the secrets
         services[name] = NativeService(
             name=name,
             argv=argv,
