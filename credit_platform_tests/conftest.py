@@ -112,6 +112,6 @@ def cli_runner(tmp_path: Path):
     return CliRunner(
         env={
             "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-            "CREDIT_API_ADMIN_TOKEN": "cli-test-token",
+            "CREDIT_API_ADMIN_TOKEN": "cli-test-admin-token",
         }
     )

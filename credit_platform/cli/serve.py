@@ -21,7 +21,6 @@ from credit_platform.core.bento import (
     serve_bento_environment,
 )
 
-
 # The same rule as deploy/require-secrets.sh, which guards the stack's containers.
 MIN_SECRET_LENGTH = 16
 PLACEHOLDER_WORDS = ("changeme", "placeholder", "replaceme", "example", "yourpassword", "yourtoken")
