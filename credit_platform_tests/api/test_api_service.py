@@ -290,12 +290,32 @@ def test_request_id_is_an_idempotency_key(
     assert conflict.status_code == 409
     assert "X-Request-ID" in conflict.text and "idem-key-1" in conflict.text
     (kept,) = server.log_rows(request_id="idem-key-1")
-    assert kept["features"] == features_of(payloads[6])
+    # the first body as it was scored: a value the contract repaired is logged as null
+    scored = {**features_of(payloads[6]), **dict.fromkeys(first.json().get("repaired", []))}
+    assert kept["features"] == scored
 
     # Keys are case-sensitive: another key, another request.
     upper = server.post("/predict", {"data": payloads[7]}, headers={"X-Request-ID": "Idem-Key-1"})
     assert upper.status_code == 200
     assert server.log_rows(request_id="Idem-Key-1")[0]["customer_id"] == payloads[7]["customer_id"]
+
+
+def test_a_repaired_request_sent_again_is_the_same_answer(
+    server: Server, payloads: list[dict]
+) -> None:
+    """A retry of a request whose implausible value was repaired: the log holds the repaired
+    features, the retry is recognised as the same request (not a 409) and its answer still
+    lists the repair."""
+    implausible = {**payloads[11], "num_bank_accounts": 1747}
+    headers = {"X-Request-ID": "idem-repaired-1"}
+    first = server.post("/predict", {"data": implausible}, headers=headers)
+    assert first.status_code == 200, first.text
+    assert "num_bank_accounts" in first.json()["repaired"]
+    again = server.post("/predict", {"data": implausible}, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    (row,) = server.log_rows(request_id="idem-repaired-1")
+    assert row["features"]["num_bank_accounts"] is None
 
 
 def test_batch_rows_never_collide_with_a_client_key(server: Server, payloads: list[dict]) -> None:
@@ -463,7 +483,7 @@ def test_implausible_values_are_scored_as_missing_and_listed(
     (logged,) = server.log_rows(request_id=answer.headers["X-Request-ID"])
     assert logged["features"] == features_of(as_missing)
     batch_id = batch.headers["X-Request-ID"]
-    (logged,) = server.log_rows(request_id=f"{batch_id}-1")
+    (logged,) = server.log_rows(request_id=f"{batch_id}#1")
     assert logged["features"] == features_of(as_missing)
 
 

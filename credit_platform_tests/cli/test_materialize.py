@@ -28,7 +28,8 @@ def test_a_failed_day_is_reported_with_its_reason_and_the_next_day_still_runs(ru
     assert seeded.exit_code == 0, seeded.output
 
     result = runner.invoke(
-        main, ["materialize", "--partition", "2025-01-01", "--end", "2025-01-02"]
+        main,
+        ["materialize", "--partition", "2025-01-01", "--end", "2025-01-02", "--grid", "small"],
     )
 
     assert result.exit_code == 1, result.output

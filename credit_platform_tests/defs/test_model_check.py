@@ -128,7 +128,7 @@ def test_a_failing_check_blocks_deployment_and_crowns_no_champion(training_setup
     assert evaluation.metadata["min_accuracy"].value == 0.99
     # `credit-platform materialize` reports the failed run by its check and reason.
     (reason,) = failure_reasons(result)
-    assert reason.startswith("check credit_score_model_quality failed: val_accuracy "), reason
+    assert reason.startswith("check credit_score_model_quality failed: test_accuracy "), reason
     assert "below the minimum 0.9900" in reason
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     assert AssetKey("credit_score_model") in materialized
