@@ -339,13 +339,18 @@ class LoadGenerator:
             request_id = f"{self.prefix}-{number}-{count}"
             index = (number * 7919 + count) % len(self.payloads)
             payload = self.payloads[index]
+            data = json.dumps(self.body(payload))
             try:
-                response = session.post(
-                    f"{self.url}{self.path}",
-                    data=json.dumps(self.body(payload)),
-                    headers={"Content-Type": "application/json", "X-Request-ID": request_id},
-                    timeout=self.timeout,
-                )
+                try:
+                    response = self._post(session, request_id, data)
+                except requests.ConnectionError:
+                    # A keep-alive connection the server closed just as this request went
+                    # out (idle timeout, recycling) fails with no answer; a client sends it
+                    # again on a new connection, under the same X-Request-ID, so a request
+                    # the service did answer gets its logged answer, never a second row.
+                    session.close()
+                    session = requests.Session()
+                    response = self._post(session, request_id, data)
             except requests.RequestException:
                 outcome = Outcome(request_id, index, None)
                 session.close()
@@ -357,6 +362,14 @@ class LoadGenerator:
             with self._lock:
                 self.outcomes.append(outcome)
         session.close()
+
+    def _post(self, session: requests.Session, request_id: str, data: str) -> requests.Response:
+        return session.post(
+            f"{self.url}{self.path}",
+            data=data,
+            headers={"Content-Type": "application/json", "X-Request-ID": request_id},
+            timeout=self.timeout,
+        )
 
     def answered(self) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.status == 200]
