@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from dagster import FilesystemIOManager
+from dagster import FilesystemIOManager, materialize
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
@@ -24,7 +24,9 @@ from credit_platform.core.features import (
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
 from credit_platform.core.schema import credit_score_features_target
+from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.io_managers import PartitionedParquetIOManager
+from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -130,3 +132,23 @@ def tiny_grid(iterations: int = 30) -> dict:
         "iterations": iterations,
         "thread_count": 2,
     }
+
+
+def train_and_check(resources: dict, instance, partition: str, grid: dict, min_accuracy: float):
+    """The continuous-training assets and the blocking quality check for one partition, in
+    `instance`, judged with `min_accuracy` and no champion tolerance."""
+    return materialize(
+        [*CONTINUOUS_TRAINING_ASSETS, credit_score_model_quality],
+        partition_key=partition,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config={
+            "ops": {
+                "credit_score_model": {"config": grid},
+                "credit_score_model_credit_score_model_quality": {
+                    "config": {"min_accuracy": min_accuracy, "tolerance": 1.0}
+                },
+            }
+        },
+    )

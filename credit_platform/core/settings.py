@@ -177,6 +177,20 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
+def _positive_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    problem = f"{name} must be a positive number of seconds, not {raw!r}"
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if not 0 < value < float("inf"):  # NaN fails this too
+        raise ValueError(problem)
+    return value
+
+
 def api_max_batch_rows() -> int:
     """Upper bound on rows in one /predict_batch request."""
     return _positive_int(API_MAX_BATCH_ROWS_ENV, DEFAULT_API_MAX_BATCH_ROWS)
@@ -217,16 +231,7 @@ def api_max_row_bytes() -> int:
 def api_header_timeout_seconds() -> float:
     """Seconds a client may take to send a request line and headers, counted from its
     first byte (or from the connection, for its first request); then it is disconnected."""
-    raw = os.environ.get(API_HEADER_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_API_HEADER_TIMEOUT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{API_HEADER_TIMEOUT_ENV} must be a positive number, not {raw!r}")
-    return value
+    return _positive_seconds(API_HEADER_TIMEOUT_ENV, DEFAULT_API_HEADER_TIMEOUT_SECONDS)
 
 
 def api_worker_state_dir(server_identity: str) -> Path:
@@ -244,17 +249,7 @@ def prediction_spool_dir() -> Path:
 def prediction_log_timeout() -> float:
     """Seconds a request waits for the log database before its rows go to the spool instead
     (a hung database then delays answers by this much, not by the driver's timeouts)."""
-    raw = os.environ.get(PREDICTION_LOG_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_PREDICTION_LOG_TIMEOUT
-    problem = f"{PREDICTION_LOG_TIMEOUT_ENV} must be a positive number of seconds, not {raw!r}"
-    try:
-        value = float(raw)
-    except ValueError as error:
-        raise ValueError(problem) from error
-    if not 0 < value < float("inf"):
-        raise ValueError(problem)
-    return value
+    return _positive_seconds(PREDICTION_LOG_TIMEOUT_ENV, DEFAULT_PREDICTION_LOG_TIMEOUT)
 
 
 def training_grid() -> str:

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-from dagster import build_sensor_context, instance_for_test, materialize
+from dagster import build_sensor_context, instance_for_test
 
 from api.sample_requests import load_sample
 from credit_platform.cli.rollback import roll_back_champion, rollback
@@ -26,8 +26,6 @@ from credit_platform.core.settings import (
     MLFLOW_TRACKING_URI_ENV,
     MODEL_NAME,
 )
-from credit_platform.defs.checks import credit_score_model_quality
-from credit_platform.defs.definitions import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.mlflow_tracking import (
     BENTO_TAG,
     PARTITION_TAG,
@@ -39,7 +37,11 @@ from credit_platform.defs.resources.prediction_service import PredictionServiceR
 from credit_platform.defs.sensors import deploy_sensor
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.model_fixtures import train_tiny_model
-from credit_platform_tests.training_fixtures import tiny_grid, training_resources
+from credit_platform_tests.training_fixtures import (
+    tiny_grid,
+    train_and_check,
+    training_resources,
+)
 
 NEWEST = "2025-02-05"
 BACKFILL = ("2025-02-04", "2025-02-02", "2025-02-03")  # finishing out of order
@@ -159,21 +161,7 @@ def serving(tag: str | None) -> Iterator[str]:
 
 
 def _train(resources, instance, partition: str, grid: dict):
-    result = materialize(
-        [*CONTINUOUS_TRAINING_ASSETS, credit_score_model_quality],
-        partition_key=partition,
-        resources=resources,
-        instance=instance,
-        raise_on_error=False,
-        run_config={
-            "ops": {
-                "credit_score_model": {"config": grid},
-                "credit_score_model_credit_score_model_quality": {
-                    "config": {"min_accuracy": 0.3, "tolerance": 1.0}
-                },
-            }
-        },
-    )
+    result = train_and_check(resources, instance, partition, grid, min_accuracy=0.3)
     (evaluation,) = result.get_asset_check_evaluations()
     return result.output_for_node("credit_score_model"), evaluation
 

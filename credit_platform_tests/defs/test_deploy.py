@@ -43,7 +43,6 @@ from credit_platform.defs.assets.deploy import (
     deployed_bento,
     rollout,
 )
-from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, deploy_job
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -55,7 +54,11 @@ from credit_platform.defs.sensors import (
 )
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.core.test_bento import copy_service_code
-from credit_platform_tests.training_fixtures import tiny_grid, training_resources
+from credit_platform_tests.training_fixtures import (
+    tiny_grid,
+    train_and_check,
+    training_resources,
+)
 
 TOKEN = "deploy-test-token"
 FIRST, SECOND, REJECTED = "2025-02-03", "2025-02-04", "2025-02-05"
@@ -81,21 +84,7 @@ def platform(tmp_path_factory, kaggle_sample):
     try:
         with instance_for_test() as instance:
             for partition, min_accuracy in ((FIRST, 0.3), (SECOND, 0.3), (REJECTED, 0.999)):
-                result = materialize(
-                    [*CONTINUOUS_TRAINING_ASSETS, credit_score_model_quality],
-                    partition_key=partition,
-                    resources=resources,
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config={
-                        "ops": {
-                            "credit_score_model": {"config": tiny_grid()},
-                            "credit_score_model_credit_score_model_quality": {
-                                "config": {"min_accuracy": min_accuracy, "tolerance": 1.0}
-                            },
-                        }
-                    },
-                )
+                result = train_and_check(resources, instance, partition, tiny_grid(), min_accuracy)
                 tags[partition] = result.output_for_node("credit_score_model")["bento_tag"]
             payloads = valid_request_payloads(load_sample(kaggle_sample, rows=300), 40)
             yield {

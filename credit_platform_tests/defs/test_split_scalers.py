@@ -146,20 +146,24 @@ def test_split_asset_reads_its_partition_and_stores_parquet(store_url, tmp_path)
     assert preview.count("\n") == 6  # header, rule, five rows
 
 
-def test_split_asset_fails_clearly_on_an_empty_partition(sqlite_url, tmp_path):
-    init_schema(sqlite_url).dispose()
+def split_failure(tmp_path, sqlite_url) -> str:
+    """Materializes the split of PARTITION, which must fail; returns the failure's text."""
     result = materialize(
         [train_valid_split],
         partition_key=PARTITION,
         resources=training_resources(tmp_path, sqlite_url),
         raise_on_error=False,
     )
-
     assert not result.success
     (failure,) = [
         event for event in result.all_events if event.event_type == DagsterEventType.STEP_FAILURE
     ]
-    message = failure.step_failure_data.user_failure_data.description
+    return failure.step_failure_data.user_failure_data.description
+
+
+def test_split_asset_fails_clearly_on_an_empty_partition(sqlite_url, tmp_path):
+    init_schema(sqlite_url).dispose()
+    message = split_failure(tmp_path, sqlite_url)
     assert PARTITION in message
     assert "credit_score_features_target" in message
     assert not (tmp_path / "storage" / "train_valid_split" / f"{PARTITION}.parquet").exists()
@@ -171,18 +175,7 @@ def test_split_asset_fails_naming_the_day_and_counts_when_test_would_be_too_smal
     engine = init_schema(sqlite_url)
     insert_partition(engine, synthetic_partition(DAY, rows=60))
     engine.dispose()
-    result = materialize(
-        [train_valid_split],
-        partition_key=PARTITION,
-        resources=training_resources(tmp_path, sqlite_url),
-        raise_on_error=False,
-    )
-
-    assert not result.success
-    (failure,) = [
-        event for event in result.all_events if event.event_type == DagsterEventType.STEP_FAILURE
-    ]
-    message = failure.step_failure_data.user_failure_data.description
+    message = split_failure(tmp_path, sqlite_url)
     assert PARTITION in message
     assert "60 rows" in message and "12 test rows" in message and "at least 30" in message
     assert not (tmp_path / "storage" / "train_valid_split" / f"{PARTITION}.parquet").exists()
