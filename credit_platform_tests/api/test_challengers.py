@@ -378,3 +378,20 @@ def _server_identity(server: Server) -> str:
     # The server process the test started runs `credit-platform serve`, which execs into
     # BentoML's server; the workers' state directory is named after that process.
     return process_identity(server.process.pid)
+
+
+def test_the_service_client_attaches_and_detaches(server: Server, tags: ModelTags) -> None:
+    from credit_platform.core.service_client import ServiceClient, ServiceError
+
+    client = ServiceClient(server.url)
+    answer = client.set_challenger(TOKEN, tags.second, "canary", 0.1)
+    assert answer["status"] == "attached" and answer["champion_share"] == pytest.approx(0.9)
+    reported = client.reported_model()
+    assert reported.challenger["model_version"] == tags.second
+    assert reported.challenger["role"] == "canary"
+    with pytest.raises(ServiceError, match="HTTP 400"):
+        client.set_challenger(TOKEN, tags.second, "canary", 0.9)
+    with pytest.raises(ServiceError, match="is not set"):
+        client.set_challenger(None, tags.second)
+    assert client.set_challenger(TOKEN, None)["status"] == "detached"
+    assert client.reported_model().challenger is None
