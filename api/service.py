@@ -58,6 +58,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
+from api.batch_jobs import JobClaimMiddleware, job_request_id  # noqa: E402
 from api.bentoml_patches import cancel_request_timers  # noqa: E402
 from api.challengers import (  # noqa: E402
     SHADOW,
@@ -97,6 +98,7 @@ from api.predictor import (  # noqa: E402
 )
 from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
+    BatchJobRequest,
     BatchPredictRequest,
     ChallengerMetadata,
     ChallengerRequest,
@@ -634,5 +636,31 @@ class CreditScoreService:
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return batch_response(data, scored)  # type: ignore[return-value]
 
+    @bentoml.task(route="/predict_batch_job", input_spec=BatchJobRequest)
+    async def predict_batch_job(
+        self, data: list[PredictionFeatures], ctx: bentoml.Context
+    ) -> list[PredictionResponse]:
+        """Score a large batch as a job: submit, then poll its status and get its answers
+        (the same answers and log rows as /predict_batch). Completed only once every row
+        is logged; a job whose worker died reports failed."""
+        started = time.perf_counter()
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
+        request_id = job_request_id(task_id)
+        champion = self.served_model.current
+        challenger = self.challengers.current
+        predictors, features, scored = await anyio.to_thread.run_sync(
+            self._score, champion, challenger, data
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logged = await self._record(
+            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
+        )
+        if logged is not None:
+            scored = logged_again(scored, logged)
+        else:
+            self._offer_shadow(challenger, request_id, data, features, batch=True)
+        return batch_response(data, scored)  # type: ignore[return-value]
+
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
+CreditScoreService.add_asgi_middleware(JobClaimMiddleware)

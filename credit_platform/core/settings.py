@@ -25,6 +25,7 @@ ADMIN_TOKEN_ENV = "CREDIT_API_ADMIN_TOKEN"
 PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
 API_MODEL_TAG_ENV = "CREDIT_API_MODEL_TAG"
 API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
+API_MAX_JOB_ROWS_ENV = "CREDIT_API_MAX_JOB_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
 PREDICTION_LOG_TIMEOUT_ENV = "CREDIT_PREDICTION_LOG_TIMEOUT"
 TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
@@ -89,6 +90,7 @@ DEFAULT_API_PORT = 3000
 DEFAULT_MLFLOW_UI_HOST = "127.0.0.1"
 DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_API_MAX_BATCH_ROWS = 5000
+DEFAULT_API_MAX_JOB_ROWS = 200_000
 DEFAULT_API_WORKERS = 2
 DEFAULT_PREDICTION_LOG_TIMEOUT = 1.0
 
@@ -194,6 +196,17 @@ def _positive_seconds(name: str, default: float) -> float:
 def api_max_batch_rows() -> int:
     """Upper bound on rows in one /predict_batch request."""
     return _positive_int(API_MAX_BATCH_ROWS_ENV, DEFAULT_API_MAX_BATCH_ROWS)
+
+
+def api_max_job_rows() -> int:
+    """Upper bound on rows in one asynchronous batch job (/predict_batch_job/submit)."""
+    return _positive_int(API_MAX_JOB_ROWS_ENV, DEFAULT_API_MAX_JOB_ROWS)
+
+
+def api_jobs_dir() -> Path:
+    """Which worker process runs each asynchronous job (a job whose worker is gone is
+    reported failed, not left in progress)."""
+    return platform_home() / "run" / "api-jobs"
 
 
 def api_workers() -> int:
