@@ -13,7 +13,7 @@ a customer without a label in the window leaves the prediction unlabelled (not y
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -296,12 +296,19 @@ class DayMonitor:
         self,
         day: date,
         labels: pd.Series,
-        references: Mapping[str, ModelReference | DriftSkipped],
+        reference_for: Callable[[str], ModelReference | DriftSkipped],
     ) -> None:
         self.day = day
         self.labels = labels
-        self.references = dict(references)
+        self.reference_for = reference_for
+        # each model version's reference, looked up once, when its first row is seen
+        self.references: dict[str, ModelReference | DriftSkipped] = {}
         self.tallies: dict[tuple[str, str], GroupTally] = {}
+
+    def reference(self, version: str) -> ModelReference | DriftSkipped:
+        if version not in self.references:
+            self.references[version] = self.reference_for(version)
+        return self.references[version]
 
     def add_chunk(self, chunk: pd.DataFrame) -> None:
         """Add log rows (customer_id, features, prediction, elapsed_ms, model_version, role)."""
@@ -331,7 +338,7 @@ class DayMonitor:
                 chunk["prediction"].iloc[positions].map(str).value_counts().to_dict()
             )
             tally.latencies.append(elapsed[positions])
-            reference = self.references.get(str(version))
+            reference = self.reference(str(version))
             if isinstance(reference, ModelReference):
                 tally.feature_counts = _feature_counts(features.iloc[positions], reference.profile)
             key = (str(version), str(role))
@@ -388,7 +395,7 @@ class DayMonitor:
         for label in LABELS:
             share = tally.predictions.get(label, 0) / tally.requests if tally.requests else None
             rows.append(self._row(version, role, PREDICTION_SHARE, share, label))
-        reference = self.references.get(version)
+        reference = self.reference(version)
         if not isinstance(reference, ModelReference):
             rows.append(self._row(version, role, DRIFT_SKIPPED, 1))
             return rows

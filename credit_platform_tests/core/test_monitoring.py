@@ -187,9 +187,8 @@ def test_the_day_report_per_version_and_role_with_drift_quality_and_skips():
     training = _training_frame()
     reference = ModelReference(reference_profile(training), test_accuracy=0.7, partition="x")
     labels = pd.Series({"c0": "Good", "c1": "Poor"})
-    monitor = DayMonitor(
-        DAY, labels, {"m:new": reference, "m:gone": DriftSkipped("not in the store")}
-    )
+    references = {"m:new": reference, "m:gone": DriftSkipped("not in the store")}
+    monitor = DayMonitor(DAY, labels, references.__getitem__)
     steady = training.iloc[:100]
     drifted = training.iloc[:100].copy()
     drifted["age"] = drifted["age"] + 40  # far above every training value
@@ -223,7 +222,7 @@ def test_the_day_report_per_version_and_role_with_drift_quality_and_skips():
 def test_a_day_without_labels_reports_accuracy_as_unknown_and_bad_rows_are_counted():
     training = _training_frame()
     reference = ModelReference(reference_profile(training), test_accuracy=None, partition="x")
-    monitor = DayMonitor(DAY, pd.Series(dtype=object), {"m": reference})
+    monitor = DayMonitor(DAY, pd.Series(dtype=object), {"m": reference}.__getitem__)
     chunk = _log_chunk(training.iloc[:5], "m", "champion", ["Good"] * 5, list("abcde"))
     chunk.loc[0, "features"] = "{broken"
     chunk.loc[1, "elapsed_ms"] = None
@@ -234,4 +233,4 @@ def test_a_day_without_labels_reports_accuracy_as_unknown_and_bad_rows_are_count
     assert _value(rows, "m", "champion", LIVE_MACRO_F1) is None
     assert _value(rows, "m", "champion", UNREADABLE_FEATURES) == 1
     assert _value(rows, "m", "champion", REQUESTS) == 5
-    assert DayMonitor(DAY, pd.Series(dtype=object), {}).rows() == []
+    assert DayMonitor(DAY, pd.Series(dtype=object), {}.__getitem__).rows() == []

@@ -233,19 +233,15 @@ def model_monitoring(
     with feature_store.engine() as engine:
         create_tables(engine)  # a store initialised before monitoring existed lacks the table
         labels = first_labels(read_first_labels(engine, day, horizon), day, horizon)
-        references: dict[str, ModelReference | DriftSkipped] = {}
-        monitor = DayMonitor(day, labels, references)
+        monitor = DayMonitor(day, labels, lambda tag: model_reference(engine, tag))
         for chunk in read_log_chunks(engine, day):
-            for version in chunk["model_version"].unique():
-                if version not in references:
-                    references[version] = model_reference(engine, str(version))
             monitor.add_chunk(chunk)
         rows = monitor.rows()
         replace_day(engine, day, rows)
         table_name = qualified_table_name(feature_store.url, credit_model_monitoring)
     skipped = {
         version: reason.reason
-        for version, reason in references.items()
+        for version, reason in monitor.references.items()
         if isinstance(reason, DriftSkipped)
     }
     for version, reason in skipped.items():
