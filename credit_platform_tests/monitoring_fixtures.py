@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from api.prediction_log import PredictionLogger, PredictionLogRow
+from credit_platform.core.db import init_schema
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
 from credit_platform.core.model_input import prepare_model_input
 from credit_platform.core.model_store import load_model_bundle
@@ -26,8 +27,12 @@ from credit_platform.core.schema import credit_score, credit_score_features
 from credit_platform.core.training import make_pool, predict_labels
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
+from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.model_fixtures import save_tiny_model
 
+GOOD_DAY = date(2025, 2, 3)  # requests like the training window, the model's own answers
+BAD_DAY = date(2025, 2, 4)  # shifted features, every prediction wrong
+GONE = "credit_score_classifier:no_longer_stored"  # a model version not in the store
 SEED_START = date(2025, 1, 1)
 SEED_DAYS = 40  # labels up to 2025-02-09
 TRAINING_PARTITION = "2025-01-31"
@@ -140,3 +145,42 @@ def model_predictions(tag: str, frame: pd.DataFrame) -> list[str]:
         typed[name] = pd.to_numeric(typed[name], errors="coerce").astype("float64")
     pool = make_pool(prepare_model_input(typed, bundle.scalers))
     return [str(label) for label in predict_labels(bundle.model, pool)]
+
+
+def seed_store(url: str, customers: int = 300):
+    engine = init_schema(url)
+    seed_synthetic(
+        engine, customers=customers, days=SEED_DAYS, start=SEED_START, seed=3, progress=False
+    )
+    return engine
+
+
+def write_good_and_bad_days(url: str, tmp_path: Path, served_tag: str) -> float:
+    """The good day (the model's own answers, a few repaired fields, and a shadow model no
+    longer in the store) and the bad day (shifted features, wrong answers); returns the
+    good day's true accuracy."""
+    engine = init_schema(url)
+    try:
+        today = day_rows(engine, GOOD_DAY)
+        answers = model_predictions(served_tag, today)
+        good = log_rows(today, day=GOOD_DAY, model_version=served_tag, predictions=answers)
+        null_some_features(good)
+        shadow = log_rows(
+            today.iloc[:40],
+            day=GOOD_DAY,
+            model_version=GONE,
+            role="shadow",
+            right=False,
+            prefix="s",
+        )
+        bad = log_rows(
+            day_rows(engine, BAD_DAY),
+            day=BAD_DAY,
+            model_version=served_tag,
+            right=False,
+            shift={"age": 25.0, "outstanding_debt": 3000.0, "interest_rate": 20.0},
+        )
+    finally:
+        engine.dispose()
+    write_log(url, tmp_path / "spool", good + shadow + bad)
+    return float((pd.Series(answers) == today[TARGET].to_numpy()).mean())

@@ -6,7 +6,7 @@ from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
 
 from credit_platform.core import settings
 from credit_platform.defs.catalog import ASSET_OWNERS
-from credit_platform.defs.definitions import defs
+from credit_platform.defs.definitions import build_resources, defs
 from credit_platform.defs.jobs import continuous_training_job, deploy_job
 from credit_platform.defs.schedules import daily_continuous_training
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
@@ -61,6 +61,25 @@ def test_fill_defaults_refuses_an_unknown_grid(monkeypatch):
     monkeypatch.setenv(settings.TRAINING_GRID_ENV, "huge")
     with pytest.raises(ValueError, match="CREDIT_TRAINING_GRID must be one of seed, small"):
         settings.fill_defaults()
+
+
+def test_fill_defaults_refuses_a_malformed_monitoring_threshold(monkeypatch):
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "high")
+    with pytest.raises(ValueError, match="CREDIT_MONITORING_PSI_THRESHOLD must be a non-negative"):
+        settings.fill_defaults()
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "0.3")
+    monkeypatch.setenv(settings.RETRAIN_COOLDOWN_SECONDS_ENV, "0")
+    with pytest.raises(ValueError, match="CREDIT_RETRAIN_COOLDOWN_SECONDS must be a positive"):
+        settings.fill_defaults()
+
+
+def test_the_monitoring_policy_reads_its_thresholds_from_the_environment(monkeypatch):
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "0.35")
+    monkeypatch.setenv(settings.ROLLBACK_MIN_LABELLED_ENV, "500")
+    settings.fill_defaults()
+    resolved = build_resources()["monitoring_policy"].process_config_and_initialize()
+    assert resolved.psi == 0.35 and resolved.rollback_min_labels == 500
+    assert resolved.cooldown_seconds == settings.retrain_cooldown_seconds()
 
 
 def test_sensors_and_schedule_target_the_job_objects():

@@ -4,14 +4,11 @@ service's own log writer, on SQLite and on the real MariaDB server."""
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
-import pandas as pd
 import pytest
 from dagster import AssetCheckSeverity, materialize
 
 from credit_platform.core.db import init_schema
-from credit_platform.core.features import TARGET
 from credit_platform.core.model_store import model_metadata
 from credit_platform.core.monitoring import (
     DRIFT_SKIPPED,
@@ -30,21 +27,19 @@ from credit_platform.defs.assets.monitoring import (
 )
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.monitoring_fixtures import (
-    SEED_DAYS,
-    SEED_START,
+    BAD_DAY,
+    GONE,
+    GOOD_DAY,
     day_rows,
     log_rows,
-    model_predictions,
     monitoring_resources,
-    null_some_features,
+    seed_store,
     train_served_model,
+    write_good_and_bad_days,
     write_log,
 )
 
-GOOD_DAY = date(2025, 2, 3)  # requests like the training window, every prediction right
-BAD_DAY = date(2025, 2, 4)  # shifted features, every prediction wrong
 EMPTY_DAY = date(2025, 2, 6)  # nothing logged
-GONE = "credit_score_classifier:no_longer_stored"
 
 
 def _value(report, version, role, metric, feature=""):
@@ -73,54 +68,15 @@ def _monitor(url: str, day: date, **policy: str):
     )
 
 
-def _seed(url: str, customers: int = 300):
-    engine = init_schema(url)
-    seed_synthetic(
-        engine, customers=customers, days=SEED_DAYS, start=SEED_START, seed=3, progress=False
-    )
-    return engine
-
-
-def _write_days(url: str, tmp_path: Path, served_tag: str) -> float:
-    """The good day (the model's own answers, a few repaired fields, and a shadow model no
-    longer in the store) and the bad day (shifted features, wrong answers); returns the
-    good day's true accuracy."""
-    engine = init_schema(url)
-    try:
-        today = day_rows(engine, GOOD_DAY)
-        answers = model_predictions(served_tag, today)
-        good = log_rows(today, day=GOOD_DAY, model_version=served_tag, predictions=answers)
-        null_some_features(good)
-        shadow = log_rows(
-            today.iloc[:40],
-            day=GOOD_DAY,
-            model_version=GONE,
-            role="shadow",
-            right=False,
-            prefix="s",
-        )
-        bad = log_rows(
-            day_rows(engine, BAD_DAY),
-            day=BAD_DAY,
-            model_version=served_tag,
-            right=False,
-            shift={"age": 25.0, "outstanding_debt": 3000.0, "interest_rate": 20.0},
-        )
-    finally:
-        engine.dispose()
-    write_log(url, tmp_path / "spool", good + shadow + bad)
-    return float((pd.Series(answers) == today[TARGET].to_numpy()).mean())
-
-
 @pytest.fixture(scope="module")
 def sqlite_store(tmp_path_factory):
     """(url, served model tag, the good day's true accuracy)."""
     tmp = tmp_path_factory.mktemp("monitoring")
     url = f"sqlite:///{tmp / 'store.db'}"
-    engine = _seed(url)
+    engine = seed_store(url)
     served_tag = train_served_model(engine)
     engine.dispose()
-    return url, served_tag, _write_days(url, tmp, served_tag)
+    return url, served_tag, write_good_and_bad_days(url, tmp, served_tag)
 
 
 def test_a_good_day_reports_live_accuracy_drift_volume_and_latency(sqlite_store):
@@ -221,8 +177,8 @@ def test_monitoring_on_mariadb_replaces_the_day_when_materialized_again(
     mariadb_url, tmp_path, sqlite_store
 ):
     served_tag = sqlite_store[1]
-    _seed(mariadb_url).dispose()
-    accuracy = _write_days(mariadb_url, tmp_path, served_tag)
+    seed_store(mariadb_url).dispose()
+    accuracy = write_good_and_bad_days(mariadb_url, tmp_path, served_tag)
     assert _monitor(mariadb_url, GOOD_DAY).success
     engine = init_schema(mariadb_url)
     try:
