@@ -25,6 +25,7 @@ import pandas as pd
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     LABELS,
+    MODEL_FEATURES,
     NUMERIC_FEATURES,
     TARGET,
     TEXT_FEATURES,
@@ -125,19 +126,24 @@ def loan_types(listing: Any) -> list[str]:
 
 def category_counts(name: str, values: Iterable[Any]) -> dict[Any, int]:
     """Counts of each category of feature `name` (None counted as MISSING); type_of_loan
-    counts each loan type a row lists (a row listing none counts as MISSING)."""
-    series = pd.Series(list(values), dtype="object")
-    if name == "type_of_loan":
-        tokens = series.map(loan_types)
-        exploded = tokens.explode()
-        counts = exploded.dropna().value_counts().to_dict()
-        missing = int(tokens.map(len).eq(0).sum())
-    else:
-        counts = series.dropna().map(str).value_counts().to_dict()
-        missing = int(series.isna().sum())
-    result: dict[Any, int] = {key: int(count) for key, count in counts.items()}
-    if missing:
-        result[MISSING] = missing
+    counts each loan type a row lists (a row listing none counts as MISSING). Distinct
+    values are counted first, so a day's rows cost one pass."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype="object")
+    try:
+        distinct = series.value_counts(dropna=False)
+    except TypeError:  # an unhashable value (a list, an object) where a category belongs
+        distinct = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        distinct = distinct.value_counts(dropna=False)
+    result: dict[Any, int] = {}
+    for value, count in distinct.items():
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            keys = [MISSING]
+        elif name == "type_of_loan":
+            keys = loan_types(value) or [MISSING]
+        else:
+            keys = [str(value)]
+        for key in keys:
+            result[key] = result.get(key, 0) + int(count)
     return result
 
 
@@ -218,35 +224,35 @@ def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, floa
 
 
 def features_frame(texts: Iterable[Any]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The log's features JSON (text, or already-decoded dicts) as one column per model
-    feature, and which rows held no readable JSON object (counted, their features missing)."""
+    """The log's features JSON (text, or already-decoded objects) as one column per model
+    feature (numbers as float64, a value that is no number made missing), and which rows
+    held no readable JSON object (counted; their features are missing)."""
     records: list[dict[str, Any]] = []
     unreadable: list[bool] = []
     for text in texts:
-        unreadable.append(False)
         if isinstance(text, dict):
-            records.append(text)
-            continue
-        try:
-            record = orjson.loads(text) if text is not None else None
-        except orjson.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            unreadable[-1] = True
-            record = {}
-        records.append(record)
-    columns: dict[str, Any] = {}
+            record = text
+        else:
+            try:
+                record = orjson.loads(text) if isinstance(text, str | bytes) else None
+            except orjson.JSONDecodeError:
+                record = None
+        readable = isinstance(record, dict)
+        unreadable.append(not readable)
+        records.append(record if readable else {})
+    frame = pd.DataFrame(records, columns=list(MODEL_FEATURES), index=range(len(records)))
     for name in NUMERIC_FEATURES:
-        raw = [record.get(name) for record in records]
-        try:
-            columns[name] = np.array(
-                [np.nan if value is None else value for value in raw], dtype=float
-            )
-        except (TypeError, ValueError):  # a text where a number belongs: that value missing
-            columns[name] = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce")
-    for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES):
-        columns[name] = [record.get(name) for record in records]
-    return pd.DataFrame(columns, index=range(len(records))), np.array(unreadable, dtype=bool)
+        frame[name] = _floats(frame[name])
+    return frame, np.array(unreadable, dtype=bool)
+
+
+def _floats(column: pd.Series) -> pd.Series:
+    """A column as float64: missing, non-finite and non-numeric values (a text, a list, a
+    boolean) become NaN."""
+    if column.dtype.kind in "fi":
+        return column.astype("float64")
+    numeric = column.map(lambda value: value if type(value) in (int, float) else np.nan)
+    return numeric.astype("float64")
 
 
 @dataclass

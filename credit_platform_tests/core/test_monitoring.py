@@ -234,3 +234,17 @@ def test_a_day_without_labels_reports_accuracy_as_unknown_and_bad_rows_are_count
     assert _value(rows, "m", "champion", UNREADABLE_FEATURES) == 1
     assert _value(rows, "m", "champion", REQUESTS) == 5
     assert DayMonitor(DAY, pd.Series(dtype=object), {}.__getitem__).rows() == []
+
+
+def test_odd_values_in_logged_features_are_counted_never_a_crash():
+    frame, unreadable = features_frame(
+        [
+            {"age": True, "occupation": ["a", "list"], "annual_income": {"an": "object"}},
+            {"age": 7, "occupation": 3},
+        ]
+    )
+    assert not unreadable.any()
+    assert pd.isna(frame["age"].iloc[0]) and frame["age"].iloc[1] == 7  # a boolean is no age
+    assert frame["annual_income"].isna().all()
+    counts = category_counts("occupation", frame["occupation"])
+    assert counts == {"['a', 'list']": 1, "3": 1}
