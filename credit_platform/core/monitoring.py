@@ -223,18 +223,20 @@ def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, floa
 # --- one day's report, accumulated chunk by chunk ------------------------------------------
 
 
-def features_frame(texts: Iterable[Any]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The log's features JSON (text, or already-decoded objects) as one column per model
-    feature (numbers as float64, a value that is no number made missing), and which rows
-    held no readable JSON object (counted; their features are missing)."""
+def features_frame(values: Iterable[Any]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The log's features as one column per model feature (numbers as float64, a value that
+    is no number made missing), and which rows held no readable JSON object (counted; their
+    features are missing). `values` are the column's JSON texts or decoded objects."""
     records: list[dict[str, Any]] = []
     unreadable: list[bool] = []
-    for text in texts:
-        if isinstance(text, dict):
-            record = text
+    for value in values:
+        if isinstance(value, dict):
+            record = value
+        elif not isinstance(value, str | bytes):
+            record = None
         else:
             try:
-                record = orjson.loads(text) if isinstance(text, str | bytes) else None
+                record = orjson.loads(value)
             except orjson.JSONDecodeError:
                 record = None
         readable = isinstance(record, dict)
@@ -326,10 +328,12 @@ class DayMonitor:
         truth_index = truth.map(_LABEL_INDEX)
         predicted_index = chunk["prediction"].map(_LABEL_INDEX)
         elapsed = pd.to_numeric(chunk["elapsed_ms"], errors="coerce").to_numpy(dtype=float)
-        for (version, role), rows in chunk.groupby(
-            ["model_version", "role"], sort=False
-        ).groups.items():
-            positions = np.asarray(rows)
+        version_codes, versions = pd.factorize(chunk["model_version"].fillna("(none)"))
+        role_codes, roles = pd.factorize(chunk["role"].fillna("(none)"))
+        group_codes = version_codes * len(roles) + role_codes
+        for code in np.unique(group_codes):
+            version, role = versions[code // len(roles)], roles[code % len(roles)]
+            positions = np.flatnonzero(group_codes == code)
             tally = GroupTally(requests=len(positions))
             tally.unreadable = int(unreadable[positions].sum())
             known = truth_index.iloc[positions].notna() & predicted_index.iloc[positions].notna()
@@ -340,9 +344,8 @@ class DayMonitor:
                 ]
             )
             np.add.at(tally.confusion, (pairs[0], pairs[1]), 1)
-            tally.predictions = (
-                chunk["prediction"].iloc[positions].map(str).value_counts().to_dict()
-            )
+            shares = chunk["prediction"].iloc[positions].value_counts()
+            tally.predictions = {str(label): int(count) for label, count in shares.items()}
             tally.latencies.append(elapsed[positions])
             reference = self.reference(str(version))
             if isinstance(reference, ModelReference):
