@@ -7,8 +7,9 @@ from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
 from credit_platform.core import settings
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.definitions import build_resources, defs
-from credit_platform.defs.jobs import continuous_training_job, deploy_job
-from credit_platform.defs.schedules import daily_continuous_training
+from credit_platform.defs.jobs import continuous_training_job, deploy_job, model_monitoring_job
+from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
+from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
 
 SETTINGS_RESOURCES = {
@@ -86,9 +87,15 @@ def test_sensors_and_schedule_target_the_job_objects():
     assert new_data_sensor.job is continuous_training_job
     assert deploy_sensor.job is deploy_job
     assert daily_continuous_training.job is continuous_training_job
-    assert {job.name for job in (continuous_training_job, deploy_job)} <= {
-        job.name for job in defs.resolve_all_job_defs()
-    }
+    assert retrain_sensor.job is continuous_training_job
+    assert rollback_sensor.job is deploy_job
+    assert daily_model_monitoring.job is model_monitoring_job
+    jobs = (continuous_training_job, deploy_job, model_monitoring_job)
+    assert {job.name for job in jobs} <= {job.name for job in defs.resolve_all_job_defs()}
+    monitoring = defs.resolve_assets_def("model_monitoring")
+    assert monitoring.group_names_by_key[monitoring.key] == "monitoring"
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"model_monitoring_drift", "model_monitoring_live_accuracy"} <= checks
 
 
 def test_every_asset_has_owners_and_a_code_reference():
