@@ -28,6 +28,7 @@ from dagster import (
 from credit_platform.core.db import FeatureStoreUnavailable
 from credit_platform.core.monitoring import LABELLED, LIVE_ACCURACY
 from credit_platform.core.monitoring_store import live_accuracy_by_day
+from credit_platform.core.settings import MODEL_NAME
 from credit_platform.defs.assets.deploy import (
     DEPLOYED_BENTO_ASSET,
     MLFLOW_VERSION_RUN_TAG,
@@ -225,7 +226,7 @@ def rollback_sensor(
     if deployed is None:
         return SkipReason("no deployment recorded yet")
     new, old = deployed
-    if not old.startswith(("credit_score_classifier:",)) or old == new:
+    if not old.startswith(f"{MODEL_NAME}:") or old == new:
         return SkipReason(f"{new} has no predecessor to compare with ({old})")
     try:
         with feature_store.engine() as engine:
