@@ -8,6 +8,7 @@ from dagster import AssetSelection, define_asset_job
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.monitoring import model_monitoring
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import train_valid_split
 
@@ -28,4 +29,10 @@ deploy_job = define_asset_job(
     "deploy_model",
     selection=AssetSelection.assets(deployed_bento),
     description="Deploy one partition's checked model to the prediction service.",
+)
+
+model_monitoring_job = define_asset_job(
+    "monitor_predictions",
+    selection=AssetSelection.assets(model_monitoring),
+    description="Monitor one day of the prediction log: live accuracy, drift, volume, latency.",
 )
