@@ -295,6 +295,8 @@ MONITORING_LABEL_HORIZON_DAYS_ENV = "CREDIT_MONITORING_LABEL_HORIZON_DAYS"
 RETRAIN_COOLDOWN_SECONDS_ENV = "CREDIT_RETRAIN_COOLDOWN_SECONDS"
 ROLLBACK_TOLERANCE_ENV = "CREDIT_ROLLBACK_TOLERANCE"
 ROLLBACK_MIN_LABELLED_ENV = "CREDIT_ROLLBACK_MIN_LABELLED"
+CHALLENGER_MARGIN_ENV = "CREDIT_CHALLENGER_MARGIN"
+CHALLENGER_MIN_LABELLED_ENV = "CREDIT_CHALLENGER_MIN_LABELLED"
 # PSI above 0.2 is the usual "significant shift" line; 0.1-0.2 is "moderate".
 DEFAULT_MONITORING_PSI_THRESHOLD = 0.2
 DEFAULT_MONITORING_ACCURACY_TOLERANCE = 0.05
@@ -304,6 +306,8 @@ DEFAULT_MONITORING_LABEL_HORIZON_DAYS = 30
 DEFAULT_RETRAIN_COOLDOWN_SECONDS = 6 * 3600
 DEFAULT_ROLLBACK_TOLERANCE = 0.03
 DEFAULT_ROLLBACK_MIN_LABELLED = 200
+DEFAULT_CHALLENGER_MARGIN = 0.01
+DEFAULT_CHALLENGER_MIN_LABELLED = 200
 
 
 def parse_non_negative_number(name: str, raw: str) -> float:
@@ -373,6 +377,17 @@ def rollback_min_labelled() -> int:
     return _positive_int(ROLLBACK_MIN_LABELLED_ENV, DEFAULT_ROLLBACK_MIN_LABELLED)
 
 
+def challenger_margin() -> float:
+    """How much better (or worse) a shadow's or canary's live accuracy must be than the
+    champion's, on the same days, before the challenger sensor promotes (or detaches) it."""
+    return _non_negative_number(CHALLENGER_MARGIN_ENV, DEFAULT_CHALLENGER_MARGIN)
+
+
+def challenger_min_labelled() -> int:
+    """Labelled predictions the challenger and the champion each need before a decision."""
+    return _positive_int(CHALLENGER_MIN_LABELLED_ENV, DEFAULT_CHALLENGER_MIN_LABELLED)
+
+
 def monitoring_defaults() -> dict[str, Callable[[], str]]:
     """The monitoring variables with their defaults, each read (and so validated) once."""
     return {
@@ -383,6 +398,8 @@ def monitoring_defaults() -> dict[str, Callable[[], str]]:
         RETRAIN_COOLDOWN_SECONDS_ENV: lambda: str(retrain_cooldown_seconds()),
         ROLLBACK_TOLERANCE_ENV: lambda: str(rollback_tolerance()),
         ROLLBACK_MIN_LABELLED_ENV: lambda: str(rollback_min_labelled()),
+        CHALLENGER_MARGIN_ENV: lambda: str(challenger_margin()),
+        CHALLENGER_MIN_LABELLED_ENV: lambda: str(challenger_min_labelled()),
     }
 
 

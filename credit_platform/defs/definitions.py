@@ -8,13 +8,16 @@ shows which variable each value comes from and never prints a password.
 from dagster import Definitions, EnvVar, FilesystemIOManager, with_source_code_references
 
 from credit_platform.core import settings
+from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_monitoring
+from credit_platform.defs.challenger_sensor import challenger_sensor
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParquetIOManager
 from credit_platform.defs.jobs import (
     CONTINUOUS_TRAINING_ASSETS,
+    challenger_decision_job,
     continuous_training_job,
     deploy_job,
     model_monitoring_job,
@@ -51,6 +54,8 @@ def build_resources() -> dict:
             retrain_cooldown_seconds=EnvVar(settings.RETRAIN_COOLDOWN_SECONDS_ENV),
             rollback_tolerance=EnvVar(settings.ROLLBACK_TOLERANCE_ENV),
             rollback_min_labelled=EnvVar(settings.ROLLBACK_MIN_LABELLED_ENV),
+            challenger_margin=EnvVar(settings.CHALLENGER_MARGIN_ENV),
+            challenger_min_labelled=EnvVar(settings.CHALLENGER_MIN_LABELLED_ENV),
         ),
         PARQUET_IO_MANAGER_KEY: PartitionedParquetIOManager(base_dir=str(storage)),
         "io_manager": FilesystemIOManager(base_dir=str(storage / "objects")),
@@ -60,14 +65,20 @@ def build_resources() -> dict:
 def build_definitions() -> Definitions:
     settings.fill_defaults()
     assets = with_source_code_references(
-        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, model_monitoring]
+        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, model_monitoring, challenger_decision]
     )
     return Definitions(
         assets=assets,
         asset_checks=[feature_target_checks, credit_score_model_quality, *MONITORING_CHECKS],
-        jobs=[continuous_training_job, deploy_job, model_monitoring_job],
+        jobs=[continuous_training_job, deploy_job, model_monitoring_job, challenger_decision_job],
         schedules=[daily_continuous_training, daily_model_monitoring],
-        sensors=[new_data_sensor, deploy_sensor, retrain_sensor, rollback_sensor],
+        sensors=[
+            new_data_sensor,
+            deploy_sensor,
+            retrain_sensor,
+            rollback_sensor,
+            challenger_sensor,
+        ],
         resources=build_resources(),
     )
 

@@ -5,6 +5,7 @@ Sensors, schedules, the definitions and the CLI import these objects (never thei
 
 from dagster import AssetSelection, define_asset_job
 
+from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.assets.model import credit_score_model
@@ -29,6 +30,12 @@ deploy_job = define_asset_job(
     "deploy_model",
     selection=AssetSelection.assets(deployed_bento),
     description="Deploy one partition's checked model to the prediction service.",
+)
+
+challenger_decision_job = define_asset_job(
+    "decide_challenger",
+    selection=AssetSelection.assets(challenger_decision),
+    description="Carry out the challenger sensor's verdict: promote or detach the challenger.",
 )
 
 model_monitoring_job = define_asset_job(

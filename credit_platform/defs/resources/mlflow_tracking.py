@@ -31,6 +31,11 @@ ROLLED_BACK_TAG = "rolled_back"
 # A version whose live accuracy fell behind its predecessor's on the same days (the rollback
 # sensor's mark; the value says why): never elected again.
 LIVE_REGRESSION_TAG = "live_regression"
+# A challenger promoted on live evidence ranks as a model of the partition of the champion
+# it displaced: a backfill of older days never displaces it, newer data still does.
+PROMOTED_OVER_TAG = "promoted_over_partition"
+# What the live evidence decided for a challenger ("promoted: ..." or "detached: ...").
+CHALLENGER_VERDICT_TAG = "challenger_verdict"
 # Error codes MLflow uses for "no such registered model" and "no such alias".
 _ABSENT_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
@@ -241,6 +246,38 @@ class MlflowTrackingResource(ConfigurableResource):
                 )
         return marked, self.elect_champion(name)
 
+    def promote(
+        self, challenger: str, champion: str, reason: str, name: str = settings.MODEL_NAME
+    ) -> ModelVersion | None:
+        """Make the challenger (a Bento model tag) champion on live evidence: the displaced
+        champion is marked for a live regression (never elected again), the challenger
+        ranks at the displaced one's partition, and the election runs; returns the champion.
+        Repeating it changes nothing."""
+        displaced = self.versions_of_model(champion, name)
+        partitions = [(v.tags or {}).get(PARTITION_TAG) or "" for v in displaced]
+        over = max(partitions, default="")
+        for version in self.versions_of_model(challenger, name):
+            self.client().set_model_version_tag(
+                name, str(version.version), CHALLENGER_VERDICT_TAG, f"promoted: {reason}"
+            )
+            if over:
+                self.client().set_model_version_tag(
+                    name, str(version.version), PROMOTED_OVER_TAG, over
+                )
+        _, elected = self.mark_regressed(champion, f"displaced by {challenger}: {reason}", name)
+        return elected
+
+    def record_challenger_verdict(
+        self, challenger: str, verdict: str, name: str = settings.MODEL_NAME
+    ) -> list[ModelVersion]:
+        """Tag the challenger's versions with what the live evidence decided."""
+        versions = self.versions_of_model(challenger, name)
+        for version in versions:
+            self.client().set_model_version_tag(
+                name, str(version.version), CHALLENGER_VERDICT_TAG, verdict
+            )
+        return versions
+
     def _is_server(self) -> bool:
         return self.tracking_uri.startswith(("http://", "https://"))
 
@@ -272,10 +309,18 @@ def eligible(version: ModelVersion) -> bool:
     )
 
 
+def ranking_partition(version: ModelVersion) -> str:
+    """The partition a version ranks at: its own, or that of the champion it displaced on
+    live evidence when later."""
+    tags = version.tags or {}
+    return max(tags[PARTITION_TAG], tags.get(PROMOTED_OVER_TAG) or "")
+
+
 def champion_of(versions: list[ModelVersion]) -> ModelVersion | None:
-    """The eligible version of the newest partition (ISO dates sort as days); on a tie the
-    newest version. None when no version is eligible."""
+    """The eligible version of the newest partition (ISO dates sort as days; a promoted
+    challenger ranks at the partition it won over); on a tie the newest version. None when
+    no version is eligible."""
     candidates = [version for version in versions if eligible(version)]
     if not candidates:
         return None
-    return max(candidates, key=lambda version: (version.tags[PARTITION_TAG], int(version.version)))
+    return max(candidates, key=lambda version: (ranking_partition(version), int(version.version)))

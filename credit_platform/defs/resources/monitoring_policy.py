@@ -47,6 +47,27 @@ class MonitoringPolicyResource(ConfigurableResource):
         description="Labelled predictions each model needs on the shared days to compare.",
     )
 
+    challenger_margin: str = Field(
+        default_factory=lambda: str(settings.challenger_margin()),
+        description="How much better (worse) a challenger must be to be promoted (detached).",
+    )
+    challenger_min_labelled: str = Field(
+        default_factory=lambda: str(settings.challenger_min_labelled()),
+        description="Labelled predictions the challenger and the champion each need.",
+    )
+
+    @property
+    def challenger_gap(self) -> float:
+        return settings.parse_non_negative_number(
+            settings.CHALLENGER_MARGIN_ENV, self.challenger_margin
+        )
+
+    @property
+    def challenger_min_labels(self) -> int:
+        return settings.parse_positive_int(
+            settings.CHALLENGER_MIN_LABELLED_ENV, self.challenger_min_labelled
+        )
+
     @property
     def psi(self) -> float:
         return settings.parse_non_negative_number(
