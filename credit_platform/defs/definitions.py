@@ -9,11 +9,13 @@ from dagster import Definitions, EnvVar, FilesystemIOManager, with_source_code_r
 
 from credit_platform.core import settings
 from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParquetIOManager
 from credit_platform.defs.jobs import (
     CONTINUOUS_TRAINING_ASSETS,
+    batch_scoring_job,
     continuous_training_job,
     deploy_job,
 )
@@ -46,11 +48,13 @@ def build_resources() -> dict:
 
 def build_definitions() -> Definitions:
     settings.fill_defaults()
-    assets = with_source_code_references([*CONTINUOUS_TRAINING_ASSETS, deployed_bento])
+    assets = with_source_code_references(
+        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, credit_score_predictions]
+    )
     return Definitions(
         assets=assets,
         asset_checks=[feature_target_checks, credit_score_model_quality],
-        jobs=[continuous_training_job, deploy_job],
+        jobs=[continuous_training_job, deploy_job, batch_scoring_job],
         schedules=[daily_continuous_training],
         sensors=[new_data_sensor, deploy_sensor],
         resources=build_resources(),

@@ -1,4 +1,5 @@
-"""The platform's jobs: continuous training of one day, and deploying one day's model.
+"""The platform's jobs: continuous training of one day, deploying one day's model, and
+batch scoring of one day.
 
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """
@@ -8,6 +9,7 @@ from dagster import AssetSelection, define_asset_job
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import train_valid_split
 
@@ -28,4 +30,10 @@ deploy_job = define_asset_job(
     "deploy_model",
     selection=AssetSelection.assets(deployed_bento),
     description="Deploy one partition's checked model to the prediction service.",
+)
+
+batch_scoring_job = define_asset_job(
+    "batch_scoring",
+    selection=AssetSelection.assets(credit_score_predictions),
+    description="Score every customer with features on one day with the model served that day.",
 )

@@ -15,6 +15,7 @@ SEED_TABLES = {
     "credit_score_features_target",
     "credit_predictions_api_log",
 }
+NEW_TABLES = {"credit_score_predictions"}
 
 
 def _columns(engine, table: str) -> list[str]:
@@ -25,7 +26,7 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
     engine = init_schema(store_url)
     try:
         assert set(inspect(engine).get_table_names()) >= SEED_TABLES
-        assert set(TABLE_NAMES) == SEED_TABLES
+        assert set(TABLE_NAMES) == SEED_TABLES | NEW_TABLES
         features = _columns(engine, "credit_score_features")
         assert features[:3] == ["id", "customer_id", "date"]
         assert features[3:25] == list(MODEL_FEATURES)
@@ -55,6 +56,17 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
         ]
         unique_columns = [set(item["column_names"]) for item in uniques + unique_indexes]
         assert {"request_id"} in unique_columns
+        assert _columns(engine, "credit_score_predictions") == [
+            "score_dt",
+            "customer_id",
+            "prediction",
+            "confidence_good",
+            "confidence_standard",
+            "confidence_poor",
+            "model_version",
+        ]
+        primary = inspect(engine).get_pk_constraint("credit_score_predictions")
+        assert primary["constrained_columns"] == ["score_dt", "customer_id"]
     finally:
         engine.dispose()
 
@@ -93,7 +105,7 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
                 ).strip()
                 if body:
                     connection.execute(text(body))
-        assert set(inspect(engine).get_table_names()) == SEED_TABLES
+        assert set(inspect(engine).get_table_names()) == SEED_TABLES | NEW_TABLES
         assert _columns(engine, "credit_score_features_target")[4:26] == list(MODEL_FEATURES)
     finally:
         engine.dispose()
@@ -106,7 +118,7 @@ def test_cli_init_creates_a_mariadb_database(mariadb_url, cli_runner):
         result = runner.invoke(main, ["init", "--db-url", url])
         assert result.exit_code == 0, result.output
         engine = create_engine(url)
-        assert set(inspect(engine).get_table_names()) == SEED_TABLES
+        assert set(inspect(engine).get_table_names()) == SEED_TABLES | NEW_TABLES
         engine.dispose()
     finally:
         server = create_engine(mariadb_url.rsplit("/", 1)[0])
