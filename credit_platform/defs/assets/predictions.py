@@ -173,9 +173,8 @@ def credit_score_predictions(
 ) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
     deployments = [] if config.model_tag else deployments_until(context.instance, day)
-    champion = None if config.model_tag or served_on(day, deployments) else _champion_tag(
-        mlflow_tracking
-    )
+    needs_champion = not config.model_tag and served_on(day, deployments) is None
+    champion = _champion_tag(mlflow_tracking) if needs_champion else None
     choice = choose_model(day, config.model_tag, deployments, champion)
     bundle = _load(choice, day)
     context.log.info("scoring %s with %s (%s)", day, bundle.tag, _describe_source(choice))
