@@ -175,3 +175,29 @@ def test_a_failure_part_way_keeps_the_previous_predictions(store, models):
     with pytest.raises(RuntimeError, match="second chunk"), store.begin() as connection:
         score_day(connection, DAY_ONE, broken, chunk_rows=10)
     assert _predictions(store, DAY_ONE) == before
+
+
+def test_a_store_made_before_the_scoring_index_gets_it(store_url):
+    """Stores created before batch scoring lack the (date, customer_id) index it reads by;
+    opening them adds it."""
+    from sqlalchemy import inspect, text
+
+    engine = init_schema(store_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "DROP INDEX ix_credit_score_features_date_customer"
+                    + (" ON credit_score_features" if engine.dialect.name != "sqlite" else "")
+                )
+            )
+        names = {index["name"] for index in inspect(engine).get_indexes("credit_score_features")}
+        assert "ix_credit_score_features_date_customer" not in names
+    finally:
+        engine.dispose()
+    engine = init_schema(store_url)
+    try:
+        names = {index["name"] for index in inspect(engine).get_indexes("credit_score_features")}
+        assert "ix_credit_score_features_date_customer" in names
+    finally:
+        engine.dispose()
