@@ -101,3 +101,34 @@ def test_label_rule_drift_makes_labels_worse_on_the_same_features(plain):
 def test_an_unknown_drift_kind_is_refused_by_name():
     with pytest.raises(IngestError, match="unknown drift kind 'weather'.*income"):
         Drift("weather", DRIFT_DAY)
+
+
+def test_seed_synthetic_command_takes_the_drift_knob(cli_runner, sqlite_url):
+    from sqlalchemy import create_engine, func, select
+
+    from credit_platform.cli.main import main
+    from credit_platform.core.schema import credit_score_features
+
+    arguments = ["seed", "synthetic", "--customers=400", "--days=2", "--start=2025-05-01"]
+    result = cli_runner.invoke(
+        main,
+        [*arguments, "--drift-from=2025-05-02", "--drift-kind=occupation", "--quiet"]
+        + [f"--db-url={sqlite_url}"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "occupation drift from 2025-05-02" in result.output
+    engine = create_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            table = credit_score_features
+            shares = dict(
+                connection.execute(
+                    select(table.c.date, func.avg(table.c.occupation == "Developer"))
+                    .where(table.c.occupation.is_not(None))
+                    .group_by(table.c.date)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    before, after = (shares[day] for day in sorted(shares))
+    assert before < 0.15 < 0.35 < after
