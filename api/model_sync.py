@@ -25,11 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from api.challengers import ChallengerSlot, ChallengerSpec
 from api.predictor import ModelNotFound, ModelRefused, Predictor, ServedModel
 
 logger = logging.getLogger(__name__)
 
 DESIRED_FILE = "desired.json"
+CHALLENGER_FILE = "challenger.json"  # the attached shadow or canary, {"tag": null} for none
 _WORKER_FILE = re.compile(r"^worker-(\d+)\.json$")
 _STATE_DIR = re.compile(r"^api-workers-(\d+-\d+)$")
 
@@ -48,6 +50,9 @@ class WorkerState:
     tag: str
     failed_tag: str | None = None
     error: str | None = None
+    challenger: dict | None = None  # the spec this worker's challenger runs under
+    challenger_failed: dict | None = None  # a spec this worker could not attach
+    challenger_error: str | None = None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,21 +105,36 @@ def remove_dead_state_dirs(run_dir: Path) -> None:
 class ModelSync:
     """This worker's side of the agreement; `start()` begins following `desired.json`."""
 
-    def __init__(self, served: ServedModel, state_dir: Path, poll_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        served: ServedModel,
+        state_dir: Path,
+        poll_seconds: float = 0.1,
+        challengers: ChallengerSlot | None = None,
+    ) -> None:
         self.served = served
+        self.challengers = challengers
+        self._challenger_failed: tuple[dict, str] | None = None
         self.state_dir = Path(state_dir)
         self.poll_seconds = poll_seconds
         self.pid = os.getpid()
         self._lock = threading.Lock()  # one swap at a time in this process
         self._stop = threading.Event()
         self._failed: tuple[str, str] | None = None
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple | None = None
         self._thread = threading.Thread(target=self._follow, name="model-sync", daemon=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def desired_path(self) -> Path:
         return self.state_dir / DESIRED_FILE
+
+    @property
+    def challenger_path(self) -> Path:
+        return self.state_dir / CHALLENGER_FILE
+
+    def desired_challenger(self) -> ChallengerSpec | None:
+        return ChallengerSpec.from_dict(_read_json(self.challenger_path))
 
     @property
     def worker_path(self) -> Path:
@@ -139,6 +159,7 @@ class ModelSync:
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps({"tag": self.served.current.tag}))
         self._apply_desired()
+        self._apply_challenger()
         self._thread.start()
 
     def stop(self) -> None:
@@ -207,6 +228,11 @@ class ModelSync:
         state: dict = {"tag": self.served.current.tag}
         if self._failed is not None:
             state["failed_tag"], state["error"] = self._failed
+        if self.challengers is not None:
+            spec = self.challengers.spec
+            state["challenger"] = spec.as_dict() if spec else None
+            if self._challenger_failed is not None:
+                state["challenger_failed"], state["challenger_error"] = self._challenger_failed
         _write_json(self.worker_path, state)
 
     def _apply_desired(self) -> None:
@@ -229,17 +255,85 @@ class ModelSync:
                     )
             self._report()
 
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename is a new inode
+
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            try:
-                stat = self.desired_path.stat()
-            except FileNotFoundError:
-                continue
-            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename is a new inode
-            if seen == self._seen:
+            seen = (self._stamp(self.desired_path), self._stamp(self.challenger_path))
+            if seen == self._seen or seen[0] is None:
                 continue
             self._seen = seen
             try:
                 self._apply_desired()
+                self._apply_challenger()
             except Exception:  # never let the follower die: the next change retries
                 logger.exception("worker %s failed to follow the desired model", self.pid)
+
+    # --- challenger (shadow or canary) ---------------------------------------------------
+
+    def _apply_challenger(self) -> None:
+        if self.challengers is None:
+            return
+        with self._lock:
+            spec = self.desired_challenger()
+            failed = self._challenger_failed
+            if spec == self.challengers.spec or (
+                failed is not None and spec is not None and failed[0] == spec.as_dict()
+            ):
+                return
+            try:
+                self.challengers.attach(spec)
+            except (ModelNotFound, ModelRefused, ValueError) as error:
+                logger.error("worker %s cannot attach %s: %s", self.pid, spec, error)
+                self.challengers.refused(spec, error)
+                self._challenger_failed = (spec.as_dict(), str(error))
+            else:
+                self._challenger_failed = None
+            self._report()
+
+    def set_challenger(
+        self, spec: ChallengerSpec | None, timeout: float = 120.0
+    ) -> tuple[ChallengerSpec | None, ChallengerSpec | None]:
+        """Attach `spec` (None detaches) here, publish it, and wait until every live worker
+        runs it; returns (previous, new). Raises what `ChallengerSlot.attach` raises (nothing
+        changed), ReloadSuperseded, ReloadNotPropagated, or ModelRefused when another worker
+        cannot load it (every worker is then back on the previous challenger)."""
+        if self.challengers is None:
+            raise RuntimeError("this service has no challenger slot")
+        with self._lock:
+            previous = self.challengers.attach(spec)
+            self._challenger_failed = None
+            _write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
+            self._report()
+        wanted = spec.as_dict() if spec else None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.desired_challenger() != spec:
+                raise ReloadSuperseded(f"a concurrent change replaced the challenger {spec}")
+            states = self.workers()
+            refused = [state for state in states if state.challenger_failed == wanted]
+            if wanted is not None and refused:
+                with self._lock:
+                    _write_json(
+                        self.challenger_path, previous.as_dict() if previous else {"tag": None}
+                    )
+                    self.challengers.attach(previous)
+                    self._report()
+                raise ModelRefused(
+                    f"worker {refused[0].pid} could not attach {spec.tag}: "
+                    f"{refused[0].challenger_error}; the previous challenger stays"
+                )
+            if all(state.challenger == wanted for state in states):
+                return previous, spec
+            if time.monotonic() > deadline:
+                raise ReloadNotPropagated(
+                    f"challenger {spec} is published, but after {timeout:.0f}s not every "
+                    "worker runs it"
+                )
+            time.sleep(0.02)

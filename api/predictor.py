@@ -116,6 +116,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle) -> None:
         self.bundle = bundle
         self.loaded_at = datetime.now(UTC)
+        self.role = "champion"  # "shadow" or "canary" once attached as a challenger
         model = bundle.model
         feature_names = list(getattr(model, "feature_names_", None) or MODEL_FEATURES)
         if sorted(feature_names) != sorted(MODEL_FEATURES):

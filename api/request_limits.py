@@ -22,13 +22,24 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from credit_platform.core import settings
 
 BATCH_ROUTE = b"/predict_batch"
-BATCH_QUERY = BATCH_ROUTE + b"?"
+JOB_ROUTE = b"/predict_batch_job/submit"
 # After refusing a request, its remaining bytes are read and dropped for this long before
 # the connection closes, so a client still sending can read the answer (a close with
 # unread data would reset the connection and lose it).
 LINGER_SECONDS = 2.0
 # Timers fire within the loop's clock resolution; a deadline this close counts as reached.
 _DEADLINE_SLACK = 0.05
+
+
+def _is_route(url: bytes, route: bytes) -> bool:
+    return url == route or url.startswith(route + b"?")
+
+
+def job_body_limit() -> int:
+    """Bytes an asynchronous job's body may take: its row limit at the per-row bound."""
+    return max(
+        settings.api_max_body_bytes(), settings.api_max_job_rows() * settings.api_max_row_bytes()
+    )
 
 
 def batch_body_limit() -> int:
@@ -59,11 +70,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._max_header_bytes = settings.api_max_header_bytes()
         self._max_body_bytes = settings.api_max_body_bytes()
         self._max_batch_body_bytes = batch_body_limit()
+        self._max_job_body_bytes = job_body_limit()
         self._header_timeout = settings.api_header_timeout_seconds()
         self._reading_headers = True  # the bytes arriving belong to a request line or headers
         self._header_bytes = 0
         self._headers_since: float | None = None  # when the current headers began
         self._body_limit = 0
+        self._body_rows: int | None = None  # the route's row limit, for the 413 message
         self._body_bytes = 0
         self._chunked = False
         self._held: tuple[Any, Any] | None = None  # a chunked request waiting for its body
@@ -150,8 +163,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._headers_since = None
         url = self.url
-        batch = url == BATCH_ROUTE or url.startswith(BATCH_QUERY)
-        limit = self._max_batch_body_bytes if batch else self._max_body_bytes
+        if _is_route(url, BATCH_ROUTE):
+            limit, rows = self._max_batch_body_bytes, settings.api_max_batch_rows()
+        elif _is_route(url, JOB_ROUTE):
+            limit, rows = self._max_job_body_bytes, settings.api_max_job_rows()
+        else:
+            limit, rows = self._max_body_bytes, None
         declared = None
         chunked = False
         for name, value in self.headers:
@@ -160,9 +177,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             elif name == b"transfer-encoding":
                 chunked = True
         if declared is not None and int(declared) > limit:
-            self._refuse(413, self._body_message(int(declared), limit, batch))
+            self._refuse(413, self._body_message(int(declared), limit, rows))
             return
         self._body_limit = limit
+        self._body_rows = rows
         self._body_bytes = 0
         self._chunked = chunked
         HttpToolsProtocol.on_headers_complete(self)
@@ -183,8 +201,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._body_bytes += len(body)
         if self._body_bytes > self._body_limit:
-            batch = self._body_limit == self._max_batch_body_bytes
-            self._refuse(413, self._body_message(None, self._body_limit, batch))
+            self._refuse(413, self._body_message(None, self._body_limit, self._body_rows))
             return
         if self._held is not None:
             self.cycle.body += body  # bounded by the limit; read on without pausing
@@ -202,13 +219,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
 
     @staticmethod
-    def _body_message(declared: int | None, limit: int, batch: bool) -> str:
+    def _body_message(declared: int | None, limit: int, rows: int | None) -> str:
         size = f"of {declared} bytes " if declared is not None else ""
         message = f"the request body {size}is over the limit of {limit} bytes"
-        if batch:
+        if rows is not None:
             message += (
-                f" for a batch of at most {settings.api_max_batch_rows()} rows "
-                f"({settings.api_max_row_bytes()} bytes a row)"
+                f" for a batch of at most {rows} rows ({settings.api_max_row_bytes()} bytes a row)"
             )
         return message
 

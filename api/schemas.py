@@ -220,6 +220,18 @@ class BatchPredictRequest(BaseModel):
     ]
 
 
+class BatchJobRequest(BaseModel):
+    """Body of POST /predict_batch_job/submit: a batch too large to wait for
+    (CREDIT_API_MAX_JOB_ROWS rows at most)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Annotated[
+        list[PredictionFeatures],
+        Field(min_length=1, max_length=settings.api_max_job_rows()),
+    ]
+
+
 class PredictionResponse(BaseModel):
     """The answer: the customer, the predicted label and its probability, and, only when
     the predictor made implausible values missing, which fields those were."""
@@ -242,6 +254,19 @@ class PredictionResponse(BaseModel):
         return answer
 
 
+class ChallengerMetadata(BaseModel):
+    """A shadow or canary model beside the champion, as GET /metadata reports it."""
+
+    role: str
+    model_version: str
+    share: float  # of requests it answers: the canary's share, 0 for a shadow
+    partition: str | None
+    metrics: dict[str, Any]
+    loaded_at: str
+    # A shadow's work in the worker that answered: rows scored, skipped, failed, queued.
+    shadow: dict[str, Any] | None = None
+
+
 class ModelMetadata(BaseModel):
     """What GET /metadata reports: the model being served and the Bento serving it."""
 
@@ -254,6 +279,9 @@ class ModelMetadata(BaseModel):
     loaded_at: str
     # The Bento this process runs ("<name>:<version>"); None when it runs from source.
     bento_tag: str | None = None
+    champion_share: float = 1.0  # of requests the champion answers
+    challenger: ChallengerMetadata | None = None
+    challenger_problem: str | None = None  # why an asked-for challenger is absent here
 
 
 class ReloadRequest(BaseModel):
@@ -265,6 +293,17 @@ class ReloadRequest(BaseModel):
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
         | None
     ) = None
+
+
+class ChallengerRequest(BaseModel):
+    """Body of POST /admin/challenger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    role: Literal["shadow", "canary"]
+    # The canary's share of customers (a shadow scores every request and answers none).
+    share: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
 
 
 assert set(NULLABLE_FEATURES) == set(MODEL_FEATURES)

@@ -34,6 +34,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -57,7 +58,18 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
+from api.batch_jobs import JobClaimMiddleware, job_request_id  # noqa: E402
 from api.bentoml_patches import cancel_request_timers  # noqa: E402
+from api.challengers import (  # noqa: E402
+    SHADOW,
+    CanaryView,
+    Challenger,
+    ChallengerSlot,
+    ChallengerSpec,
+    ShadowRow,
+    ShadowScorer,
+    routes_to_canary,
+)
 from api.model_sync import (  # noqa: E402
     ModelSync,
     ReloadNotPropagated,
@@ -86,7 +98,10 @@ from api.predictor import (  # noqa: E402
 )
 from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
+    BatchJobRequest,
     BatchPredictRequest,
+    ChallengerMetadata,
+    ChallengerRequest,
     ModelMetadata,
     PredictionFeatures,
     PredictionResponse,
@@ -151,32 +166,60 @@ class Scored:
     predictions: list[Prediction]
 
 
+def row_id(request_id: str, position: int, *, batch: bool) -> str:
+    """A row's log id: the request id, or "<request id>#<position>" for a batch's rows."""
+    return f"{request_id}{BATCH_ROW_SEPARATOR}{position}" if batch else request_id
+
+
 def log_rows(
     request_id: str,
     rows: list[PredictionFeatures],
     scored: Scored,
-    model_version: str,
+    predictors: Sequence[Predictor],
     elapsed_ms: float,
     *,
     batch: bool,
 ) -> list[PredictionLogRow]:
-    """One log row per answered row; a batch's rows get "<request id>#<position>"."""
+    """One log row per answered row, with the model (and its role) that answered it."""
     now = utc_now()
     return [
         PredictionLogRow(
-            f"{request_id}{BATCH_ROW_SEPARATOR}{position}" if batch else request_id,
+            row_id(request_id, position, batch=batch),
             row.customer_id,
             row_features,
             prediction.label,
             prediction.confidence,
             elapsed_ms,
-            model_version,
+            predictor.tag,
             now,
+            predictor.role,
         )
-        for position, (row, row_features, prediction) in enumerate(
-            zip(rows, scored.features, scored.predictions, strict=True)
+        for position, (row, row_features, prediction, predictor) in enumerate(
+            zip(rows, scored.features, scored.predictions, predictors, strict=True)
         )
     ]
+
+
+def shadow_log_row(
+    row_id: str,
+    customer_id: str,
+    features: dict[str, Any],
+    prediction: Prediction,
+    elapsed_ms: float,
+    model_version: str,
+    role: str,
+) -> PredictionLogRow:
+    return PredictionLogRow(
+        row_id,
+        customer_id,
+        features,
+        prediction.label,
+        prediction.confidence,
+        elapsed_ms,
+        model_version,
+        utc_now(),
+        role,
+    )
 
 
 def logged_again(scored: Scored, answers: list[LoggedAnswer]) -> Scored:
@@ -338,10 +381,59 @@ async def reload_endpoint(request: Request) -> JSONResponse:
     )
 
 
+async def challenger_endpoint(request: Request) -> JSONResponse:
+    """POST attaches a shadow or canary ({"tag", "role", "share"}); DELETE detaches it."""
+    refused = authorization_problem(request.headers.get("authorization"), settings.admin_token())
+    if refused is not None:
+        return refused
+    spec: ChallengerSpec | None = None
+    if request.method == "POST":
+        try:
+            asked = ChallengerRequest.model_validate_json(await request.body())
+            spec = ChallengerSpec(asked.tag, asked.role, asked.share)
+        except (ValidationError, ValueError) as error:
+            detail = (
+                json.loads(error.json(include_url=False, include_context=False))
+                if isinstance(error, ValidationError)
+                else str(error)
+            )
+            return _error(
+                400,
+                'the body must be {"tag": "<model tag>", "role": "shadow" or "canary", '
+                '"share": <0 to 0.5, the canary\'s share of customers>}',
+                detail=detail,
+            )
+    service = bentoml.get_current_service()
+    serving = service.served_model.current.tag
+    try:
+        previous, current = await anyio.to_thread.run_sync(service.model_sync.set_challenger, spec)
+    except ModelNotFound as error:
+        return _error(404, str(error), serving=serving)
+    except ValueError as error:  # the champion's own tag
+        return _error(409, str(error), serving=serving)
+    except ModelRefused as error:
+        return _error(422, f"challenger refused: {error}", serving=serving)
+    except ReloadSuperseded as error:
+        return _error(409, str(error), serving=serving)
+    except ReloadNotPropagated as error:
+        return _error(504, str(error), serving=serving)
+    logger.info("challenger changed: %s -> %s", previous, current)
+    metadata = service.model_metadata()
+    return JSONResponse(
+        {
+            "status": "attached" if current else "detached",
+            "previous": previous.as_dict() if previous else None,
+            "challenger": metadata.challenger.model_dump() if metadata.challenger else None,
+            "champion_share": metadata.champion_share,
+        }
+    )
+
+
 admin_app = Starlette(
     routes=[
         Route("/metadata", metadata_endpoint, methods=["GET", "POST"]),
         Route("/admin/reload", reload_endpoint, methods=["POST"]),
+        Route("/admin/challenger", challenger_endpoint, methods=["POST", "DELETE"]),
     ]
 )
 
@@ -365,14 +457,21 @@ class CreditScoreService:
         remove_dead_state_dirs(state_dir.parent)
         predictor = self._initial_predictor(ModelSync.desired_in(state_dir))
         self.served_model = ServedModel(predictor, load_predictor)
+        self.challengers = ChallengerSlot(load_predictor, lambda: self.served_model.current.tag)
         self.scorer = CoalescingScorer(self.served_model)
-        self.model_sync = ModelSync(self.served_model, state_dir)
+        self.canary_scorer = CoalescingScorer(
+            CanaryView(self.challengers, lambda: self.served_model.current)
+        )
+        self.model_sync = ModelSync(self.served_model, state_dir, challengers=self.challengers)
         self.model_sync.join()
         # The log creates its table itself, retrying (and spooling) until the database answers.
         self.prediction_log = PredictionLogger(
             settings.feature_store_url(),
             settings.prediction_spool_dir(),
             timeout_seconds=settings.prediction_log_timeout(),
+        )
+        self.shadow = ShadowScorer(
+            lambda: self.challengers.current, self.prediction_log.submit, shadow_log_row
         )
         logger.info("serving %s", predictor.tag)
         gc.collect()
@@ -403,10 +502,51 @@ class CreditScoreService:
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
         self.model_sync.stop()
+        self.shadow.close()  # its queued rows go to the log before the log closes
         self.prediction_log.close()
 
     def model_metadata(self) -> ModelMetadata:
-        return ModelMetadata(**self.served_model.current.metadata(), bento_tag=running_bento())
+        challenger = self.challengers.current
+        return ModelMetadata(
+            **self.served_model.current.metadata(),
+            bento_tag=running_bento(),
+            champion_share=1.0 - (challenger.spec.answered_share if challenger else 0.0),
+            challenger=self._challenger_metadata(challenger),
+            challenger_problem=self.challengers.problem,
+        )
+
+    def _challenger_metadata(self, challenger: Challenger | None) -> ChallengerMetadata | None:
+        if challenger is None:
+            return None
+        described = challenger.predictor.metadata()
+        return ChallengerMetadata(
+            role=challenger.spec.role,
+            model_version=challenger.spec.tag,
+            share=challenger.spec.answered_share,
+            partition=described["partition"],
+            metrics=described["metrics"],
+            loaded_at=described["loaded_at"],
+            shadow=self.shadow.stats() if challenger.spec.role == SHADOW else None,
+        )
+
+    def _offer_shadow(
+        self,
+        challenger: Challenger | None,
+        request_id: str,
+        rows: list[PredictionFeatures],
+        features: list[dict[str, Any]],
+        *,
+        batch: bool,
+    ) -> None:
+        """Answered rows to the shadow, if one is attached: queued, never awaited."""
+        if challenger is None or challenger.spec.role != SHADOW:
+            return
+        self.shadow.offer(
+            [
+                ShadowRow(row_id(request_id, position, batch=batch), row.customer_id, row_features)
+                for position, (row, row_features) in enumerate(zip(rows, features, strict=True))
+            ]
+        )
 
     async def _record(self, rows: list[PredictionLogRow]) -> list[LoggedAnswer] | None:
         """Log the rows; the logged answers instead when the request was answered before."""
@@ -422,10 +562,24 @@ class CreditScoreService:
             raise ServiceUnavailable(str(error)) from error
 
     @staticmethod
-    def _score(predictor: Predictor, rows: list[PredictionFeatures]) -> Scored:
+    def _score(
+        champion: Predictor, challenger: Challenger | None, rows: list[PredictionFeatures]
+    ) -> tuple[list[Predictor], list[dict[str, Any]], Scored]:
+        """Each row scored by its model (the canary's customers by the canary), one model
+        call per model; returns the model of each row, the raw features, and the scores."""
         features = [row.features() for row in rows]
-        predictions = predictor.predict(features)
-        return Scored(list(map(as_scored, features, predictions)), predictions)
+        predictors = [
+            challenger.predictor if routes_to_canary(challenger, row.customer_id) else champion
+            for row in rows
+        ]
+        predictions: list[Prediction | None] = [None] * len(rows)
+        for predictor in {id(p): p for p in predictors}.values():
+            positions = [i for i, p in enumerate(predictors) if p is predictor]
+            scored = predictor.predict([features[i] for i in positions])
+            for position, prediction in zip(positions, scored, strict=True):
+                predictions[position] = prediction
+        done: list[Prediction] = predictions  # type: ignore[assignment]
+        return predictors, features, Scored(list(map(as_scored, features, done)), done)
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, data: PredictionFeatures, ctx: bentoml.Context) -> PredictionResponse:
@@ -433,15 +587,21 @@ class CreditScoreService:
         started = time.perf_counter()
         request_id = request_id_for(ctx)
         features = data.features()
+        challenger = self.challengers.current
+        canary = routes_to_canary(challenger, data.customer_id)
         # Scored with the rows of concurrent requests; the answer names the model used.
-        predictor, prediction = await self.scorer.score(features)
+        predictor, prediction = await (self.canary_scorer if canary else self.scorer).score(
+            features
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000
         scored = Scored([as_scored(features, prediction)], [prediction])
         logged = await self._record(
-            log_rows(request_id, [data], scored, predictor.tag, elapsed_ms, batch=False)
+            log_rows(request_id, [data], scored, [predictor], elapsed_ms, batch=False)
         )
         if logged is not None:  # a retry: the answer given the first time
             (prediction,) = logged_again(scored, logged).predictions
+        else:
+            self._offer_shadow(challenger, request_id, [data], [features], batch=False)
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return PredictionResponse(
             customer_id=data.customer_id,
@@ -457,19 +617,50 @@ class CreditScoreService:
         """Score many applicants in one model call; answers keep the request's order."""
         started = time.perf_counter()
         request_id = request_id_for(ctx)
-        predictor = self.served_model.current
+        champion = self.served_model.current
+        challenger = self.challengers.current
         if len(data) <= INLINE_ROWS:
-            scored = self._score(predictor, data)
+            predictors, features, scored = self._score(champion, challenger, data)
         else:
-            scored = await anyio.to_thread.run_sync(self._score, predictor, data)
+            predictors, features, scored = await anyio.to_thread.run_sync(
+                self._score, champion, challenger, data
+            )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logged = await self._record(
-            log_rows(request_id, data, scored, predictor.tag, elapsed_ms, batch=True)
+            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
         )
         if logged is not None:
             scored = logged_again(scored, logged)
+        else:
+            self._offer_shadow(challenger, request_id, data, features, batch=True)
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
+        return batch_response(data, scored)  # type: ignore[return-value]
+
+    @bentoml.task(route="/predict_batch_job", input_spec=BatchJobRequest)
+    async def predict_batch_job(
+        self, data: list[PredictionFeatures], ctx: bentoml.Context
+    ) -> list[PredictionResponse]:
+        """Score a large batch as a job: submit, then poll its status and get its answers
+        (the same answers and log rows as /predict_batch). Completed only once every row
+        is logged; a job whose worker died reports failed."""
+        started = time.perf_counter()
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
+        request_id = job_request_id(task_id)
+        champion = self.served_model.current
+        challenger = self.challengers.current
+        predictors, features, scored = await anyio.to_thread.run_sync(
+            self._score, champion, challenger, data
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logged = await self._record(
+            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
+        )
+        if logged is not None:
+            scored = logged_again(scored, logged)
+        else:
+            self._offer_shadow(challenger, request_id, data, features, batch=True)
         return batch_response(data, scored)  # type: ignore[return-value]
 
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
+CreditScoreService.add_asgi_middleware(JobClaimMiddleware)

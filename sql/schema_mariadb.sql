@@ -1,5 +1,15 @@
 -- Generated from credit_platform/schema.py by `credit-platform init --print-ddl mariadb`, do not edit by hand.
 
+CREATE TABLE IF NOT EXISTS credit_model_monitoring (
+	day DATE NOT NULL,
+	model_version VARCHAR(128) NOT NULL,
+	role VARCHAR(16) NOT NULL,
+	metric VARCHAR(64) NOT NULL,
+	feature VARCHAR(128) NOT NULL DEFAULT '',
+	value DOUBLE,
+	PRIMARY KEY (day, model_version, role, metric, feature)
+)CHARSET=utf8mb4;
+
 CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	request_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,

@@ -1,5 +1,15 @@
 -- Generated from credit_platform/schema.py by `credit-platform init --print-ddl sqlite`, do not edit by hand.
 
+CREATE TABLE IF NOT EXISTS credit_model_monitoring (
+	day DATE NOT NULL,
+	model_version VARCHAR(128) NOT NULL,
+	role VARCHAR(16) NOT NULL,
+	metric VARCHAR(64) NOT NULL,
+	feature VARCHAR(128) DEFAULT '' NOT NULL,
+	value FLOAT,
+	PRIMARY KEY (day, model_version, role, metric, feature)
+);
+
 CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	id INTEGER NOT NULL,
 	request_id VARCHAR(64) NOT NULL,

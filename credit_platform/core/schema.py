@@ -159,4 +159,22 @@ credit_score_predictions = Table(
     **TABLE_OPTIONS,
 )
 
+# What `model_monitoring` measured on one day: one row per (model version, role, metric,
+# feature). `role` is champion, shadow or canary, or "all" for the version over every role;
+# `feature` names the feature a drift row is about, the label of a prediction share, or is
+# "" for metrics of the whole group. A NULL value is "not known yet" (e.g. live accuracy
+# before any label arrived). Re-materializing a day replaces its rows.
+MONITORING_ALL_ROLES = "all"
+credit_model_monitoring = Table(
+    "credit_model_monitoring",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("model_version", String(128), primary_key=True),
+    Column("role", String(16), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("feature", String(128), primary_key=True, server_default=""),
+    Column("value", DOUBLE, nullable=True),
+    **TABLE_OPTIONS,
+)
+
 TABLE_NAMES: tuple[str, ...] = tuple(metadata.tables)

@@ -1,5 +1,6 @@
 """HTTP client of the running prediction service: what it serves (the one reader of
-GET /metadata) and the hot swap of its model (POST /admin/reload)."""
+GET /metadata), the hot swap of its model (POST /admin/reload) and its challenger
+(POST/DELETE /admin/challenger)."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ class ReportedModel:
     partition: str | None
     metrics: dict
     bento_tag: str | None = None  # None: the service runs from source, not from a Bento
+    challenger: dict | None = None  # the attached shadow or canary, as /metadata shows it
 
 
 def parse_creation_time(value: str) -> datetime:
@@ -62,6 +64,7 @@ class ServiceClient:
                 partition=body.get("partition"),
                 metrics=dict(body.get("metrics") or {}),
                 bento_tag=body.get("bento_tag"),
+                challenger=body.get("challenger"),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -86,5 +89,34 @@ class ServiceClient:
             raise ServiceError(
                 f"{self.api_url} refused to reload {tag} "
                 f"(HTTP {response.status_code}): {response.text[:500]}"
+            )
+        return response.json()
+
+    def set_challenger(
+        self, token: str | None, tag: str | None, role: str = "shadow", share: float = 0.0
+    ) -> dict:
+        """Attach `tag` as a shadow or canary (None detaches); raises ServiceError with the
+        service's own reason."""
+        if not token:
+            raise ServiceError(
+                f"cannot change the challenger at {self.api_url}: {settings.ADMIN_TOKEN_ENV} "
+                "is not set (it must match the service's)"
+            )
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"{self.api_url}/admin/challenger"
+        try:
+            if tag is None:
+                response = requests.delete(url, headers=headers, timeout=max(self.timeout, 120))
+            else:
+                body = {"tag": tag, "role": role, "share": share}
+                response = requests.post(
+                    url, json=body, headers=headers, timeout=max(self.timeout, 120)
+                )
+        except requests.RequestException as error:
+            raise ServiceError(f"challenger change at {self.api_url} failed: {error}") from error
+        if response.status_code != 200:
+            raise ServiceError(
+                f"{self.api_url} refused the challenger change (HTTP {response.status_code}): "
+                f"{response.text[:500]}"
             )
         return response.json()

@@ -293,6 +293,9 @@ class Outcome:
     payload_index: int
     status: int | None  # None: no HTTP answer (connection refused or reset)
     body: Any = None
+    error: str | None = None  # what the client saw when there was no answer
+    sent_at: float = 0.0  # time.monotonic() when the request first went out
+    seconds: float = 0.0  # until the answer or the failure
 
 
 @dataclass
@@ -310,6 +313,10 @@ class LoadGenerator:
     outcomes: list[Outcome] = field(default_factory=list)
     path: str = "/predict"
     body: Callable[[dict], dict] = lambda payload: {"data": payload}
+    resends: int = 2  # times a request with no answer is sent again (same X-Request-ID)
+    resent: list[tuple[str, str]] = field(default_factory=list)  # (request id, why)
+
+    _NO_ANSWER = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -340,25 +347,49 @@ class LoadGenerator:
             index = (number * 7919 + count) % len(self.payloads)
             payload = self.payloads[index]
             data = json.dumps(self.body(payload))
+            sent_at = time.monotonic()
+            resends = 0
             try:
-                try:
-                    response = self._post(session, request_id, data)
-                except requests.ConnectionError:
-                    # A keep-alive connection the server closed just as this request went
-                    # out (idle timeout, recycling) fails with no answer; a client sends it
-                    # again on a new connection, under the same X-Request-ID, so a request
-                    # the service did answer gets its logged answer, never a second row.
-                    session.close()
-                    session = requests.Session()
-                    response = self._post(session, request_id, data)
-            except requests.RequestException:
-                outcome = Outcome(request_id, index, None)
+                while True:
+                    try:
+                        response = self._post(session, request_id, data)
+                        break
+                    except self._NO_ANSWER as error:
+                        # A keep-alive connection the server closed just as this request
+                        # went out (idle timeout, recycling) fails with no answer; a client
+                        # sends it again on a new connection under the same X-Request-ID,
+                        # so a request the service did answer gets its logged answer, never
+                        # a second row. A stall (read timeout) is not resent: it fails.
+                        session.close()
+                        session = requests.Session()
+                        if resends >= self.resends:
+                            raise
+                        resends += 1
+                        with self._lock:
+                            self.resent.append((request_id, f"{type(error).__name__}: {error}"))
+                        time.sleep(0.05 * resends)
+            except requests.RequestException as error:
+                outcome = Outcome(
+                    request_id,
+                    index,
+                    None,
+                    error=f"{type(error).__name__}: {error}",
+                    sent_at=sent_at,
+                    seconds=time.monotonic() - sent_at,
+                )
                 session.close()
                 session = requests.Session()
                 time.sleep(0.05)  # the service is gone: do not spin
             else:
                 body = response.json() if response.status_code == 200 else response.text
-                outcome = Outcome(request_id, index, response.status_code, body)
+                outcome = Outcome(
+                    request_id,
+                    index,
+                    response.status_code,
+                    body,
+                    sent_at=sent_at,
+                    seconds=time.monotonic() - sent_at,
+                )
             with self._lock:
                 self.outcomes.append(outcome)
         session.close()

@@ -25,6 +25,7 @@ ADMIN_TOKEN_ENV = "CREDIT_API_ADMIN_TOKEN"
 PARTITIONS_START_ENV = "CREDIT_PARTITIONS_START"
 API_MODEL_TAG_ENV = "CREDIT_API_MODEL_TAG"
 API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
+API_MAX_JOB_ROWS_ENV = "CREDIT_API_MAX_JOB_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
 PREDICTION_LOG_TIMEOUT_ENV = "CREDIT_PREDICTION_LOG_TIMEOUT"
 TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
@@ -89,6 +90,7 @@ DEFAULT_API_PORT = 3000
 DEFAULT_MLFLOW_UI_HOST = "127.0.0.1"
 DEFAULT_MLFLOW_UI_PORT = 5000
 DEFAULT_API_MAX_BATCH_ROWS = 5000
+DEFAULT_API_MAX_JOB_ROWS = 200_000
 DEFAULT_API_WORKERS = 2
 DEFAULT_PREDICTION_LOG_TIMEOUT = 1.0
 
@@ -196,6 +198,17 @@ def api_max_batch_rows() -> int:
     return _positive_int(API_MAX_BATCH_ROWS_ENV, DEFAULT_API_MAX_BATCH_ROWS)
 
 
+def api_max_job_rows() -> int:
+    """Upper bound on rows in one asynchronous batch job (/predict_batch_job/submit)."""
+    return _positive_int(API_MAX_JOB_ROWS_ENV, DEFAULT_API_MAX_JOB_ROWS)
+
+
+def api_jobs_dir() -> Path:
+    """Which worker process runs each asynchronous job (a job whose worker is gone is
+    reported failed, not left in progress)."""
+    return platform_home() / "run" / "api-jobs"
+
+
 def api_workers() -> int:
     """Worker processes of one prediction service (a reload reaches every one of them)."""
     return _positive_int(API_WORKERS_ENV, DEFAULT_API_WORKERS)
@@ -274,6 +287,105 @@ def partitions_start() -> str:
     return os.environ.get(PARTITIONS_START_ENV) or DEFAULT_PARTITIONS_START
 
 
+# Model monitoring (`model_monitoring`, its checks, the retrain and rollback sensors).
+MONITORING_PSI_THRESHOLD_ENV = "CREDIT_MONITORING_PSI_THRESHOLD"
+MONITORING_ACCURACY_TOLERANCE_ENV = "CREDIT_MONITORING_ACCURACY_TOLERANCE"
+MONITORING_MIN_LABELLED_ENV = "CREDIT_MONITORING_MIN_LABELLED"
+MONITORING_LABEL_HORIZON_DAYS_ENV = "CREDIT_MONITORING_LABEL_HORIZON_DAYS"
+RETRAIN_COOLDOWN_SECONDS_ENV = "CREDIT_RETRAIN_COOLDOWN_SECONDS"
+ROLLBACK_TOLERANCE_ENV = "CREDIT_ROLLBACK_TOLERANCE"
+ROLLBACK_MIN_LABELLED_ENV = "CREDIT_ROLLBACK_MIN_LABELLED"
+# PSI above 0.2 is the usual "significant shift" line; 0.1-0.2 is "moderate".
+DEFAULT_MONITORING_PSI_THRESHOLD = 0.2
+DEFAULT_MONITORING_ACCURACY_TOLERANCE = 0.05
+DEFAULT_MONITORING_MIN_LABELLED = 200
+# A prediction of day D is judged by the customer's first label dated D .. D + horizon.
+DEFAULT_MONITORING_LABEL_HORIZON_DAYS = 30
+DEFAULT_RETRAIN_COOLDOWN_SECONDS = 6 * 3600
+DEFAULT_ROLLBACK_TOLERANCE = 0.03
+DEFAULT_ROLLBACK_MIN_LABELLED = 200
+
+
+def parse_non_negative_number(name: str, raw: str) -> float:
+    """`raw`, the value of setting `name`, as a finite number >= 0 (ValueError naming it)."""
+    problem = f"{name} must be a non-negative number, not {raw!r}"
+    try:
+        value = float(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise ValueError(problem)
+    return value
+
+
+def parse_positive_int(name: str, raw: str) -> int:
+    """`raw`, the value of setting `name`, as an integer >= 1 (ValueError naming it)."""
+    problem = f"{name} must be a positive integer, not {raw!r}"
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if value < 1:
+        raise ValueError(problem)
+    return value
+
+
+def _non_negative_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return parse_non_negative_number(name, raw) if raw else default
+
+
+def monitoring_psi_threshold() -> float:
+    """PSI above which a feature (or the prediction mix) counts as drifted (a WARN)."""
+    return _non_negative_number(MONITORING_PSI_THRESHOLD_ENV, DEFAULT_MONITORING_PSI_THRESHOLD)
+
+
+def monitoring_accuracy_tolerance() -> float:
+    """How far live accuracy may fall below the model's test accuracy (an ERROR beyond)."""
+    return _non_negative_number(
+        MONITORING_ACCURACY_TOLERANCE_ENV, DEFAULT_MONITORING_ACCURACY_TOLERANCE
+    )
+
+
+def monitoring_min_labelled() -> int:
+    """Labelled predictions a day needs before its live accuracy is judged."""
+    return _positive_int(MONITORING_MIN_LABELLED_ENV, DEFAULT_MONITORING_MIN_LABELLED)
+
+
+def monitoring_label_horizon_days() -> int:
+    """Days after a prediction within which a label of its customer still judges it."""
+    return _positive_int(MONITORING_LABEL_HORIZON_DAYS_ENV, DEFAULT_MONITORING_LABEL_HORIZON_DAYS)
+
+
+def retrain_cooldown_seconds() -> int:
+    """Least time between two retraining runs the retrain sensor requests."""
+    return _positive_int(RETRAIN_COOLDOWN_SECONDS_ENV, DEFAULT_RETRAIN_COOLDOWN_SECONDS)
+
+
+def rollback_tolerance() -> float:
+    """How much worse live accuracy a new model may have than its predecessor on the same
+    days before the rollback sensor redeploys the predecessor."""
+    return _non_negative_number(ROLLBACK_TOLERANCE_ENV, DEFAULT_ROLLBACK_TOLERANCE)
+
+
+def rollback_min_labelled() -> int:
+    """Labelled predictions each of the two models needs on the shared days for a rollback."""
+    return _positive_int(ROLLBACK_MIN_LABELLED_ENV, DEFAULT_ROLLBACK_MIN_LABELLED)
+
+
+def monitoring_defaults() -> dict[str, Callable[[], str]]:
+    """The monitoring variables with their defaults, each read (and so validated) once."""
+    return {
+        MONITORING_PSI_THRESHOLD_ENV: lambda: str(monitoring_psi_threshold()),
+        MONITORING_ACCURACY_TOLERANCE_ENV: lambda: str(monitoring_accuracy_tolerance()),
+        MONITORING_MIN_LABELLED_ENV: lambda: str(monitoring_min_labelled()),
+        MONITORING_LABEL_HORIZON_DAYS_ENV: lambda: str(monitoring_label_horizon_days()),
+        RETRAIN_COOLDOWN_SECONDS_ENV: lambda: str(retrain_cooldown_seconds()),
+        ROLLBACK_TOLERANCE_ENV: lambda: str(rollback_tolerance()),
+        ROLLBACK_MIN_LABELLED_ENV: lambda: str(rollback_min_labelled()),
+    }
+
+
 def embedded_defaults() -> dict[str, Callable[[], str]]:
     """The variables `fill_defaults` sets, each with the function giving its default (the
     home first: the others derive from it)."""
@@ -288,6 +400,7 @@ def embedded_defaults() -> dict[str, Callable[[], str]]:
         ADMIN_TOKEN_ENV: local_admin_token,
         PARTITIONS_START_ENV: lambda: DEFAULT_PARTITIONS_START,
         TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
+        **monitoring_defaults(),
     }
 
 
@@ -304,6 +417,8 @@ def fill_defaults() -> dict[str, str]:
         if not os.environ.get(name):
             os.environ[name] = default()
     training_grid()  # a misspelt grid name fails here, where the process starts
+    for read in monitoring_defaults().values():
+        read()  # so does a malformed threshold
     return {name: os.environ[name] for name in defaults}
 
 

@@ -9,6 +9,7 @@ from dagster import Definitions, EnvVar, FilesystemIOManager, with_source_code_r
 
 from credit_platform.core import settings
 from credit_platform.defs.assets.deploy import deployed_bento
+from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_monitoring
 from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
@@ -18,11 +19,14 @@ from credit_platform.defs.jobs import (
     batch_scoring_job,
     continuous_training_job,
     deploy_job,
+    model_monitoring_job,
 )
+from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
-from credit_platform.defs.schedules import daily_continuous_training
+from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
 
 
@@ -41,6 +45,15 @@ def build_resources() -> dict:
             api_url=EnvVar(settings.API_URL_ENV),
             admin_token=EnvVar(settings.ADMIN_TOKEN_ENV),
         ),
+        "monitoring_policy": MonitoringPolicyResource(
+            psi_threshold=EnvVar(settings.MONITORING_PSI_THRESHOLD_ENV),
+            accuracy_tolerance=EnvVar(settings.MONITORING_ACCURACY_TOLERANCE_ENV),
+            min_labelled=EnvVar(settings.MONITORING_MIN_LABELLED_ENV),
+            label_horizon_days=EnvVar(settings.MONITORING_LABEL_HORIZON_DAYS_ENV),
+            retrain_cooldown_seconds=EnvVar(settings.RETRAIN_COOLDOWN_SECONDS_ENV),
+            rollback_tolerance=EnvVar(settings.ROLLBACK_TOLERANCE_ENV),
+            rollback_min_labelled=EnvVar(settings.ROLLBACK_MIN_LABELLED_ENV),
+        ),
         PARQUET_IO_MANAGER_KEY: PartitionedParquetIOManager(base_dir=str(storage)),
         "io_manager": FilesystemIOManager(base_dir=str(storage / "objects")),
     }
@@ -49,14 +62,14 @@ def build_resources() -> dict:
 def build_definitions() -> Definitions:
     settings.fill_defaults()
     assets = with_source_code_references(
-        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, credit_score_predictions]
+        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, credit_score_predictions, model_monitoring]
     )
     return Definitions(
         assets=assets,
-        asset_checks=[feature_target_checks, credit_score_model_quality],
-        jobs=[continuous_training_job, deploy_job, batch_scoring_job],
-        schedules=[daily_continuous_training],
-        sensors=[new_data_sensor, deploy_sensor],
+        asset_checks=[feature_target_checks, credit_score_model_quality, *MONITORING_CHECKS],
+        jobs=[continuous_training_job, deploy_job, batch_scoring_job, model_monitoring_job],
+        schedules=[daily_continuous_training, daily_model_monitoring],
+        sensors=[new_data_sensor, deploy_sensor, retrain_sensor, rollback_sensor],
         resources=build_resources(),
     )
 

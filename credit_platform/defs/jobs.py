@@ -9,6 +9,7 @@ from dagster import AssetSelection, define_asset_job
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.monitoring import model_monitoring
 from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import train_valid_split
@@ -36,4 +37,10 @@ batch_scoring_job = define_asset_job(
     "batch_scoring",
     selection=AssetSelection.assets(credit_score_predictions),
     description="Score every customer with features on one day with the model served that day.",
+)
+
+model_monitoring_job = define_asset_job(
+    "monitor_predictions",
+    selection=AssetSelection.assets(model_monitoring),
+    description="Monitor one day of the prediction log: live accuracy, drift, volume, latency.",
 )

@@ -42,7 +42,7 @@ DEPLOY_KEY_TAG = "credit_platform/deploy_key"
 MAX_DAYS_PER_TICK = 7
 
 
-def _latest_label_day(feature_store: FeatureStoreResource) -> date | None:
+def latest_label_day(feature_store: FeatureStoreResource) -> date | None:
     with feature_store.engine() as engine, engine.connect() as connection:
         latest = connection.execute(select(func.max(credit_score.c.date))).scalar_one()
     if isinstance(latest, str):  # SQLite without type affinity on an aggregate
@@ -82,7 +82,7 @@ def new_data_sensor(
     context: SensorEvaluationContext, feature_store: FeatureStoreResource
 ) -> SensorResult | SkipReason:
     try:
-        latest = _latest_label_day(feature_store)
+        latest = latest_label_day(feature_store)
     except FeatureStoreUnavailable as error:
         return SkipReason(f"feature store unavailable: {error}")
     if latest is None:

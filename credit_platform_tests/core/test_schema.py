@@ -15,7 +15,8 @@ SEED_TABLES = {
     "credit_score_features_target",
     "credit_predictions_api_log",
 }
-NEW_TABLES = {"credit_score_predictions"}
+# Tables the platform adds to the seed's.
+PLATFORM_TABLES = SEED_TABLES | {"credit_model_monitoring", "credit_score_predictions"}
 
 
 def _columns(engine, table: str) -> list[str]:
@@ -26,7 +27,11 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
     engine = init_schema(store_url)
     try:
         assert set(inspect(engine).get_table_names()) >= SEED_TABLES
-        assert set(TABLE_NAMES) == SEED_TABLES | NEW_TABLES
+        assert set(TABLE_NAMES) == PLATFORM_TABLES
+        monitoring = _columns(engine, "credit_model_monitoring")
+        assert monitoring == ["day", "model_version", "role", "metric", "feature", "value"]
+        primary = inspect(engine).get_pk_constraint("credit_model_monitoring")
+        assert primary["constrained_columns"] == monitoring[:5]
         features = _columns(engine, "credit_score_features")
         assert features[:3] == ["id", "customer_id", "date"]
         assert features[3:25] == list(MODEL_FEATURES)
@@ -105,7 +110,7 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
                 ).strip()
                 if body:
                     connection.execute(text(body))
-        assert set(inspect(engine).get_table_names()) == SEED_TABLES | NEW_TABLES
+        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES
         assert _columns(engine, "credit_score_features_target")[4:26] == list(MODEL_FEATURES)
     finally:
         engine.dispose()
@@ -118,7 +123,7 @@ def test_cli_init_creates_a_mariadb_database(mariadb_url, cli_runner):
         result = runner.invoke(main, ["init", "--db-url", url])
         assert result.exit_code == 0, result.output
         engine = create_engine(url)
-        assert set(inspect(engine).get_table_names()) == SEED_TABLES | NEW_TABLES
+        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES
         engine.dispose()
     finally:
         server = create_engine(mariadb_url.rsplit("/", 1)[0])

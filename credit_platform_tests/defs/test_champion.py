@@ -28,6 +28,7 @@ from credit_platform.core.settings import (
 )
 from credit_platform.defs.resources.mlflow_tracking import (
     BENTO_TAG,
+    LIVE_REGRESSION_TAG,
     PARTITION_TAG,
     QUALITY_TAG,
     MlflowTrackingResource,
@@ -98,6 +99,24 @@ def test_election_ignores_failed_and_rolled_back_versions_and_prefers_the_newest
     assert (str(retired.version), str(elected.version)) == (rerun, first_run)
     assert str(tracking.elect_champion().version) == first_run  # retired stays retired
     assert champion_of(tracking.versions()).version == elected.version
+
+
+def test_election_skips_a_model_marked_for_a_live_regression(tmp_path):
+    tracking = _registry(tmp_path)
+    older = _version(tracking, "2025-02-01")
+    regressed = _version(tracking, "2025-02-02", bento=f"{MODEL_NAME}:regressed")
+    assert str(tracking.elect_champion().version) == regressed
+    marked, champion = tracking.mark_regressed(f"{MODEL_NAME}:regressed", "worse live")
+    assert [str(version.version) for version in marked] == [regressed]
+    assert str(champion.version) == older
+    tag = tracking.client().get_model_version(MODEL_NAME, regressed).tags[LIVE_REGRESSION_TAG]
+    assert tag == "worse live"
+    # a backfill of an older day elects nothing new; a retrained day elects its new model
+    _version(tracking, "2025-01-30")
+    assert str(tracking.elect_champion().version) == older
+    retrained = _version(tracking, "2025-02-02", bento=f"{MODEL_NAME}:retrained")
+    assert str(tracking.elect_champion().version) == retrained
+    assert str(champion_of(tracking.versions()).version) == retrained
 
 
 def test_rollback_says_clearly_when_there_is_nothing_to_roll_back_to(tmp_path):

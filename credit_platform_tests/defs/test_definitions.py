@@ -6,9 +6,10 @@ from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
 
 from credit_platform.core import settings
 from credit_platform.defs.catalog import ASSET_OWNERS
-from credit_platform.defs.definitions import defs
-from credit_platform.defs.jobs import continuous_training_job, deploy_job
-from credit_platform.defs.schedules import daily_continuous_training
+from credit_platform.defs.definitions import build_resources, defs
+from credit_platform.defs.jobs import continuous_training_job, deploy_job, model_monitoring_job
+from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
+from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
 
 SETTINGS_RESOURCES = {
@@ -63,13 +64,38 @@ def test_fill_defaults_refuses_an_unknown_grid(monkeypatch):
         settings.fill_defaults()
 
 
+def test_fill_defaults_refuses_a_malformed_monitoring_threshold(monkeypatch):
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "high")
+    with pytest.raises(ValueError, match="CREDIT_MONITORING_PSI_THRESHOLD must be a non-negative"):
+        settings.fill_defaults()
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "0.3")
+    monkeypatch.setenv(settings.RETRAIN_COOLDOWN_SECONDS_ENV, "0")
+    with pytest.raises(ValueError, match="CREDIT_RETRAIN_COOLDOWN_SECONDS must be a positive"):
+        settings.fill_defaults()
+
+
+def test_the_monitoring_policy_reads_its_thresholds_from_the_environment(monkeypatch):
+    monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "0.35")
+    monkeypatch.setenv(settings.ROLLBACK_MIN_LABELLED_ENV, "500")
+    settings.fill_defaults()
+    resolved = build_resources()["monitoring_policy"].process_config_and_initialize()
+    assert resolved.psi == 0.35 and resolved.rollback_min_labels == 500
+    assert resolved.cooldown_seconds == settings.retrain_cooldown_seconds()
+
+
 def test_sensors_and_schedule_target_the_job_objects():
     assert new_data_sensor.job is continuous_training_job
     assert deploy_sensor.job is deploy_job
     assert daily_continuous_training.job is continuous_training_job
-    assert {job.name for job in (continuous_training_job, deploy_job)} <= {
-        job.name for job in defs.resolve_all_job_defs()
-    }
+    assert retrain_sensor.job is continuous_training_job
+    assert rollback_sensor.job is deploy_job
+    assert daily_model_monitoring.job is model_monitoring_job
+    jobs = (continuous_training_job, deploy_job, model_monitoring_job)
+    assert {job.name for job in jobs} <= {job.name for job in defs.resolve_all_job_defs()}
+    monitoring = defs.resolve_assets_def("model_monitoring")
+    assert monitoring.group_names_by_key[monitoring.key] == "monitoring"
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"model_monitoring_drift", "model_monitoring_live_accuracy"} <= checks
 
 
 def test_every_asset_has_owners_and_a_code_reference():

@@ -24,7 +24,7 @@ from dagster import (
 from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
-from credit_platform.core.local_service import pid_file, start_service, stop_service
+from credit_platform.core.local_service import log_file, pid_file, start_service, stop_service
 from credit_platform.core.service_client import ReportedModel, ServiceClient, ServiceError
 from credit_platform.core.service_process import (
     LoadGenerator,
@@ -159,6 +159,12 @@ def _record_failed_deploy(platform, request) -> None:
     )
 
 
+def _service_log_tail(port: int, lines: int = 40) -> str:
+    """The end of the background service's log, for a failure message."""
+    path = log_file(port)
+    return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+
 def _served_tag(platform) -> str | None:
     served = platform["resources"]["prediction_service"].client().reported_model()
     return served.tag if served else None
@@ -231,7 +237,10 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
         outcomes = load.stop()
     assert second.success
     failures = [outcome for outcome in outcomes if outcome.status != 200]
-    assert not failures, failures[:3]
+    assert not failures, (failures[:3], load.resent, _service_log_tail(platform["port"]))
+    # A resend (same X-Request-ID) is what a client does on a closed keep-alive connection;
+    # a swap that broke connections would show as many, not as a rare one.
+    assert len(load.resent) <= max(2, len(outcomes) // 100), load.resent
     metadata = second.asset_materializations_for_node("deployed_bento")[0].metadata
     assert metadata["how"].value == "hot swap"
     assert metadata["previous_model_tag"].value == tags[FIRST]

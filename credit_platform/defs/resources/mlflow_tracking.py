@@ -28,6 +28,9 @@ PARTITION_TAG = "partition"
 BENTO_TAG = "bento_tag"
 # A rolled-back version keeps its quality verdict but is never elected again.
 ROLLED_BACK_TAG = "rolled_back"
+# A version whose live accuracy fell behind its predecessor's on the same days (the rollback
+# sensor's mark; the value says why): never elected again.
+LIVE_REGRESSION_TAG = "live_regression"
 # Error codes MLflow uses for "no such registered model" and "no such alias".
 _ABSENT_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
@@ -173,8 +176,9 @@ class MlflowTrackingResource(ConfigurableResource):
             raise
 
     def elect_champion(self, name: str = settings.MODEL_NAME) -> ModelVersion | None:
-        """Point the champion alias at the passing, not rolled-back version of the newest data
-        partition (the newest such version on a tie) and return it; None when none qualifies.
+        """Point the champion alias at the eligible version (passed, not rolled back, not
+        marked for a live regression) of the newest data partition (the newest such version
+        on a tie) and return it; None when none qualifies.
 
         Every check records its verdict tag before electing, so whichever of several
         concurrent runs elects last sees every verdict and leaves the same answer; a second
@@ -213,6 +217,30 @@ class MlflowTrackingResource(ConfigurableResource):
         assert elected is not None  # `remaining` holds an eligible version
         return current, elected
 
+    def versions_of_model(
+        self, bento_tag: str, name: str = settings.MODEL_NAME
+    ) -> list[ModelVersion]:
+        """The registered versions of the BentoML model `bento_tag` (usually one)."""
+        return [
+            version
+            for version in self.versions(name)
+            if (version.tags or {}).get(BENTO_TAG) == bento_tag
+        ]
+
+    def mark_regressed(
+        self, bento_tag: str, reason: str, name: str = settings.MODEL_NAME
+    ) -> tuple[list[ModelVersion], ModelVersion | None]:
+        """Tag every version of `bento_tag` with LIVE_REGRESSION_TAG (the reason) so the
+        champion policy skips it, and elect the champion again; returns (marked versions,
+        the champion now). Repeating it changes nothing."""
+        marked = self.versions_of_model(bento_tag, name)
+        for version in marked:
+            if (version.tags or {}).get(LIVE_REGRESSION_TAG) != reason:
+                self.client().set_model_version_tag(
+                    name, str(version.version), LIVE_REGRESSION_TAG, reason
+                )
+        return marked, self.elect_champion(name)
+
     def _is_server(self) -> bool:
         return self.tracking_uri.startswith(("http://", "https://"))
 
@@ -232,13 +260,15 @@ class MlflowTrackingResource(ConfigurableResource):
 
 
 def eligible(version: ModelVersion) -> bool:
-    """Passed its quality check, knows its partition and model, and was never rolled back."""
+    """Passed its quality check, knows its partition and model, was never rolled back and
+    never marked for a live regression."""
     tags = version.tags or {}
     return (
         tags.get(QUALITY_TAG) == PASSED
         and bool(tags.get(PARTITION_TAG))
         and bool(tags.get(BENTO_TAG))
         and tags.get(ROLLED_BACK_TAG) != "true"
+        and not tags.get(LIVE_REGRESSION_TAG)
     )
 
 

@@ -1,0 +1,385 @@
+"""`model_monitoring`: how the served models did on one day, and its two checks.
+
+For day D it reads the prediction log's rows of D in chunks, judges each prediction by the
+customer's first label dated in [D, D + horizon] (see `core.monitoring`), compares the
+requests' features with each model's training partition (PSI), and writes one report per
+(model version, role) to `credit_model_monitoring`, replacing the day. The checks read that
+report back; neither blocks anything (monitoring must report even when it is bad news).
+"""
+
+from datetime import date
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from credit_platform.core.db import create_tables
+from credit_platform.core.model_store import ModelNotFound, model_metadata
+from credit_platform.core.monitoring import (
+    ALL_VERSIONS,
+    DRIFT_SKIPPED,
+    FEATURE_PSI,
+    LABELLED,
+    LATENCY_PERCENTILES,
+    LIVE_ACCURACY,
+    LIVE_MACRO_F1,
+    MAX_FEATURE_PSI,
+    PREDICTION_MIX_PSI,
+    REQUESTS,
+    TEST_ACCURACY,
+    DayMonitor,
+    DriftSkipped,
+    ModelReference,
+    first_labels,
+    held_out_prediction_mix,
+    latency_metric,
+    reference_profile,
+)
+from credit_platform.core.monitoring_store import (
+    read_day,
+    read_first_labels,
+    read_log_chunks,
+    read_training_rows,
+    replace_day,
+)
+from credit_platform.core.schema import MODEL_ROLES, MONITORING_ALL_ROLES, credit_model_monitoring
+from credit_platform.core.training import markdown_table
+from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
+from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
+from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
+
+MODEL_MONITORING_ASSET = "model_monitoring"
+DRIFT_CHECK = "model_monitoring_drift"
+LIVE_ACCURACY_CHECK = "model_monitoring_live_accuracy"
+# The role whose model serves the traffic; the checks judge it (shadow and canary models
+# are reported, for a later comparison of challengers, but fail nothing).
+SERVED_ROLE = MODEL_ROLES[0]
+TOP_DRIFTING = 10
+# Check metadata naming the model versions that failed (the retrain sensor reads it).
+FAILED_VERSIONS = "failed_model_versions"
+# Slack in comparisons, so 0.60 - 0.05 is not "below" 0.55.
+_EPSILON = 1e-9
+
+
+def model_reference(engine, tag: str) -> ModelReference | DriftSkipped:
+    """What drift compares model `tag`'s requests with, or why that cannot be known."""
+    try:
+        metadata = model_metadata(tag)
+    except ModelNotFound:
+        return DriftSkipped(f"{tag} is no longer in the BentoML model store")
+    except Exception as error:  # a malformed tag in the log, a broken store entry
+        return DriftSkipped(f"{tag} cannot be read from the BentoML store: {error}")
+    partition = metadata.get("partition")
+    try:
+        partition_day = date.fromisoformat(str(partition))
+    except ValueError:
+        return DriftSkipped(f"{tag} names no training partition (metadata: {partition!r})")
+    training = read_training_rows(engine, partition_day)
+    if training.empty:
+        return DriftSkipped(
+            f"{tag} was trained on partition {partition}, whose labelled rows are no longer "
+            "in the feature store"
+        )
+    accuracy = (metadata.get("metrics") or {}).get("test_accuracy")
+    return ModelReference(
+        profile=reference_profile(training, held_out_prediction_mix(metadata)),
+        test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+        partition=str(partition),
+    )
+
+
+def _value(report: pd.DataFrame, version: str, role: str, metric: str, feature: str = ""):
+    rows = report[
+        (report["model_version"] == version)
+        & (report["role"] == role)
+        & (report["metric"] == metric)
+        & (report["feature"] == feature)
+    ]
+    if rows.empty or pd.isna(rows["value"].iloc[0]):
+        return None
+    return float(rows["value"].iloc[0])
+
+
+def _groups(report: pd.DataFrame, *, roles: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """(version, role) pairs of the report, busiest first; `roles` filters them."""
+    requests = report[(report["metric"] == REQUESTS) & (report["model_version"] != ALL_VERSIONS)]
+    if roles is not None:
+        requests = requests[requests["role"].isin(roles)]
+    requests = requests.sort_values("value", ascending=False, kind="stable")
+    return list(zip(requests["model_version"], requests["role"], strict=True))
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "not yet known" if value is None else f"{value:.{digits}f}"
+
+
+def summary_markdown(report: pd.DataFrame) -> str:
+    rows = []
+    for version, role in _groups(report):
+        labelled = _value(report, version, role, LABELLED) or 0
+        skipped = _value(report, version, role, DRIFT_SKIPPED)
+        rows.append(
+            (
+                version,
+                role,
+                int(_value(report, version, role, REQUESTS) or 0),
+                int(labelled),
+                _fmt(_value(report, version, role, LIVE_ACCURACY)),
+                _fmt(_value(report, version, role, LIVE_MACRO_F1)),
+                _fmt(_value(report, version, role, TEST_ACCURACY)),
+                "skipped" if skipped else _fmt(_value(report, version, role, MAX_FEATURE_PSI)),
+                "skipped" if skipped else _fmt(_value(report, version, role, PREDICTION_MIX_PSI)),
+            )
+        )
+    headers = (
+        "model version",
+        "role",
+        "requests",
+        "labelled",
+        "live accuracy",
+        "live macro F1",
+        "test accuracy",
+        "max feature PSI",
+        "prediction mix PSI",
+    )
+    return markdown_table(headers, rows)
+
+
+def top_drift_markdown(report: pd.DataFrame, threshold: float) -> str:
+    drift = report[
+        (report["metric"] == FEATURE_PSI)
+        & (report["role"] != MONITORING_ALL_ROLES)
+        & report["value"].notna()
+    ].sort_values("value", ascending=False, kind="stable")
+    rows = [
+        (row.feature, row.model_version, row.role, float(row.value), row.value > threshold)
+        for row in drift.head(TOP_DRIFTING).itertuples()
+    ]
+    return markdown_table(("feature", "model version", "role", "PSI", "above threshold"), rows)
+
+
+def monitoring_metadata(
+    report: pd.DataFrame, day: date, skipped: dict[str, str], threshold: float
+) -> dict[str, Any]:
+    """Float values under names stable across days (per role, from the role's busiest model
+    version), so the UI plots them over partitions; markdown tables for the details."""
+    metadata: dict[str, Any] = {}
+    for percentile in LATENCY_PERCENTILES:
+        value = _value(report, ALL_VERSIONS, MONITORING_ALL_ROLES, latency_metric(percentile))
+        if value is not None:
+            metadata[latency_metric(percentile)] = MetadataValue.float(value)
+    total = _value(report, ALL_VERSIONS, MONITORING_ALL_ROLES, REQUESTS) or 0
+    metadata["requests"] = MetadataValue.int(int(total))
+    seen_roles = set()
+    for version, role in _groups(report, roles=MODEL_ROLES):
+        if role in seen_roles:
+            continue
+        seen_roles.add(role)
+        metadata[f"{role}_model_version"] = version
+        for metric in (REQUESTS, LABELLED):
+            metadata[f"{role}_{metric}"] = MetadataValue.int(
+                int(_value(report, version, role, metric) or 0)
+            )
+        for metric in (LIVE_ACCURACY, LIVE_MACRO_F1, MAX_FEATURE_PSI, PREDICTION_MIX_PSI):
+            value = _value(report, version, role, metric)
+            metadata[f"{role}_{metric}"] = (
+                MetadataValue.float(value) if value is not None else MetadataValue.null()
+            )
+    metadata["summary"] = MetadataValue.md(summary_markdown(report))
+    metadata["top_drifting_features"] = MetadataValue.md(top_drift_markdown(report, threshold))
+    if skipped:
+        metadata["drift_skipped"] = MetadataValue.md(
+            markdown_table(("model version", "why drift was not measured"), skipped.items())
+        )
+    metadata["dagster/row_count"] = MetadataValue.int(len(report))
+    metadata["day"] = day.isoformat()
+    return metadata
+
+
+@asset(
+    name=MODEL_MONITORING_ASSET,
+    partitions_def=daily_partitions(),
+    owners=ASSET_OWNERS,
+    group_name="monitoring",
+    kinds={"sql"},
+    description=(
+        "For day D: live accuracy and macro F1 of the logged predictions (each judged by the "
+        "customer's first label dated in [D, D + horizon]), feature and prediction-mix drift "
+        "(PSI) against each model's training partition, request volume and latency; per "
+        "model version and role, written to credit_model_monitoring (the day replaced)."
+    ),
+    metadata={
+        "dagster/table_name": credit_model_monitoring.name,
+        "dagster/column_schema": table_schema(credit_model_monitoring),
+    },
+)
+def model_monitoring(
+    context: AssetExecutionContext,
+    feature_store: FeatureStoreResource,
+    monitoring_policy: MonitoringPolicyResource,
+) -> MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    horizon = monitoring_policy.horizon_days
+    with feature_store.engine() as engine:
+        create_tables(engine)  # a store initialised before monitoring existed lacks the table
+        labels = first_labels(read_first_labels(engine, day, horizon), day, horizon)
+        monitor = DayMonitor(day, labels, lambda tag: model_reference(engine, tag))
+        for chunk in read_log_chunks(engine, day):
+            monitor.add_chunk(chunk)
+        rows = monitor.rows()
+        replace_day(engine, day, rows)
+        table_name = qualified_table_name(feature_store.url, credit_model_monitoring)
+    skipped = {
+        version: reason.reason
+        for version, reason in monitor.references.items()
+        if isinstance(reason, DriftSkipped)
+    }
+    for version, reason in skipped.items():
+        context.log.warning("drift of %s on %s not measured: %s", version, day, reason)
+    report = pd.DataFrame(
+        rows, columns=["day", "model_version", "role", "metric", "feature", "value"]
+    )
+    metadata = monitoring_metadata(report, day, skipped, monitoring_policy.psi)
+    metadata["dagster/table_name"] = table_name
+    metadata["labels_in_window"] = MetadataValue.int(len(labels))
+    metadata["label_horizon_days"] = MetadataValue.int(horizon)
+    if not rows:
+        note = f"no predictions were logged on {day}: the report of the day is empty"
+        context.log.info(note)
+        metadata["status"] = note
+    else:
+        metadata["status"] = f"{int(metadata['requests'].value)} predictions of {day} monitored"
+    return MaterializeResult(metadata=metadata)
+
+
+def _served_groups(report: pd.DataFrame) -> list[str]:
+    return [version for version, _ in _groups(report, roles=(SERVED_ROLE,))]
+
+
+@asset_check(
+    asset=model_monitoring,
+    partitions_def=daily_partitions(),
+    description="WARN when a feature or the prediction mix of the served (champion) model's "
+    "requests drifted beyond the PSI threshold from its training partition.",
+)
+def model_monitoring_drift(
+    context: AssetCheckExecutionContext,
+    feature_store: FeatureStoreResource,
+    monitoring_policy: MonitoringPolicyResource,
+) -> AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    threshold = monitoring_policy.psi
+    with feature_store.engine() as engine:
+        report = read_day(engine, day)
+    versions = _served_groups(report)
+    drifted: list[tuple[str, str, float]] = []
+    notes = []
+    for version in versions:
+        if _value(report, version, SERVED_ROLE, DRIFT_SKIPPED):
+            notes.append(f"{version}: drift not measured (model not usable as a reference)")
+            continue
+        psis = report[
+            (report["model_version"] == version)
+            & (report["role"] == SERVED_ROLE)
+            & (report["metric"] == FEATURE_PSI)
+            & report["value"].notna()
+        ]
+        drifted += [
+            (version, row.feature, float(row.value))
+            for row in psis.itertuples()
+            if row.value > threshold + _EPSILON
+        ]
+        mix = _value(report, version, SERVED_ROLE, PREDICTION_MIX_PSI)
+        if mix is not None and mix > threshold + _EPSILON:
+            drifted.append((version, "(prediction mix)", mix))
+    drifted.sort(key=lambda item: -item[2])
+    if not versions:
+        description = f"no predictions of the served model were logged on {day}"
+    elif drifted:
+        description = f"{len(drifted)} PSI value(s) above {threshold}: " + ", ".join(
+            f"{feature} {value:.3f} ({version})" for version, feature, value in drifted[:8]
+        )
+    else:
+        description = f"no PSI above {threshold} for {', '.join(versions)}"
+    if notes:
+        description += "; " + "; ".join(notes)
+    return AssetCheckResult(
+        passed=not drifted,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "psi_threshold": MetadataValue.float(threshold),
+            "model_versions": ", ".join(versions) or "none",
+            "drifted": MetadataValue.md(
+                markdown_table(("model version", "feature", "PSI"), drifted)
+            ),
+            "max_psi": MetadataValue.float(max((v for _, _, v in drifted), default=0.0)),
+            FAILED_VERSIONS: ", ".join(dict.fromkeys(version for version, _, _ in drifted)),
+        },
+    )
+
+
+@asset_check(
+    asset=model_monitoring,
+    partitions_def=daily_partitions(),
+    description="ERROR when, with at least the minimum of labelled predictions, the served "
+    "(champion) model's live accuracy is below its test accuracy by more than the tolerance.",
+)
+def model_monitoring_live_accuracy(
+    context: AssetCheckExecutionContext,
+    feature_store: FeatureStoreResource,
+    monitoring_policy: MonitoringPolicyResource,
+) -> AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    tolerance, minimum = monitoring_policy.tolerance, monitoring_policy.min_labels
+    with feature_store.engine() as engine:
+        report = read_day(engine, day)
+    versions = _served_groups(report)
+    failures, notes, failed = [], [], []
+    rows = []
+    for version in versions:
+        labelled = int(_value(report, version, SERVED_ROLE, LABELLED) or 0)
+        live = _value(report, version, SERVED_ROLE, LIVE_ACCURACY)
+        test = _value(report, version, SERVED_ROLE, TEST_ACCURACY)
+        rows.append((version, labelled, _fmt(live), _fmt(test)))
+        if labelled < minimum or live is None:
+            notes.append(f"{version}: {labelled} labelled, fewer than {minimum}: not judged yet")
+        elif test is None:
+            notes.append(f"{version}: its test accuracy is unknown (not in the model store)")
+        elif live + tolerance + _EPSILON < test:
+            failed.append(version)
+            failures.append(
+                f"{version}: live accuracy {live:.4f} on {labelled} labelled predictions is "
+                f"below its test accuracy {test:.4f} by more than {tolerance}"
+            )
+        else:
+            notes.append(f"{version}: live accuracy {live:.4f} within {tolerance} of {test:.4f}")
+    if not versions:
+        notes.append(f"no predictions of the served model were logged on {day}")
+    return AssetCheckResult(
+        passed=not failures,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(failures + notes),
+        metadata={
+            "tolerance": MetadataValue.float(tolerance),
+            "min_labelled": MetadataValue.int(minimum),
+            "model_versions": ", ".join(versions) or "none",
+            FAILED_VERSIONS: ", ".join(failed),
+            "live_accuracy": MetadataValue.md(
+                markdown_table(("model version", "labelled", "live", "test"), rows)
+            ),
+        },
+    )
+
+
+MONITORING_CHECKS = (model_monitoring_drift, model_monitoring_live_accuracy)
