@@ -1,5 +1,5 @@
-"""The platform's jobs: continuous training of one day, deploying one day's model, and
-batch scoring of one day.
+"""The platform's jobs: continuous training of one day, deploying one day's model, batch
+scoring of one day, and monitoring one day of the prediction log.
 
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """
