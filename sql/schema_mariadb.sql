@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS credit_score_features (
 
 CREATE INDEX IF NOT EXISTS ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
 
+CREATE INDEX IF NOT EXISTS ix_credit_score_features_date_customer ON credit_score_features (date, customer_id);
+
 CREATE TABLE IF NOT EXISTS credit_score_features_target (
 	base_dt DATE NOT NULL,
 	id VARCHAR(32) NOT NULL,
@@ -102,6 +104,17 @@ CREATE TABLE IF NOT EXISTS credit_score_features_target (
 	monthly_balance DOUBLE,
 	credit_score VARCHAR(16) NOT NULL,
 	PRIMARY KEY (base_dt, id, customer_id)
+)CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS credit_score_predictions (
+	score_dt DATE NOT NULL,
+	customer_id VARCHAR(32) NOT NULL,
+	prediction VARCHAR(16) NOT NULL,
+	confidence_good DOUBLE NOT NULL,
+	confidence_standard DOUBLE NOT NULL,
+	confidence_poor DOUBLE NOT NULL,
+	model_version VARCHAR(128) NOT NULL,
+	PRIMARY KEY (score_dt, customer_id)
 )CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS customer_info (

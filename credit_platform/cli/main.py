@@ -252,11 +252,13 @@ def _register_subcommands() -> None:
     from credit_platform.cli.rollback import rollback
     from credit_platform.cli.seed import seed
     from credit_platform.cli.serve import serve
+    from credit_platform.cli.simulate import simulate
 
     main.add_command(challenger)
     main.add_command(rollback)
     main.add_command(seed)
     main.add_command(serve)
+    main.add_command(simulate)
 
 
 _register_subcommands()

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
 from credit_platform.ingest.kaggle import DEFAULT_READ_CHUNK_ROWS
+from credit_platform.ingest.synthetic import DRIFT_KINDS
 from credit_platform.ingest.writer import IngestError, IngestSummary, IngestWriteError
 
 DB_URL_HELP = "Feature store URL (default: FEATURE_STORE_URL or the embedded SQLite file)."
@@ -90,6 +91,19 @@ def seed() -> None:
     help="Last day, YYYY-MM-DD, when --start is not given [default: yesterday, UTC].",
 )
 @click.option("--seed", "seed_value", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--drift-from",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="First day of a drift (rows before it are as without one).",
+)
+@click.option(
+    "--drift-kind",
+    type=click.Choice(DRIFT_KINDS),
+    default="income",
+    show_default=True,
+    help="What drifts from --drift-from on (see `credit-platform simulate`).",
+)
 @click.option("--db-url", default=None, help=DB_URL_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synthetic_command(
@@ -98,6 +112,8 @@ def synthetic_command(
     start: datetime | None,
     end: datetime | None,
     seed_value: int,
+    drift_from: datetime | None,
+    drift_kind: str,
     db_url: str | None,
     quiet: bool,
 ) -> None:
@@ -106,9 +122,10 @@ def synthetic_command(
     The days end yesterday (UTC) unless --start or --end says otherwise. Rerunning writes
     nothing new; a longer run adds only the missing days.
     """
-    from credit_platform.ingest.synthetic import seed_synthetic
+    from credit_platform.ingest.synthetic import Drift, seed_synthetic
 
     first = synthetic_start(days, start.date() if start else None, end.date() if end else None)
+    drift = Drift(drift_kind, drift_from.date()) if drift_from else None
 
     _run_load(
         db_url,
@@ -119,6 +136,7 @@ def synthetic_command(
             start=first,
             seed=seed_value,
             progress=not quiet,
+            drift=drift,
         ),
     )
 

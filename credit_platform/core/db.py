@@ -189,9 +189,15 @@ def _check_tables(connection: Connection) -> None:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create every missing table under the schema lock, then check the existing ones."""
+    """Create every missing table and index under the schema lock, then check the existing
+    tables. An index added to the schema later (such as `credit_score_features(date,
+    customer_id)` for batch scoring) is created on a store made before it."""
     with schema_lock(engine):
         metadata.create_all(engine)
+        with engine.begin() as connection:
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
     with engine.connect() as connection:
         _check_tables(connection)
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from credit_platform.core.features import INTEGER_FEATURES, MODEL_FEATURES, TARGET
+from credit_platform.core.features import INTEGER_FEATURES, LABELS, MODEL_FEATURES, TARGET
 
 # DOUBLE on MariaDB (FLOAT there is single precision and would round money values).
 DOUBLE = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
@@ -105,6 +105,8 @@ credit_score_features = Table(
     Column("name", String(128), nullable=True),
     Column("ssn", String(32), nullable=True),
     Index("ix_credit_score_features_customer_date", "customer_id", "date"),
+    # Batch scoring reads one day's rows in customer order.
+    Index("ix_credit_score_features_date_customer", "date", "customer_id"),
     **TABLE_OPTIONS,
 )
 
@@ -138,6 +140,22 @@ credit_predictions_api_log = Table(
         "role IN (" + ", ".join(f"'{role}'" for role in MODEL_ROLES) + ")",
         name="ck_credit_predictions_api_log_role",
     ),
+    **TABLE_OPTIONS,
+)
+
+# Batch scores: one row per customer and scoring day, written by the
+# `credit_score_predictions` asset (a day is replaced in one transaction).
+PREDICTION_CONFIDENCE_COLUMNS: dict[str, str] = {
+    label: f"confidence_{label.lower()}" for label in LABELS
+}
+credit_score_predictions = Table(
+    "credit_score_predictions",
+    metadata,
+    Column("score_dt", Date, primary_key=True),
+    Column("customer_id", String(ID_LENGTH), primary_key=True),
+    Column("prediction", String(16), nullable=False),
+    *[Column(name, DOUBLE, nullable=False) for name in PREDICTION_CONFIDENCE_COLUMNS.values()],
+    Column("model_version", String(128), nullable=False),
     **TABLE_OPTIONS,
 )
 

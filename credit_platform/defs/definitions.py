@@ -11,12 +11,14 @@ from credit_platform.core import settings
 from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_monitoring
+from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.challenger_sensor import challenger_sensor
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParquetIOManager
 from credit_platform.defs.jobs import (
     CONTINUOUS_TRAINING_ASSETS,
+    batch_scoring_job,
     challenger_decision_job,
     continuous_training_job,
     deploy_job,
@@ -65,12 +67,24 @@ def build_resources() -> dict:
 def build_definitions() -> Definitions:
     settings.fill_defaults()
     assets = with_source_code_references(
-        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento, model_monitoring, challenger_decision]
+        [
+            *CONTINUOUS_TRAINING_ASSETS,
+            deployed_bento,
+            credit_score_predictions,
+            model_monitoring,
+            challenger_decision,
+        ]
     )
     return Definitions(
         assets=assets,
         asset_checks=[feature_target_checks, credit_score_model_quality, *MONITORING_CHECKS],
-        jobs=[continuous_training_job, deploy_job, model_monitoring_job, challenger_decision_job],
+        jobs=[
+            continuous_training_job,
+            deploy_job,
+            batch_scoring_job,
+            model_monitoring_job,
+            challenger_decision_job,
+        ],
         schedules=[daily_continuous_training, daily_model_monitoring],
         sensors=[
             new_data_sensor,

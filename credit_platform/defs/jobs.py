@@ -1,4 +1,5 @@
-"""The platform's jobs: continuous training of one day, and deploying one day's model.
+"""The platform's jobs: continuous training of one day, deploying one day's model, batch
+scoring of one day, and monitoring one day of the prediction log.
 
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """
@@ -10,6 +11,7 @@ from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.feature_target import credit_score_features_target
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.monitoring import model_monitoring
+from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import train_valid_split
 
@@ -36,6 +38,12 @@ challenger_decision_job = define_asset_job(
     "decide_challenger",
     selection=AssetSelection.assets(challenger_decision),
     description="Carry out the challenger sensor's verdict: promote or detach the challenger.",
+)
+
+batch_scoring_job = define_asset_job(
+    "batch_scoring",
+    selection=AssetSelection.assets(credit_score_predictions),
+    description="Score every customer with features on one day with the model served that day.",
 )
 
 model_monitoring_job = define_asset_job(

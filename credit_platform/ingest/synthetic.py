@@ -12,12 +12,25 @@ behaviour, inquiries) plus noise, cut at fixed thresholds into roughly Kaggle's 
 Standard 53 %, Poor 29 %, Good 18 %. Afterwards about 4 % of each feature is blanked and a
 few values are corrupted the way Kaggle's are (-500 ages, -100 loans, the 10000 and
 -3.33e26 sentinels, bad SSNs, ...), so the shared cleaning rules null and count them.
+
+A drift knob (`Drift`) changes the world from a chosen day on, for simulations that must
+show a served model going stale; rows before that day are exactly those of a run without
+drift. Each kind changes one thing, seeded like everything else:
+
+- `income`: annual income and monthly salary fall to INCOME_DRIFT_FACTOR of their value
+  (amounts derived from the salary, such as the EMI, follow; so do labels through debt
+  against salary);
+- `occupation`: customers take occupations from a new mix (DRIFTED_OCCUPATION_SHARES:
+  mostly developers and entrepreneurs) instead of the even one;
+- `label_rule`: the same features earn worse labels (the cut points of the latent score
+  move down by LABEL_RULE_SHIFT), features unchanged: concept drift only labels reveal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
@@ -76,6 +89,42 @@ _LAST_NAMES = (
     "Ito", "Jansen", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov",
     "Quinn", "Rossi", "Silva", "Tanaka", "Urban", "Varga", "Weber", "Yilmaz", "Zhang",
 )  # fmt: skip
+
+# The drift knob (see the module docstring).
+DRIFT_KINDS: tuple[str, ...] = ("income", "occupation", "label_rule")
+INCOME_DRIFT_FACTOR = 0.6
+# Occupation shares after an occupation drift, in OCCUPATION_VALUES order: developers and
+# entrepreneurs take 45 % and 25 %, the thirteen others share the rest evenly.
+DRIFTED_OCCUPATION_SHARES = tuple(
+    0.45 if name == "Developer" else 0.25 if name == "Entrepreneur" else 0.30 / 13
+    for name in OCCUPATION_VALUES
+)
+LABEL_RULE_SHIFT = 0.8
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Change `kind` (one of DRIFT_KINDS) for every row dated `start` or later."""
+
+    kind: str
+    start: date
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRIFT_KINDS:
+            raise IngestError(
+                f"unknown drift kind {self.kind!r}: choose one of {', '.join(DRIFT_KINDS)}"
+            )
+
+    def rows(self, kind: str, days: np.ndarray) -> np.ndarray:
+        """Which rows (by day ordinal) this drift changes in the way `kind` names."""
+        days = np.asarray(days)
+        if kind != self.kind:
+            return np.zeros(days.shape, dtype=bool)
+        return days >= self.start.toordinal()
+
+    def describe(self) -> str:
+        return f"{self.kind} drift from {self.start}"
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -210,9 +259,34 @@ def customer_profiles(customers: np.ndarray, seed: int) -> pd.DataFrame:
     )
 
 
-def _true_values(profiles: pd.DataFrame, days: np.ndarray, seed: int) -> pd.DataFrame:
+def _drifted_profiles(
+    profiles: pd.DataFrame, days: np.ndarray, seed: int, drift: Drift | None
+) -> pd.DataFrame:
+    """The profiles as they are on each row's day under `drift` (unchanged without one)."""
+    if drift is None:
+        return profiles
+    profiles = profiles.copy()
+    poorer = drift.rows("income", days)
+    if poorer.any():
+        for name in ("annual_income", "monthly_inhand_salary"):
+            values = profiles[name].to_numpy(dtype=float)
+            profiles[name] = np.where(poorer, np.round(values * INCOME_DRIFT_FACTOR, 2), values)
+    moved = drift.rows("occupation", days)
+    if moved.any():
+        # One new occupation per customer (not per day): a drawn job stays the same.
+        stable = _Draws(seed, profiles["customer"].to_numpy())
+        new = stable.choice("drift/occupation", OCCUPATION_VALUES, DRIFTED_OCCUPATION_SHARES)
+        profiles["occupation"] = np.where(moved, new, profiles["occupation"].to_numpy())
+    return profiles
+
+
+def _true_values(
+    profiles: pd.DataFrame, days: np.ndarray, seed: int, drift: Drift | None = None
+) -> pd.DataFrame:
     """Real values of each row's customer (`profiles`, one row per output row) on the
-    row's day (`days`, ordinals): the profile plus small day-to-day drift."""
+    row's day (`days`, ordinals): the profile plus small day-to-day drift, and from its
+    start day the drift knob's change."""
+    profiles = _drifted_profiles(profiles, days, seed, drift)
     draw = _Draws(seed, profiles["customer"].to_numpy(), days)
     rows = len(profiles)
 
@@ -274,7 +348,10 @@ def _true_values(profiles: pd.DataFrame, days: np.ndarray, seed: int) -> pd.Data
         },
         index=range(rows),
     )
-    values[TARGET] = _labels(values, profiles["noise"].to_numpy(), draw.normal("label_day"))
+    shifted = drift.rows("label_rule", days) if drift else np.zeros(rows, dtype=bool)
+    values[TARGET] = _labels(
+        values, profiles["noise"].to_numpy(), draw.normal("label_day"), shifted
+    )
     return values
 
 
@@ -295,9 +372,18 @@ def latent_score(values: pd.DataFrame) -> np.ndarray:
     ).to_numpy(dtype=float)
 
 
-def _labels(values: pd.DataFrame, customer_noise: np.ndarray, day_noise: np.ndarray) -> np.ndarray:
+def _labels(
+    values: pd.DataFrame,
+    customer_noise: np.ndarray,
+    day_noise: np.ndarray,
+    shifted: np.ndarray | None = None,
+) -> np.ndarray:
+    """Labels cut from the noisy latent score; `shifted` rows use cut points lowered by
+    LABEL_RULE_SHIFT (the label-rule drift: the same score earns a worse label)."""
     score = latent_score(values) + 0.8 * customer_noise + 0.4 * day_noise
-    return np.where(score < GOOD_BELOW, "Good", np.where(score > POOR_ABOVE, "Poor", "Standard"))
+    shift = np.where(shifted, LABEL_RULE_SHIFT, 0.0) if shifted is not None else 0.0
+    good_below, poor_above = GOOD_BELOW - shift, POOR_ABOVE - shift
+    return np.where(score < good_below, "Good", np.where(score > poor_above, "Poor", "Standard"))
 
 
 def _corrupt(values: pd.DataFrame, draw: _Draws) -> pd.DataFrame:
@@ -362,14 +448,18 @@ def _check_arguments(customers: int, days: int, seed: int) -> None:
 
 
 def synthetic_days(
-    profiles: pd.DataFrame, days: list[date], seed: int, log: CleaningLog
+    profiles: pd.DataFrame,
+    days: list[date],
+    seed: int,
+    log: CleaningLog,
+    drift: Drift | None = None,
 ) -> tuple[SourceFrames, int]:
     """Cleaned rows of every profiled customer on each of `days` (day-major order), and
     how many rows were generated."""
     count = len(profiles)
     rows = profiles.iloc[np.tile(np.arange(count), len(days))].reset_index(drop=True)
     ordinals = np.repeat([day.toordinal() for day in days], count)
-    values = _true_values(rows, ordinals, seed)
+    values = _true_values(rows, ordinals, seed, drift)
     customer = pd.Series([f"{number:07d}" for number in profiles["customer"]] * len(days))
     stamp = pd.Series(np.repeat([f"{day:%Y%m%d}" for day in days], count))
     values["id"] = f"syn{seed}-" + customer + "-" + stamp
@@ -389,29 +479,37 @@ def _day_batches(customers: int, days: int, start: date) -> list[list[date]]:
 
 
 def build_synthetic(
-    customers: int, days: int, start: date, seed: int = 0
+    customers: int, days: int, start: date, seed: int = 0, drift: Drift | None = None
 ) -> tuple[SourceFrames, IngestSummary]:
     """All rows of the run, cleaned, with the summary of what cleaning did."""
     _check_arguments(customers, days, seed)
     profiles = customer_profiles(np.arange(1, customers + 1), seed)
-    summary = IngestSummary(source=_describe_run(customers, days, start, seed))
+    summary = IngestSummary(source=_describe_run(customers, days, start, seed, drift))
     parts = []
     for batch in _day_batches(customers, days, start):
         log = CleaningLog()
-        frames, generated = synthetic_days(profiles, batch, seed, log)
+        frames, generated = synthetic_days(profiles, batch, seed, log, drift)
         summary.add_batch(generated, frames, log)
         parts.append(frames)
     return SourceFrames.concat(parts), summary
 
 
-def generate_synthetic(customers: int, days: int, start: date, seed: int = 0) -> SourceFrames:
-    """Pure: the cleaned rows of `customers` x `days` starting at `start`, for this seed."""
-    return build_synthetic(customers, days, start, seed)[0]
+def generate_synthetic(
+    customers: int, days: int, start: date, seed: int = 0, drift: Drift | None = None
+) -> SourceFrames:
+    """Pure: the cleaned rows of `customers` x `days` starting at `start`, for this seed
+    (and drift)."""
+    return build_synthetic(customers, days, start, seed, drift)[0]
 
 
-def _describe_run(customers: int, days: int, start: date, seed: int) -> str:
+def _describe_run(
+    customers: int, days: int, start: date, seed: int, drift: Drift | None = None
+) -> str:
     last = start + timedelta(days=days - 1)
-    return f"synthetic: {customers:,} customers x {days:,} days ({start} .. {last}), seed {seed}"
+    described = (
+        f"synthetic: {customers:,} customers x {days:,} days ({start} .. {last}), seed {seed}"
+    )
+    return f"{described}, {drift.describe()}" if drift else described
 
 
 def seed_synthetic(
@@ -423,12 +521,13 @@ def seed_synthetic(
     seed: int = 0,
     progress: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    drift: Drift | None = None,
 ) -> IngestSummary:
     """Generate and store the run a few days at a time (memory stays at one batch)."""
     started = time.perf_counter()
     _check_arguments(customers, days, seed)
     profiles = customer_profiles(np.arange(1, customers + 1), seed)
-    summary = IngestSummary(source=_describe_run(customers, days, start, seed))
+    summary = IngestSummary(source=_describe_run(customers, days, start, seed, drift))
     with SourceWriter(
         engine,
         total_rows=customers * days,
@@ -438,7 +537,7 @@ def seed_synthetic(
     ) as writer:
         for batch in _day_batches(customers, days, start):
             log = CleaningLog()
-            frames, generated = synthetic_days(profiles, batch, seed, log)
+            frames, generated = synthetic_days(profiles, batch, seed, log, drift)
             summary.add_batch(generated, frames, log)
             writer.write(frames)
     summary.rows_written = dict(writer.written)

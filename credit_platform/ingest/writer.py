@@ -199,7 +199,10 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 class SourceWriter:
-    """Writes SourceFrames in chunks; counts the rows each table really received."""
+    """Writes SourceFrames in chunks; counts the rows each table really received.
+
+    `tables` picks which of the three tables to write (default all): a simulation writes a
+    day's features when the day happens and its labels a day later."""
 
     def __init__(
         self,
@@ -209,15 +212,20 @@ class SourceWriter:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         progress: bool = True,
         description: str = "writing",
+        tables: tuple[Table, ...] = SOURCE_TABLES,
     ) -> None:
         if chunk_rows < 1:
             raise IngestError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        unknown = [table.name for table in tables if table not in SOURCE_TABLES]
+        if not tables or unknown:
+            raise IngestError(f"tables must be source tables, not {unknown or 'none'}")
         self.engine = engine
         self.chunk_rows = chunk_rows
-        self.written = {table.name: 0 for table in SOURCE_TABLES}
+        self.tables = tables
+        self.written = {table.name: 0 for table in tables}
         self.chunks_committed = 0
         self._statements = {
-            table.name: insert_if_absent(table, engine.dialect.name) for table in SOURCE_TABLES
+            table.name: insert_if_absent(table, engine.dialect.name) for table in tables
         }
         self._bar = tqdm(
             total=total_rows,
@@ -238,14 +246,16 @@ class SourceWriter:
         self._bar.close()
 
     def write(self, frames: SourceFrames) -> None:
+        first = self.tables[0].name
+        counted = credit_score.name if credit_score.name in self.written else first
         for start in range(0, len(frames), self.chunk_rows):
             stop = start + self.chunk_rows
-            chunk = {t.name: frames.table_frame(t).iloc[start:stop] for t in SOURCE_TABLES}
+            chunk = {t.name: frames.table_frame(t).iloc[start:stop] for t in self.tables}
             try:
                 with self.engine.begin() as connection:
                     counts = {
                         table.name: self._write_table(connection, table, chunk[table.name])
-                        for table in SOURCE_TABLES
+                        for table in self.tables
                     }
             except SQLAlchemyError as error:
                 where = redacted(self.engine.url.render_as_string(hide_password=False))
@@ -253,13 +263,13 @@ class SourceWriter:
                 raise IngestWriteError(
                     f"writing to the feature store at {where} failed after "
                     f"{self.chunks_committed} committed chunk(s) "
-                    f"({self.written['credit_score']:,} new label rows); the failed chunk was "
+                    f"({self.written[counted]:,} new {counted} rows); the failed chunk was "
                     f"rolled back and a rerun resumes where this stopped: {reason}"
                 ) from error
             for name, count in counts.items():
                 self.written[name] += count
             self.chunks_committed += 1
-            self._bar.update(len(chunk["credit_score"]))
+            self._bar.update(len(chunk[first]))
 
     def _write_table(self, connection: Connection, table: Table, frame: pd.DataFrame) -> int:
         """Insert the rows whose id is absent; returns how many that was."""

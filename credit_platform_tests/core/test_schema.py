@@ -16,7 +16,7 @@ SEED_TABLES = {
     "credit_predictions_api_log",
 }
 # Tables the platform adds to the seed's.
-PLATFORM_TABLES = SEED_TABLES | {"credit_model_monitoring"}
+PLATFORM_TABLES = SEED_TABLES | {"credit_model_monitoring", "credit_score_predictions"}
 
 
 def _columns(engine, table: str) -> list[str]:
@@ -61,6 +61,17 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
         ]
         unique_columns = [set(item["column_names"]) for item in uniques + unique_indexes]
         assert {"request_id"} in unique_columns
+        assert _columns(engine, "credit_score_predictions") == [
+            "score_dt",
+            "customer_id",
+            "prediction",
+            "confidence_good",
+            "confidence_standard",
+            "confidence_poor",
+            "model_version",
+        ]
+        primary = inspect(engine).get_pk_constraint("credit_score_predictions")
+        assert primary["constrained_columns"] == ["score_dt", "customer_id"]
     finally:
         engine.dispose()
 

@@ -1,0 +1,31 @@
+"""Request ids of `credit-platform simulate`: each names its seed, simulated day and chunk.
+
+A simulation replays several days within minutes, so the prediction log's `created_at` is
+the wall clock, not the simulated day; the id says which day a row belongs to. Ids stay
+inside the API's client key alphabet (letters, digits, `._:-`, at most 48 characters), and a
+repeated simulation sends the same ids, so the service answers it from the log instead of
+logging its rows twice.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+PREFIX = "sim"
+_PATTERN = re.compile(r"^sim(\d+)-(\d{8})-(\d+)(?:#\d+)?$")
+
+
+def simulation_request_id(seed: int, day: date, chunk: int) -> str:
+    """The X-Request-ID of chunk `chunk` (0, 1, ...) of simulated day `day`."""
+    return f"{PREFIX}{seed}-{day:%Y%m%d}-{chunk:05d}"
+
+
+def simulated_day(request_id: str) -> date | None:
+    """The simulated day of a request id (or a batch row's "<id>#<position>"); None for
+    ids no simulation sent."""
+    match = _PATTERN.match(request_id)
+    if match is None:
+        return None
+    stamp = match.group(2)
+    return date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
