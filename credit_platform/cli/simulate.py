@@ -8,7 +8,11 @@ Each simulated day D, in order:
 2. the features of D are written (`credit_score_features`, `customer_info`), as the
    source systems would, so batch scoring can score D;
 3. every feature row of D is sent to `/predict_batch` in chunks, each with its own
-   X-Request-ID naming the seed, the day and the chunk (`core.simulation_ids`).
+   X-Request-ID naming the seed, the day and the chunk (`core.simulation_ids`);
+4. the log rows of those requests are dated D (12:00 UTC): the service stamps a row with
+   the wall clock, and a simulation replays days within minutes, so without this every
+   simulated day would land on today in monitoring. Only rows whose ids this simulation
+   sent are touched; rows still in the service's spool (database down) keep their time.
 
 The labels of the last day are not written: their day has not come. Rows come from the
 seeded synthetic generator (`ingest.synthetic`), with its drift knob from the chosen day.
@@ -35,8 +39,13 @@ from sqlalchemy.engine import Engine
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
 from credit_platform.core.features import LABELS, MODEL_FEATURES
-from credit_platform.core.schema import credit_score, credit_score_features, customer_info
-from credit_platform.core.simulation_ids import simulation_request_id
+from credit_platform.core.schema import (
+    credit_predictions_api_log,
+    credit_score,
+    credit_score_features,
+    customer_info,
+)
+from credit_platform.core.simulation_ids import day_id_range, simulation_request_id
 from credit_platform.ingest.cleaning import CleaningLog
 from credit_platform.ingest.synthetic import (
     DRIFT_KINDS,
@@ -71,6 +80,7 @@ class SimulatedDay:
     predictions: Counter = field(default_factory=Counter)
     labels_day: date | None = None
     labels_written: int = 0
+    log_rows_dated: int = 0
     request_ids: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -83,7 +93,7 @@ class SimulatedDay:
         return (
             f"{self.day}{' (drift)' if self.drifted else ''}: features {self.feature_rows} "
             f"({self.features_written} new), sent {self.rows_sent} rows in {self.requests} "
-            f"request(s) [{mix}]; {labels}"
+            f"request(s) [{mix}], {self.log_rows_dated} log rows dated {self.day}; {labels}"
         )
 
 
@@ -185,6 +195,22 @@ def send_day(
             report.predictions.update(answer["predict"] for answer in answers)
 
 
+def date_logged_rows(engine: Engine, seed: int, day: date) -> int:
+    """Date the log rows of simulated day `day` (this seed's ids) at 12:00 UTC that day;
+    returns how many rows were dated."""
+    from sqlalchemy import update
+
+    low, high = day_id_range(seed, day)
+    log = credit_predictions_api_log
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(log)
+            .where(log.c.request_id >= low, log.c.request_id < high)
+            .values(created_at=datetime(day.year, day.month, day.day, 12))
+        )
+    return int(result.rowcount or 0)
+
+
 def _write(engine: Engine, frames, tables) -> dict[str, int]:
     with SourceWriter(engine, progress=False, tables=tables) as writer:
         writer.write(frames)
@@ -225,6 +251,7 @@ def run_simulation(
         report.feature_rows = len(frames)
         report.features_written = written[credit_score_features.name]
         send_day(api_url, seed, day, request_rows(frames.credit_score_features), chunk_rows, report)
+        report.log_rows_dated = date_logged_rows(engine, seed, day)
         pending = (day, frames)
         reports.append(report)
         echo(report.describe())

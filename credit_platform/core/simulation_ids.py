@@ -21,6 +21,13 @@ def simulation_request_id(seed: int, day: date, chunk: int) -> str:
     return f"{PREFIX}{seed}-{day:%Y%m%d}-{chunk:05d}"
 
 
+def day_id_range(seed: int, day: date) -> tuple[str, str]:
+    """[low, high): every log row id of simulated day `day` (its batches' rows "<id>#<n>",
+    a shadow's "...@shadow") sorts in it, byte-wise, and no other day's does."""
+    low = f"{PREFIX}{seed}-{day:%Y%m%d}-"
+    return low, low[:-1] + "."  # "." follows "-" in ASCII
+
+
 def simulated_day(request_id: str) -> date | None:
     """The simulated day of a request id (or a batch row's "<id>#<position>"); None for
     ids no simulation sent."""

@@ -107,6 +107,16 @@ def test_simulation_sends_each_row_once_and_labels_lag_a_day(service):
         assert sum(report.rows_sent for report in reports) == len(features) > 2.5 * CUSTOMERS
         assert Counter((simulated_day(rid), customer) for rid, customer in logged) == expected
         assert len({rid for rid, _ in logged}) == len(logged)
+        # Each simulated day's log rows are dated that day, as monitoring reads the log.
+        log = credit_predictions_api_log
+        with engine.connect() as connection:
+            stamps = connection.execute(select(log.c.request_id, log.c.created_at)).all()
+        assert {(simulated_day(rid), stamp.date()) for rid, stamp in stamps} == {
+            (day, day) for day in DAYS
+        }
+        assert [report.log_rows_dated for report in reports] == [
+            report.rows_sent for report in reports
+        ]
         assert reports[0].request_ids[:2] == [
             simulation_request_id(SEED, DAYS[0], 0),
             simulation_request_id(SEED, DAYS[0], 1),
