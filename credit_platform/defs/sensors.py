@@ -177,7 +177,14 @@ def deploy_sensor(
     should_deploy, reason = deploy_decision(candidate, served)
     if not should_deploy:
         return SensorResult(skip_reason=SkipReason(reason), cursor=cursor)
-    deploy_key = f"deploy:{candidate}" + (f":outage:{outage}" if served is None else "")
+    # Dagster launches a run key once: a model deployed before by this sensor (served again
+    # after a rollback) gets a key of its own for each return.
+    returns = _successful_deploys(context, candidate)
+    deploy_key = (
+        f"deploy:{candidate}"
+        + (f":redeploy:{returns}" if returns else "")
+        + (f":outage:{outage}" if served is None else "")
+    )
     failed = _failed_deploys(context, deploy_key)
     if failed >= MAX_DEPLOY_ATTEMPTS:
         return SensorResult(
@@ -205,6 +212,17 @@ def deploy_sensor(
             )
         ],
         cursor=cursor,
+    )
+
+
+def _successful_deploys(context: SensorEvaluationContext, model_tag: str) -> int:
+    """How many deploy runs named `model_tag` (the sensor's and the rollback's) succeeded."""
+    return context.instance.get_runs_count(
+        filters=RunsFilter(
+            job_name=deploy_job.name,
+            tags={"credit_platform/model_tag": model_tag},
+            statuses=[DagsterRunStatus.SUCCESS],
+        )
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-from dagster import build_sensor_context, instance_for_test
+from dagster import DagsterRun, DagsterRunStatus, build_sensor_context, instance_for_test
 
 from api.sample_requests import load_sample
 from credit_platform.cli.rollback import roll_back_champion, rollback
@@ -26,6 +27,7 @@ from credit_platform.core.settings import (
     MLFLOW_TRACKING_URI_ENV,
     MODEL_NAME,
 )
+from credit_platform.defs.jobs import deploy_job
 from credit_platform.defs.resources.mlflow_tracking import (
     BENTO_TAG,
     LIVE_REGRESSION_TAG,
@@ -264,12 +266,28 @@ def test_rollback_is_one_call_and_the_deploy_sensor_follows(backfilled):
     champion = tracking.champion()
     assert champion.tags[BENTO_TAG] == models["2025-02-04"]["bento_tag"]
 
+    previous = models["2025-02-04"]["bento_tag"]
     tick = _deploy_tick(
         backfilled["instance"], backfilled["resources"], models[NEWEST]["bento_tag"]
     )
     assert [(r.partition_key, r.tags["credit_platform/model_tag"]) for r in tick.run_requests] == [
-        ("2025-02-04", models["2025-02-04"]["bento_tag"])
+        ("2025-02-04", previous)
     ]
+    assert tick.run_requests[0].run_key == f"deploy:{previous}"
+    # Had the sensor deployed that model before (its key is used: Dagster launches a key
+    # once), serving it again takes a key of its own.
+    backfilled["instance"].add_run(
+        DagsterRun(
+            job_name=deploy_job.name,
+            run_id=str(uuid.uuid4()),
+            status=DagsterRunStatus.SUCCESS,
+            tags={**tick.run_requests[0].tags, "dagster/run_key": f"deploy:{previous}"},
+        )
+    )
+    again = _deploy_tick(
+        backfilled["instance"], backfilled["resources"], models[NEWEST]["bento_tag"]
+    )
+    assert [r.run_key for r in again.run_requests] == [f"deploy:{previous}:redeploy:1"]
 
 
 # --- the deploy sensor on a champion it cannot deploy --------------------------------------
