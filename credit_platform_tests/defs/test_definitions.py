@@ -6,8 +6,14 @@ from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
 
 from credit_platform.core import settings
 from credit_platform.defs.catalog import ASSET_OWNERS
+from credit_platform.defs.challenger_sensor import challenger_sensor
 from credit_platform.defs.definitions import build_resources, defs
-from credit_platform.defs.jobs import continuous_training_job, deploy_job, model_monitoring_job
+from credit_platform.defs.jobs import (
+    challenger_decision_job,
+    continuous_training_job,
+    deploy_job,
+    model_monitoring_job,
+)
 from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
 from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
@@ -77,9 +83,12 @@ def test_fill_defaults_refuses_a_malformed_monitoring_threshold(monkeypatch):
 def test_the_monitoring_policy_reads_its_thresholds_from_the_environment(monkeypatch):
     monkeypatch.setenv(settings.MONITORING_PSI_THRESHOLD_ENV, "0.35")
     monkeypatch.setenv(settings.ROLLBACK_MIN_LABELLED_ENV, "500")
+    monkeypatch.setenv(settings.CHALLENGER_MARGIN_ENV, "0.04")
     settings.fill_defaults()
     resolved = build_resources()["monitoring_policy"].process_config_and_initialize()
     assert resolved.psi == 0.35 and resolved.rollback_min_labels == 500
+    assert resolved.challenger_gap == 0.04
+    assert resolved.challenger_min_labels == settings.challenger_min_labelled()
     assert resolved.cooldown_seconds == settings.retrain_cooldown_seconds()
 
 
@@ -90,7 +99,8 @@ def test_sensors_and_schedule_target_the_job_objects():
     assert retrain_sensor.job is continuous_training_job
     assert rollback_sensor.job is deploy_job
     assert daily_model_monitoring.job is model_monitoring_job
-    jobs = (continuous_training_job, deploy_job, model_monitoring_job)
+    assert challenger_sensor.job is challenger_decision_job
+    jobs = (continuous_training_job, deploy_job, model_monitoring_job, challenger_decision_job)
     assert {job.name for job in jobs} <= {job.name for job in defs.resolve_all_job_defs()}
     monitoring = defs.resolve_assets_def("model_monitoring")
     assert monitoring.group_names_by_key[monitoring.key] == "monitoring"
