@@ -55,12 +55,25 @@ def fit_settings(preset: dict, threads: int):
     )
 
 
-def one_design(name: str, pools, split_rows, threads: int) -> dict:
+def design_pools(split_rows, scalers, derived: bool):
+    """Train, valid and test pools of one split, with or without the derived features."""
+    from credit_platform.core.features import TARGET
+    from credit_platform.core.model_input import prepare_model_input
+    from credit_platform.core.training import make_pool
+
+    return tuple(
+        make_pool(prepare_model_input(part, scalers, derived=derived), part[TARGET])
+        for part in split_rows
+    )
+
+
+def one_design(name: str, split_rows, scalers, threads: int) -> dict:
     from credit_platform.core import settings
     from credit_platform.core.features import TARGET
     from credit_platform.core.training import evaluate, parameter_grid, search_grid
 
     preset = settings.TRAINING_GRIDS[name]
+    pools = design_pools(split_rows, scalers, preset["derived_features"])
     train_pool, valid_pool, test_pool = pools
     _, valid, test = split_rows
     grid = parameter_grid(preset["depths"], preset["rsms"], preset["l2_leaf_regs"])
@@ -70,6 +83,7 @@ def one_design(name: str, pools, split_rows, threads: int) -> dict:
     tested = evaluate(best.model, test_pool, test[TARGET])
     return {
         "trials": len(grid),
+        "derived_features": preset["derived_features"],
         "seconds": round(seconds, 1),
         "chosen": best.params.as_dict(),
         "best_iteration": best.best_iteration,
@@ -81,18 +95,15 @@ def one_design(name: str, pools, split_rows, threads: int) -> dict:
 
 
 def one_seed(rows, seed: int, threads: int) -> dict:
-    from credit_platform.core.features import TARGET
-    from credit_platform.core.model_input import fit_scalers, prepare_model_input
-    from credit_platform.core.training import make_pool
+    from credit_platform.core.model_input import fit_scalers
     from credit_platform.defs.assets.split import TEST, TRAIN, VALID, side_rows, stratified_split
 
     split = stratified_split(rows, valid_fraction=0.2, seed=seed, test_fraction=0.2)
     sides = tuple(side_rows(split, side) for side in (TRAIN, VALID, TEST))
     scalers = fit_scalers(sides[0])
-    pools = tuple(make_pool(prepare_model_input(part, scalers), part[TARGET]) for part in sides)
     result = {"split_seed": seed, "rows": [len(part) for part in sides]}
     for name in ("seed", "tuned"):
-        result[name] = one_design(name, pools, sides, threads)
+        result[name] = one_design(name, sides, scalers, threads)
         print(
             f"split seed {seed}, {name:>5} design: test accuracy "
             f"{result[name]['test_accuracy']:.4f}, "

@@ -50,6 +50,7 @@ SEED_FIT: dict[str, Any] = {
     "early_stopping_rounds": 50,
     "class_weights": "none",
     "selection_metric": "accuracy",
+    "derived_features": False,
 }
 TRAINING_GRIDS: dict[str, dict[str, Any]] = {
     # the 3 x 3 x 3 depth x rsm x l2 grid of the seed design
@@ -82,6 +83,7 @@ TRAINING_GRIDS: dict[str, dict[str, Any]] = {
         "early_stopping_rounds": 200,
         "class_weights": "SqrtBalanced",
         "selection_metric": "macro_f1",
+        "derived_features": True,
     },
 }
 DEFAULT_TRAINING_GRID = "tuned"

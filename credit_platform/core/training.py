@@ -17,6 +17,7 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from credit_platform.core.derived_features import DERIVED_CATEGORICAL_FEATURES
 from credit_platform.core.features import CATEGORICAL_FEATURES, LABELS, TEXT_FEATURES
 
 # Text features are tokenized on spaces into single words. CatBoost's default text
@@ -149,11 +150,13 @@ def parameter_grid(
 
 
 def make_pool(features: pd.DataFrame, labels: pd.Series | None = None) -> Pool:
-    """A CatBoost pool of prepared model input (see `model_input.prepare_model_input`)."""
+    """A CatBoost pool of prepared model input (see `model_input.prepare_model_input`), with
+    or without the derived features."""
+    categorical = CATEGORICAL_FEATURES + DERIVED_CATEGORICAL_FEATURES
     return Pool(
         features,
         label=None if labels is None else labels.to_numpy(),
-        cat_features=list(CATEGORICAL_FEATURES),
+        cat_features=[name for name in features.columns if name in categorical],
         text_features=list(TEXT_FEATURES),
     )
 

@@ -14,7 +14,7 @@ from dagster import materialize
 from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
-from credit_platform.core.model_input import fit_scalers, prepare_model_input
+from credit_platform.core.model_input import fit_scalers, prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import list_model_tags, load_model_bundle
 from credit_platform.core.settings import MODEL_NAME
 from credit_platform.core.training import (
@@ -256,7 +256,10 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     # The reported accuracy is the saved model's on the stored split's test rows.
     test = stored[stored[SPLIT_COLUMN] == TEST]
     assert sum(confusion["rows"], []) and sum(map(sum, confusion["rows"])) == len(test)
-    probabilities = bundle.model.predict_proba(prepare_model_input(test, bundle.scalers))
+    derived = uses_derived_features(bundle.model)
+    probabilities = bundle.model.predict_proba(
+        prepare_model_input(test, bundle.scalers, derived=derived)
+    )
     predicted = np.asarray(bundle.model.classes_)[probabilities.argmax(axis=1)]
     assert (predicted == test[TARGET].to_numpy()).mean() == pytest.approx(
         summary["metrics"]["test_accuracy"]

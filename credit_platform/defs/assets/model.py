@@ -89,6 +89,11 @@ class TrainingConfig(Config):
         default=_grid_default("selection_metric"),
         description="Valid-row score that picks the best trial: accuracy or macro_f1.",
     )
+    derived_features: bool = Field(
+        default=_grid_default("derived_features"),
+        description="Add the features derived from the 22 inputs (ratios, loan counts, the "
+        "parts of payment_behaviour); the API computes them the same way.",
+    )
     thread_count: int = Field(default=-1, description="CatBoost threads; -1 uses every core.")
     random_seed: int = Field(default=42)
 
@@ -106,8 +111,9 @@ class TrainingConfig(Config):
         )
 
 
-def _fixed_params(fit: FitSettings) -> dict[str, Any]:
+def _fixed_params(fit: FitSettings, derived: bool) -> dict[str, Any]:
     return {
+        "derived_features": derived,
         "loss_function": fit.loss_function,
         "learning_rate": fit.learning_rate,
         "iterations": fit.iterations,
@@ -152,13 +158,14 @@ def credit_score_model(
             f"partition {partition}: the stored split has no test rows; materialize "
             "train_valid_split again"
         )
-    train_input = prepare_model_input(train, scalers)
-    valid_input = prepare_model_input(valid, scalers)
+    derived = config.derived_features
+    train_input = prepare_model_input(train, scalers, derived=derived)
+    valid_input = prepare_model_input(valid, scalers, derived=derived)
     train_pool = make_pool(train_input, train[TARGET])
     valid_pool = make_pool(valid_input, valid[TARGET])
     grid = parameter_grid(config.depths, config.rsms, config.l2_leaf_regs)
     fit = config.fit_settings()
-    fixed = _fixed_params(fit)
+    fixed = _fixed_params(fit, derived)
     tags = {"dagster_run_id": context.run.run_id, "partition": partition}
     requirements = [f"catboost=={catboost.__version__}"]  # skips a slow inference subprocess
 
@@ -204,7 +211,8 @@ def credit_score_model(
         assert best is not None  # parameter_grid never returns an empty grid
 
         # The one use of the test rows: report the chosen model.
-        tested = evaluate(best.model, make_pool(prepare_model_input(test, scalers)), test[TARGET])
+        test_input = prepare_model_input(test, scalers, derived=derived)
+        tested = evaluate(best.model, make_pool(test_input), test[TARGET])
         metrics = tested.metrics("test")
         params = {**best.params.as_dict(), **fixed}
         confusion = confusion_markdown(tested)
