@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+import pandas as pd
+
 from bench.common import KAGGLE_SAMPLE, machine, print_figures, write_results
 
 TARGETS = {"accuracy_gain": 0.01, "macro_f1_gain": 0.02, "recall_good": 0.50}
@@ -52,6 +54,8 @@ def fit_settings(preset: dict, threads: int):
         eval_metric=preset["eval_metric"],
         class_weights=preset["class_weights"],
         selection_metric=preset["selection_metric"],
+        class_offset_strength=preset["class_offset_strength"],
+        refit_on_train_valid=preset["refit_on_train_valid"],
     )
 
 
@@ -70,20 +74,27 @@ def design_pools(split_rows, scalers, derived: bool):
 def one_design(name: str, split_rows, scalers, threads: int) -> dict:
     from credit_platform.core import settings
     from credit_platform.core.features import TARGET
-    from credit_platform.core.training import evaluate, parameter_grid, search_grid
+    from credit_platform.core.training import evaluate, final_model, parameter_grid, search_grid
 
     preset = settings.TRAINING_GRIDS[name]
-    pools = design_pools(split_rows, scalers, preset["derived_features"])
+    derived = preset["derived_features"]
+    pools = design_pools(split_rows, scalers, derived)
     train_pool, valid_pool, test_pool = pools
     _, valid, test = split_rows
+    train_valid_pool = design_pools((pd.concat(split_rows[:2]),), scalers, derived)[0]
     grid = parameter_grid(preset["depths"], preset["rsms"], preset["l2_leaf_regs"])
+    fit = fit_settings(preset, threads)
     started = time.perf_counter()
-    best = search_grid(train_pool, valid_pool, valid[TARGET], grid, fit_settings(preset, threads))
+    best = search_grid(train_pool, valid_pool, valid[TARGET], grid, fit)
+    model = final_model(best, train_valid_pool, len(split_rows[0]), fit)
     seconds = time.perf_counter() - started
-    tested = evaluate(best.model, test_pool, test[TARGET])
+    tested = evaluate(model, test_pool, test[TARGET])
     return {
         "trials": len(grid),
-        "derived_features": preset["derived_features"],
+        "derived_features": derived,
+        "class_offset_strength": fit.class_offset_strength,
+        "refit_on_train_valid": fit.refit_on_train_valid,
+        "final_iterations": int(model.tree_count_),
         "seconds": round(seconds, 1),
         "chosen": best.params.as_dict(),
         "best_iteration": best.best_iteration,

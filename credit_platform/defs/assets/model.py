@@ -27,6 +27,7 @@ from credit_platform.core.training import (
     confusion_markdown,
     evaluate,
     feature_importances,
+    final_model,
     fit_trial,
     make_pool,
     markdown_table,
@@ -89,6 +90,18 @@ class TrainingConfig(Config):
         default=_grid_default("selection_metric"),
         description="Valid-row score that picks the best trial: accuracy or macro_f1.",
     )
+    class_offset_strength: float = Field(
+        default=_grid_default("class_offset_strength"),
+        ge=0,
+        le=2,
+        description="Prior correction: add strength x log(largest class count / class "
+        "count) to each class's raw score (0: none).",
+    )
+    refit_on_train_valid: bool = Field(
+        default=_grid_default("refit_on_train_valid"),
+        description="Serve the chosen trial refit on train + valid rows (its best rounds "
+        "scaled by the row ratio) instead of the train-only model.",
+    )
     derived_features: bool = Field(
         default=_grid_default("derived_features"),
         description="Add the features derived from the 22 inputs (ratios, loan counts, the "
@@ -108,6 +121,8 @@ class TrainingConfig(Config):
             eval_metric=self.eval_metric,
             class_weights=self.class_weights,
             selection_metric=self.selection_metric,
+            class_offset_strength=self.class_offset_strength,
+            refit_on_train_valid=self.refit_on_train_valid,
         )
 
 
@@ -121,6 +136,8 @@ def _fixed_params(fit: FitSettings, derived: bool) -> dict[str, Any]:
         "eval_metric": fit.eval_metric,
         "class_weights": fit.class_weights,
         "selection_metric": fit.selection_metric,
+        "class_offset_strength": fit.class_offset_strength,
+        "refit_on_train_valid": fit.refit_on_train_valid,
         "random_seed": fit.random_seed,
     }
 
@@ -210,13 +227,25 @@ def credit_score_model(
                 best, best_run_id, best_model_uri = result, trial_run.info.run_id, logged.model_uri
         assert best is not None  # parameter_grid never returns an empty grid
 
+        # With refit_on_train_valid the served model is the chosen trial refit on train +
+        # valid rows: logged in the parent run, and that is the version registered.
+        train_valid_pool = make_pool(
+            pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
+        )
+        model = final_model(best, train_valid_pool, len(train), fit)
+        if model is not best.model:
+            best_model_uri = mlflow.catboost.log_model(
+                model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
+            ).model_uri
+            mlflow.log_metric("final_iterations", model.tree_count_)
+
         # The one use of the test rows: report the chosen model.
         test_input = prepare_model_input(test, scalers, derived=derived)
-        tested = evaluate(best.model, make_pool(test_input), test[TARGET])
+        tested = evaluate(model, make_pool(test_input), test[TARGET])
         metrics = tested.metrics("test")
         params = {**best.params.as_dict(), **fixed}
         confusion = confusion_markdown(tested)
-        importances = markdown_table(["feature", "importance"], feature_importances(best.model))
+        importances = markdown_table(["feature", "importance"], feature_importances(model))
         mlflow.log_metrics({**metrics, **best.metrics})
         mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
@@ -233,7 +262,7 @@ def credit_score_model(
             },
         )
         bento_tag = save_model_bundle(
-            best.model,
+            model,
             scalers,
             partition=partition,
             metrics=metrics,
