@@ -10,7 +10,9 @@ scored once on the same untouched test rows:
 
 - seed style: the 3 x 3 x 3 depth x rsm x l2 grid at lr 0.3, MultiClassOneVsAll, early
   stopping 50 on valid accuracy, the best valid accuracy wins (the "seed" preset);
-- tuned: the platform's default preset ("tuned").
+- tuned: the platform's default preset ("tuned"): with the derived features, a prior
+  correction of the class scores and the final model refit on train + valid rows (the
+  test rows still play no part in any choice).
 
 Across seeds the test rows are different unseen samples, so the spread of the test metric
 is the estimate of how far one partition's reported figure is from truly unseen data; the

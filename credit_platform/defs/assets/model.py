@@ -1,7 +1,8 @@
 """`credit_score_model`: grid-searched CatBoost, tracked in MLflow, saved to BentoML.
 
 Each grid point is a nested MLflow run under one parent run per partition; the best on the
-valid rows is scored once on the test rows, and those test metrics are what the parent run,
+valid rows (refit on train + valid rows when the grid says so, logged in the parent run) is
+scored once on the test rows, and those test metrics are what the parent run,
 the new registered model version, the `credit_score_classifier` in the BentoML store (saved
 with its scalers) and the asset's metadata report.
 """
