@@ -5,7 +5,9 @@ without a pandas DataFrame, a column at a time: numbers outside their plausible 
 made missing by the data contract's rule, the one the loader applies for training
 (`credit_platform.core.data_contract`), then scaled with numpy exactly as
 `credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
-fields so repaired. CatBoost's `predict_proba` runs once per request on the calling
+fields so repaired. A model trained with the derived features gets them from
+`credit_platform.core.derived_features.derived_columns`, the function training uses.
+CatBoost's `predict_proba` runs once per request on the calling
 thread: the label is the argmax over `model.classes_`, the confidence its probability.
 Tests hold this path equal to the reference one, and to loading the same row.
 

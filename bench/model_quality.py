@@ -83,7 +83,10 @@ def one_design(name: str, split_rows, scalers, threads: int) -> dict:
     pools = design_pools(split_rows, scalers, derived)
     train_pool, valid_pool, test_pool = pools
     _, valid, test = split_rows
-    train_valid_pool = design_pools((pd.concat(split_rows[:2]),), scalers, derived)[0]
+
+    def train_valid_pool():
+        return design_pools((pd.concat(split_rows[:2]),), scalers, derived)[0]
+
     grid = parameter_grid(preset["depths"], preset["rsms"], preset["l2_leaf_regs"])
     fit = fit_settings(preset, threads)
     started = time.perf_counter()

@@ -8,7 +8,7 @@ the test rows, once) lives here so it can be tested on its own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +193,8 @@ def fit_trial(
         verbose=False,
     )
     model.fit(train, eval_set=valid, use_best_model=True)
-    apply_class_offsets(model, class_offsets(train.get_label(), model.classes_, fit))
+    if fit.class_offset_strength:
+        apply_class_offsets(model, class_offsets(train.get_label(), model.classes_, fit))
     best = model.get_best_iteration()
     return TrialResult(
         params=params,
@@ -230,20 +231,23 @@ def apply_class_offsets(model: CatBoostClassifier, offsets: Sequence[float]) -> 
 
 
 def final_model(
-    chosen: TrialResult, train_valid: Pool, train_rows: int, fit: FitSettings
+    chosen: TrialResult,
+    train_valid: Callable[[], Pool],
+    train_rows: int,
+    fit: FitSettings,
 ) -> CatBoostClassifier:
     """The model to report and serve: the chosen trial's, or with `refit_on_train_valid` the
-    same settings refit on the train + valid rows for (best rounds x row ratio) rounds."""
+    same settings refit on the train + valid rows (`train_valid` builds their pool, only
+    then) for (best rounds x row ratio) rounds."""
     if not fit.refit_on_train_valid:
         return chosen.model
+    pool = train_valid()
     params = chosen.model.get_params()
     params.pop("early_stopping_rounds", None)
-    params["iterations"] = max(
-        1, round((chosen.best_iteration + 1) * train_valid.num_row() / train_rows)
-    )
+    params["iterations"] = max(1, round((chosen.best_iteration + 1) * pool.num_row() / train_rows))
     model = CatBoostClassifier(**params)
-    model.fit(train_valid)
-    apply_class_offsets(model, class_offsets(train_valid.get_label(), model.classes_, fit))
+    model.fit(pool)
+    apply_class_offsets(model, class_offsets(pool.get_label(), model.classes_, fit))
     return model
 
 

@@ -242,9 +242,9 @@ def test_the_final_model_is_the_chosen_trial_refit_on_train_and_valid_rows():
         refit_on_train_valid=True,
     )
     chosen = fit_trial(train_pool, valid_pool, valid[TARGET], TrialParams(4, 1.0, 3.0), fit)
-    assert final_model(chosen, both, len(train), FitSettings()) is chosen.model
+    assert final_model(chosen, lambda: both, len(train), FitSettings()) is chosen.model
 
-    refit = final_model(chosen, both, len(train), fit)
+    refit = final_model(chosen, lambda: both, len(train), fit)
     assert refit is not chosen.model
     rounds = round((chosen.best_iteration + 1) * (len(train) + len(valid)) / len(train))
     assert refit.tree_count_ == rounds > chosen.best_iteration + 1

@@ -230,10 +230,14 @@ def credit_score_model(
 
         # With refit_on_train_valid the served model is the chosen trial refit on train +
         # valid rows: logged in the parent run, and that is the version registered.
-        train_valid_pool = make_pool(
-            pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
+        model = final_model(
+            best,
+            lambda: make_pool(
+                pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
+            ),
+            len(train),
+            fit,
         )
-        model = final_model(best, train_valid_pool, len(train), fit)
         if model is not best.model:
             best_model_uri = mlflow.catboost.log_model(
                 model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
