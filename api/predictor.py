@@ -5,7 +5,9 @@ without a pandas DataFrame, a column at a time: numbers outside their plausible 
 made missing by the data contract's rule, the one the loader applies for training
 (`credit_platform.core.data_contract`), then scaled with numpy exactly as
 `credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
-fields so repaired. CatBoost's `predict_proba` runs once per request on the calling
+fields so repaired. A model trained with the derived features gets them from
+`credit_platform.core.derived_features.derived_columns`, the function training uses.
+CatBoost's `predict_proba` runs once per request on the calling
 thread: the label is the argmax over `model.classes_`, the confidence its probability.
 Tests hold this path equal to the reference one, and to loading the same row.
 
@@ -28,6 +30,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from credit_platform.core.data_contract import make_implausible_missing
+from credit_platform.core.derived_features import (
+    DERIVED_FEATURES,
+    DERIVED_INPUTS,
+    derived_columns,
+)
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     LABELS,
@@ -119,9 +126,14 @@ class Predictor:
         self.role = "champion"  # "shadow" or "canary" once attached as a challenger
         model = bundle.model
         feature_names = list(getattr(model, "feature_names_", None) or MODEL_FEATURES)
-        if sorted(feature_names) != sorted(MODEL_FEATURES):
+        derived = set(feature_names) - set(MODEL_FEATURES)
+        if sorted(set(feature_names) - derived) != sorted(MODEL_FEATURES) or derived not in (
+            set(),
+            set(DERIVED_FEATURES),
+        ):
             raise ModelRefused(
-                f"{bundle.tag} expects features {feature_names}, not the 22 model features"
+                f"{bundle.tag} expects features {feature_names}, not the 22 model features "
+                "(with or without the derived ones)"
             )
         missing = [name for name in NUMERIC_FEATURES if name not in bundle.scalers]
         if missing:
@@ -145,8 +157,14 @@ class Predictor:
         self._text_columns = [
             (position, name, MISSING_CATEGORY if name in CATEGORICAL_FEATURES else MISSING_TEXT)
             for position, name in enumerate(feature_names)
-            if name not in NUMERIC_FEATURES
+            if name in MODEL_FEATURES and name not in NUMERIC_FEATURES
         ]
+        # Derived features (if the model was trained with them) come from the repaired,
+        # unscaled numbers and the raw texts, through the function training uses.
+        self._derived_positions = [
+            (position, name) for position, name in enumerate(feature_names) if name in derived
+        ]
+        self._derived_inputs = [self._numeric_names.index(name) for name in DERIVED_INPUTS]
         unusable = [
             f"{name} (center {center}, scale {scale})"
             for name, center, scale in zip(
@@ -182,6 +200,17 @@ class Predictor:
         matrix[:, self._numeric_positions] = (numbers - self._centers) / self._scales
         for position, name, placeholder in self._text_columns:
             matrix[:, position] = [_text_value(row.get(name), placeholder) for row in rows]
+        if self._derived_positions:
+            columns = derived_columns(
+                {
+                    name: numbers[:, index]
+                    for name, index in zip(DERIVED_INPUTS, self._derived_inputs, strict=True)
+                },
+                [row.get("type_of_loan") for row in rows],
+                [row.get("payment_behaviour") for row in rows],
+            )
+            for position, name in self._derived_positions:
+                matrix[:, position] = columns[name]
         return ModelInput(matrix, self._repaired_fields(made_missing))
 
     def _repaired_fields(self, made_missing: np.ndarray) -> list[tuple[str, ...]]:

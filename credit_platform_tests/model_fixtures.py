@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 from catboost import CatBoostClassifier
 
+from credit_platform.core.derived_features import DERIVED_CATEGORICAL_FEATURES
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     TARGET,
@@ -37,9 +38,15 @@ TEXT_PROCESSING = {
 
 
 def train_tiny_model(
-    frame: pd.DataFrame, *, iterations: int = 20, depth: int = 4, seed: int = 0
+    frame: pd.DataFrame,
+    *,
+    iterations: int = 20,
+    depth: int = 4,
+    seed: int = 0,
+    derived: bool = False,
 ) -> tuple[CatBoostClassifier, Scalers]:
-    """A CatBoost model in seconds (iterations <= 30), with categorical and text features."""
+    """A CatBoost model in seconds (iterations <= 30), with categorical and text features
+    (and the derived features after the 22 inputs, with `derived`)."""
     if iterations > 30:
         raise ValueError("the test model is meant to be tiny: at most 30 iterations")
     scalers = fit_scalers(frame)
@@ -48,7 +55,7 @@ def train_tiny_model(
         depth=depth,
         learning_rate=0.3,
         loss_function="MultiClassOneVsAll",
-        cat_features=list(CATEGORICAL_FEATURES),
+        cat_features=list(CATEGORICAL_FEATURES + (DERIVED_CATEGORICAL_FEATURES if derived else ())),
         text_features=list(TEXT_FEATURES),
         text_processing=TEXT_PROCESSING,
         random_seed=seed,
@@ -56,7 +63,7 @@ def train_tiny_model(
         verbose=False,
         allow_writing_files=False,
     )
-    model.fit(prepare_model_input(frame, scalers), frame[TARGET])
+    model.fit(prepare_model_input(frame, scalers, derived=derived), frame[TARGET])
     return model, scalers
 
 

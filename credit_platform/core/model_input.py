@@ -1,17 +1,24 @@
 """Turns feature rows into exactly what the CatBoost model consumes.
 
-Training and serving both call `prepare_model_input`, so the scaling, the column
-order and the handling of missing values cannot differ between the two.
+Training calls `prepare_model_input`; the serving path (`api.predictor`) is held equal to
+it by tests, and computes the derived features with the same `derived_columns`, so the
+scaling, the column order and the handling of missing values cannot differ between the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import RobustScaler
 
+from credit_platform.core.derived_features import (
+    DERIVED_FEATURES,
+    DERIVED_INPUTS,
+    derived_columns,
+)
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     MODEL_FEATURES,
@@ -36,9 +43,22 @@ def fit_scalers(train: pd.DataFrame) -> Scalers:
     return scalers
 
 
-def prepare_model_input(rows: pd.DataFrame, scalers: Mapping[str, RobustScaler]) -> pd.DataFrame:
+def model_columns(derived: bool) -> tuple[str, ...]:
+    """The model's input columns: the 22 features, then the derived ones if it uses them."""
+    return MODEL_FEATURES + (DERIVED_FEATURES if derived else ())
+
+
+def uses_derived_features(model: Any) -> bool:
+    """Whether a trained model takes the derived features (its feature names say so)."""
+    return bool(set(getattr(model, "feature_names_", None) or ()) & set(DERIVED_FEATURES))
+
+
+def prepare_model_input(
+    rows: pd.DataFrame, scalers: Mapping[str, RobustScaler], *, derived: bool = False
+) -> pd.DataFrame:
     """The 22 model features in model order: numerics scaled (NaN kept, CatBoost handles it),
-    categories and texts as strings with explicit placeholders for missing values."""
+    categories and texts as strings with explicit placeholders for missing values; with
+    `derived`, the derived features after them (from the unscaled values)."""
     missing = [name for name in MODEL_FEATURES if name not in rows.columns]
     if missing:
         raise KeyError(f"feature rows lack columns: {', '.join(missing)}")
@@ -57,7 +77,17 @@ def prepare_model_input(rows: pd.DataFrame, scalers: Mapping[str, RobustScaler])
             prepared[name] = _strings(values, MISSING_CATEGORY)
         else:
             prepared[name] = _strings(values, MISSING_TEXT)
-    return pd.DataFrame(prepared, index=rows.index, columns=list(MODEL_FEATURES))
+    if derived:
+        numbers = {
+            name: pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype="float64")
+            for name in DERIVED_INPUTS
+        }
+        texts = {
+            name: rows[name].astype("object").where(rows[name].notna(), None).tolist()
+            for name in ("type_of_loan", "payment_behaviour")
+        }
+        prepared.update(derived_columns(numbers, texts["type_of_loan"], texts["payment_behaviour"]))
+    return pd.DataFrame(prepared, index=rows.index, columns=list(model_columns(derived)))
 
 
 def _strings(values: pd.Series, placeholder: str) -> np.ndarray:

@@ -8,7 +8,7 @@ the test rows, once) lives here so it can be tested on its own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import pandas as pd
 from catboost import CatBoostClassifier, Pool
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from credit_platform.core.derived_features import DERIVED_CATEGORICAL_FEATURES
 from credit_platform.core.features import CATEGORICAL_FEATURES, LABELS, TEXT_FEATURES
 
 # Text features are tokenized on spaces into single words. CatBoost's default text
@@ -64,8 +65,19 @@ class FitSettings:
     eval_metric: str = "Accuracy"
     class_weights: str = "none"
     selection_metric: str = "accuracy"
+    # Prior correction: every model's raw scores get `strength * log(largest class count /
+    # class count)` added per class (counted on its training rows), raising the rarer
+    # classes after training instead of through weights; 0 leaves the scores alone.
+    class_offset_strength: float = 0.0
+    # Refit the chosen trial on train + valid rows (its best round count scaled by the row
+    # ratio) as the final model; the valid rows still chose the trial and its rounds.
+    refit_on_train_valid: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 <= self.class_offset_strength <= 2:
+            raise ValueError(
+                f"class_offset_strength must be within [0, 2], not {self.class_offset_strength!r}"
+            )
         if self.selection_metric not in SELECTION_METRICS:
             raise ValueError(
                 f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, "
@@ -149,11 +161,13 @@ def parameter_grid(
 
 
 def make_pool(features: pd.DataFrame, labels: pd.Series | None = None) -> Pool:
-    """A CatBoost pool of prepared model input (see `model_input.prepare_model_input`)."""
+    """A CatBoost pool of prepared model input (see `model_input.prepare_model_input`), with
+    or without the derived features."""
+    categorical = CATEGORICAL_FEATURES + DERIVED_CATEGORICAL_FEATURES
     return Pool(
         features,
         label=None if labels is None else labels.to_numpy(),
-        cat_features=list(CATEGORICAL_FEATURES),
+        cat_features=[name for name in features.columns if name in categorical],
         text_features=list(TEXT_FEATURES),
     )
 
@@ -179,6 +193,8 @@ def fit_trial(
         verbose=False,
     )
     model.fit(train, eval_set=valid, use_best_model=True)
+    if fit.class_offset_strength:
+        apply_class_offsets(model, class_offsets(train.get_label(), model.classes_, fit))
     best = model.get_best_iteration()
     return TrialResult(
         params=params,
@@ -186,6 +202,53 @@ def fit_trial(
         evaluation=evaluate(model, valid, valid_labels),
         best_iteration=int(best if best is not None else model.tree_count_ - 1),
     )
+
+
+def class_offsets(labels: Sequence[Any], classes: Sequence[Any], fit: FitSettings) -> list[float]:
+    """Per class (in `classes` order) the prior correction of `fit` for these training
+    labels: strength * log(largest count / class count); zeros at strength 0."""
+    if not fit.class_offset_strength:
+        return [0.0] * len(classes)
+    names, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    count = dict(zip(names.tolist(), counts.tolist(), strict=True))
+    missing = [str(label) for label in classes if count.get(str(label), 0) == 0]
+    if missing:
+        raise ValueError(f"no training rows of {', '.join(missing)}: cannot weigh its prior")
+    largest = max(count.values())
+    return [
+        float(fit.class_offset_strength * np.log(largest / count[str(label)])) for label in classes
+    ]
+
+
+def apply_class_offsets(model: CatBoostClassifier, offsets: Sequence[float]) -> None:
+    """Add `offsets` to the model's raw score of each class (its bias, saved with it, so
+    every copy of the model -- MLflow, BentoML, the API -- predicts with them)."""
+    if not any(offsets):
+        return
+    scale, bias = model.get_scale_and_bias()
+    current = list(bias) if isinstance(bias, Sequence) else [float(bias)] * len(offsets)
+    model.set_scale_and_bias(scale, [b + o for b, o in zip(current, offsets, strict=True)])
+
+
+def final_model(
+    chosen: TrialResult,
+    train_valid: Callable[[], Pool],
+    train_rows: int,
+    fit: FitSettings,
+) -> CatBoostClassifier:
+    """The model to report and serve: the chosen trial's, or with `refit_on_train_valid` the
+    same settings refit on the train + valid rows (`train_valid` builds their pool, only
+    then) for (best rounds x row ratio) rounds."""
+    if not fit.refit_on_train_valid:
+        return chosen.model
+    pool = train_valid()
+    params = chosen.model.get_params()
+    params.pop("early_stopping_rounds", None)
+    params["iterations"] = max(1, round((chosen.best_iteration + 1) * pool.num_row() / train_rows))
+    model = CatBoostClassifier(**params)
+    model.fit(pool)
+    apply_class_offsets(model, class_offsets(pool.get_label(), model.classes_, fit))
+    return model
 
 
 def search_grid(

@@ -24,7 +24,7 @@ from dagster import (
 from pydantic import Field
 
 from credit_platform.core.features import TARGET
-from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_input import prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
 from credit_platform.core.training import evaluate, make_pool
 from credit_platform.defs.assets.model import credit_score_model
@@ -125,7 +125,8 @@ def score_champion(
     except Exception as error:  # a corrupt or incompatible saved model
         raise ChampionUnusable(f"{where}: cannot load {tag}: {error}") from error
     try:
-        pool = make_pool(prepare_model_input(test_rows, bundle.scalers))
+        derived = uses_derived_features(bundle.model)
+        pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
         evaluation = evaluate(bundle.model, pool, test_rows[TARGET])
     except Exception as error:
         raise ChampionUnusable(f"{where}: {tag} cannot score the test rows: {error}") from error

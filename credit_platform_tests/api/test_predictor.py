@@ -18,7 +18,7 @@ import pytest
 from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel, as_scored
 from api.sample_requests import load_sample, request_payload
 from credit_platform.core.features import MODEL_FEATURES
-from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_input import model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle
 from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import train_tiny_model
@@ -65,6 +65,41 @@ def test_model_input_equals_the_training_transform(
     reference = prepare_model_input(as_loaded(sample.iloc[:count]), predictor.bundle.scalers)
     expected = predictor.bundle.model.predict_proba(reference)
     np.testing.assert_array_equal(predictor.probabilities(records[:count]), expected)
+
+
+@pytest.fixture(scope="module")
+def derived_predictor(sample: pd.DataFrame) -> Predictor:
+    model, scalers = train_tiny_model(sample, iterations=15, derived=True)
+    return Predictor(bundle_of(model, scalers, "credit_score_classifier:derived"))
+
+
+@pytest.mark.parametrize("count", [1, 300])
+def test_a_model_with_derived_features_scores_as_training_does(
+    derived_predictor: Predictor, sample: pd.DataFrame, records: list[dict], count: int
+) -> None:
+    model = derived_predictor.bundle.model
+    assert list(model.feature_names_) == list(model_columns(derived=True))
+    reference = prepare_model_input(
+        as_loaded(sample.iloc[:count]), derived_predictor.bundle.scalers, derived=True
+    )
+    np.testing.assert_array_equal(
+        derived_predictor.probabilities(records[:count]), model.predict_proba(reference)
+    )
+    # an implausible number is repaired before the ratios are taken from it
+    row = {**records[0], "annual_income": 23_800_000.0}
+    missing = {**records[0], "annual_income": None}
+    np.testing.assert_array_equal(
+        derived_predictor.probabilities([row]), derived_predictor.probabilities([missing])
+    )
+    assert derived_predictor.predict([row])[0].repaired == ("annual_income",)
+
+
+def test_a_model_with_unknown_extra_features_is_refused(trained: tuple[Any, dict]) -> None:
+    model, scalers = trained
+    renamed = copy.deepcopy(model)
+    renamed.set_feature_names([*MODEL_FEATURES[:-1], "shoe_size"])
+    with pytest.raises(ModelRefused, match="shoe_size"):
+        Predictor(bundle_of(renamed, scalers, "x:renamed"))
 
 
 def test_scalers_that_cannot_scale_are_refused(trained: tuple[Any, dict]) -> None:

@@ -30,6 +30,10 @@ from credit_platform.core.data_contract import (
     make_implausible_missing,
     unknown_loan_types,
 )
+from credit_platform.core.derived_features import (
+    DERIVED_CATEGORICAL_FEATURES,
+    DERIVED_NUMERIC_FEATURES,
+)
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     FLOAT_FEATURES,
@@ -39,7 +43,7 @@ from credit_platform.core.features import (
     NUMERIC_FEATURES,
     TEXT_FEATURES,
 )
-from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_input import model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle
 from credit_platform.ingest.kaggle import clean_kaggle_frame
 from credit_platform_tests.model_fixtures import train_tiny_model
@@ -106,7 +110,9 @@ def test_every_feature_has_words_for_what_it_allows() -> None:
 
 @pytest.fixture(scope="module")
 def predictor(kaggle_sample: Path) -> Predictor:
-    model, scalers = train_tiny_model(load_sample(kaggle_sample, rows=1500), iterations=10)
+    # with the derived features: the tests below hold them equal too
+    sample = load_sample(kaggle_sample, rows=1500)
+    model, scalers = train_tiny_model(sample, iterations=10, derived=True)
     return Predictor(
         ModelBundle("credit_score_classifier:contract", model, scalers, {}, datetime.now(UTC))
     )
@@ -192,12 +198,18 @@ def loaded_model_input(rows: list[dict], styles: list[int], predictor: Predictor
     frames, summary = clean_kaggle_frame(raw, 2025)
     assert len(frames) == len(rows) and summary.total_dropped == 0
     stored = frames.credit_score_features
-    return prepare_model_input(stored, predictor.bundle.scalers).to_numpy(dtype=object), stored
+    prepared = prepare_model_input(stored, predictor.bundle.scalers, derived=True)
+    return prepared.to_numpy(dtype=object), stored
 
 
 def assert_same_model_input(served: np.ndarray, loaded: np.ndarray) -> None:
-    numeric = [MODEL_FEATURES.index(name) for name in NUMERIC_FEATURES]
-    text = [MODEL_FEATURES.index(name) for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES)]
+    columns = model_columns(derived=True)
+    numeric = [columns.index(name) for name in (*NUMERIC_FEATURES, *DERIVED_NUMERIC_FEATURES)]
+    text = [
+        columns.index(name)
+        for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES, *DERIVED_CATEGORICAL_FEATURES)
+    ]
+    assert served.shape[1] == loaded.shape[1] == len(columns)
     np.testing.assert_array_equal(
         served[:, numeric].astype("float64"), loaded[:, numeric].astype("float64")
     )

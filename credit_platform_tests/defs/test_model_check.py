@@ -13,7 +13,7 @@ from dagster import AssetKey, asset, materialize
 from credit_platform.cli.pipeline_runs import failure_reasons
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import TARGET
-from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_input import prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.service_process import free_port
 from credit_platform.core.settings import API_URL_ENV, MODEL_NAME
@@ -176,7 +176,10 @@ def test_the_champion_is_scored_on_the_candidates_own_test_rows(training_setup, 
     evaluation = _evaluation(result)
     test = _stored_test_rows(tmp_path)
     bundle = load_model_bundle(champion_tag)
-    probabilities = bundle.model.predict_proba(prepare_model_input(test, bundle.scalers))
+    derived = uses_derived_features(bundle.model)
+    probabilities = bundle.model.predict_proba(
+        prepare_model_input(test, bundle.scalers, derived=derived)
+    )
     expected = (bundle.model.classes_[probabilities.argmax(axis=1)] == test[TARGET]).mean()
     assert evaluation.metadata["champion_accuracy"].value == pytest.approx(expected)
     assert evaluation.metadata["test_rows"].value == len(test)

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from dagster import materialize
 
+from api.predictor import Predictor
 from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
-from credit_platform.core.model_input import fit_scalers, prepare_model_input
+from credit_platform.core.model_input import fit_scalers, prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import list_model_tags, load_model_bundle
 from credit_platform.core.settings import MODEL_NAME
 from credit_platform.core.training import (
@@ -23,6 +24,8 @@ from credit_platform.core.training import (
     TrialParams,
     TrialResult,
     best_trial,
+    class_offsets,
+    final_model,
     fit_trial,
     make_pool,
     markdown_table,
@@ -132,6 +135,9 @@ def test_the_seed_grid_stays_selectable():
     )
     assert seed["learning_rate"] == 0.3 and seed["loss_function"] == "MultiClassOneVsAll"
     assert seed["early_stopping_rounds"] == 50 and seed["selection_metric"] == "accuracy"
+    # the seed design takes the 22 inputs as they are, and serves its train-only model
+    assert not seed["derived_features"] and not seed["refit_on_train_valid"]
+    assert seed["class_offset_strength"] == 0 and seed["class_weights"] == "none"
     assert set(settings.TRAINING_GRIDS) == set(settings.TRAINING_GRIDS)
 
 
@@ -167,6 +173,88 @@ def test_a_trial_learns_the_labels_from_prepared_input():
     assert 0 <= result.best_iteration < 60
     assert set(result.model.classes_) == set(LABELS)
     assert list(result.model.feature_names_) == list(MODEL_FEATURES)
+
+
+def _synthetic_pools(rows: int = 400):
+    split = stratified_split(synthetic_partition(DAY, rows=rows), valid_fraction=0.2, seed=42)
+    train = split[split[SPLIT_COLUMN] == TRAIN]
+    valid = split[split[SPLIT_COLUMN] == VALID]
+    fitted = fit_scalers(train)
+    train_input = prepare_model_input(train, fitted, derived=True)
+    valid_input = prepare_model_input(valid, fitted, derived=True)
+    both = make_pool(
+        pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
+    )
+    return (
+        train,
+        valid,
+        make_pool(train_input, train[TARGET]),
+        make_pool(valid_input, valid[TARGET]),
+        both,
+    )
+
+
+def test_class_offsets_raise_rarer_classes_by_their_prior():
+    labels = ["Standard"] * 50 + ["Poor"] * 25 + ["Good"] * 10
+    offsets = class_offsets(
+        labels, ["Good", "Poor", "Standard"], FitSettings(class_offset_strength=0.5)
+    )
+    assert offsets == pytest.approx([0.5 * np.log(5), 0.5 * np.log(2), 0.0])
+    assert class_offsets(labels, ["Good", "Poor", "Standard"], FitSettings()) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="Poor"):
+        class_offsets(
+            ["Good", "Standard"], ["Good", "Poor", "Standard"], FitSettings(class_offset_strength=1)
+        )
+    with pytest.raises(ValueError, match="class_offset_strength"):
+        FitSettings(class_offset_strength=-0.5)
+
+
+def test_a_trial_with_class_offsets_predicts_the_shifted_softmax_and_keeps_it_when_saved(tmp_path):
+    train, valid, train_pool, valid_pool, _ = _synthetic_pools()
+    params = TrialParams(depth=4, rsm=1.0, l2_leaf_reg=3.0)
+    plain_fit = FitSettings(
+        iterations=40, loss_function="MultiClass", eval_metric="MultiClass", thread_count=2
+    )
+    shifted_fit = FitSettings(**{**plain_fit.__dict__, "class_offset_strength": 1.0})
+    plain = fit_trial(train_pool, valid_pool, valid[TARGET], params, plain_fit).model
+    shifted = fit_trial(train_pool, valid_pool, valid[TARGET], params, shifted_fit).model
+
+    offsets = np.array(class_offsets(train[TARGET], shifted.classes_, shifted_fit))
+    assert offsets.max() > 0
+    expected = plain.predict_proba(valid_pool) * np.exp(offsets)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(shifted.predict_proba(valid_pool), expected, rtol=1e-9)
+    # The offsets are part of the model file, so every copy predicts with them.
+    shifted.save_model(str(tmp_path / "shifted.cbm"))
+    loaded = type(shifted)().load_model(str(tmp_path / "shifted.cbm"))
+    np.testing.assert_array_equal(
+        loaded.predict_proba(valid_pool), shifted.predict_proba(valid_pool)
+    )
+
+
+def test_the_final_model_is_the_chosen_trial_refit_on_train_and_valid_rows():
+    train, valid, train_pool, valid_pool, both = _synthetic_pools()
+    fit = FitSettings(
+        iterations=80,
+        early_stopping_rounds=10,
+        learning_rate=0.2,
+        loss_function="MultiClass",
+        eval_metric="MultiClass",
+        thread_count=2,
+        class_offset_strength=0.4,
+        refit_on_train_valid=True,
+    )
+    chosen = fit_trial(train_pool, valid_pool, valid[TARGET], TrialParams(4, 1.0, 3.0), fit)
+    assert final_model(chosen, lambda: both, len(train), FitSettings()) is chosen.model
+
+    refit = final_model(chosen, lambda: both, len(train), fit)
+    assert refit is not chosen.model
+    rounds = round((chosen.best_iteration + 1) * (len(train) + len(valid)) / len(train))
+    assert refit.tree_count_ == rounds > chosen.best_iteration + 1
+    assert refit.get_params()["depth"] == 4
+    assert list(refit.feature_names_) == list(chosen.model.feature_names_)
+    _, bias = refit.get_scale_and_bias()
+    assert bias == pytest.approx(class_offsets(both.get_label(), refit.classes_, fit))
 
 
 def _materialize_partition(tmp_path, sqlite_url, partition: str, seed: int):
@@ -228,7 +316,11 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
 
     # A new registered version, tagged with the partition and the BentoML tag.
     version = client.get_model_version(MODEL_NAME, summary["mlflow_model_version"])
-    assert version.run_id == best_child.info.run_id
+    # the version is the served model: the chosen trial's, or its refit on train + valid rows
+    # (logged in the parent run)
+    refits = preset["refit_on_train_valid"]
+    assert version.run_id == (parent.info.run_id if refits else best_child.info.run_id)
+    assert ("final_iterations" in parent.data.metrics) == refits
     assert version.tags["partition"] == PARTITION
     assert version.tags["bento_tag"] == summary["bento_tag"]
 
@@ -246,6 +338,9 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     assert bundle.metadata["params"]["depth"] == summary["params"]["depth"]
     assert bundle.metadata["params"]["learning_rate"] == preset["learning_rate"]
     assert bundle.metadata["params"]["class_weights"] == preset["class_weights"]
+    for key in ("derived_features", "class_offset_strength", "refit_on_train_valid"):
+        assert bundle.metadata["params"][key] == preset[key]
+    assert uses_derived_features(bundle.model) == preset["derived_features"]
     assert bundle.metadata["mlflow_run_id"] == best_child.info.run_id
     assert bundle.metadata["mlflow_model_version"] == summary["mlflow_model_version"]
     assert bundle.metadata["dagster_run_id"] == result.run_id
@@ -256,11 +351,21 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     # The reported accuracy is the saved model's on the stored split's test rows.
     test = stored[stored[SPLIT_COLUMN] == TEST]
     assert sum(confusion["rows"], []) and sum(map(sum, confusion["rows"])) == len(test)
-    probabilities = bundle.model.predict_proba(prepare_model_input(test, bundle.scalers))
+    derived = uses_derived_features(bundle.model)
+    probabilities = bundle.model.predict_proba(
+        prepare_model_input(test, bundle.scalers, derived=derived)
+    )
     predicted = np.asarray(bundle.model.classes_)[probabilities.argmax(axis=1)]
     assert (predicted == test[TARGET].to_numpy()).mean() == pytest.approx(
         summary["metrics"]["test_accuracy"]
     )
+    # The API's predictor scores the saved model (derived features, class offsets and all)
+    # exactly as the model does in process.
+    records = [
+        {name: None if pd.isna(row[name]) else row[name] for name in MODEL_FEATURES}
+        for row in test.to_dict(orient="records")
+    ]
+    np.testing.assert_array_equal(Predictor(bundle).probabilities(records), probabilities)
 
     (materialization,) = result.asset_materializations_for_node("credit_score_model")
     metadata = materialization.metadata

@@ -1,7 +1,8 @@
 """`credit_score_model`: grid-searched CatBoost, tracked in MLflow, saved to BentoML.
 
 Each grid point is a nested MLflow run under one parent run per partition; the best on the
-valid rows is scored once on the test rows, and those test metrics are what the parent run,
+valid rows (refit on train + valid rows when the grid says so, logged in the parent run) is
+scored once on the test rows, and those test metrics are what the parent run,
 the new registered model version, the `credit_score_classifier` in the BentoML store (saved
 with its scalers) and the asset's metadata report.
 """
@@ -27,6 +28,7 @@ from credit_platform.core.training import (
     confusion_markdown,
     evaluate,
     feature_importances,
+    final_model,
     fit_trial,
     make_pool,
     markdown_table,
@@ -89,6 +91,23 @@ class TrainingConfig(Config):
         default=_grid_default("selection_metric"),
         description="Valid-row score that picks the best trial: accuracy or macro_f1.",
     )
+    class_offset_strength: float = Field(
+        default=_grid_default("class_offset_strength"),
+        ge=0,
+        le=2,
+        description="Prior correction: add strength x log(largest class count / class "
+        "count) to each class's raw score (0: none).",
+    )
+    refit_on_train_valid: bool = Field(
+        default=_grid_default("refit_on_train_valid"),
+        description="Serve the chosen trial refit on train + valid rows (its best rounds "
+        "scaled by the row ratio) instead of the train-only model.",
+    )
+    derived_features: bool = Field(
+        default=_grid_default("derived_features"),
+        description="Add the features derived from the 22 inputs (ratios, loan counts, the "
+        "parts of payment_behaviour); the API computes them the same way.",
+    )
     thread_count: int = Field(default=-1, description="CatBoost threads; -1 uses every core.")
     random_seed: int = Field(default=42)
 
@@ -103,11 +122,14 @@ class TrainingConfig(Config):
             eval_metric=self.eval_metric,
             class_weights=self.class_weights,
             selection_metric=self.selection_metric,
+            class_offset_strength=self.class_offset_strength,
+            refit_on_train_valid=self.refit_on_train_valid,
         )
 
 
-def _fixed_params(fit: FitSettings) -> dict[str, Any]:
+def _fixed_params(fit: FitSettings, derived: bool) -> dict[str, Any]:
     return {
+        "derived_features": derived,
         "loss_function": fit.loss_function,
         "learning_rate": fit.learning_rate,
         "iterations": fit.iterations,
@@ -115,6 +137,8 @@ def _fixed_params(fit: FitSettings) -> dict[str, Any]:
         "eval_metric": fit.eval_metric,
         "class_weights": fit.class_weights,
         "selection_metric": fit.selection_metric,
+        "class_offset_strength": fit.class_offset_strength,
+        "refit_on_train_valid": fit.refit_on_train_valid,
         "random_seed": fit.random_seed,
     }
 
@@ -152,13 +176,14 @@ def credit_score_model(
             f"partition {partition}: the stored split has no test rows; materialize "
             "train_valid_split again"
         )
-    train_input = prepare_model_input(train, scalers)
-    valid_input = prepare_model_input(valid, scalers)
+    derived = config.derived_features
+    train_input = prepare_model_input(train, scalers, derived=derived)
+    valid_input = prepare_model_input(valid, scalers, derived=derived)
     train_pool = make_pool(train_input, train[TARGET])
     valid_pool = make_pool(valid_input, valid[TARGET])
     grid = parameter_grid(config.depths, config.rsms, config.l2_leaf_regs)
     fit = config.fit_settings()
-    fixed = _fixed_params(fit)
+    fixed = _fixed_params(fit, derived)
     tags = {"dagster_run_id": context.run.run_id, "partition": partition}
     requirements = [f"catboost=={catboost.__version__}"]  # skips a slow inference subprocess
 
@@ -203,12 +228,29 @@ def credit_score_model(
                 best, best_run_id, best_model_uri = result, trial_run.info.run_id, logged.model_uri
         assert best is not None  # parameter_grid never returns an empty grid
 
+        # With refit_on_train_valid the served model is the chosen trial refit on train +
+        # valid rows: logged in the parent run, and that is the version registered.
+        model = final_model(
+            best,
+            lambda: make_pool(
+                pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
+            ),
+            len(train),
+            fit,
+        )
+        if model is not best.model:
+            best_model_uri = mlflow.catboost.log_model(
+                model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
+            ).model_uri
+            mlflow.log_metric("final_iterations", model.tree_count_)
+
         # The one use of the test rows: report the chosen model.
-        tested = evaluate(best.model, make_pool(prepare_model_input(test, scalers)), test[TARGET])
+        test_input = prepare_model_input(test, scalers, derived=derived)
+        tested = evaluate(model, make_pool(test_input), test[TARGET])
         metrics = tested.metrics("test")
         params = {**best.params.as_dict(), **fixed}
         confusion = confusion_markdown(tested)
-        importances = markdown_table(["feature", "importance"], feature_importances(best.model))
+        importances = markdown_table(["feature", "importance"], feature_importances(model))
         mlflow.log_metrics({**metrics, **best.metrics})
         mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
@@ -225,7 +267,7 @@ def credit_score_model(
             },
         )
         bento_tag = save_model_bundle(
-            best.model,
+            model,
             scalers,
             partition=partition,
             metrics=metrics,
