@@ -99,7 +99,8 @@ def test_label_rule_drift_makes_labels_worse_on_the_same_features(plain):
 
 
 def test_a_combined_drift_makes_each_of_its_changes_and_only_those(plain):
-    """"income+label_rule": the features of an income drift, the labels of both at once."""
+    """An income and label-rule drift: the features of an income drift, and labels worse
+    than the income drift alone gives."""
     combined = _day(_drifted("income+label_rule"), DRIFT_DAY)
     income = _day(_drifted("income"), DRIFT_DAY)
     reference = _day(plain, DRIFT_DAY)
