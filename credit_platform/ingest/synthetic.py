@@ -29,6 +29,7 @@ drift. Each kind changes one thing, seeded like everything else:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -92,6 +93,12 @@ _LAST_NAMES = (
 
 # The drift knob (see the module docstring).
 DRIFT_KINDS: tuple[str, ...] = ("income", "occupation", "label_rule")
+# Every kind alone and every combination of kinds ("income+label_rule", ...), in that order.
+DRIFT_CHOICES: tuple[str, ...] = tuple(
+    "+".join(kinds)
+    for size in range(1, len(DRIFT_KINDS) + 1)
+    for kinds in itertools.combinations(DRIFT_KINDS, size)
+)
 INCOME_DRIFT_FACTOR = 0.6
 # Occupation shares after an occupation drift, in OCCUPATION_VALUES order: developers and
 # entrepreneurs take 45 % and 25 %, the thirteen others share the rest evenly.

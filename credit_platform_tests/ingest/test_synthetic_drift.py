@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from credit_platform.ingest.synthetic import (
+    DRIFT_CHOICES,
     DRIFT_KINDS,
     INCOME_DRIFT_FACTOR,
     Drift,
@@ -115,6 +116,7 @@ def test_a_combined_drift_makes_each_of_its_changes_and_only_those(plain):
         reference["credit_score"] == "Poor"
     ).mean() + 0.10
     assert Drift("income+label_rule", DRIFT_DAY).kinds == ("income", "label_rule")
+    assert "income+label_rule" in DRIFT_CHOICES and "label_rule" in DRIFT_CHOICES
 
 
 def test_an_unknown_drift_kind_is_refused_by_name():
@@ -135,11 +137,11 @@ def test_seed_synthetic_command_takes_the_drift_knob(cli_runner, sqlite_url):
     arguments = ["seed", "synthetic", "--customers=400", "--days=2", "--start=2025-05-01"]
     result = cli_runner.invoke(
         main,
-        [*arguments, "--drift-from=2025-05-02", "--drift-kind=occupation", "--quiet"]
+        [*arguments, "--drift-from=2025-05-02", "--drift-kind=occupation+label_rule", "--quiet"]
         + [f"--db-url={sqlite_url}"],
     )
     assert result.exit_code == 0, result.output
-    assert "occupation drift from 2025-05-02" in result.output
+    assert "occupation+label_rule drift from 2025-05-02" in result.output
     engine = create_engine(sqlite_url)
     try:
         with engine.connect() as connection:
