@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
 from credit_platform.ingest.kaggle import DEFAULT_READ_CHUNK_ROWS
-from credit_platform.ingest.synthetic import DRIFT_KINDS
+from credit_platform.ingest.synthetic import DRIFT_CHOICES
 from credit_platform.ingest.writer import IngestError, IngestSummary, IngestWriteError
 
 DB_URL_HELP = "Feature store URL (default: FEATURE_STORE_URL or the embedded SQLite file)."
@@ -99,7 +99,7 @@ def seed() -> None:
 )
 @click.option(
     "--drift-kind",
-    type=click.Choice(DRIFT_KINDS),
+    type=click.Choice(DRIFT_CHOICES),
     default="income",
     show_default=True,
     help="What drifts from --drift-from on (see `credit-platform simulate`).",

@@ -48,7 +48,7 @@ from credit_platform.core.schema import (
 from credit_platform.core.simulation_ids import day_id_range, simulation_request_id
 from credit_platform.ingest.cleaning import CleaningLog
 from credit_platform.ingest.synthetic import (
-    DRIFT_KINDS,
+    DRIFT_CHOICES,
     Drift,
     customer_profiles,
     synthetic_days,
@@ -279,10 +279,11 @@ def run_simulation(
 )
 @click.option(
     "--drift-kind",
-    type=click.Choice(DRIFT_KINDS),
+    type=click.Choice(DRIFT_CHOICES),
     default=None,
     help="What drifts (needs --drift-from): income falls, a new occupation mix, or a "
-    "label rule that gives worse labels to the same features.  [default: income]",
+    "label rule that gives worse labels to the same features; kinds combine with '+' "
+    "(income+label_rule).  [default: income]",
 )
 @click.option(
     "--seed",

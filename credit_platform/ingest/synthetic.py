@@ -29,6 +29,7 @@ drift. Each kind changes one thing, seeded like everything else:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -92,6 +93,12 @@ _LAST_NAMES = (
 
 # The drift knob (see the module docstring).
 DRIFT_KINDS: tuple[str, ...] = ("income", "occupation", "label_rule")
+# Every kind alone and every combination of kinds ("income+label_rule", ...), in that order.
+DRIFT_CHOICES: tuple[str, ...] = tuple(
+    "+".join(kinds)
+    for size in range(1, len(DRIFT_KINDS) + 1)
+    for kinds in itertools.combinations(DRIFT_KINDS, size)
+)
 INCOME_DRIFT_FACTOR = 0.6
 # Occupation shares after an occupation drift, in OCCUPATION_VALUES order: developers and
 # entrepreneurs take 45 % and 25 %, the thirteen others share the rest evenly.
@@ -104,21 +111,30 @@ LABEL_RULE_SHIFT = 0.8
 
 @dataclass(frozen=True)
 class Drift:
-    """Change `kind` (one of DRIFT_KINDS) for every row dated `start` or later."""
+    """Change `kind` (one of DRIFT_KINDS, or several joined by "+", such as
+    "income+label_rule": a shift of the features and of the labelling rule at once) for
+    every row dated `start` or later."""
 
     kind: str
     start: date
 
     def __post_init__(self) -> None:
-        if self.kind not in DRIFT_KINDS:
+        unknown = [name for name in self.kinds if name not in DRIFT_KINDS]
+        if unknown or not self.kind:
             raise IngestError(
-                f"unknown drift kind {self.kind!r}: choose one of {', '.join(DRIFT_KINDS)}"
+                f"unknown drift kind {self.kind!r}: choose one of {', '.join(DRIFT_KINDS)}, "
+                "or several joined by '+'"
             )
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds this drift combines."""
+        return tuple(self.kind.split("+"))
 
     def rows(self, kind: str, days: np.ndarray) -> np.ndarray:
         """Which rows (by day ordinal) this drift changes in the way `kind` names."""
         days = np.asarray(days)
-        if kind != self.kind:
+        if kind not in self.kinds:
             return np.zeros(days.shape, dtype=bool)
         return days >= self.start.toordinal()
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from credit_platform.ingest.synthetic import (
+    DRIFT_CHOICES,
     DRIFT_KINDS,
     INCOME_DRIFT_FACTOR,
     Drift,
@@ -98,9 +99,33 @@ def test_label_rule_drift_makes_labels_worse_on_the_same_features(plain):
     )
 
 
+def test_a_combined_drift_makes_each_of_its_changes_and_only_those(plain):
+    """An income and label-rule drift: the features of an income drift, and labels worse
+    than the income drift alone gives."""
+    combined = _day(_drifted("income+label_rule"), DRIFT_DAY)
+    income = _day(_drifted("income"), DRIFT_DAY)
+    reference = _day(plain, DRIFT_DAY)
+    features = [name for name in plain.columns if name != "credit_score"]
+    assert _unchanged_columns(income[features], combined[features]) == set(features)
+    assert not _same(income["credit_score"], combined["credit_score"])
+    order = {"Good": 0, "Standard": 1, "Poor": 2}
+    assert np.all(
+        combined["credit_score"].map(order).to_numpy() >= income["credit_score"].map(order)
+    )
+    assert (combined["credit_score"] == "Poor").mean() > (
+        reference["credit_score"] == "Poor"
+    ).mean() + 0.10
+    assert Drift("income+label_rule", DRIFT_DAY).kinds == ("income", "label_rule")
+    assert "income+label_rule" in DRIFT_CHOICES and "label_rule" in DRIFT_CHOICES
+
+
 def test_an_unknown_drift_kind_is_refused_by_name():
     with pytest.raises(IngestError, match="unknown drift kind 'weather'.*income"):
         Drift("weather", DRIFT_DAY)
+    with pytest.raises(IngestError, match="unknown drift kind 'income\\+weather'"):
+        Drift("income+weather", DRIFT_DAY)
+    with pytest.raises(IngestError, match="unknown drift kind ''"):
+        Drift("", DRIFT_DAY)
 
 
 def test_seed_synthetic_command_takes_the_drift_knob(cli_runner, sqlite_url):
@@ -112,11 +137,11 @@ def test_seed_synthetic_command_takes_the_drift_knob(cli_runner, sqlite_url):
     arguments = ["seed", "synthetic", "--customers=400", "--days=2", "--start=2025-05-01"]
     result = cli_runner.invoke(
         main,
-        [*arguments, "--drift-from=2025-05-02", "--drift-kind=occupation", "--quiet"]
+        [*arguments, "--drift-from=2025-05-02", "--drift-kind=occupation+label_rule", "--quiet"]
         + [f"--db-url={sqlite_url}"],
     )
     assert result.exit_code == 0, result.output
-    assert "occupation drift from 2025-05-02" in result.output
+    assert "occupation+label_rule drift from 2025-05-02" in result.output
     engine = create_engine(sqlite_url)
     try:
         with engine.connect() as connection:

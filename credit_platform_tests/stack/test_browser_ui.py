@@ -1,13 +1,16 @@
 """The Dagster UI driven as a person drives it: Debian's headless Chromium (through
 Playwright, with the system browser; nothing is downloaded) opens the webserver, launches
 one partition of the continuous-training assets from the asset pages, watches the run
-succeed and reads the row count and the accuracy off the asset pages.
+succeed and reads the row count and the accuracy off the asset pages; then, with
+`model_monitoring` materialized for a few days into the UI's instance, it switches that
+asset's metadata to its plots over the partitions and finds the monitoring metrics' plots.
 
 The webserver and the daemon run as in embedded mode (the root workspace.yaml, SQLite
 instance) on a seeded synthetic store in a temporary home, with CREDIT_TRAINING_GRID=small
 so a launch without config trains two trials. The sensors are stopped before the daemon
 starts: the new-data sensor would otherwise queue a run of its own, and the deploy sensor
-would try to start a prediction service once the model passes its check.
+would try to start a prediction service once the model passes its check (the monitoring
+sensors are stopped too).
 A screenshot of each asset page lands in pytest's tmp dir and in test-output/.
 """
 
@@ -51,7 +54,15 @@ BROWSER_ARGS = [
 SCREENSHOTS = REPO_ROOT / "test-output"
 START_TIMEOUT = 90.0
 RUN_TIMEOUT = 240.0
-SENSORS = ("new_data_sensor", "deploy_sensor")
+# Stopped before the daemon starts; the monitoring sensors too, since a test here writes
+# monitoring reports into this instance.
+SENSORS = (
+    "new_data_sensor",
+    "deploy_sensor",
+    "retrain_sensor",
+    "rollback_sensor",
+    "challenger_sensor",
+)
 SEED_DAYS = 10
 
 
@@ -61,6 +72,7 @@ class DagsterUi:
     api_url: str
     partition: str
     feature_store_url: str
+    dagster_home: Path
     processes: list[subprocess.Popen]
     logs: list[Path]
 
@@ -206,6 +218,7 @@ def ui(tmp_path_factory) -> Iterator[DagsterUi]:
         api_url=api_url,
         partition=partition,
         feature_store_url=feature_store_url,
+        dagster_home=dagster_home,
         processes=[webserver],
         logs=[webserver_log],
     )
@@ -318,5 +331,94 @@ def test_launch_one_partition_from_the_ui_and_read_its_metadata(ui, tmp_path):
             shot = _save_screenshot(page, tmp_path, "dagster_model_asset.png")
             assert shot.stat().st_size > 10_000
             assert not _answers(f"{ui.api_url}/readyz"), "no prediction service was started"
+        finally:
+            browser.close()
+
+
+# Share of right answers the served model gives on each monitored day (oldest first).
+MONITORED_ACCURACY = (0.9, 0.85, 0.6, 0.55)
+SERVED_MODEL = "credit_score_classifier:served_in_the_ui_test"
+
+
+def _monitor_days(ui: DagsterUi, tmp_path: Path) -> list[str]:
+    """Prediction-log rows for a few seeded days (right for a chosen share of customers),
+    then model_monitoring and its checks materialized for each day into the UI's instance,
+    as the daemon's runs would record them."""
+    from dagster import DagsterInstance, materialize
+
+    from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_monitoring
+    from credit_platform_tests.monitoring_fixtures import (
+        day_rows,
+        log_rows,
+        monitoring_resources,
+        write_log,
+    )
+
+    last = date.fromisoformat(ui.partition)
+    days = [last - timedelta(days=len(MONITORED_ACCURACY) - n) for n in range(4)]
+    engine = init_schema(ui.feature_store_url)
+    rows = []
+    try:
+        for day, accuracy in zip(days, MONITORED_ACCURACY, strict=True):
+            frame = day_rows(engine, day)
+            right = round(len(frame) * accuracy)
+            common = {"day": day, "model_version": SERVED_MODEL}
+            rows += log_rows(frame.iloc[:right], prefix="ui-right", **common)
+            rows += log_rows(frame.iloc[right:], right=False, prefix="ui-wrong", **common)
+    finally:
+        engine.dispose()
+    write_log(ui.feature_store_url, tmp_path / "spool", rows)
+    instance = DagsterInstance.from_config(str(ui.dagster_home))
+    try:
+        for day in days:
+            result = materialize(
+                [model_monitoring, *MONITORING_CHECKS],
+                partition_key=day.isoformat(),
+                resources=monitoring_resources(ui.feature_store_url),
+                instance=instance,
+            )
+            assert result.success
+    finally:
+        instance.dispose()
+    return [day.isoformat() for day in days]
+
+
+def _show_plots(page) -> None:
+    """The asset overview's Metadata section switched from its table to its plots, scrolled
+    to the top of the view."""
+    page.get_by_role("button", name="Plots").first.click()
+    page.get_by_text("When graphing values by partition", exact=False).wait_for()
+    page.get_by_text("Metadata", exact=True).first.evaluate(
+        "element => element.scrollIntoView({block: 'start'})"
+    )
+
+
+def test_model_monitoring_metadata_is_plotted_over_its_partitions(ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    partitions = _monitor_days(ui, tmp_path)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(f"{ui.url}/assets/model_monitoring")
+            # The table shows the newest materialization: the last monitored day.
+            assert (
+                _metadata_value(page, "status") == f"80 predictions of {partitions[-1]} monitored"
+            )
+            assert float(_metadata_value(page, "champion_live_accuracy")) == pytest.approx(
+                MONITORED_ACCURACY[-1]
+            )
+            _show_plots(page)
+            # One plot per numeric metadata key, over the partitions (the default x axis).
+            for title in ("champion_live_accuracy", "champion_live_macro_f1", "latency_p50_ms"):
+                page.get_by_text(title, exact=True).first.wait_for(state="visible")
+            assert page.get_by_role("button", name="Partitions").first.is_visible()
+            assert page.locator("canvas").count() >= 3
+            # markdown and text entries have no plot
+            assert page.get_by_text("top_drifting_features", exact=True).count() == 0
+            shot = _save_screenshot(page, tmp_path, "dagster_monitoring_plots.png")
+            assert shot.stat().st_size > 10_000
         finally:
             browser.close()
