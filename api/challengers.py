@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.predictor import Predictor, as_scored
-from credit_platform.core.schema import MODEL_ROLES
+from credit_platform.core.schema import MODEL_ROLES, SHADOW_ROW_SUFFIX
 
 logger = logging.getLogger(__name__)
 
 CHAMPION, SHADOW, CANARY = MODEL_ROLES
 CHALLENGER_ROLES = (SHADOW, CANARY)
 MAX_CANARY_SHARE = 0.5
-SHADOW_SUFFIX = "@shadow"
+SHADOW_SUFFIX = SHADOW_ROW_SUFFIX
 # Rows waiting for the shadow beyond this are not scored by it (counted as skipped): a slow
 # shadow must never grow a worker's memory without bound.
 SHADOW_MAX_BACKLOG = 20_000

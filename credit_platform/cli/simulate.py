@@ -13,6 +13,8 @@ Each simulated day D, in order:
    the wall clock, and a simulation replays days within minutes, so without this every
    simulated day would land on today in monitoring. Only rows whose ids this simulation
    sent are touched; rows still in the service's spool (database down) keep their time.
+   When the service runs a shadow, whose rows are logged after the answers, the dating
+   waits (a bounded time) for the shadow's rows of the day too.
 
 The labels of the last day are not written: their day has not come. Rows come from the
 seeded synthetic generator (`ingest.synthetic`), with its drift knob from the chosen day.
@@ -40,6 +42,7 @@ from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import (
+    SHADOW_ROW_SUFFIX,
     credit_predictions_api_log,
     credit_score,
     credit_score_features,
@@ -195,18 +198,61 @@ def send_day(
             report.predictions.update(answer["predict"] for answer in answers)
 
 
-def date_logged_rows(engine: Engine, seed: int, day: date) -> int:
+SHADOW_WAIT_SECONDS = 60.0
+
+
+def runs_a_shadow(api_url: str) -> bool:
+    """Whether the service at `api_url` reports a shadow model (GET /metadata)."""
+    try:
+        body = requests.get(f"{api_url.rstrip('/')}/metadata", timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return False
+    return ((body or {}).get("challenger") or {}).get("role") == "shadow"
+
+
+def _undated_rows(engine: Engine, low: str, high: str, stamp: datetime) -> tuple[int, int]:
+    """(answers, shadow rows) among the rows in [low, high) not yet dated `stamp`."""
+    from sqlalchemy import func, select
+
+    log = credit_predictions_api_log
+    shadow = log.c.request_id.like(f"%{SHADOW_ROW_SUFFIX}")
+    with engine.connect() as connection:
+        counts = dict(
+            connection.execute(
+                select(shadow, func.count())
+                .where(
+                    log.c.request_id >= low,
+                    log.c.request_id < high,
+                    log.c.created_at != stamp,
+                )
+                .group_by(shadow)
+            ).all()
+        )
+    return int(counts.get(False, 0)), int(counts.get(True, 0))  # False == 0, True == 1
+
+
+def date_logged_rows(engine: Engine, seed: int, day: date, *, shadow: bool = False) -> int:
     """Date the log rows of simulated day `day` (this seed's ids) at 12:00 UTC that day;
-    returns how many rows were dated."""
+    with a shadow, first wait (at most SHADOW_WAIT_SECONDS) until each newly answered row
+    has its shadow row. Returns how many rows were dated."""
+    import time
+
     from sqlalchemy import update
 
     low, high = day_id_range(seed, day)
+    stamp = datetime(day.year, day.month, day.day, 12)
+    deadline = time.monotonic() + SHADOW_WAIT_SECONDS
+    while shadow and time.monotonic() < deadline:
+        answers, shadowed = _undated_rows(engine, low, high, stamp)
+        if shadowed >= answers:
+            break
+        time.sleep(0.2)  # past the deadline, the shadow's late rows keep the wall clock
     log = credit_predictions_api_log
     with engine.begin() as connection:
         result = connection.execute(
             update(log)
             .where(log.c.request_id >= low, log.c.request_id < high)
-            .values(created_at=datetime(day.year, day.month, day.day, 12))
+            .values(created_at=stamp)
         )
     return int(result.rowcount or 0)
 
@@ -251,7 +297,7 @@ def run_simulation(
         report.feature_rows = len(frames)
         report.features_written = written[credit_score_features.name]
         send_day(api_url, seed, day, request_rows(frames.credit_score_features), chunk_rows, report)
-        report.log_rows_dated = date_logged_rows(engine, seed, day)
+        report.log_rows_dated = date_logged_rows(engine, seed, day, shadow=runs_a_shadow(api_url))
         pending = (day, frames)
         reports.append(report)
         echo(report.describe())

@@ -52,6 +52,9 @@ REQUEST_ID = String(REQUEST_ID_LENGTH).with_variant(
 # Which model of the service answered: the one the champion alias names, or one sharing the
 # traffic beside it.
 MODEL_ROLES = ("champion", "shadow", "canary")
+# A shadow's log row of an answered row: the answered row's id plus this ("@" is outside the
+# client key alphabet, so no client id ends so).
+SHADOW_ROW_SUFFIX = "@shadow"
 
 
 def _feature_column(name: str) -> Column:

@@ -251,8 +251,9 @@ class MlflowTrackingResource(ConfigurableResource):
     ) -> ModelVersion | None:
         """Make the challenger (a Bento model tag) champion on live evidence: the displaced
         champion is marked for a live regression (never elected again), the challenger
-        ranks at the displaced one's partition, and the election runs; returns the champion.
-        Repeating it changes nothing."""
+        ranks at the displaced one's partition (and loses a rolled-back mark: the evidence
+        answers the doubt), and the election runs; returns the champion. Repeating it
+        changes nothing."""
         displaced = self.versions_of_model(champion, name)
         partitions = [(v.tags or {}).get(PARTITION_TAG) or "" for v in displaced]
         over = max(partitions, default="")
@@ -260,6 +261,9 @@ class MlflowTrackingResource(ConfigurableResource):
             self.client().set_model_version_tag(
                 name, str(version.version), CHALLENGER_VERDICT_TAG, f"promoted: {reason}"
             )
+            if (version.tags or {}).get(ROLLED_BACK_TAG) == "true":
+                # rolled back by hand before it was tried live: the evidence answers that
+                self.client().delete_model_version_tag(name, str(version.version), ROLLED_BACK_TAG)
             if over:
                 self.client().set_model_version_tag(
                     name, str(version.version), PROMOTED_OVER_TAG, over
