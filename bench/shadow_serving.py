@@ -126,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     with_shadow = statistics.median(run.rps for run in runs["with"])
     answered_with = sum(run.ok for run in runs["with"])
     # check_log counts every row under a run's prefix: the shadow's "<id>@shadow" rows too.
-    champion_rows = (
-        sum(check["logged_rows"] for name, check in checks.items() if name.startswith("with_"))
-        - sum(shadowed)
-    )
+    champion_rows = sum(
+        check["logged_rows"] for name, check in checks.items() if name.startswith("with_")
+    ) - sum(shadowed)
     cost = 1 - with_shadow / without if without else None
     figures = {
         "champion": champion,
