@@ -617,6 +617,27 @@ class CreditScoreService:
         """Score many applicants in one model call; answers keep the request's order."""
         started = time.perf_counter()
         request_id = request_id_for(ctx)
+        answer = await self._answer_rows(request_id, data, started)
+        ctx.response.headers[REQUEST_ID_HEADER] = request_id
+        return answer  # type: ignore[return-value]
+
+    @bentoml.task(route="/predict_batch_job", input_spec=BatchJobRequest)
+    async def predict_batch_job(
+        self, data: list[PredictionFeatures], ctx: bentoml.Context
+    ) -> list[PredictionResponse]:
+        """Score a large batch as a job: submit, then poll its status and get its answers
+        (the same answers and log rows as /predict_batch). Completed only once every row
+        is logged; a job whose worker died reports failed."""
+        started = time.perf_counter()
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
+        return await self._answer_rows(job_request_id(task_id), data, started)  # type: ignore[return-value]
+
+    async def _answer_rows(
+        self, request_id: str, data: list[PredictionFeatures], started: float
+    ) -> Response:
+        """A batch's rows scored (off the event loop when many), logged under
+        "<request id>#<position>" before the answer leaves (or the logged answers of a
+        request sent before), offered to a shadow, and answered in order."""
         champion = self.served_model.current
         challenger = self.challengers.current
         if len(data) <= INLINE_ROWS:
@@ -633,33 +654,7 @@ class CreditScoreService:
             scored = logged_again(scored, logged)
         else:
             self._offer_shadow(challenger, request_id, data, features, batch=True)
-        ctx.response.headers[REQUEST_ID_HEADER] = request_id
-        return batch_response(data, scored)  # type: ignore[return-value]
-
-    @bentoml.task(route="/predict_batch_job", input_spec=BatchJobRequest)
-    async def predict_batch_job(
-        self, data: list[PredictionFeatures], ctx: bentoml.Context
-    ) -> list[PredictionResponse]:
-        """Score a large batch as a job: submit, then poll its status and get its answers
-        (the same answers and log rows as /predict_batch). Completed only once every row
-        is logged; a job whose worker died reports failed."""
-        started = time.perf_counter()
-        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
-        request_id = job_request_id(task_id)
-        champion = self.served_model.current
-        challenger = self.challengers.current
-        predictors, features, scored = await anyio.to_thread.run_sync(
-            self._score, champion, challenger, data
-        )
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        logged = await self._record(
-            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
-        )
-        if logged is not None:
-            scored = logged_again(scored, logged)
-        else:
-            self._offer_shadow(challenger, request_id, data, features, batch=True)
-        return batch_response(data, scored)  # type: ignore[return-value]
+        return batch_response(data, scored)
 
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)

@@ -19,8 +19,6 @@ from dagster import (
     sensor,
 )
 
-from credit_platform.core.db import FeatureStoreUnavailable
-from credit_platform.core.monitoring_store import live_accuracy_by_day
 from credit_platform.defs.assets.challenger import (
     CHALLENGER_DECISION_ASSET,
     DETACH,
@@ -28,7 +26,7 @@ from credit_platform.defs.assets.challenger import (
     ChallengerDecisionConfig,
 )
 from credit_platform.defs.jobs import challenger_decision_job
-from credit_platform.defs.monitoring_sensors import REASON_TAG, TRIGGER_TAG, compare_on_shared_days
+from credit_platform.defs.monitoring_sensors import REASON_TAG, TRIGGER_TAG, compare_or_wait
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -56,19 +54,11 @@ def challenger_sensor(
     challenger = str(reported.challenger["model_version"])
     role = str(reported.challenger.get("role"))
     champion = reported.tag
-    try:
-        with feature_store.engine() as engine:
-            frame = live_accuracy_by_day(engine, [challenger, champion])
-    except FeatureStoreUnavailable as error:
-        return SkipReason(f"feature store unavailable: {error}")
-    comparison = compare_on_shared_days(frame, challenger, champion)
-    minimum = monitoring_policy.challenger_min_labels
-    if comparison.new_labelled < minimum or comparison.old_labelled < minimum:
-        return SkipReason(
-            f"{role} {challenger} vs champion {champion}: not enough labelled predictions on "
-            f"the days both answered ({len(comparison.days)} day(s): "
-            f"{comparison.new_labelled} and {comparison.old_labelled}, at least {minimum} each)"
-        )
+    comparison = compare_or_wait(
+        feature_store, challenger, champion, monitoring_policy.challenger_min_labels
+    )
+    if isinstance(comparison, SkipReason):
+        return SkipReason(f"{role} {challenger} vs champion {champion}: {comparison.skip_message}")
     assert comparison.new_accuracy is not None and comparison.old_accuracy is not None
     margin = monitoring_policy.challenger_gap
     gap = comparison.new_accuracy - comparison.old_accuracy

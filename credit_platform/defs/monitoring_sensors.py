@@ -196,6 +196,26 @@ def compare_on_shared_days(frame: pd.DataFrame, new: str, old: str) -> Compariso
     return Comparison(tuple(days), new_labelled, new_accuracy, old_labelled, old_accuracy)
 
 
+def compare_or_wait(
+    feature_store: FeatureStoreResource, new: str, old: str, minimum: int
+) -> Comparison | SkipReason:
+    """Live accuracy of `new` and `old` on the days both answered, or why a decision must
+    wait (the store is down, or either has fewer than `minimum` labelled predictions)."""
+    try:
+        with feature_store.engine() as engine:
+            frame = live_accuracy_by_day(engine, [new, old])
+    except FeatureStoreUnavailable as error:
+        return SkipReason(f"feature store unavailable: {error}")
+    comparison = compare_on_shared_days(frame, new, old)
+    if comparison.new_labelled < minimum or comparison.old_labelled < minimum:
+        return SkipReason(
+            f"not enough labelled predictions on the days both {new} and {old} answered "
+            f"({len(comparison.days)} day(s): {comparison.new_labelled} and "
+            f"{comparison.old_labelled}, at least {minimum} each)"
+        )
+    return comparison
+
+
 def _latest_deploy(context: SensorEvaluationContext) -> tuple[str, str] | None:
     """(model tag, previous model tag) of the newest deployed_bento materialization."""
     records = context.instance.fetch_materializations(AssetKey(DEPLOYED_BENTO_ASSET), limit=1)
@@ -228,19 +248,9 @@ def rollback_sensor(
     new, old = deployed
     if not old.startswith(f"{MODEL_NAME}:") or old == new:
         return SkipReason(f"{new} has no predecessor to compare with ({old})")
-    try:
-        with feature_store.engine() as engine:
-            frame = live_accuracy_by_day(engine, [new, old])
-    except FeatureStoreUnavailable as error:
-        return SkipReason(f"feature store unavailable: {error}")
-    comparison = compare_on_shared_days(frame, new, old)
-    minimum = monitoring_policy.rollback_min_labels
-    if comparison.new_labelled < minimum or comparison.old_labelled < minimum:
-        return SkipReason(
-            f"not enough labelled predictions on the days both {new} and {old} answered "
-            f"({len(comparison.days)} day(s): {comparison.new_labelled} and "
-            f"{comparison.old_labelled}, at least {minimum} each)"
-        )
+    comparison = compare_or_wait(feature_store, new, old, monitoring_policy.rollback_min_labels)
+    if isinstance(comparison, SkipReason):
+        return comparison
     assert comparison.new_accuracy is not None and comparison.old_accuracy is not None
     tolerance = monitoring_policy.rollback_gap
     summary = (
