@@ -176,16 +176,7 @@ def api_model_tag() -> str:
 
 def _positive_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    if not raw:
-        return default
-    problem = f"{name} must be a positive integer, not {raw!r}"
-    try:
-        value = int(raw)
-    except ValueError as error:
-        raise ValueError(problem) from error
-    if value < 1:
-        raise ValueError(problem)
-    return value
+    return parse_positive_int(name, raw) if raw else default
 
 
 def _positive_seconds(name: str, default: float) -> float:

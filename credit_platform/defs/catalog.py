@@ -3,12 +3,15 @@ column schema built from `core.schema` (the one source), qualified table names."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dagster import TableColumn, TableColumnConstraints, TableConstraints, TableSchema
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
 
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
+    LABELS,
     NUMERIC_FEATURES,
     TARGET,
     TEXT_FEATURES,
@@ -24,6 +27,17 @@ _ROLES = {
     TARGET: "label: Good, Standard or Poor",
     "base_dt": "partition day the row was built for",
 }
+
+
+def label_mix_markdown(counts: Mapping[str, int], total: int, heading: str) -> str:
+    """A table of rows and share per label (`heading` names the label column)."""
+    return "\n".join(
+        [f"| {heading} | rows | share |", "| --- | ---: | ---: |"]
+        + [
+            f"| {label} | {counts.get(label, 0)} | {counts.get(label, 0) / total:.1%} |"
+            for label in LABELS
+        ]
+    )
 
 
 def table_schema(table: Table) -> TableSchema:

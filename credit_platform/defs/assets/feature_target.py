@@ -20,7 +20,12 @@ from credit_platform.core.feature_target_sql import (
 )
 from credit_platform.core.features import LABELS
 from credit_platform.core.schema import credit_score_features_target as target_table
-from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
+from credit_platform.defs.catalog import (
+    ASSET_OWNERS,
+    label_mix_markdown,
+    qualified_table_name,
+    table_schema,
+)
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 
@@ -78,14 +83,7 @@ def credit_score_features_target(
         result.replaced_rows,
         result.retention_deleted,
     )
-    distribution = "\n".join(
-        ["| label | rows | share |", "| --- | ---: | ---: |"]
-        + [
-            f"| {label} | {result.label_counts.get(label, 0)} | "
-            f"{result.label_counts.get(label, 0) / result.rows:.1%} |"
-            for label in LABELS
-        ]
-    )
+    distribution = label_mix_markdown(result.label_counts, result.rows, "label")
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(result.rows),

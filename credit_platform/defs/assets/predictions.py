@@ -40,7 +40,12 @@ from credit_platform.core.features import LABELS
 from credit_platform.core.model_store import ModelBundle, ModelNotFound, load_model_bundle
 from credit_platform.core.schema import credit_score_predictions as predictions_table
 from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
-from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
+from credit_platform.defs.catalog import (
+    ASSET_OWNERS,
+    label_mix_markdown,
+    qualified_table_name,
+    table_schema,
+)
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import BENTO_TAG, MlflowTrackingResource
@@ -191,14 +196,7 @@ def credit_score_predictions(
                     "feature_store": feature_store.display_url,
                 },
             ) from error
-    mix = "\n".join(
-        ["| prediction | rows | share |", "| --- | ---: | ---: |"]
-        + [
-            f"| {label} | {result.label_counts.get(label, 0)} | "
-            f"{result.label_counts.get(label, 0) / result.rows:.1%} |"
-            for label in LABELS
-        ]
-    )
+    mix = label_mix_markdown(result.label_counts, result.rows, "prediction")
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(result.rows),
