@@ -223,6 +223,13 @@ def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, floa
 # --- one day's report, accumulated chunk by chunk ------------------------------------------
 
 
+# A decoded log chunk, as `DayMonitor.add_chunk` takes it: the log's columns, one column
+# per model feature (numbers as float64) and whether the row's features were readable.
+LOG_FIELDS = ("customer_id", "prediction", "elapsed_ms", "model_version", "role")
+UNREADABLE = "features_unreadable"
+DECODED_LOG_COLUMNS = (*LOG_FIELDS, *MODEL_FEATURES, UNREADABLE)
+
+
 def features_frame(values: Iterable[Any]) -> tuple[pd.DataFrame, np.ndarray]:
     """The log's features as one column per model feature (numbers as float64, a value that
     is no number made missing), and which rows held no readable JSON object (counted; their
@@ -243,9 +250,23 @@ def features_frame(values: Iterable[Any]) -> tuple[pd.DataFrame, np.ndarray]:
         unreadable.append(not readable)
         records.append(record if readable else {})
     frame = pd.DataFrame(records, columns=list(MODEL_FEATURES), index=range(len(records)))
-    for name in NUMERIC_FEATURES:
-        frame[name] = _floats(frame[name])
+    for name in MODEL_FEATURES:
+        if name in NUMERIC_FEATURES:
+            frame[name] = _floats(frame[name])
+        else:  # objects, a missing value as None (a column of nothing but nulls included)
+            column = frame[name].astype(object)
+            frame[name] = column.where(column.notna(), None)
     return frame, np.array(unreadable, dtype=bool)
+
+
+def decode_log_chunk(raw: pd.DataFrame) -> pd.DataFrame:
+    """Log rows with a `features` column (JSON texts or decoded objects) as a decoded
+    chunk (`DECODED_LOG_COLUMNS`)."""
+    raw = raw.reset_index(drop=True)
+    features, unreadable = features_frame(raw["features"])
+    decoded = pd.concat([raw[list(LOG_FIELDS)], features], axis=1)
+    decoded[UNREADABLE] = unreadable
+    return decoded[list(DECODED_LOG_COLUMNS)]
 
 
 def _floats(column: pd.Series) -> pd.Series:
@@ -319,11 +340,12 @@ class DayMonitor:
         return self.references[version]
 
     def add_chunk(self, chunk: pd.DataFrame) -> None:
-        """Add log rows (customer_id, features, prediction, elapsed_ms, model_version, role)."""
+        """Add a decoded log chunk (`DECODED_LOG_COLUMNS`, see `decode_log_chunk`)."""
         if chunk.empty:
             return
         chunk = chunk.reset_index(drop=True)
-        features, unreadable = features_frame(chunk["features"])
+        features = chunk[list(MODEL_FEATURES)]
+        unreadable = chunk[UNREADABLE].to_numpy(dtype=bool)
         truth = chunk["customer_id"].map(self.labels)
         truth_index = truth.map(_LABEL_INDEX)
         predicted_index = chunk["prediction"].map(_LABEL_INDEX)

@@ -15,16 +15,29 @@ from collections.abc import Iterator, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import orjson
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Text, and_, delete, func, insert, select, text, type_coerce
 from sqlalchemy.engine import Engine
 
 from credit_platform.core.feature_target_sql import window_start_for
-from credit_platform.core.features import MODEL_FEATURES, TARGET
+from credit_platform.core.features import MODEL_FEATURES, NUMERIC_FEATURES, TARGET
+from credit_platform.core.json_lines import (
+    JSON,
+    NUMBER,
+    TEXT,
+    LineField,
+    allow_long_values,
+    lines_sql,
+    parse_lines,
+    rows_per_value,
+)
 from credit_platform.core.monitoring import (
+    DECODED_LOG_COLUMNS,
     LABELLED,
     LIVE_ACCURACY,
+    UNREADABLE,
+    decode_log_chunk,
     label_window,
 )
 from credit_platform.core.schema import (
@@ -51,16 +64,17 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 def read_log_chunks(
     engine: Engine, day: date, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[pd.DataFrame]:
-    """The log rows created on `day` (UTC), about `chunk_rows` at a time (customer_id,
-    features, prediction, elapsed_ms, model_version, role). On MariaDB the rows travel
-    aggregated (`mariadb_log_chunks`); elsewhere they are streamed row by row, the
-    features column as its JSON text (decoded per chunk, on columns)."""
+    """The log rows created on `day` (UTC), about `chunk_rows` at a time, decoded for
+    `DayMonitor.add_chunk` (`monitoring.decode_log_chunk`: one column per model feature and
+    whether the row's features were readable). On MariaDB the rows travel as JSON lines
+    (`mariadb_log_chunks`); elsewhere they are streamed row by row."""
     if engine.dialect.name in ("mysql", "mariadb"):
         yield from mariadb_log_chunks(engine, day, chunk_rows)
         return
     start, end = day_bounds(day)
     with engine.connect() as connection:
-        yield from _streamed_rows(connection, _day_rows(start, end), {}, chunk_rows)
+        for raw in _streamed_rows(connection, _day_rows(start, end), {}, chunk_rows):
+            yield decode_log_chunk(raw)
 
 
 def _day_rows(start: datetime, end: datetime, *extra):
@@ -83,23 +97,47 @@ def _streamed_rows(connection, statement, parameters, chunk_rows: int) -> Iterat
         yield pd.DataFrame(partition, columns=list(LOG_COLUMNS))
 
 
-# On MariaDB one fetch returns this many log rows at most, as two aggregated values: a
-# driver written in Python spends ~10 us on every row and field it decodes, more than all
-# the monitoring's arithmetic, while one long value costs next to nothing to receive. The
-# aggregate must fit the server's max_allowed_packet, hence the size estimate per row.
+# On MariaDB one fetch returns this many log rows at most, as one value of JSON lines
+# (`core.json_lines`); the value must fit the server's max_allowed_packet, hence the
+# generous size estimate per row.
 MARIADB_FETCH_ROWS = 20_000
 ESTIMATED_ROW_BYTES = 1_500
 
+# A log row as a JSON line: short keys, the features object spliced in as stored.
+_LOG_LINE = (
+    LineField("customer_id", "customer_id", TEXT),
+    LineField("prediction", "prediction", TEXT),
+    LineField("elapsed_ms", "elapsed_ms", NUMBER),
+    LineField("model_version", "model_version", TEXT),
+    LineField("role", "role", TEXT),
+    LineField("features", "features", JSON),
+)
+
+
+def _log_line_schema() -> pa.Schema:
+    features = [
+        (name, pa.float64() if name in NUMERIC_FEATURES else pa.string()) for name in MODEL_FEATURES
+    ]
+    return pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("prediction", pa.string()),
+            ("elapsed_ms", pa.float64()),
+            ("model_version", pa.string()),
+            ("role", pa.string()),
+            ("features", pa.struct(features)),
+        ]
+    )
+
 
 def mariadb_log_chunks(engine: Engine, day: date, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The day's log rows fetched in id ranges, each range as one value: a JSON array of
-    [customer_id, prediction, elapsed_ms, model_version, role, features] arrays, the
-    features object spliced in as stored (the column holds valid JSON: MariaDB checks it on
-    insert), built by the server without sorting. A range whose value does not fit the
-    packet limit is streamed row by row instead.
+    """The day's log rows fetched in id ranges, each range as one value of JSON lines
+    parsed by Arrow; a range that does not parse as the expected columns (cut at the packet
+    limit, a feature of another type, features that are no object) is streamed row by row
+    and decoded in Python instead, which gives the same columns.
 
-    A thread fetches and decodes the next chunk while the caller computes on this one, so
-    the server's work on the next ranges overlaps the monitoring's arithmetic."""
+    A thread fetches and parses the next ranges while the caller computes on this chunk,
+    so the server's work overlaps the monitoring's arithmetic."""
     chunks: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -143,41 +181,33 @@ def _mariadb_chunks(engine: Engine, day: date, chunk_rows: int) -> Iterator[pd.D
     log = credit_predictions_api_log
     start, end = day_bounds(day)
     in_day = (log.c.created_at >= start) & (log.c.created_at < end)
-    # [customer_id, prediction, elapsed_ms, model_version, role, features] per row, written
-    # by CONCAT (JSON_ARRAY costs the server more than the scan); the texts are quoted with
-    # JSON_QUOTE, so any of them parses. DOUBLE renders as a JSON number.
-    quoted = [f"JSON_QUOTE({name})" for name in ("customer_id", "prediction")]
-    later = [f"JSON_QUOTE({name})" for name in ("model_version", "role")]
-    row_json = (
-        f"CONCAT('[', {quoted[0]}, ',', {quoted[1]}, ',', elapsed_ms, ',', "
-        f"{later[0]}, ',', {later[1]}, ',', features, ']')"
-    )
     aggregate = text(
-        f"SELECT COUNT(*), CONCAT('[', GROUP_CONCAT({row_json} SEPARATOR ','), ']') "
-        f"FROM {log.name} "
+        f"SELECT {lines_sql(_LOG_LINE)} FROM {log.name} "
         "WHERE id BETWEEN :low AND :high AND created_at >= :start AND created_at < :end"
     )
+    schema = _log_line_schema()
     with engine.connect() as connection:
-        packet = connection.execute(text("SELECT @@max_allowed_packet")).scalar_one()
-        connection.execute(text("SET SESSION group_concat_max_len = :size"), {"size": packet})
+        packet = allow_long_values(connection)
         low, high = connection.execute(
             select(func.min(log.c.id), func.max(log.c.id)).where(in_day)
         ).one()
         if low is None:
             return
-        step = max(100, min(MARIADB_FETCH_ROWS, int(packet) // 2 // ESTIMATED_ROW_BYTES))
+        step = rows_per_value(packet, ESTIMATED_ROW_BYTES, MARIADB_FETCH_ROWS)
         pending: list[pd.DataFrame] = []
         pending_rows = 0
         for first in range(int(low), int(high) + 1, step):
             bounds = {"low": first, "high": first + step - 1, "start": start, "end": end}
-            count, rows = connection.execute(aggregate, bounds).one()
+            count, lines = connection.execute(aggregate, bounds).one()
             if not count:
                 continue
-            chunk = _decoded(rows, count)
-            if chunk is None:  # the value was cut off at the packet limit: row by row
+            table = parse_lines(lines, count, schema)
+            if table is not None:
+                chunk = _log_frame(table)
+            else:  # cut short or not of the expected types: row by row
                 extra = (log.c.id.between(bounds["low"], bounds["high"]),)
                 pieces = _streamed_rows(connection, _day_rows(start, end, *extra), {}, step)
-                chunk = pd.concat(list(pieces), ignore_index=True)
+                chunk = decode_log_chunk(pd.concat(list(pieces), ignore_index=True))
             pending.append(chunk)
             pending_rows += len(chunk)
             if pending_rows >= chunk_rows:
@@ -187,25 +217,14 @@ def _mariadb_chunks(engine: Engine, day: date, chunk_rows: int) -> Iterator[pd.D
             yield pd.concat(pending, ignore_index=True)
 
 
-def _decoded(rows: Any, count: int) -> pd.DataFrame | None:
-    """A range's aggregated value as a chunk (its features already decoded); None when the
-    value is missing or cut short."""
-    if rows is None:
-        return None
-    try:
-        decoded = orjson.loads(rows)
-    except orjson.JSONDecodeError:
-        return None
-    if len(decoded) != count:
-        return None
-    order = ["customer_id", "prediction", "elapsed_ms", "model_version", "role", "features"]
-    chunk = pd.DataFrame(decoded, columns=order)[list(LOG_COLUMNS)]
-    # a row whose JSON is no object (null, a string) counts as unreadable, as when streamed
-    features = chunk["features"].to_numpy()
-    odd = [index for index, value in enumerate(features) if type(value) is not dict]
-    if odd:
-        chunk.loc[odd, "features"] = None
-    return chunk
+def _log_frame(table: pa.Table) -> pd.DataFrame:
+    """A parsed range as a decoded log chunk (the columns `decode_log_chunk` gives)."""
+    features = table.column("features")
+    frame = table.drop_columns(["features"]).to_pandas()
+    flat = pa.Table.from_arrays(features.combine_chunks().flatten(), names=list(MODEL_FEATURES))
+    frame = pd.concat([frame, flat.to_pandas()], axis=1)
+    frame[UNREADABLE] = features.is_null().to_numpy(zero_copy_only=False)
+    return frame[list(DECODED_LOG_COLUMNS)]
 
 
 def read_first_labels(engine: Engine, day: date, horizon_days: int) -> pd.DataFrame:

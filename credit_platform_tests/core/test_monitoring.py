@@ -28,6 +28,7 @@ from credit_platform.core.monitoring import (
     DriftSkipped,
     ModelReference,
     category_counts,
+    decode_log_chunk,
     features_frame,
     first_labels,
     held_out_prediction_mix,
@@ -193,10 +194,16 @@ def test_the_day_report_per_version_and_role_with_drift_quality_and_skips():
     drifted = training.iloc[:100].copy()
     drifted["age"] = drifted["age"] + 40  # far above every training value
     customers = [f"c{i}" for i in range(100)]
-    monitor.add_chunk(_log_chunk(steady, "m:new", "champion", ["Good"] * 100, customers))
-    monitor.add_chunk(_log_chunk(drifted, "m:new", "shadow", ["Poor"] * 100, customers))
     monitor.add_chunk(
-        _log_chunk(steady.iloc[:10], "m:gone", "canary", ["Good"] * 10, customers[:10])
+        decode_log_chunk(_log_chunk(steady, "m:new", "champion", ["Good"] * 100, customers))
+    )
+    monitor.add_chunk(
+        decode_log_chunk(_log_chunk(drifted, "m:new", "shadow", ["Poor"] * 100, customers))
+    )
+    monitor.add_chunk(
+        decode_log_chunk(
+            _log_chunk(steady.iloc[:10], "m:gone", "canary", ["Good"] * 10, customers[:10])
+        )
     )
     rows = monitor.rows()
 
@@ -226,7 +233,7 @@ def test_a_day_without_labels_reports_accuracy_as_unknown_and_bad_rows_are_count
     chunk = _log_chunk(training.iloc[:5], "m", "champion", ["Good"] * 5, list("abcde"))
     chunk.loc[0, "features"] = "{broken"
     chunk.loc[1, "elapsed_ms"] = None
-    monitor.add_chunk(chunk)
+    monitor.add_chunk(decode_log_chunk(chunk))
     rows = monitor.rows()
     assert _value(rows, "m", "champion", LABELLED) == 0
     assert _value(rows, "m", "champion", LIVE_ACCURACY) is None

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from credit_platform.core import monitoring_store
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import MODEL_FEATURES
-from credit_platform.core.monitoring import features_frame, first_labels
+from credit_platform.core.monitoring import UNREADABLE, decode_log_chunk, first_labels
 from credit_platform.core.monitoring_store import (
     _day_rows,
     _streamed_rows,
@@ -25,6 +25,7 @@ from credit_platform.core.monitoring_store import (
 from credit_platform.core.schema import credit_predictions_api_log, credit_score
 
 DAY = date(2025, 3, 4)
+ODD_TEXT = 'say "hi" \\ back\nslash ü 顧客 😀'
 
 
 def _log(index: int, features, *, day: date = DAY, role: str = "champion") -> dict:
@@ -47,6 +48,9 @@ def _fill(url: str) -> None:
         features = {name: (index if name == "age" else None) for name in MODEL_FEATURES}
         features["occupation"] = "Doctor" if index % 2 else "Lawyer"
         features["type_of_loan"] = "Auto Loan, and Payday Loan"
+        if index == 7:
+            features["occupation"] = ODD_TEXT
+            features["annual_income"] = 0.1 + 0.2
         rows.append(_log(index, features))
     rows.append(_log(250, "a JSON string, no object"))  # unreadable, counted
     rows.append(_log(251, {"age": "thirty", "note": "quote ' and \\ backslash"}))
@@ -68,25 +72,31 @@ def _read(url: str) -> pd.DataFrame:
 
 
 def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    features, unreadable = features_frame(frame["features"])
-    out = pd.concat([frame.drop(columns="features"), features], axis=1)
-    out["unreadable"] = unreadable
-    return out.sort_values("elapsed_ms").reset_index(drop=True)
+    return frame.sort_values("elapsed_ms").reset_index(drop=True)
 
 
 def test_the_day_slice_on_sqlite_holds_exactly_the_days_rows(sqlite_url):
     _fill(sqlite_url)
     frame = _comparable(_read(sqlite_url))
     assert len(frame) == 252
-    assert frame["unreadable"].sum() == 1
+    assert frame[UNREADABLE].sum() == 1
     assert frame["age"].iloc[:250].tolist() == list(range(250))
     assert pd.isna(frame["age"].iloc[251])  # a text where a number belongs
 
 
 @pytest.mark.mariadb
-def test_mariadb_aggregated_fetch_equals_the_row_stream_and_falls_back(mariadb_url, monkeypatch):
+def test_mariadb_json_lines_equal_the_row_stream_and_fall_back(mariadb_url, monkeypatch):
     _fill(mariadb_url)
     monkeypatch.setattr(monitoring_store, "MARIADB_FETCH_ROWS", 30)
+    parsed = []
+    original = monitoring_store.parse_lines
+
+    def counting(lines, count, schema):
+        table = original(lines, count, schema)
+        parsed.append(table is not None)
+        return table
+
+    monkeypatch.setattr(monitoring_store, "parse_lines", counting)
     fetched = _comparable(_read(mariadb_url))
 
     engine = init_schema(mariadb_url)
@@ -94,21 +104,28 @@ def test_mariadb_aggregated_fetch_equals_the_row_stream_and_falls_back(mariadb_u
     with engine.connect() as connection:
         streamed = pd.concat(list(_streamed_rows(connection, _day_rows(start, end), {}, 1000)))
     engine.dispose()
-    streamed = _comparable(streamed.reset_index(drop=True))
-    pd.testing.assert_frame_equal(fetched, streamed, check_dtype=False)
-    assert fetched["unreadable"].sum() == 1 and len(fetched) == 252
+    streamed = _comparable(decode_log_chunk(streamed))
+    pd.testing.assert_frame_equal(fetched, streamed)
+    assert fetched[UNREADABLE].sum() == 1 and len(fetched) == 252
+    assert fetched.loc[7, "occupation"] == ODD_TEXT and fetched.loc[7, "customer_id"] == "c0"
+    # ids 1-100 and 101-200 parse as JSON lines; 201-254 holds the features that are no
+    # object and the text age, so that range is read row by row
+    assert parsed == [True, True, False]
 
-    # a range whose aggregate comes back cut short is read row by row instead
-    original = monitoring_store._decoded
-    calls = []
+    # a range whose value comes back cut short is read row by row too
+    parsed.clear()
 
-    def cut_every_other(rows, count):
-        calls.append(count)
-        return None if len(calls) % 2 else original(rows, count)
+    def cut_every_other(lines, count, schema):
+        parsed.append(len(parsed) % 2 == 1)
+        return (
+            original(lines[: len(lines) // 2], count, schema)
+            if not parsed[-1]
+            else (original(lines, count, schema))
+        )
 
-    monkeypatch.setattr(monitoring_store, "_decoded", cut_every_other)
-    pd.testing.assert_frame_equal(_comparable(_read(mariadb_url)), streamed, check_dtype=False)
-    assert len(calls) == 3  # 252 rows in ranges of 100 ids (the smallest range)
+    monkeypatch.setattr(monitoring_store, "parse_lines", cut_every_other)
+    pd.testing.assert_frame_equal(_comparable(_read(mariadb_url)), streamed)
+    assert parsed == [False, True, False]
 
 
 def test_first_label_query_and_the_days_replacement(store_url):
