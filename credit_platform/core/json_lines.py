@@ -54,9 +54,11 @@ def object_sql(fields: Sequence[LineField]) -> str:
     return f"CONCAT({', '.join(parts)})"
 
 
-def lines_sql(fields: Sequence[LineField]) -> str:
-    """`COUNT(*), GROUP_CONCAT(<row object> SEPARATOR newline)` for a SELECT's column list."""
-    return f"COUNT(*), GROUP_CONCAT({object_sql(fields)} SEPARATOR '\\n')"
+def lines_sql(fields: Sequence[LineField], order_by: str = "") -> str:
+    """`COUNT(*), GROUP_CONCAT(<row object> [ORDER BY ...] SEPARATOR newline)` for a SELECT's
+    column list; `order_by` (SQL) when the lines must come in that order."""
+    ordered = f" ORDER BY {order_by}" if order_by else ""
+    return f"COUNT(*), GROUP_CONCAT({object_sql(fields)}{ordered} SEPARATOR '\\n')"
 
 
 def allow_long_values(connection: Connection) -> int:

@@ -8,9 +8,6 @@ per customer, the day's slice of the log) is done by the database, the rest by
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -40,6 +37,7 @@ from credit_platform.core.monitoring import (
     decode_log_chunk,
     label_window,
 )
+from credit_platform.core.prefetch import prefetched
 from credit_platform.core.schema import (
     MONITORING_ALL_ROLES,
     credit_model_monitoring,
@@ -134,47 +132,9 @@ def mariadb_log_chunks(engine: Engine, day: date, chunk_rows: int) -> Iterator[p
     """The day's log rows fetched in id ranges, each range as one value of JSON lines
     parsed by Arrow; a range that does not parse as the expected columns (cut at the packet
     limit, a feature of another type, features that are no object) is streamed row by row
-    and decoded in Python instead, which gives the same columns.
-
-    A thread fetches and parses the next ranges while the caller computes on this chunk,
-    so the server's work overlaps the monitoring's arithmetic."""
-    chunks: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in _mariadb_chunks(engine, day, chunk_rows):
-                while not stop.is_set():
-                    try:
-                        chunks.put(chunk, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            chunks.put(_DONE)
-        except BaseException as error:  # handed to the caller, raised there
-            chunks.put(error)
-
-    producer = threading.Thread(target=produce, name="monitoring-log-reader", daemon=True)
-    producer.start()
-    try:
-        while True:
-            item = chunks.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while producer.is_alive():  # unblock a producer waiting to put
-            with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.2)
-        producer.join()
-
-
-_DONE = object()
+    and decoded in Python instead, which gives the same columns. Read ahead on a thread, so
+    the server's work overlaps the monitoring's arithmetic."""
+    return prefetched(lambda: _mariadb_chunks(engine, day, chunk_rows))
 
 
 def _mariadb_chunks(engine: Engine, day: date, chunk_rows: int) -> Iterator[pd.DataFrame]:

@@ -4,11 +4,13 @@ chunk, the day replaced in one transaction, and clear refusals of bad input."""
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
+import pandas as pd
 import pytest
 from sqlalchemy import func, insert, select
 
 from api.predictor import Predictor
 from api.sample_requests import load_sample
+from credit_platform.core import batch_scoring
 from credit_platform.core.batch_scoring import (
     NoFeaturesForDay,
     ServedModelRecord,
@@ -24,6 +26,7 @@ from credit_platform.core.schema import (
     credit_score_features,
     credit_score_predictions,
 )
+from credit_platform.ingest.kaggle import load_kaggle_csv
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.model_fixtures import save_tiny_model
 
@@ -201,3 +204,73 @@ def test_a_store_made_before_the_scoring_index_gets_it(store_url):
         assert "ix_credit_score_features_date_customer" in names
     finally:
         engine.dispose()
+
+
+ODD_CUSTOMER = "c\"q\\u'😀顧"  # a quote, a backslash, an apostrophe, an emoji, CJK
+
+
+@pytest.mark.mariadb
+def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
+    mariadb_url, kaggle_sample, models, monkeypatch
+):
+    """The real sample as the loader stores it (nulls, repaired values, loan lists): every
+    day read as JSON lines equals the same day read row by row; a page whose value does not
+    parse is read the ordinary way; and the write stores each probability exactly."""
+    engine = init_schema(mariadb_url)
+    load_kaggle_csv(kaggle_sample, engine, progress=False)
+    with engine.connect() as connection:
+        days = connection.execute(
+            select(credit_score_features.c.date, func.count())
+            .group_by(credit_score_features.c.date)
+            .order_by(func.count().desc())
+        ).all()
+        busiest = days[0][0]
+        row = dict(
+            connection.execute(
+                select(credit_score_features).where(credit_score_features.c.date == busiest)
+            )
+            .mappings()
+            .first()
+        )
+    odd = {**row, "id": "odd-1", "customer_id": ODD_CUSTOMER, "occupation": 'say "x" \\ 😀'}
+    with engine.begin() as connection:
+        connection.execute(insert(credit_score_features), [odd])
+
+    parsed = []
+    original = batch_scoring.parse_lines
+
+    def counting(lines, count, schema):
+        table = original(lines, count, schema)
+        parsed.append(table is not None)
+        return table
+
+    monkeypatch.setattr(batch_scoring, "parse_lines", counting)
+    with engine.connect() as connection:
+        fast = {day: _read_all(connection, day) for day, _ in days}
+    assert parsed and all(parsed)
+    monkeypatch.setattr(batch_scoring, "parse_lines", lambda lines, count, schema: None)
+    with engine.connect() as connection:
+        for day, count in days:
+            ordinary = _read_all(connection, day)
+            assert len(ordinary) == count + (day == busiest)
+            pd.testing.assert_frame_equal(fast[day], ordinary)
+    assert ODD_CUSTOMER in set(fast[busiest]["customer_id"])
+    monkeypatch.setattr(batch_scoring, "parse_lines", original)
+
+    bundle, _ = models
+    with engine.begin() as connection:
+        result = score_day(connection, busiest, bundle, chunk_rows=500)
+    unique = fast[busiest].drop_duplicates("customer_id", keep="last")
+    probabilities, _ = batch_scoring.score_frame(bundle, unique)
+    written = _predictions(engine, busiest)
+    engine.dispose()
+    assert result.rows == len(unique) == len(written)
+    for customer, expected in zip(unique["customer_id"], probabilities, strict=True):
+        stored = written[customer]
+        assert [stored[PREDICTION_CONFIDENCE_COLUMNS[label]] for label in LABELS] == list(expected)
+        assert stored["prediction"] == LABELS[int(expected.argmax())]
+
+
+def _read_all(connection, day) -> pd.DataFrame:
+    chunks = list(read_feature_chunks(connection, day, chunk_rows=300))
+    return pd.concat(chunks, ignore_index=True)
