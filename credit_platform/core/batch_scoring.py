@@ -210,16 +210,21 @@ def read_feature_chunks(
     its customers (a customer never straddles two chunks), in customer order."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    reader = _PageReader(connection, chunk_rows)
     pending: list[pd.DataFrame] = []
     pending_rows = 0
-    for page in _whole_customer_pages(connection, day, _PageReader(connection, chunk_rows)):
+    for page in _whole_customer_pages(connection, day, reader):
         pending.append(page)
         pending_rows += len(page)
-        if pending_rows >= chunk_rows:
-            yield pd.concat(pending, ignore_index=True)
+        if pending_rows + reader.page_rows > chunk_rows:  # the next page would not fit
+            yield _joined(pending)
             pending, pending_rows = [], 0
     if pending:
-        yield pd.concat(pending, ignore_index=True)
+        yield _joined(pending)
+
+
+def _joined(pages: list[pd.DataFrame]) -> pd.DataFrame:
+    return pages[0] if len(pages) == 1 else pd.concat(pages, ignore_index=True)
 
 
 def _whole_customer_pages(
@@ -235,17 +240,20 @@ def _whole_customer_pages(
         if len(rows) < reader.page_rows:
             yield rows
             return
-        customers = rows["customer_id"]
-        last = customers.iloc[-1]
-        whole = rows[customers != last]
-        if whole.empty:  # one customer filled the page: read all of theirs at once
+        customers = rows["customer_id"].to_numpy()
+        last = customers[-1]
+        end = len(customers) - 1
+        while end > 0 and customers[end - 1] == last:  # the page's last customer's rows
+            end -= 1
+        if end == 0:  # one customer filled the page: read all of theirs at once
             whole = _frame(
                 connection.execute(_one_customer_statement(), {"day": day, "customer": last}).all()
             )
             after = last
         else:
-            after = whole["customer_id"].iloc[-1]
-        yield whole.reset_index(drop=True)
+            whole = rows.iloc[:end]
+            after = customers[end - 1]
+        yield whole
 
 
 def score_frame(bundle: ModelBundle, rows: pd.DataFrame) -> tuple[np.ndarray, int]:

@@ -28,6 +28,7 @@ from credit_platform.core.schema import (
 )
 from credit_platform.ingest.kaggle import load_kaggle_csv
 from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform_tests.json_lines_fixtures import record_parses
 from credit_platform_tests.model_fixtures import save_tiny_model
 
 DAY_ONE, DAY_TWO = date(2025, 3, 1), date(2025, 3, 2)
@@ -236,15 +237,7 @@ def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
     with engine.begin() as connection:
         connection.execute(insert(credit_score_features), [odd])
 
-    parsed = []
-    original = batch_scoring.parse_lines
-
-    def counting(lines, count, schema):
-        table = original(lines, count, schema)
-        parsed.append(table is not None)
-        return table
-
-    monkeypatch.setattr(batch_scoring, "parse_lines", counting)
+    parsed = record_parses(monkeypatch, batch_scoring)
     with engine.connect() as connection:
         fast = {day: _read_all(connection, day) for day, _ in days}
     assert parsed and all(parsed)
@@ -255,7 +248,7 @@ def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
             assert len(ordinary) == count + (day == busiest)
             pd.testing.assert_frame_equal(fast[day], ordinary)
     assert ODD_CUSTOMER in set(fast[busiest]["customer_id"])
-    monkeypatch.setattr(batch_scoring, "parse_lines", original)
+    monkeypatch.undo()
 
     bundle, _ = models
     with engine.begin() as connection:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import insert
 
-from credit_platform.core import monitoring_store
+from credit_platform.core import json_lines, monitoring_store
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.monitoring import UNREADABLE, decode_log_chunk, first_labels
@@ -23,6 +23,7 @@ from credit_platform.core.monitoring_store import (
     replace_day,
 )
 from credit_platform.core.schema import credit_predictions_api_log, credit_score
+from credit_platform_tests.json_lines_fixtures import record_parses
 
 DAY = date(2025, 3, 4)
 ODD_TEXT = 'say "hi" \\ back\nslash ü 顧客 😀'
@@ -88,15 +89,7 @@ def test_the_day_slice_on_sqlite_holds_exactly_the_days_rows(sqlite_url):
 def test_mariadb_json_lines_equal_the_row_stream_and_fall_back(mariadb_url, monkeypatch):
     _fill(mariadb_url)
     monkeypatch.setattr(monitoring_store, "MARIADB_FETCH_ROWS", 30)
-    parsed = []
-    original = monitoring_store.parse_lines
-
-    def counting(lines, count, schema):
-        table = original(lines, count, schema)
-        parsed.append(table is not None)
-        return table
-
-    monkeypatch.setattr(monitoring_store, "parse_lines", counting)
+    parsed = record_parses(monkeypatch, monitoring_store)
     fetched = _comparable(_read(mariadb_url))
 
     engine = init_schema(mariadb_url)
@@ -116,12 +109,10 @@ def test_mariadb_json_lines_equal_the_row_stream_and_fall_back(mariadb_url, monk
     parsed.clear()
 
     def cut_every_other(lines, count, schema):
-        parsed.append(len(parsed) % 2 == 1)
-        return (
-            original(lines[: len(lines) // 2], count, schema)
-            if not parsed[-1]
-            else (original(lines, count, schema))
-        )
+        cut = len(parsed) % 2 == 0
+        table = json_lines.parse_lines(lines[: len(lines) // 2] if cut else lines, count, schema)
+        parsed.append(table is not None)
+        return table
 
     monkeypatch.setattr(monitoring_store, "parse_lines", cut_every_other)
     pd.testing.assert_frame_equal(_comparable(_read(mariadb_url)), streamed)

@@ -430,7 +430,7 @@ def test_each_service_refuses_placeholder_and_short_secrets(raw, name):
     assert started.stdout.split() == arguments
 
 
-def test_serve_refuses_a_placeholder_admin_token(services):
+def test_serve_refuses_a_placeholder_admin_token(services, tmp_path):
     """The api service's own command, run here as its container runs it (through the
     entrypoint and straight), refuses the old example's token at once instead of waiting
     for a model and serving with it."""
@@ -442,7 +442,7 @@ def test_serve_refuses_a_placeholder_admin_token(services):
     env = {
         **os.environ,
         "CREDIT_API_ADMIN_TOKEN": OLD_PLACEHOLDERS["API_ADMIN_TOKEN"],
-        "CREDIT_PLATFORM_HOME": str(REPO_ROOT / ".no-such-home"),
+        "CREDIT_PLATFORM_HOME": str(tmp_path / "home"),
     }
     for argv in (native, ["sh", str(REQUIRE_SECRETS), *native]):
         started = time.monotonic()
