@@ -15,6 +15,7 @@ counted, so the table's key (score_dt, customer_id) holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -411,17 +412,20 @@ def score_day(
         )
     result = ScoringResult(score_dt=day, model_tag=bundle.tag)
     chunks = _feature_chunks_for(connection, day, chunk_rows)
-    result.replaced_rows = max(connection.execute(delete_day_statement(), {"day": day}).rowcount, 0)
-    for chunk in chunks:
-        unique = chunk.drop_duplicates("customer_id", keep="last")
-        result.duplicate_feature_rows += len(chunk) - len(unique)
-        probabilities, repaired = score_frame(bundle, unique)
-        result.repaired_values += repaired
-        columns = prediction_columns(day, unique["customer_id"].tolist(), probabilities, bundle.tag)
-        insert_predictions(connection, columns)
-        result.rows += len(unique)
-        result.label_counts.update(columns["prediction"])
-        if progress is not None:
-            progress(len(chunk))
+    with contextlib.closing(chunks):  # a failure stops the read-ahead at once
+        deleted = connection.execute(delete_day_statement(), {"day": day}).rowcount
+        result.replaced_rows = max(deleted, 0)
+        for chunk in chunks:
+            unique = chunk.drop_duplicates("customer_id", keep="last")
+            result.duplicate_feature_rows += len(chunk) - len(unique)
+            probabilities, repaired = score_frame(bundle, unique)
+            result.repaired_values += repaired
+            customers = unique["customer_id"].tolist()
+            columns = prediction_columns(day, customers, probabilities, bundle.tag)
+            insert_predictions(connection, columns)
+            result.rows += len(unique)
+            result.label_counts.update(columns["prediction"])
+            if progress is not None:
+                progress(len(chunk))
     result.seconds = time.perf_counter() - started
     return result

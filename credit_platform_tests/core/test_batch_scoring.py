@@ -1,6 +1,7 @@
 """Batch scoring of one day: the same answers as the prediction API, whole customers per
 chunk, the day replaced in one transaction, and clear refusals of bad input."""
 
+import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -176,9 +177,13 @@ def test_a_failure_part_way_keeps_the_previous_predictions(store, models):
         score_day(connection, DAY_ONE, first)
     before = _predictions(store, DAY_ONE)
     broken = replace(second, model=_FailsOnSecondCall(second.model))
-    with pytest.raises(RuntimeError, match="second chunk"), store.begin() as connection:
+    with pytest.raises(RuntimeError, match="second chunk") as failure, store.begin() as connection:
         score_day(connection, DAY_ONE, broken, chunk_rows=10)
     assert _predictions(store, DAY_ONE) == before
+    # the failure stopped the read-ahead (MariaDB) at once, though its traceback, which
+    # holds the scoring's frame, is still alive: no reader keeps a connection and a snapshot
+    assert failure.value is not None
+    assert not [thread for thread in threading.enumerate() if thread.name == "prefetch-reader"]
 
 
 def test_a_store_made_before_the_scoring_index_gets_it(store_url):

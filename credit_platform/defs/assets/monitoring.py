@@ -7,6 +7,7 @@ requests' features with each model's training partition (PSI), and writes one re
 report back; neither blocks anything (monitoring must report even when it is bad news).
 """
 
+import contextlib
 from datetime import date
 from typing import Any
 
@@ -234,8 +235,9 @@ def model_monitoring(
         create_tables(engine)  # a store initialised before monitoring existed lacks the table
         labels = first_labels(read_first_labels(engine, day, horizon), day, horizon)
         monitor = DayMonitor(day, labels, lambda tag: model_reference(engine, tag))
-        for chunk in read_log_chunks(engine, day):
-            monitor.add_chunk(chunk)
+        with contextlib.closing(read_log_chunks(engine, day)) as chunks:
+            for chunk in chunks:  # a failure stops the read-ahead at once
+                monitor.add_chunk(chunk)
         rows = monitor.rows()
         replace_day(engine, day, rows)
         table_name = qualified_table_name(feature_store.url, credit_model_monitoring)
