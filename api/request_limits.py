@@ -63,7 +63,8 @@ def _answer(status: int, message: str) -> bytes:
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with bounded headers, bodies and header time."""
+    """uvicorn's httptools protocol with bounded headers, bodies, header time and body
+    time."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,12 +73,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._max_batch_body_bytes = batch_body_limit()
         self._max_job_body_bytes = job_body_limit()
         self._header_timeout = settings.api_header_timeout_seconds()
+        self._body_timeout = settings.api_body_timeout_seconds()
         self._reading_headers = True  # the bytes arriving belong to a request line or headers
         self._header_bytes = 0
         self._headers_since: float | None = None  # when the current headers began
         self._body_limit = 0
         self._body_rows: int | None = None  # the route's row limit, for the 413 message
         self._body_bytes = 0
+        self._body_since: float | None = None  # when the current body's headers ended
         self._chunked = False
         self._held: tuple[Any, Any] | None = None  # a chunked request waiting for its body
         self._refused = False
@@ -88,7 +91,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._headers_since = self.loop.time()
-        self._watch = self.loop.call_later(self._header_timeout, self._watch_headers)
+        self._watch = self.loop.call_later(self._header_timeout, self._watch_deadlines)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:
@@ -118,9 +121,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:  # a refused request's leftovers are not a new bad request
             super().send_400_response(msg)
 
-    def _watch_headers(self) -> None:
+    def _watch_deadlines(self) -> None:
         """Disconnects a client whose headers are not complete `header_timeout` seconds
-        after they began; one timer per connection, re-armed only when it fires."""
+        after they began, or whose body is not complete `body_timeout` seconds after its
+        headers ended; one timer per connection, re-armed only when it fires."""
         self._watch = None
         if self._refused or self.transport.is_closing():
             return
@@ -136,8 +140,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 )
             self.transport.close()
             return
-        start = since if since is not None else now
-        self._watch = self.loop.call_at(start + self._header_timeout, self._watch_headers)
+        body_since = self._body_since
+        if body_since is not None and now >= body_since + self._body_timeout - _DEADLINE_SLACK:
+            self._body_timed_out()
+            return
+        if since is not None:
+            wake = since + self._header_timeout
+        elif body_since is not None:
+            wake = body_since + self._body_timeout
+        else:
+            wake = now + self._header_timeout
+        self._watch = self.loop.call_at(wake, self._watch_deadlines)
+
+    def _body_timed_out(self) -> None:
+        """408 and close; only the close when the application has begun its answer (it
+        may answer before reading the body, e.g. a 404)."""
+        message = f"the request body did not arrive within {self._body_timeout:g} s"
+        if not self.cycle.response_started:
+            self.logger.warning("request timed out (408): %s", message)
+            self.transport.write(_answer(408, message))
+        self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answers `status` at once, then drops what the client still sends for a short
@@ -148,6 +170,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.logger.warning("request refused (%d): %s", status, message)
         self.transport.write(_answer(status, message))
         self.flow.resume_reading()
+        self._body_since = None
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # --- parser callbacks ----------------------------------------------------------------
@@ -183,6 +206,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_rows = rows
         self._body_bytes = 0
         self._chunked = chunked
+        if chunked or (declared is not None and int(declared) > 0):
+            self._body_since = self.loop.time()
         HttpToolsProtocol.on_headers_complete(self)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -211,6 +236,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._body_since = None
         HttpToolsProtocol.on_message_complete(self)
         if self._held is not None:
             held, self._held = self._held, None

@@ -219,10 +219,12 @@ API_MAX_HEADER_BYTES_ENV = "CREDIT_API_MAX_HEADER_BYTES"
 API_MAX_BODY_BYTES_ENV = "CREDIT_API_MAX_BODY_BYTES"
 API_MAX_ROW_BYTES_ENV = "CREDIT_API_MAX_ROW_BYTES"
 API_HEADER_TIMEOUT_ENV = "CREDIT_API_HEADER_TIMEOUT_SECONDS"
+API_BODY_TIMEOUT_ENV = "CREDIT_API_BODY_TIMEOUT_SECONDS"
 DEFAULT_API_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_API_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_API_MAX_ROW_BYTES = 4096
 DEFAULT_API_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_API_BODY_TIMEOUT_SECONDS = 30.0
 
 
 def api_max_header_bytes() -> int:
@@ -245,6 +247,13 @@ def api_header_timeout_seconds() -> float:
     """Seconds a client may take to send a request line and headers, counted from its
     first byte (or from the connection, for its first request); then it is disconnected."""
     return _positive_seconds(API_HEADER_TIMEOUT_ENV, DEFAULT_API_HEADER_TIMEOUT_SECONDS)
+
+
+def api_body_timeout_seconds() -> float:
+    """Seconds a client may take to send a request body, counted from the end of its
+    headers; then it is answered 408 and disconnected (a body trickled byte by byte must
+    not hold a connection and a half-read request forever)."""
+    return _positive_seconds(API_BODY_TIMEOUT_ENV, DEFAULT_API_BODY_TIMEOUT_SECONDS)
 
 
 def api_worker_state_dir(server_identity: str) -> Path:

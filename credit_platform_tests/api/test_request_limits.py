@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.slow]
 BATCH_ROWS = 40
 ROW_BYTES = 2048
 HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 MAX_HEADER_BYTES = settings.DEFAULT_API_MAX_HEADER_BYTES
 MAX_BODY_BYTES = settings.DEFAULT_API_MAX_BODY_BYTES
 MIB = 1024 * 1024
@@ -77,6 +78,7 @@ def service(kaggle_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             settings.API_MAX_BATCH_ROWS_ENV: str(BATCH_ROWS),
             settings.API_MAX_ROW_BYTES_ENV: str(ROW_BYTES),
             settings.API_HEADER_TIMEOUT_ENV: str(HEADER_TIMEOUT),
+            settings.API_BODY_TIMEOUT_ENV: str(BODY_TIMEOUT),
         },
         workdir / "service.log",
     )
@@ -381,3 +383,48 @@ def test_a_chunked_body_sent_after_100_continue_is_answered(service: Service) ->
     finally:
         connection.close()
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+def _stall_in_body(port: int, head: bytes, first_piece: bytes) -> tuple[bytes, float]:
+    """Send headers and the first piece of a body, then nothing; (what the server sent
+    until it closed, seconds from the piece to the close)."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        connection.sendall(head + first_piece)
+        started = time.monotonic()
+        answer = b""
+        while piece := connection.recv(65536):
+            answer += piece
+        return answer, time.monotonic() - started
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_that_stops_arriving_gets_408_and_is_closed(service: Service, framing) -> None:
+    """A client that declares (or streams) a body and stops sending it mid-way is answered
+    408 and disconnected once the body timeout has passed; meanwhile the worker answers."""
+    if framing == "chunked":
+        head = (
+            b"POST /predict_batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b'a\r\n{"data": [\r\n'  # one chunk of ten bytes, then nothing
+    else:
+        head = (
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        piece = b'{"data": {'
+    outcome: list[tuple[bytes, float]] = []
+    stalled = threading.Thread(
+        target=lambda: outcome.append(_stall_in_body(service.port, head, piece))
+    )
+    stalled.start()
+    time.sleep(0.3)
+    assert service.predict_seconds() < 1.0  # the worker is not held by the stalled body
+    stalled.join(30)
+    ((answer, waited),) = outcome
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"request body did not arrive within" in answer
+    assert BODY_TIMEOUT - 0.2 <= waited < BODY_TIMEOUT + HEADER_TIMEOUT + 1.0, waited
