@@ -71,52 +71,43 @@ class ServiceClient:
 
     def reload(self, tag: str, token: str | None) -> dict:
         """Hot-swap the served model; raises ServiceError with the service's own reason."""
-        if not token:
-            raise ServiceError(
-                f"cannot reload {self.api_url}: {settings.ADMIN_TOKEN_ENV} is not set for the "
-                "deployer (it must match the service's)"
-            )
-        try:
-            response = requests.post(
-                f"{self.api_url}/admin/reload",
-                json={"tag": tag},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=max(self.timeout, 120.0),
-            )
-        except requests.RequestException as error:
-            raise ServiceError(f"reload of {tag} at {self.api_url} failed: {error}") from error
-        if response.status_code != 200:
-            raise ServiceError(
-                f"{self.api_url} refused to reload {tag} "
-                f"(HTTP {response.status_code}): {response.text[:500]}"
-            )
-        return response.json()
+        return self._admin("POST", "/admin/reload", token, f"reload {tag}", json_body={"tag": tag})
 
     def set_challenger(
         self, token: str | None, tag: str | None, role: str = "shadow", share: float = 0.0
     ) -> dict:
         """Attach `tag` as a shadow or canary (None detaches); raises ServiceError with the
         service's own reason."""
+        if tag is None:
+            return self._admin("DELETE", "/admin/challenger", token, "detach the challenger")
+        body = {"tag": tag, "role": role, "share": share}
+        return self._admin(
+            "POST", "/admin/challenger", token, f"attach {tag} as {role}", json_body=body
+        )
+
+    def _admin(
+        self, method: str, path: str, token: str | None, action: str, json_body=None
+    ) -> dict:
+        """One call to an admin route (they wait until every worker agrees, hence the long
+        timeout); ServiceError names the action, the service and its reason."""
         if not token:
             raise ServiceError(
-                f"cannot change the challenger at {self.api_url}: {settings.ADMIN_TOKEN_ENV} "
-                "is not set (it must match the service's)"
+                f"cannot {action} at {self.api_url}: {settings.ADMIN_TOKEN_ENV} is not set "
+                "for this process (it must match the service's)"
             )
-        headers = {"Authorization": f"Bearer {token}"}
-        url = f"{self.api_url}/admin/challenger"
         try:
-            if tag is None:
-                response = requests.delete(url, headers=headers, timeout=max(self.timeout, 120))
-            else:
-                body = {"tag": tag, "role": role, "share": share}
-                response = requests.post(
-                    url, json=body, headers=headers, timeout=max(self.timeout, 120)
-                )
+            response = requests.request(
+                method,
+                f"{self.api_url}{path}",
+                json=json_body,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=max(self.timeout, 120.0),
+            )
         except requests.RequestException as error:
-            raise ServiceError(f"challenger change at {self.api_url} failed: {error}") from error
+            raise ServiceError(f"{action} at {self.api_url} failed: {error}") from error
         if response.status_code != 200:
             raise ServiceError(
-                f"{self.api_url} refused the challenger change (HTTP {response.status_code}): "
-                f"{response.text[:500]}"
+                f"{self.api_url} refused to {action} "
+                f"(HTTP {response.status_code}): {response.text[:500]}"
             )
         return response.json()

@@ -50,6 +50,6 @@ def test_the_cli_refuses_a_failed_model_before_calling_the_service(tmp_path, mon
             main, ["challenger", "attach", "--tag", f"{MODEL_NAME}:good", "--role", "canary"]
         )
         assert unreachable.exit_code == 1
-        assert "challenger change at" in unreachable.output and "failed" in unreachable.output
+        assert f"attach {MODEL_NAME}:good as canary at {silent.url} failed" in unreachable.output
     finally:
         silent.close()
