@@ -1,9 +1,8 @@
 """The monitoring's reads and writes in the feature store: the day's log in chunks, the
 labels that judge it, a model's training rows, and `credit_model_monitoring` itself.
 
-Every statement is SQLAlchemy Core with bound parameters; the heavy work (the first label
-per customer, the day's slice of the log) is done by the database, the rest by
-`core.monitoring` on columns.
+Every statement has bound parameters; the heavy work (the first label per customer, the
+day's slice of the log) is done by the database, the rest by `core.monitoring` on columns.
 """
 
 from __future__ import annotations
