@@ -50,7 +50,13 @@ from sqlalchemy import create_engine, event, insert, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from credit_platform.core.db import create_tables, make_engine, permanent_problem, redacted
+from credit_platform.core.db import (
+    create_tables,
+    is_mariadb,
+    make_engine,
+    permanent_problem,
+    redacted,
+)
 from credit_platform.core.schema import MODEL_ROLES, credit_predictions_api_log
 
 logger = logging.getLogger(__name__)
@@ -591,7 +597,7 @@ class PredictionLogger:
     def _connect(self) -> Engine:
         if self._engine is None:
             self._engine = _log_engine(self.url)
-            self._literal_statements = self._engine.url.get_backend_name() in ("mysql", "mariadb")
+            self._literal_statements = is_mariadb(self._engine.url.get_backend_name())
         return self._engine
 
     def _insert(self, rows: Sequence[PredictionLogRow]) -> None:

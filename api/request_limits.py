@@ -170,7 +170,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.logger.warning("request refused (%d): %s", status, message)
         self.transport.write(_answer(status, message))
         self.flow.resume_reading()
-        self._body_since = None
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # --- parser callbacks ----------------------------------------------------------------
@@ -196,17 +195,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         chunked = False
         for name, value in self.headers:
             if name == b"content-length":
-                declared = value
+                declared = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-        if declared is not None and int(declared) > limit:
-            self._refuse(413, self._body_message(int(declared), limit, rows))
+        if declared is not None and declared > limit:
+            self._refuse(413, self._body_message(declared, limit, rows))
             return
         self._body_limit = limit
         self._body_rows = rows
         self._body_bytes = 0
         self._chunked = chunked
-        if chunked or (declared is not None and int(declared) > 0):
+        if chunked or (declared is not None and declared > 0):
             self._body_since = self.loop.time()
         HttpToolsProtocol.on_headers_complete(self)
 

@@ -31,13 +31,16 @@ from sqlalchemy import Date, String, bindparam, delete, func, insert, select, te
 from sqlalchemy.engine import Connection
 
 from credit_platform.core.data_contract import make_implausible_missing
+from credit_platform.core.db import is_mariadb
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES
 from credit_platform.core.json_lines import (
     NUMBER,
     TEXT,
     LineField,
     allow_long_values,
+    feature_arrow_type,
     lines_sql,
+    max_packet_bytes,
     parse_lines,
     rows_per_value,
 )
@@ -159,12 +162,7 @@ def _feature_line_fields() -> list[LineField]:
 
 
 def _feature_line_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            (name, pa.float64() if name in NUMERIC_FEATURES else pa.string())
-            for name in FEATURE_ROW_COLUMNS
-        ]
-    )
+    return pa.schema([(name, feature_arrow_type(name)) for name in FEATURE_ROW_COLUMNS])
 
 
 class _PageReader:
@@ -174,7 +172,7 @@ class _PageReader:
 
     def __init__(self, connection: Connection, chunk_rows: int) -> None:
         self.connection = connection
-        self.lines = connection.dialect.name in ("mysql", "mariadb")
+        self.lines = is_mariadb(connection.dialect.name)
         self.page_rows = chunk_rows
         if self.lines:
             packet = allow_long_values(connection)
@@ -305,7 +303,7 @@ def insert_predictions(connection: Connection, columns: dict[str, list]) -> None
     SQLAlchemy's own INSERT, compiled for the dialect, runs as one executemany on the
     driver's cursor; skipping SQLAlchemy's per-value processing, which plain str and float
     values do not need, halved the write on SQLite."""
-    if connection.dialect.name in ("mysql", "mariadb"):
+    if is_mariadb(connection.dialect.name):
         _insert_through_json_table(connection, columns)
         return
     compiled = insert(credit_score_predictions).compile(dialect=connection.dialect)
@@ -353,15 +351,14 @@ def _insert_through_json_table(connection: Connection, columns: dict[str, list])
     rows = list(zip(*(columns[name] for name in _PER_ROW), strict=True))
     if not rows:
         return
-    statement = _json_table_insert(connection)
-    packet = allow_long_values(connection)
-    step = rows_per_value(packet, ESTIMATED_PREDICTION_ROW_BYTES, 100_000)
+    if len(set(columns["score_dt"])) != 1 or len(set(columns["model_version"])) != 1:
+        raise ValueError("one insert holds the predictions of one day by one model")
     constants = {
         "score_dt": columns["score_dt"][0],
         "model_version": columns["model_version"][0],
     }
-    if len(set(columns["score_dt"])) != 1 or len(set(columns["model_version"])) != 1:
-        raise ValueError("one insert holds the predictions of one day by one model")
+    statement = _json_table_insert(connection)
+    step = rows_per_value(max_packet_bytes(connection), ESTIMATED_PREDICTION_ROW_BYTES, 100_000)
     for first in range(0, len(rows), step):
         document = orjson.dumps(rows[first : first + step]).decode()
         connection.execute(statement, {**constants, "document": document})
@@ -379,7 +376,7 @@ def _feature_chunks_for(
     over a connection of their own (one transaction: one consistent snapshot of the
     features), so the server renders the next pages while this connection scores and
     writes; SQLite allows one writer and the transaction's connection reads them in turn."""
-    if connection.dialect.name not in ("mysql", "mariadb"):
+    if not is_mariadb(connection.dialect.name):
         return read_feature_chunks(connection, day, chunk_rows)
     engine = connection.engine
 

@@ -54,6 +54,11 @@ def permanent_problem(error: BaseException) -> str | None:
     return None
 
 
+def is_mariadb(dialect_name: str) -> bool:
+    """Whether a dialect (or URL backend) name is MariaDB's (SQLAlchemy calls it mysql)."""
+    return dialect_name in ("mysql", "mariadb")
+
+
 def redacted(url: str) -> str:
     """The URL with its password hidden, for messages and metadata."""
     return make_url(url).render_as_string(hide_password=True)
@@ -165,7 +170,7 @@ def _check_tables(connection: Connection) -> None:
                 f"table {table.name} lacks column(s) {', '.join(missing)} (an older layout: "
                 "move its rows aside and drop it, and it is created anew)"
             )
-    if connection.dialect.name in ("mysql", "mariadb"):
+    if is_mariadb(connection.dialect.name):
         names = [table.name for table in metadata.sorted_tables]
         found = connection.execute(
             text(

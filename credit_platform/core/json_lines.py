@@ -23,6 +23,8 @@ import pyarrow.json as pa_json
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from credit_platform.core.features import NUMERIC_FEATURES
+
 # Kinds of fields: a text column (quoted, escaped), a number column (rendered as the
 # protocol renders it), a JSON column (spliced in as stored: MariaDB validates it on insert).
 TEXT, NUMBER, JSON = "text", "number", "json"
@@ -61,10 +63,21 @@ def lines_sql(fields: Sequence[LineField], order_by: str = "") -> str:
     return f"COUNT(*), GROUP_CONCAT({object_sql(fields)}{ordered} SEPARATOR '\\n')"
 
 
+def feature_arrow_type(name: str) -> pa.DataType:
+    """A model feature's column type in the parsed lines: every numeric feature (counts
+    included) as float64, as the model input takes it; the others as text."""
+    return pa.float64() if name in NUMERIC_FEATURES else pa.string()
+
+
+def max_packet_bytes(connection: Connection) -> int:
+    """The server's packet limit: no statement or value may be longer."""
+    return int(connection.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+
+
 def allow_long_values(connection: Connection) -> int:
     """Let GROUP_CONCAT build values up to the packet limit on this session; returns the
     limit in bytes (a value must fit in one packet to reach the client)."""
-    packet = int(connection.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+    packet = max_packet_bytes(connection)
     connection.execute(text("SET SESSION group_concat_max_len = :size"), {"size": packet})
     return packet
 

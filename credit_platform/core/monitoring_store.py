@@ -16,14 +16,16 @@ import pyarrow as pa
 from sqlalchemy import Text, and_, delete, func, insert, select, text, type_coerce
 from sqlalchemy.engine import Engine
 
+from credit_platform.core.db import is_mariadb
 from credit_platform.core.feature_target_sql import window_start_for
-from credit_platform.core.features import MODEL_FEATURES, NUMERIC_FEATURES, TARGET
+from credit_platform.core.features import MODEL_FEATURES, TARGET
 from credit_platform.core.json_lines import (
     JSON,
     NUMBER,
     TEXT,
     LineField,
     allow_long_values,
+    feature_arrow_type,
     lines_sql,
     parse_lines,
     rows_per_value,
@@ -65,7 +67,7 @@ def read_log_chunks(
     `DayMonitor.add_chunk` (`monitoring.decode_log_chunk`: one column per model feature and
     whether the row's features were readable). On MariaDB the rows travel as JSON lines
     (`mariadb_log_chunks`); elsewhere they are streamed row by row."""
-    if engine.dialect.name in ("mysql", "mariadb"):
+    if is_mariadb(engine.dialect.name):
         yield from mariadb_log_chunks(engine, day, chunk_rows)
         return
     start, end = day_bounds(day)
@@ -112,9 +114,7 @@ _LOG_LINE = (
 
 
 def _log_line_schema() -> pa.Schema:
-    features = [
-        (name, pa.float64() if name in NUMERIC_FEATURES else pa.string()) for name in MODEL_FEATURES
-    ]
+    features = [(name, feature_arrow_type(name)) for name in MODEL_FEATURES]
     return pa.schema(
         [
             ("customer_id", pa.string()),

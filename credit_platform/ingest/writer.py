@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from credit_platform.core.db import redacted
+from credit_platform.core.db import is_mariadb, redacted
 from credit_platform.core.schema import credit_score, credit_score_features, customer_info
 from credit_platform.ingest.cleaning import (
     PLAUSIBLE_RANGES,
@@ -182,7 +182,7 @@ def insert_if_absent(table: Table, dialect_name: str):
     """An INSERT that skips rows whose primary key already exists, for this dialect."""
     if dialect_name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
-    if dialect_name in ("mysql", "mariadb"):
+    if is_mariadb(dialect_name):
         statement = mysql.insert(table)
         return statement.on_duplicate_key_update(id=statement.inserted.id)
     raise IngestError(f"unsupported feature store dialect {dialect_name!r} (SQLite or MariaDB)")
