@@ -33,6 +33,13 @@ if [ ! -x /usr/bin/chromium ] && ! install_chromium; then
     "sudo); the browser test skips, or fails when CI is set" >&2
 fi
 
+# The Docker stack test (credit_platform_tests/stack/test_stack_docker.py) is required under
+# CI: install and start Docker there. Elsewhere it runs when an engine answers, and skips
+# saying so when none does (bash scripts/test_stack.sh sets one up and runs it alone).
+if [ -n "${CI:-}" ]; then
+  bash scripts/docker_setup.sh
+fi
+
 .venv/bin/ruff check credit_platform credit_platform_tests api bench
 .venv/bin/credit-platform sql --check
 exec .venv/bin/python -m pytest "$@"

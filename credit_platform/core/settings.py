@@ -12,6 +12,7 @@ import copy
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -453,3 +454,58 @@ def export_bentoml_home() -> Path:
     home = bentoml_home()
     os.environ.setdefault(BENTOML_HOME_ENV, str(home))
     return Path(os.environ[BENTOML_HOME_ENV])
+
+
+# --- who reads what ---------------------------------------------------------------------
+# The production stack runs the platform's code in two kinds of process, and each must get
+# every setting it reads: `docker-compose.yml` and the run launcher's `env_vars` in
+# deploy/dagster/dagster.yaml are checked against this table
+# (credit_platform_tests/stack/test_settings_reach_processes.py), so a setting added here
+# without them fails a test instead of being silently ignored in production.
+API_PROCESS = "api"  # each prediction-service replica (`credit-platform serve`)
+DAGSTER_PROCESS = "dagster"  # the Dagster code: its code server (sensors) and every run
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable and the processes whose code reads it."""
+
+    name: str
+    readers: frozenset[str]
+
+
+def _read_by(*readers: str) -> frozenset[str]:
+    return frozenset(readers)
+
+
+_BOTH = _read_by(API_PROCESS, DAGSTER_PROCESS)
+SETTINGS: tuple[Setting, ...] = (
+    Setting(HOME_ENV, _BOTH),
+    Setting(FEATURE_STORE_URL_ENV, _BOTH),
+    Setting(BENTOML_HOME_ENV, _BOTH),
+    Setting(ADMIN_TOKEN_ENV, _BOTH),
+    Setting(MLFLOW_TRACKING_URI_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(MLFLOW_EXPERIMENT_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(MLFLOW_UI_URL_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(API_URL_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(PARTITIONS_START_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(TRAINING_GRID_ENV, _read_by(DAGSTER_PROCESS)),
+    Setting(DAGSTER_HOME_ENV, _read_by(DAGSTER_PROCESS)),
+    *(Setting(name, _read_by(DAGSTER_PROCESS)) for name in monitoring_defaults()),
+    Setting(API_MODEL_TAG_ENV, _read_by(API_PROCESS)),
+    Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
+    Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),
+    Setting(API_MAX_JOB_ROWS_ENV, _read_by(API_PROCESS)),
+    Setting(PREDICTION_SPOOL_DIR_ENV, _read_by(API_PROCESS)),
+    Setting(PREDICTION_LOG_TIMEOUT_ENV, _read_by(API_PROCESS)),
+    Setting(API_MAX_HEADER_BYTES_ENV, _read_by(API_PROCESS)),
+    Setting(API_MAX_BODY_BYTES_ENV, _read_by(API_PROCESS)),
+    Setting(API_MAX_ROW_BYTES_ENV, _read_by(API_PROCESS)),
+    Setting(API_HEADER_TIMEOUT_ENV, _read_by(API_PROCESS)),
+    Setting(API_BODY_TIMEOUT_ENV, _read_by(API_PROCESS)),
+)
+
+
+def settings_read_by(reader: str) -> list[str]:
+    """The variables the processes of kind `reader` read, in table order."""
+    return [setting.name for setting in SETTINGS if reader in setting.readers]

@@ -1,7 +1,7 @@
 """The production stack, run natively: the services of docker-compose.yml started with
-their own command lines on free local ports against the local MariaDB (this machine has no
-Docker engine), in the order their `depends_on` conditions give, each declared ready by its
-own compose healthcheck.
+their own command lines on free local ports against the local MariaDB (as on a host
+without containers; test_stack_docker.py runs the containers themselves), in the order
+their `depends_on` conditions give, each declared ready by its own compose healthcheck.
 
 What the containers would get, they get here: the databases and grants the MariaDB image's
 init scripts create (sql/schema_mariadb.sql and deploy/mariadb/20-stack-databases.sh, run
@@ -57,7 +57,9 @@ from credit_platform_tests.stack_fixtures import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
 
-EXTERNAL = {"mariadb"}  # the local server stands in for the container
+# The local server stands in for the mariadb container; natively there is one API process
+# and no balancer, so the balancer's address leads to it (test_stack_docker.py runs both).
+EXTERNAL = {"mariadb", "api-gateway"}
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
 # The code server's spawned gRPC server runs in a session of its own and, if its proxy went
@@ -350,6 +352,7 @@ def stack(stack_databases, tmp_path_factory, kaggle_sample) -> Iterator[NativeSt
         if port is not None:
             endpoints[f"{name}:{port}"] = f"127.0.0.1:{ports[port]}"
             endpoints[f"localhost:{port}"] = f"127.0.0.1:{ports[port]}"
+    endpoints["api-gateway:3000"] = endpoints["api:3000"]
     dagster_home = copy_stack_dagster_home(root / "dagster_home")
     native = NativeAddresses(
         endpoints=endpoints,

@@ -1,0 +1,456 @@
+"""The production stack in a real Docker engine, driven the way an operator uses it.
+
+`docker compose up -d --build` from a clean state with this test's own .env (random
+secrets, free ports, the small training grid); data seeded in the code server's
+container; the new-data sensor's run and a two-day backfill (README's command), each in a
+run container of its own; a newer day whose model the deploy sensor deploys (the Bento
+built with no way out of the stack's internal network); a prediction through the
+published port logged in MariaDB; the api restarted; the stack taken down and up again with
+its volumes; a run container killed mid-run; `model_monitoring`; three API replicas behind
+the balancer through a deploy and the loss of one replica under load; and at the end
+`docker compose down -v` leaving no volume and no run container behind.
+
+The tests run in file order and share one stack (module fixture). Under CI they are
+required: scripts/test.sh installs and starts Docker first (scripts/docker_setup.sh).
+Elsewhere they skip with one line when no Docker engine answers; run them alone with
+`bash scripts/test_stack.sh`. Where no registry can be reached, the base images are the
+stand-ins of deploy/standins/ (README "Production" says how they differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import requests
+
+from api.sample_requests import load_sample
+from api.sample_requests import valid_request_payloads as sample_payloads
+from credit_platform.core.service_process import free_port
+from credit_platform_tests.docker_stack import (
+    NAMED_VOLUMES,
+    ComposeStack,
+    base_images,
+    docker_stack_available,
+    leftover_project_objects,
+    pip_ca_bundle,
+    run,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+CUSTOMERS = 300
+TODAY = datetime.now(UTC).date()
+FIRST_DAY = TODAY - timedelta(days=3)  # the newest day of the first load
+BACKFILL = (TODAY - timedelta(days=5), TODAY - timedelta(days=4))
+NEW_DAY = TODAY - timedelta(days=2)  # labels that arrive later: a newer champion
+LAST_DAY = TODAY - timedelta(days=1)  # arrives while three replicas take load
+HISTORY_DAYS = 35
+RUN_TIMEOUT = 900.0
+# Under CI the stack test is required; elsewhere it needs a Docker engine.
+REQUIRED = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    missing = docker_stack_available()
+    if missing:
+        if REQUIRED:
+            pytest.fail(f"CI requires the Docker stack test: {missing}")
+        pytest.skip(f"Docker stack test skipped: {missing}")
+    existing = leftover_project_objects()
+    if existing:
+        reason = f"a credit_platform stack already exists on this engine: {existing[:5]}"
+        if REQUIRED:
+            pytest.fail(reason)
+        pytest.skip(reason + " (the test never touches it)")
+
+    images = base_images()
+    stack = ComposeStack.create(
+        tmp_path_factory.mktemp("compose"),
+        CREDIT_PLATFORM_IMAGE="credit-platform:stack-test",
+        TRAINING_GRID="small",
+        DAGSTER_UI_PORT=str(free_port()),
+        MLFLOW_UI_PORT=str(free_port()),
+        API_PORT=str(free_port()),
+        API_WORKERS="1",
+        DAGSTER_MAX_CONCURRENT_RUNS="3",
+        PIP_CA_BUNDLE=pip_ca_bundle(),
+        **images,
+    )
+    try:
+        stack.timed("build", "build")
+        stack.timed("up", "up", "-d")
+        stack.wait_healthy(
+            ["mariadb", "mlflow", "dagster-user-code", "dagster-webserver", "dagster-daemon"],
+            timeout=300,
+        )
+        stack.timings["up_to_healthy"] = round(
+            stack.timings["up"] + stack.timings.get("wait", 0.0), 1
+        )
+        yield stack
+    finally:
+        print(f"stack timings (s): {stack.timings}")
+        stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
+
+
+def _seed(stack: ComposeStack, end: date, days: int = HISTORY_DAYS) -> None:
+    stack.exec(
+        "dagster-user-code",
+        "credit-platform",
+        "seed",
+        "synthetic",
+        "--customers",
+        str(CUSTOMERS),
+        "--days",
+        str(days),
+        "--end",
+        end.isoformat(),
+        "--quiet",
+    )
+
+
+def _partition_runs(job: str, partition: date):
+    def select(run_: dict) -> bool:
+        return (
+            run_["jobName"] == job
+            and run_["tags"].get("dagster/partition") == partition.isoformat()
+        )
+
+    return select
+
+
+def _gone(container: str, timeout: float = 60) -> bool:
+    """Whether a container is removed within `timeout` (a run reports success just before
+    its process, and so its container, ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run(["docker", "ps", "-a", "-q", "--filter", f"id={container}"]).stdout.strip():
+            return True
+        time.sleep(2)
+    return False
+
+
+def _metadata(stack: ComposeStack) -> dict:
+    response = requests.get(f"{stack.url('API_PORT')}/metadata", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _wait_served(stack: ComposeStack, model_tag: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = _metadata(stack)
+            if last.get("model_version") == model_tag:
+                return last
+        except requests.RequestException as error:
+            last = error
+        time.sleep(3)
+    raise AssertionError(f"the API does not serve {model_tag}: {last}\n{stack.logs('api')}")
+
+
+def _champion(stack: ComposeStack) -> str:
+    """The MLflow champion's model tag, read by the platform's code in the code server."""
+    done = stack.exec(
+        "dagster-user-code",
+        "python",
+        "-c",
+        "import json, os;"
+        "from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource as M;"
+        "m = M(tracking_uri=os.environ['MLFLOW_TRACKING_URI'],"
+        " experiment_name=os.environ['MLFLOW_EXPERIMENT_NAME'],"
+        " ui_url=os.environ['CREDIT_MLFLOW_UI_URL']);"
+        "c = m.champion(); print(json.dumps(c.tags if c else {}))",
+    )
+    tags = json.loads(done.stdout.strip().splitlines()[-1])
+    return tags.get("model_tag") or tags["bento_tag"]
+
+
+def _logged(stack: ComposeStack, request_ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start : start + 500]
+        quoted = ", ".join(f"'{request_id}'" for request_id in chunk)
+        for request_id, count in stack.sql(
+            "SELECT request_id, COUNT(*) FROM credit_predictions_api_log"
+            f" WHERE request_id IN ({quoted}) GROUP BY request_id"
+        ):
+            counts[request_id] = int(count)
+    return counts
+
+
+def _predict(stack: ComposeStack, payload: dict, request_id: str) -> requests.Response:
+    return requests.post(
+        f"{stack.url('API_PORT')}/predict",
+        json={"data": payload},
+        headers={"X-Request-ID": request_id},
+        timeout=30,
+    )
+
+
+def test_every_service_comes_up_healthy_and_the_api_waits_for_a_model(stack):
+    rows = {row["Service"]: row for row in stack.containers()}
+    assert set(rows) >= {
+        "mariadb",
+        "mlflow",
+        "dagster-user-code",
+        "dagster-webserver",
+        "dagster-daemon",
+        "api",
+        "api-gateway",
+    }
+    stack.wait_healthy(["api-gateway"], timeout=120)
+    # No model yet: the api waits (and says so) instead of crashing.
+    assert rows["api"]["State"] == "running"
+    assert "no model" in stack.logs("api").lower() or "wait" in stack.logs("api").lower()
+
+
+def test_the_new_data_sensor_trains_in_a_run_container_and_the_api_serves_it(stack):
+    _seed(stack, FIRST_DAY)
+    [run_] = stack.wait_for_runs(
+        _partition_runs("continuous_training", FIRST_DAY), timeout=RUN_TIMEOUT
+    )
+    assert run_["tags"].get("dagster/sensor_name") == "new_data_sensor"
+    # Launched by the DockerRunLauncher in a container of its own, which is gone now.
+    container = run_["tags"].get("docker/container_id")
+    assert container, run_["tags"]
+    assert _gone(container), "a finished run's container was left behind"
+    stack.wait_healthy(["api"], timeout=300)
+    assert _metadata(stack)["partition"] == FIRST_DAY.isoformat()
+
+
+def test_a_two_day_backfill_runs_each_day_in_its_own_container(stack):
+    stack.exec(
+        "dagster-daemon",
+        "dagster",
+        "job",
+        "backfill",
+        "-w",
+        "workspace.yaml",
+        "-j",
+        "continuous_training",
+        "--from",
+        BACKFILL[0].isoformat(),
+        "--to",
+        BACKFILL[1].isoformat(),
+        "--noprompt",
+    )
+    finished = stack.wait_for_runs(
+        lambda r: (
+            r["tags"].get("dagster/backfill")
+            and r["tags"].get("dagster/partition") in {d.isoformat() for d in BACKFILL}
+        ),
+        count=2,
+        timeout=RUN_TIMEOUT,
+    )
+    containers = {r["tags"].get("docker/container_id") for r in finished}
+    assert len(containers) == 2 and None not in containers
+    assert all(_gone(container) for container in containers)
+    # Models of older days never displace the champion of a newer one.
+    assert _metadata(stack)["partition"] == FIRST_DAY.isoformat()
+
+
+def test_the_deploy_sensor_deploys_a_newer_champion_built_offline(stack, kaggle_sample):
+    _seed(stack, NEW_DAY, days=HISTORY_DAYS + 1)
+    stack.wait_for_runs(_partition_runs("continuous_training", NEW_DAY), timeout=RUN_TIMEOUT)
+    champion = _champion(stack)
+    [deploy] = stack.wait_for_runs(
+        lambda r: (
+            r["jobName"] == "deploy_model"
+            and r["tags"].get("credit_platform/model_tag") == champion
+        ),
+        timeout=RUN_TIMEOUT,
+    )
+    assert deploy["tags"].get("dagster/sensor_name") == "deploy_sensor"
+    metadata = _wait_served(stack, champion)
+    assert metadata["partition"] == NEW_DAY.isoformat()
+
+    payload = sample_payloads(load_sample(kaggle_sample, rows=50), 1)[0]
+    request_id = f"docker-stack-{uuid.uuid4().hex[:12]}"
+    response = _predict(stack, payload, request_id)
+    assert response.status_code == 200, response.text
+    [[customer, prediction, model]] = stack.sql(
+        "SELECT customer_id, prediction, model_version FROM credit_predictions_api_log"
+        f" WHERE request_id = '{request_id}'"
+    )
+    assert (customer, prediction, model) == (
+        payload["customer_id"],
+        response.json()["predict"],
+        champion,
+    )
+    stack.champion = champion
+    stack.first_request = request_id
+
+
+def test_a_restarted_api_serves_the_champion_again(stack):
+    stack.compose("restart", "api")
+    stack.wait_healthy(["api"], timeout=300)
+    assert _wait_served(stack, stack.champion)
+
+
+def test_down_and_up_keeps_runs_models_champion_and_the_prediction_log(stack):
+    runs_before = {r["runId"] for r in stack.runs()}
+    stack.compose("down", "--timeout", "20")
+    stack.timed("up_again", "up", "-d")
+    stack.wait_healthy(
+        ["mariadb", "mlflow", "dagster-user-code", "dagster-webserver", "dagster-daemon", "api"],
+        timeout=400,
+    )
+    assert runs_before <= {r["runId"] for r in stack.runs()}
+    assert _champion(stack) == stack.champion
+    assert _wait_served(stack, stack.champion)
+    assert _logged(stack, [stack.first_request]) == {stack.first_request: 1}
+
+
+def test_a_killed_run_container_is_marked_failed_and_a_relaunch_succeeds(stack):
+    stack.launch_partition("continuous_training", BACKFILL[0].isoformat())
+    deadline = time.monotonic() + 300
+    container = None
+    while time.monotonic() < deadline and not container:
+        started = [
+            r
+            for r in stack.runs("continuous_training")
+            if r["status"] == "STARTED"
+            and r["tags"].get("dagster/partition") == BACKFILL[0].isoformat()
+            and r["tags"].get("docker/container_id")
+        ]
+        if started:
+            victim, container = started[0], started[0]["tags"]["docker/container_id"]
+        time.sleep(2)
+    assert container, "the relaunched run never started"
+    time.sleep(5)  # mid-run: its steps are under way
+    run(["docker", "kill", container])
+    # Run monitoring notices the container is gone and fails the run.
+    stack.wait_for_runs(lambda r: r["runId"] == victim["runId"], timeout=300, statuses=("FAILURE",))
+    stack.launch_partition("continuous_training", BACKFILL[0].isoformat())
+    stack.wait_for_runs(
+        lambda r: (
+            r["runId"] != victim["runId"]
+            and r["tags"].get("dagster/partition") == BACKFILL[0].isoformat()
+            and not r["tags"].get("dagster/backfill")
+        ),
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def test_model_monitoring_materializes_in_the_stack(stack):
+    day = TODAY - timedelta(days=1)
+    stack.launch_partition("monitor_predictions", day.isoformat())
+    stack.wait_for_runs(_partition_runs("monitor_predictions", day), timeout=RUN_TIMEOUT)
+    rows = stack.sql(
+        f"SELECT COUNT(*) FROM credit_model_monitoring WHERE day = '{day.isoformat()}'"
+    )
+    assert rows  # the report for the day is written (empty days say so in metadata)
+
+
+class _Load:
+    """Single-row predictions sent on a few threads until stopped; every answer and every
+    failure recorded by request id."""
+
+    def __init__(self, stack: ComposeStack, payloads: list[dict], threads: int = 4):
+        self.stack, self.payloads = stack, payloads
+        self.answered: dict[str, str] = {}
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
+
+    def _send(self) -> None:
+        session = requests.Session()
+        n = 0
+        while not self.stop.is_set():
+            payload = self.payloads[n % len(self.payloads)]
+            n += 1
+            request_id = f"replicas-{uuid.uuid4().hex}"
+            try:
+                response = session.post(
+                    f"{self.stack.url('API_PORT')}/predict",
+                    json={"data": payload},
+                    headers={"X-Request-ID": request_id},
+                    timeout=30,
+                )
+            except requests.RequestException as error:
+                self.failed.append(f"{request_id}: {error}")
+                continue
+            if response.status_code == 200:
+                self.answered[request_id] = response.json()["predict"]
+            else:
+                self.failed.append(f"{request_id}: {response.status_code} {response.text[:200]}")
+
+    def __enter__(self) -> _Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+def _replica_models(stack: ComposeStack) -> dict[str, str]:
+    """What each api replica serves, asked inside its own container."""
+    served = {}
+    for row in stack.containers("api"):
+        done = run(
+            [
+                "docker",
+                "exec",
+                row["ID"],
+                "python",
+                "-c",
+                "import json, urllib.request; print(json.load(urllib.request.urlopen("
+                "'http://127.0.0.1:3000/metadata', timeout=10))['model_version'])",
+            ],
+            check=False,
+        )
+        served[row["Name"]] = done.stdout.strip() or done.stderr.strip()[-200:]
+    return served
+
+
+def test_three_replicas_converge_on_a_deploy_under_load_and_survive_losing_one(
+    stack, kaggle_sample
+):
+    stack.compose("up", "-d", "--scale", "api=3", "--no-recreate")
+    stack.wait_healthy(["api"], timeout=400)
+    assert len(stack.containers("api")) == 3
+    payloads = sample_payloads(load_sample(kaggle_sample, rows=200), 50)
+    with _Load(stack, payloads) as load:
+        time.sleep(5)
+        _seed(stack, LAST_DAY, days=HISTORY_DAYS + 2)
+        stack.wait_for_runs(_partition_runs("continuous_training", LAST_DAY), timeout=RUN_TIMEOUT)
+        champion = _champion(stack)
+        assert champion != stack.champion
+        stack.wait_for_runs(
+            lambda r: (
+                r["jobName"] == "deploy_model"
+                and r["tags"].get("credit_platform/model_tag") == champion
+            ),
+            timeout=RUN_TIMEOUT,
+        )
+        # The deploy run ends once every live replica reports the new model.
+        served = _replica_models(stack)
+        assert set(served.values()) == {champion}, served
+        # One replica goes away under load: the balancer routes around it.
+        victim = stack.containers("api")[0]["Name"]
+        run(["docker", "stop", "--time", "20", victim])
+        time.sleep(10)
+    assert load.failed == [], load.failed[:10]
+    assert len(load.answered) > 100
+    counts = _logged(stack, list(load.answered))
+    missing = [rid for rid in load.answered if counts.get(rid) != 1]
+    assert missing == [], f"{len(missing)} answered requests not logged exactly once"
+
+
+def test_down_with_volumes_leaves_nothing_behind(stack):
+    stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
+    volumes = run(["docker", "volume", "ls", "-q"]).stdout.split()
+    assert [v for v in volumes if v in NAMED_VOLUMES] == []
+    runs_left = run(["docker", "ps", "-a", "-q", "--filter", "label=dagster/run_id"]).stdout.split()
+    assert runs_left == []
