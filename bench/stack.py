@@ -32,9 +32,7 @@ from bench.common import (
     print_figures,
     write_results,
 )
-from bench.serving import ensure_wrk, run_wrk, service_env, warm_up, write_bodies
-from credit_platform.core.service_process import ServiceProcess, free_port
-from credit_platform_tests.docker_stack import (
+from bench.docker_stack import (
     ComposeStack,
     base_images,
     docker_stack_available,
@@ -42,6 +40,8 @@ from credit_platform_tests.docker_stack import (
     pip_ca_bundle,
     run,
 )
+from bench.serving import ensure_wrk, run_wrk, service_env, warm_up, write_bodies
+from credit_platform.core.service_process import ServiceProcess, free_port
 
 SERVICES = ("mariadb", "mlflow", "dagster-user-code", "dagster-webserver", "dagster-daemon")
 CHANGED_FILE = Path("api") / "service.py"

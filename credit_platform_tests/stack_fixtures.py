@@ -9,7 +9,6 @@ in-network addresses and container paths for local ones (`NativeAddresses`).
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -19,13 +18,17 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-ENV_EXAMPLE = REPO_ROOT / ".env.example"
+from bench.docker_stack import (  # noqa: F401  (the stack tests read them from here)
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    REPO_ROOT,
+    SECRET_SETTINGS,
+    filled_env_file,
+    read_env_file,
+)
+
 STACK_DAGSTER_DIR = REPO_ROOT / "deploy" / "dagster"
 REQUIRE_SECRETS = REPO_ROOT / "deploy" / "require-secrets.sh"
-# The secrets of .env: empty in .env.example, filled in by whoever deploys.
-SECRET_SETTINGS = ("MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD", "API_ADMIN_TOKEN")
 VENV_BIN = Path(sys.executable).parent
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, and $$.
@@ -40,28 +43,6 @@ class UnsetVariable(KeyError):
 def load_compose() -> dict[str, Any]:
     """The compose file as YAML (anchors and `<<` merges resolved), not yet interpolated."""
     return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
-    """NAME=value lines of a compose .env file (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, separator, value = line.partition("=")
-        if not separator or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"{path.name}:{number} is not NAME=value: {line!r}")
-        values[name] = value
-    return values
-
-
-def filled_env_file(**overrides: str) -> dict[str, str]:
-    """.env as an operator makes it from .env.example: each secret a fresh random value."""
-    values = read_env_file()
-    values.update({name: secrets.token_hex(24) for name in SECRET_SETTINGS})
-    values.update(overrides)
-    return values
 
 
 def strings_in(node: Any) -> Iterator[str]:

@@ -1,5 +1,6 @@
-"""Driving the production stack (docker-compose.yml) in a real Docker engine, for
-credit_platform_tests/stack/test_stack_docker.py.
+"""Driving the production stack (docker-compose.yml) in a real Docker engine: for the
+stack test (credit_platform_tests/stack/test_stack_docker.py) and the stack benchmark
+(bench/stack.py), so both read .env.example and run compose the same way.
 
 `docker_stack_available` says whether an engine with compose v2 answers (scripts/
 docker_setup.sh makes one where it can); `base_images` picks, for each base image, the
@@ -12,6 +13,8 @@ the Dagster GraphQL API, rows through the MariaDB client inside its container.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import shlex
 import subprocess
 import time
@@ -22,8 +25,11 @@ from typing import Any
 
 import requests
 
-from credit_platform_tests.stack_fixtures import COMPOSE_FILE, REPO_ROOT, filled_env_file
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+# The secrets of .env: empty in .env.example, filled in by whoever deploys.
+SECRET_SETTINGS = ("MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD", "API_ADMIN_TOKEN")
 PROJECT = "credit_platform"  # the compose file's `name:`
 STANDIN_PREFIX = "credit-platform-standin"
 # The compose variable that picks each base image, and the official image it names.
@@ -40,6 +46,28 @@ NAMED_VOLUMES = (
     "credit_platform_data",
     "credit_platform_dagster_storage",
 )
+
+
+def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    """NAME=value lines of a compose .env file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, separator, value = line.partition("=")
+        if not separator or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{path.name}:{number} is not NAME=value: {line!r}")
+        values[name] = value
+    return values
+
+
+def filled_env_file(**overrides: str) -> dict[str, str]:
+    """.env as an operator makes it from .env.example: each secret a fresh random value."""
+    values = read_env_file()
+    values.update({name: secrets.token_hex(24) for name in SECRET_SETTINGS})
+    values.update(overrides)
+    return values
 
 
 class StackError(AssertionError):
@@ -276,6 +304,19 @@ class ComposeStack:
         return "\n".join(event["message"] for event in events if "Failure" in event["__typename"])[
             -6000:
         ]
+
+    def materialized(self, run_id: str) -> set[str]:
+        """The asset keys a run materialized ("a/b" for a multi-part key)."""
+        query = """
+        query Events($runId: ID!) {
+          logsForRun(runId: $runId) {
+            ... on EventConnection {
+              events { ... on MaterializationEvent { assetKey { path } } }
+            }
+          }
+        }"""
+        events = self.graphql(query, {"runId": run_id})["logsForRun"]["events"]
+        return {"/".join(event["assetKey"]["path"]) for event in events if event.get("assetKey")}
 
     def launch_partition(self, job: str, partition: str) -> None:
         """Launches one partition of a job as the UI's Launchpad does (queued; the daemon
