@@ -398,6 +398,32 @@ def challenger_min_labelled() -> int:
     return _positive_int(CHALLENGER_MIN_LABELLED_ENV, DEFAULT_CHALLENGER_MIN_LABELLED)
 
 
+# Retention of the BentoML store (`core/retention.py`): besides the models and Bentos in
+# use, the newest this many of each are kept; 0 keeps everything.
+RETENTION_KEEP_LAST_ENV = "CREDIT_RETENTION_KEEP_LAST"
+DEFAULT_RETENTION_KEEP_LAST = 5
+
+
+def parse_non_negative_int(name: str, raw: str) -> int:
+    """`raw`, the value of setting `name`, as an integer >= 0 (ValueError naming it)."""
+    problem = f"{name} must be a non-negative integer, not {raw!r}"
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if value < 0:
+        raise ValueError(problem)
+    return value
+
+
+def retention_keep_last() -> int:
+    """How many of the newest models (and Bentos) retention keeps besides those in use."""
+    raw = os.environ.get(RETENTION_KEEP_LAST_ENV)
+    if not raw:
+        return DEFAULT_RETENTION_KEEP_LAST
+    return parse_non_negative_int(RETENTION_KEEP_LAST_ENV, raw)
+
+
 def monitoring_defaults() -> dict[str, Callable[[], str]]:
     """The monitoring variables with their defaults, each read (and so validated) once."""
     return {
@@ -428,6 +454,7 @@ def embedded_defaults() -> dict[str, Callable[[], str]]:
         PARTITIONS_START_ENV: lambda: DEFAULT_PARTITIONS_START,
         TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
         **monitoring_defaults(),
+        RETENTION_KEEP_LAST_ENV: lambda: str(retention_keep_last()),
     }
 
 
@@ -446,6 +473,7 @@ def fill_defaults() -> dict[str, str]:
     training_grid()  # a misspelt grid name fails here, where the process starts
     for read in monitoring_defaults().values():
         read()  # so does a malformed threshold
+    retention_keep_last()  # and a malformed retention count
     return {name: os.environ[name] for name in defaults}
 
 
