@@ -29,6 +29,7 @@ from credit_platform.defs.io_managers import PartitionedParquetIOManager
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 
 
@@ -120,6 +121,9 @@ def training_resources(tmp_path: Path, feature_store_url: str) -> dict:
             experiment_name="credit_score_tests",
             artifact_location=(tmp_path / "mlartifacts").as_uri(),
         ),
+        # the session's BentoML store holds every module's models: a deploy deletes none
+        # unless its test asks (credit_platform_tests/defs/test_retention.py)
+        "model_retention": ModelRetentionResource(keep_last="0"),
     }
 
 

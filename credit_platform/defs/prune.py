@@ -6,8 +6,6 @@ reports. It needs the service to answer: without its `/metadata` nobody can tell
 shadow or canary it serves, and deleting one of those would break it.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from dagster import AssetKey, Config, DagsterInstance, Failure, OpExecutionContext, op
