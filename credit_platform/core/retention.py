@@ -21,15 +21,18 @@ instead of raising, since it runs after a deploy that has already succeeded.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
 
 # A model saved this recently without a quality verdict may be between its save and its
 # check in a training run still going; after that it is an orphan of a failed run.
 CHECK_GRACE = timedelta(hours=24)
+TRASH_DIR = "retention-trash"
 
 # Why an item is kept (the `retention_kept` metadata names every reason that applies).
 CHAMPION = "MLflow champion"
@@ -193,14 +196,49 @@ def delete_model(tag: str) -> None:
     export_bentoml_home()
     import bentoml
 
-    bentoml.models.delete(tag)
+    remove_from_store(Path(bentoml.models.get(tag).path), trash_dir())
 
 
 def delete_bento(tag: str) -> None:
     export_bentoml_home()
     import bentoml
 
-    bentoml.bentos.delete(tag)
+    remove_from_store(Path(bentoml.bentos.get(tag).path), trash_dir())
+
+
+def trash_dir() -> Path:
+    """Where deleted items wait for their files to be removed: in the BentoML home, on the
+    store's file system, so moving an item there is one rename."""
+    return export_bentoml_home() / TRASH_DIR
+
+
+def remove_from_store(path: Path, trash: Path) -> None:
+    """Delete one store item (`<store>/<name>/<version>`) so that a failure leaves the store
+    whole. BentoML's own delete removes the files in place, and one it cannot remove leaves
+    a version without its `model.yaml` that makes every later listing of the name fail. Here
+    the item is first renamed out of the store (a refusal changes nothing); BentoML repoints
+    the name's `latest` by itself when it finds the version gone; then the files are
+    removed, and any left are retried by `empty_trash`."""
+    trash.mkdir(parents=True, exist_ok=True)
+    moved = trash / f"{path.parent.parent.name}-{path.parent.name}-{path.name}"
+    path.rename(moved)
+    try:
+        shutil.rmtree(moved)
+    except OSError as error:
+        raise OSError(
+            f"out of the store, but its files are left in {moved} (the next prune retries): {error}"
+        ) from error
+
+
+def empty_trash(trash: Path) -> dict[str, str]:
+    """Remove what earlier deletions left in the trash; returns path -> why it stays."""
+    left: dict[str, str] = {}
+    for item in sorted(trash.iterdir()) if trash.is_dir() else []:
+        try:
+            shutil.rmtree(item)
+        except OSError as error:
+            left[str(item)] = f"{type(error).__name__}: {error}"
+    return left
 
 
 def _text(value: object) -> str | None:

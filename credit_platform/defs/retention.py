@@ -28,10 +28,12 @@ from credit_platform.core.retention import (
     apply_plan,
     delete_bento,
     delete_model,
+    empty_trash,
     plan_bentos,
     plan_models,
     stored_bentos,
     stored_models,
+    trash_dir,
 )
 from credit_platform.core.service_client import ReportedModel
 from credit_platform.defs.resources.mlflow_tracking import (
@@ -53,10 +55,11 @@ class RetentionReport:
     deleted_models: Outcome
     deleted_bentos: Outcome
     dry_run: bool
+    left_in_trash: dict[str, str]  # files of earlier deletions that still could not go
 
     @property
     def failed(self) -> dict[str, str]:
-        return {**self.deleted_models.failed, **self.deleted_bentos.failed}
+        return {**self.deleted_models.failed, **self.deleted_bentos.failed, **self.left_in_trash}
 
 
 def models_in_use(
@@ -103,7 +106,10 @@ def prune(
     )
     if dry_run:
         nothing = Outcome(deleted=[], failed={})
-        return RetentionReport(keep_last, models, bentos, nothing, nothing, dry_run=True)
+        return RetentionReport(
+            keep_last, models, bentos, nothing, nothing, dry_run=True, left_in_trash={}
+        )
+    left_in_trash = empty_trash(trash_dir())
     if models.deleted:  # before deleting: an election must never name a model being deleted
         mlflow_tracking.mark_pruned(models.deleted, now.isoformat())
     return RetentionReport(
@@ -113,6 +119,7 @@ def prune(
         apply_plan(models, delete_model),
         apply_plan(bentos, delete_bento),
         dry_run=False,
+        left_in_trash=left_in_trash,
     )
 
 

@@ -1,7 +1,12 @@
 """The retention rules on plain facts: what is in use is kept whatever its age, then the
 newest N; the rest is deleted, and a deletion that fails is reported, not raised."""
 
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -20,14 +25,44 @@ from credit_platform.core.retention import (
     ModelsInUse,
     Stored,
     apply_plan,
+    empty_trash,
     newest_reason,
     plan,
     plan_bentos,
     plan_models,
+    remove_from_store,
     served_reason,
 )
 
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
+
+
+def make_undeletable(path: Path) -> bool:
+    """Make a directory impossible to move or empty: immutable for root (who ignores
+    permissions), read-only for anyone else. False where that cannot be done (a file system
+    without immutable files)."""
+    if os.geteuid() == 0:
+        return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    path.chmod(0o500)
+    return True
+
+
+def make_deletable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o700)
+
+
+@contextmanager
+def undeletable(path: Path) -> Iterator[bool]:
+    """`make_undeletable` while inside; yields whether it could be done."""
+    blocked = make_undeletable(path)
+    try:
+        yield blocked
+    finally:
+        if blocked:
+            make_deletable(path)
 
 
 def _models(count: int, *, hours_apart: float = 30.0) -> list[Stored]:
@@ -148,3 +183,38 @@ def test_the_setting_defaults_to_five_and_refuses_what_is_not_a_count(monkeypatc
             settings.retention_keep_last()
         with pytest.raises(ValueError, match="CREDIT_RETENTION_KEEP_LAST"):
             settings.fill_defaults()  # a process refuses to start with it
+
+
+def _store_item(root: Path) -> Path:
+    """`<root>/models/<name>/<version>` with a file and a folder of files, as BentoML lays
+    an item out."""
+    item = root / "models" / settings.MODEL_NAME / "v1"
+    (item / "data").mkdir(parents=True)
+    (item / "model.yaml").write_text("name: x\n")
+    (item / "data" / "weights.bin").write_bytes(b"0" * 64)
+    return item
+
+
+def test_an_item_that_cannot_be_moved_out_stays_whole_in_the_store(tmp_path):
+    item, trash = _store_item(tmp_path), tmp_path / "trash"
+    with undeletable(item) as blocked:
+        if not blocked:
+            pytest.skip("this file system cannot make a directory undeletable for root")
+        with pytest.raises(PermissionError):
+            remove_from_store(item, trash)
+    assert (item / "model.yaml").is_file() and (item / "data" / "weights.bin").is_file()
+    assert list(trash.iterdir()) == []
+
+
+def test_files_that_cannot_be_removed_leave_the_store_and_go_with_a_later_prune(tmp_path):
+    item, trash = _store_item(tmp_path), tmp_path / "trash"
+    if not make_undeletable(item / "data"):
+        pytest.skip("this file system cannot make a directory undeletable for root")
+    with pytest.raises(OSError, match="out of the store, but its files are left in"):
+        remove_from_store(item, trash)
+    assert not item.exists()  # the store no longer lists it
+    (left,) = trash.iterdir()
+    assert set(empty_trash(trash)) == {str(left)}  # still stuck, reported
+    make_deletable(left / "data")
+    assert empty_trash(trash) == {}
+    assert list(trash.iterdir()) == []
