@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
+from credit_platform.core.model_store import saved_models
+from credit_platform.core.settings import export_bentoml_home
 
 # A model saved this recently without a quality verdict may be between its save and its
 # check in a training run still going; after that it is an orphan of a failed run.
@@ -163,20 +164,13 @@ def apply_plan(decided: Plan, delete: Callable[[str], None]) -> Outcome:
 
 def stored_models() -> list[Stored]:
     """Every saved `credit_score_classifier` with the MLflow version its run registered."""
-    export_bentoml_home()
-    import bentoml
-
-    try:
-        models = bentoml.models.list(MODEL_NAME)
-    except bentoml.exceptions.NotFound:  # nothing saved under the name yet
-        return []
     return [
         Stored(
             tag=str(model.tag),
             created=model.info.creation_time,
             mlflow_version=_text(model.info.metadata.get("mlflow_model_version")),
         )
-        for model in models
+        for model in saved_models()
     ]
 
 

@@ -334,12 +334,21 @@ def parse_non_negative_number(name: str, raw: str) -> float:
 
 def parse_positive_int(name: str, raw: str) -> int:
     """`raw`, the value of setting `name`, as an integer >= 1 (ValueError naming it)."""
-    problem = f"{name} must be a positive integer, not {raw!r}"
+    return _parse_int(name, raw, 1, "a positive integer")
+
+
+def parse_non_negative_int(name: str, raw: str) -> int:
+    """`raw`, the value of setting `name`, as an integer >= 0 (ValueError naming it)."""
+    return _parse_int(name, raw, 0, "a non-negative integer")
+
+
+def _parse_int(name: str, raw: str, minimum: int, kind: str) -> int:
+    problem = f"{name} must be {kind}, not {raw!r}"
     try:
         value = int(raw)
     except ValueError as error:
         raise ValueError(problem) from error
-    if value < 1:
+    if value < minimum:
         raise ValueError(problem)
     return value
 
@@ -402,18 +411,6 @@ def challenger_min_labelled() -> int:
 # use, the newest this many of each are kept; 0 keeps everything.
 RETENTION_KEEP_LAST_ENV = "CREDIT_RETENTION_KEEP_LAST"
 DEFAULT_RETENTION_KEEP_LAST = 5
-
-
-def parse_non_negative_int(name: str, raw: str) -> int:
-    """`raw`, the value of setting `name`, as an integer >= 0 (ValueError naming it)."""
-    problem = f"{name} must be a non-negative integer, not {raw!r}"
-    try:
-        value = int(raw)
-    except ValueError as error:
-        raise ValueError(problem) from error
-    if value < 0:
-        raise ValueError(problem)
-    return value
 
 
 def retention_keep_last() -> int:

@@ -3,8 +3,6 @@ rule does not keep, the service it deployed goes on answering, a model that cann
 deleted is reported without failing the deploy, and the `prune_model_store` job does the
 same on demand (dry run, service down)."""
 
-import os
-from datetime import date
 from pathlib import Path
 
 import bentoml
@@ -15,8 +13,6 @@ from dagster import instance_for_test, materialize
 
 from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento
-from credit_platform.core.db import init_schema
-from credit_platform.core.local_service import stop_service
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.retention import (
     CHAMPION,
@@ -30,18 +26,16 @@ from credit_platform.core.retention import (
     stored_bentos,
     stored_models,
 )
-from credit_platform.core.service_process import free_port
-from credit_platform.core.settings import ADMIN_TOKEN_ENV, MODEL_NAME
+from credit_platform.core.settings import MODEL_NAME
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, prune_model_store_job
 from credit_platform.defs.resources.mlflow_tracking import PRUNED_TAG, eligible
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
-from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.core.test_bento import copy_service_code
 from credit_platform_tests.core.test_retention import undeletable
 from credit_platform_tests.model_fixtures import save_tiny_model
-from credit_platform_tests.training_fixtures import tiny_grid, train_and_check, training_resources
+from credit_platform_tests.training_fixtures import deploy_platform, tiny_grid, train_and_check
 
 pytestmark = pytest.mark.slow
 
@@ -82,58 +76,39 @@ def scene(tmp_path_factory, kaggle_sample):
     Bentos built after the one the service runs. Then the champion's deploy with keep
     last 2."""
     tmp = tmp_path_factory.mktemp("retention")
-    url = f"sqlite:///{tmp / 'store.db'}"
-    engine = init_schema(url)
-    seed_synthetic(engine, customers=50, days=36, start=date(2025, 1, 1), seed=5, progress=False)
-    engine.dispose()
-    port = free_port()
-    resources = training_resources(tmp, url)
-    resources["prediction_service"] = PredictionServiceResource(
-        api_url=f"http://127.0.0.1:{port}", admin_token=TOKEN, timeout_seconds=2.0
-    )
     sample = load_sample(kaggle_sample, rows=1500)
-    previous_token = os.environ.get(ADMIN_TOKEN_ENV)
-    os.environ[ADMIN_TOKEN_ENV] = TOKEN  # inherited by the service the first deploy starts
     tags: dict[str, str] = {}
-    try:
-        with instance_for_test() as instance:
-            tags["orphan"] = _trained(resources, instance, ORPHAN_DAY)
-            tags["old1"] = save_tiny_model(sample, partition="2025-01-20", iterations=5, seed=1)
-            tags["previous"] = _trained(resources, instance, PREVIOUS_DAY)
-            first = _deploy(resources, instance, PREVIOUS_DAY, keep_last="0")
-            tags["shadow"] = save_tiny_model(sample, partition="2025-01-21", iterations=5, seed=2)
-            tags["old3"] = save_tiny_model(sample, partition="2025-01-22", iterations=5, seed=3)
-            client = resources["prediction_service"].client()
-            client.set_challenger(TOKEN, tags["shadow"], "shadow")
-            tags["champion"] = _trained(resources, instance, CHAMPION_DAY)
-            tags["new1"] = save_tiny_model(sample, partition="2025-01-23", iterations=5, seed=4)
-            tags["new2"] = save_tiny_model(sample, partition="2025-01-24", iterations=5, seed=5)
-            running = bento_tag()
-            bentos = {name: _built_variant(tmp, name) for name in ("v1", "v2", "v3")}
-            models_before = {item.tag for item in stored_models()}
-            bentos_before = {item.tag for item in stored_bentos(running.split(":")[0])}
-            with undeletable(Path(bentoml.models.get(tags["old3"]).path)) as blocked:
-                second = _deploy(resources, instance, CHAMPION_DAY, keep_last=str(KEEP_LAST))
-            yield {
-                "tags": tags,
-                "first": first.asset_materializations_for_node("deployed_bento")[0].metadata,
-                "second": second.asset_materializations_for_node("deployed_bento")[0].metadata,
-                "running": running,
-                "bentos": bentos,
-                "models_before": models_before,
-                "bentos_before": bentos_before,
-                "blocked": blocked,
-                "resources": resources,
-                "instance": instance,
-                "port": port,
-                "payloads": valid_request_payloads(sample, 3),
-            }
-    finally:
-        stop_service(port)
-        if previous_token is None:
-            os.environ.pop(ADMIN_TOKEN_ENV, None)
-        else:
-            os.environ[ADMIN_TOKEN_ENV] = previous_token
+    with deploy_platform(tmp, TOKEN) as (resources, port), instance_for_test() as instance:
+        tags["orphan"] = _trained(resources, instance, ORPHAN_DAY)
+        tags["old1"] = save_tiny_model(sample, partition="2025-01-20", iterations=5, seed=1)
+        tags["previous"] = _trained(resources, instance, PREVIOUS_DAY)
+        first = _deploy(resources, instance, PREVIOUS_DAY, keep_last="0")
+        tags["shadow"] = save_tiny_model(sample, partition="2025-01-21", iterations=5, seed=2)
+        tags["old3"] = save_tiny_model(sample, partition="2025-01-22", iterations=5, seed=3)
+        resources["prediction_service"].client().set_challenger(TOKEN, tags["shadow"], "shadow")
+        tags["champion"] = _trained(resources, instance, CHAMPION_DAY)
+        tags["new1"] = save_tiny_model(sample, partition="2025-01-23", iterations=5, seed=4)
+        tags["new2"] = save_tiny_model(sample, partition="2025-01-24", iterations=5, seed=5)
+        running = bento_tag()
+        bentos = {name: _built_variant(tmp, name) for name in ("v1", "v2", "v3")}
+        models_before = {item.tag for item in stored_models()}
+        bentos_before = {item.tag for item in stored_bentos(running.split(":")[0])}
+        with undeletable(Path(bentoml.models.get(tags["old3"]).path)) as blocked:
+            second = _deploy(resources, instance, CHAMPION_DAY, keep_last=str(KEEP_LAST))
+        yield {
+            "tags": tags,
+            "first": first.asset_materializations_for_node("deployed_bento")[0].metadata,
+            "second": second.asset_materializations_for_node("deployed_bento")[0].metadata,
+            "running": running,
+            "bentos": bentos,
+            "models_before": models_before,
+            "bentos_before": bentos_before,
+            "blocked": blocked,
+            "resources": resources,
+            "instance": instance,
+            "port": port,
+            "payloads": valid_request_payloads(sample, 3),
+        }
 
 
 def _exists(tag: str) -> bool:
