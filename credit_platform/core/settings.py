@@ -517,6 +517,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(TRAINING_GRID_ENV, _read_by(DAGSTER_PROCESS)),
     Setting(DAGSTER_HOME_ENV, _read_by(DAGSTER_PROCESS)),
     *(Setting(name, _read_by(DAGSTER_PROCESS)) for name in monitoring_defaults()),
+    Setting(RETENTION_KEEP_LAST_ENV, _read_by(DAGSTER_PROCESS)),
     Setting(API_MODEL_TAG_ENV, _read_by(API_PROCESS)),
     Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),
