@@ -3,6 +3,8 @@ rule does not keep, the service it deployed goes on answering, a model that cann
 deleted is reported without failing the deploy, and the `prune_model_store` job does the
 same on demand (dry run, service down)."""
 
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
@@ -26,12 +28,18 @@ from credit_platform.core.retention import (
     stored_bentos,
     stored_models,
 )
+from credit_platform.core.service_client import ReportedModel
 from credit_platform.core.settings import MODEL_NAME
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, prune_model_store_job
-from credit_platform.defs.resources.mlflow_tracking import PRUNED_TAG, eligible
+from credit_platform.defs.resources.mlflow_tracking import (
+    PRUNED_TAG,
+    MlflowTrackingResource,
+    eligible,
+)
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+from credit_platform.defs.retention import retain_after_deploy
 from credit_platform_tests.core.test_bento import copy_service_code
 from credit_platform_tests.core.test_retention import undeletable
 from credit_platform_tests.model_fixtures import save_tiny_model
@@ -251,3 +259,24 @@ def test_the_prune_job_reports_then_deletes_and_refuses_without_the_service(
         f"http://127.0.0.1:{scene['port']}/predict", json={"data": scene["payloads"][0]}, timeout=10
     )
     assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("broken", ["keep_last", "mlflow"])
+def test_retention_that_cannot_run_is_reported_and_deletes_nothing(tmp_path, broken):
+    """After a deploy, retention never raises: a malformed count or an unusable registry is
+    reported as `retention_error` and the store is left as it was."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")  # a registry beneath a file cannot be opened
+    registry = not_a_folder if broken == "mlflow" else tmp_path
+    tracking = MlflowTrackingResource(tracking_uri=f"sqlite:///{registry / 'mlflow.db'}")
+    # keep last 0 where the count is fine: a test must never prune the session's store
+    retention = ModelRetentionResource(keep_last="many" if broken == "keep_last" else "0")
+    served = ReportedModel(
+        tag=f"{MODEL_NAME}:served", creation_time=datetime.now(UTC), partition=None, metrics={}
+    )
+    before = {item.tag for item in stored_models()}
+    metadata = retain_after_deploy(logging.getLogger(__name__), tracking, retention, served, None)
+    assert set(metadata) == {"retention_error"}
+    expected = {"keep_last": "CREDIT_RETENTION_KEEP_LAST must be", "mlflow": "FileExistsError"}
+    assert expected[broken] in metadata["retention_error"]
+    assert {item.tag for item in stored_models()} == before
