@@ -6,13 +6,13 @@ trained. The rule keeps what serves or may have to serve again at once, plus the
 `keep_last` of each kind (CREDIT_RETENTION_KEEP_LAST; 0 keeps everything), and deletes the
 rest:
 
-- models: the MLflow champion; the previous champion (the model the last deploy replaced,
-  which the rollback sensor redeploys, and the version the registry elects when the champion
-  is rolled back); every model the service reports serving (champion, shadow, canary); a
+- models: the MLflow champion; the previous champion (the model that served before the one
+  serving now, which the rollback sensor redeploys, and the version the registry elects
+  when the champion is rolled back); every model the service reports serving (champion, shadow, canary); a
   model whose training run may still be judging it (its MLflow version has no quality
   verdict yet and it is younger than `CHECK_GRACE`);
 - Bentos: the one the service runs, the one the code here builds to (the next deploy or
-  restart runs it), and the one that ran before the last deploy.
+  restart runs it), and the one that ran before the one running now.
 
 The decision (`plan_models`, `plan_bentos`) is pure, so its rules are tested without a
 store; `apply_plan` carries it out one item at a time and reports what it could not delete
@@ -37,12 +37,12 @@ TRASH_DIR = "retention-trash"
 
 # Why an item is kept (the `retention_kept` metadata names every reason that applies).
 CHAMPION = "MLflow champion"
-PREVIOUS_CHAMPION = "previous champion (the model the last deploy replaced)"
+PREVIOUS_CHAMPION = "previous champion (served before the one serving now)"
 ROLLBACK_TARGET = "previous champion (the version a rollback of the champion elects)"
 AWAITING_CHECK = "awaiting its quality check"
 RUNNING_BENTO = "the Bento the service runs"
 CURRENT_CODE = "the Bento of the current service code"
-PREVIOUS_BENTO = "the Bento that ran before the last deploy"
+PREVIOUS_BENTO = "the Bento that ran before the one running now"
 KEEP_ALL = "retention off (keep last 0)"
 
 

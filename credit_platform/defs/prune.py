@@ -8,34 +8,25 @@ shadow or canary it serves, and deleting one of those would break it.
 
 from typing import Any
 
-from dagster import AssetKey, Config, DagsterInstance, Failure, OpExecutionContext, op
+from dagster import AssetKey, Config, Failure, OpExecutionContext, op
 from pydantic import Field
 
 from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
-from credit_platform.defs.retention import prune, retention_metadata
+from credit_platform.defs.retention import (
+    deploy_history,
+    previous_served,
+    prune,
+    retention_metadata,
+)
 
 
 class PruneConfig(Config):
     dry_run: bool = Field(
         default=False, description="Only report what would be deleted; delete nothing."
     )
-
-
-def last_replaced(instance: DagsterInstance) -> tuple[str | None, str | None]:
-    """(model tag, Bento tag) that the newest deploy replaced, as its metadata records them."""
-    records = instance.fetch_materializations(AssetKey(DEPLOYED_BENTO_ASSET), limit=1).records
-    if not records:
-        return None, None
-    metadata = records[0].asset_materialization.metadata
-
-    def value(key: str) -> str | None:
-        entry = metadata.get(key)
-        return str(entry.value) if entry is not None else None
-
-    return value("previous_model_tag"), value("previous_bento_tag")
 
 
 @op(
@@ -59,7 +50,9 @@ def prune_bentoml_store(
                 "was deleted"
             )
         )
-    previous_model, previous_bento = last_replaced(context.instance)
+    previous_model, previous_bento = previous_served(
+        served, None, deploy_history(context.instance, AssetKey(DEPLOYED_BENTO_ASSET))
+    )
     report = prune(
         mlflow_tracking,
         served,

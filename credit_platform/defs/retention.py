@@ -1,7 +1,8 @@
 """Retention of the BentoML store, with the facts only the platform knows.
 
 `core.retention` decides from plain facts; this module gathers them: the MLflow champion and
-the version a rollback of it would elect, the model and Bento the last deploy replaced, and
+the version a rollback of it would elect, the model and Bento that served before the current
+ones (from the deploy records), and
 what the service reports serving (its champion, shadow or canary, and the Bento it runs).
 Both the deploy (after it succeeded) and the `prune_model_store` job call `prune`.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dagster import MetadataValue
+from dagster import AssetKey, DagsterInstance, MetadataValue
 
 from credit_platform.core.bento import bento_name, bento_tag
 from credit_platform.core.retention import (
@@ -45,6 +46,7 @@ from credit_platform.defs.resources.mlflow_tracking import (
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 
 CHAMPION_ROLE = "champion"
+Replaced = tuple[str | None, str | None]  # (model tag, Bento tag)
 
 
 @dataclass(frozen=True)
@@ -143,23 +145,58 @@ def retention_metadata(report: RetentionReport) -> dict[str, Any]:
     return metadata
 
 
+# Deploy records searched for the model and Bento that served before the current ones.
+HISTORY_LIMIT = 20
+
+
+def deploy_history(instance: DagsterInstance, deploy_asset: AssetKey) -> list[Replaced]:
+    """(model tag, Bento tag) each recent deploy replaced, newest first, from its metadata
+    (None where it replaced nothing, e.g. "none (no service answered)")."""
+    records = instance.fetch_materializations(deploy_asset, limit=HISTORY_LIMIT).records
+
+    def tag(metadata: dict, key: str) -> str | None:
+        entry = metadata.get(key)
+        return str(entry.value) if entry is not None and ":" in str(entry.value) else None
+
+    return [
+        (tag(metadata, "previous_model_tag"), tag(metadata, "previous_bento_tag"))
+        for metadata in (record.asset_materialization.metadata for record in records)
+    ]
+
+
+def previous_served(
+    served: ReportedModel, before: ReportedModel | None, history: list[Replaced]
+) -> Replaced:
+    """The model and the Bento that served before the ones serving now: what this deploy
+    replaced (`before`), else what the newest recorded deploy that changed them replaced (a
+    start after an outage or the same model again replaces nothing)."""
+    candidates = ([(before.tag, before.bento_tag)] if before is not None else []) + history
+    model = next((m for m, _ in candidates if m and m != served.tag), None)
+    bento = next((b for _, b in candidates if b and b != served.bento_tag), None)
+    return model, bento
+
+
 def retain_after_deploy(
-    log: Any,
+    context: Any,
     mlflow_tracking: MlflowTrackingResource,
     model_retention: ModelRetentionResource,
     served: ReportedModel,
     before: ReportedModel | None,
 ) -> dict[str, Any]:
-    """Retention at the end of a successful deploy, as metadata. Never raises: the new model
-    already serves, so a failure here is reported (`retention_error`, `retention_failed`)
-    and the deploy still succeeds."""
+    """Retention at the end of a successful deploy (`context` is the deploy asset's), as
+    metadata. Never raises: the new model already serves, so a failure here is reported
+    (`retention_error`, `retention_failed`) and the deploy still succeeds."""
+    log = context.log
     try:
+        previous_model, previous_bento = previous_served(
+            served, before, deploy_history(context.instance, context.asset_key)
+        )
         report = prune(
             mlflow_tracking,
             served,
             keep_last=model_retention.count,
-            previous_model=before.tag if before else None,
-            previous_bento=before.bento_tag if before else None,
+            previous_model=previous_model,
+            previous_bento=previous_bento,
         )
     except Exception as error:  # see the docstring: nothing here may fail the deploy
         log.warning("retention skipped: %s: %s", type(error).__name__, error)

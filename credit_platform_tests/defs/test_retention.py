@@ -6,12 +6,13 @@ same on demand (dry run, service down)."""
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import bentoml
 import pytest
 import requests
 from bentoml.exceptions import NotFound
-from dagster import instance_for_test, materialize
+from dagster import AssetKey, instance_for_test, materialize
 
 from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento
@@ -19,7 +20,6 @@ from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.retention import (
     CHAMPION,
     CURRENT_CODE,
-    PREVIOUS_BENTO,
     PREVIOUS_CHAMPION,
     ROLLBACK_TARGET,
     RUNNING_BENTO,
@@ -39,7 +39,7 @@ from credit_platform.defs.resources.mlflow_tracking import (
 )
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
-from credit_platform.defs.retention import retain_after_deploy
+from credit_platform.defs.retention import previous_served, retain_after_deploy
 from credit_platform_tests.core.test_bento import copy_service_code
 from credit_platform_tests.core.test_retention import undeletable
 from credit_platform_tests.model_fixtures import save_tiny_model
@@ -201,7 +201,7 @@ def test_bentos_are_pruned_while_the_running_one_stays(scene):
     assert kept == {
         bentos["v3"]: [newest_reason(KEEP_LAST)],
         bentos["v2"]: [newest_reason(KEEP_LAST)],
-        running: [RUNNING_BENTO, CURRENT_CODE, PREVIOUS_BENTO],
+        running: [RUNNING_BENTO, CURRENT_CODE],  # no deploy has replaced a Bento yet
     }
     deleted = metadata["retention_deleted"].value["bentos"]
     assert bentos["v1"] in deleted
@@ -275,8 +275,29 @@ def test_retention_that_cannot_run_is_reported_and_deletes_nothing(tmp_path, bro
         tag=f"{MODEL_NAME}:served", creation_time=datetime.now(UTC), partition=None, metrics={}
     )
     before = {item.tag for item in stored_models()}
-    metadata = retain_after_deploy(logging.getLogger(__name__), tracking, retention, served, None)
+    with instance_for_test() as instance:
+        deploy = SimpleNamespace(  # what retention reads of the deploy asset's context
+            log=logging.getLogger(__name__), instance=instance, asset_key=AssetKey("deployed_bento")
+        )
+        metadata = retain_after_deploy(deploy, tracking, retention, served, None)
     assert set(metadata) == {"retention_error"}
     expected = {"keep_last": "CREDIT_RETENTION_KEEP_LAST must be", "mlflow": "FileExistsError"}
     assert expected[broken] in metadata["retention_error"]
     assert {item.tag for item in stored_models()} == before
+
+
+def test_the_previous_model_is_the_newest_replaced_one_that_is_not_serving():
+    def reported(tag: str, bento: str | None) -> ReportedModel:
+        return ReportedModel(f"{MODEL_NAME}:{tag}", datetime.now(UTC), None, {}, bento_tag=bento)
+
+    served = reported("new", "svc:b")
+    history = [(f"{MODEL_NAME}:new", "svc:b"), (None, None), (f"{MODEL_NAME}:older", "svc:a")]
+    # a hot swap replaced `old` in the same Bento: the Bento before comes from the history
+    assert previous_served(served, reported("old", "svc:b"), history) == (
+        f"{MODEL_NAME}:old",
+        "svc:a",
+    )
+    # a start after an outage, the same model again: both from the history
+    assert previous_served(served, None, history) == (f"{MODEL_NAME}:older", "svc:a")
+    assert previous_served(served, served, history) == (f"{MODEL_NAME}:older", "svc:a")
+    assert previous_served(served, None, []) == (None, None)

@@ -156,7 +156,5 @@ def deployed_bento(
         metadata["action_needed"] = note
         context.log.warning(note)
     context.log.info("%s: %s serves %s in Bento %s", how, api_url, model_tag, served.bento_tag)
-    metadata.update(
-        retain_after_deploy(context.log, mlflow_tracking, model_retention, served, before)
-    )
+    metadata.update(retain_after_deploy(context, mlflow_tracking, model_retention, served, before))
     return MaterializeResult(metadata=metadata)
