@@ -8,9 +8,9 @@ rest:
 
 - models: the MLflow champion; the previous champion (the model that served before the one
   serving now, which the rollback sensor redeploys, and the version the registry elects
-  when the champion is rolled back); every model the service reports serving (champion, shadow, canary); a
-  model whose training run may still be judging it (its MLflow version has no quality
-  verdict yet and it is younger than `CHECK_GRACE`);
+  when the champion is rolled back); every model the service reports serving (champion,
+  shadow, canary); a model whose training run may still be judging it (its MLflow version
+  has no quality verdict yet and it is younger than `CHECK_GRACE`);
 - Bentos: the one the service runs, the one the code here builds to (the next deploy or
   restart runs it), and the one that ran before the one running now.
 

@@ -2,8 +2,8 @@
 
 `core.retention` decides from plain facts; this module gathers them: the MLflow champion and
 the version a rollback of it would elect, the model and Bento that served before the current
-ones (from the deploy records), and
-what the service reports serving (its champion, shadow or canary, and the Bento it runs).
+ones (from the deploy records), and what the service reports serving (its champion, shadow
+or canary, and the Bento it runs).
 Both the deploy (after it succeeded) and the `prune_model_store` job call `prune`.
 
 MLflow: registered versions stay (a few hundred bytes each, and they are the record of what
