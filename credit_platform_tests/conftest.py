@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from credit_platform.core import settings
 from credit_platform.core.service_process import SilentPort, pin_isolated_environment
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="credit_platform_test_home_"))
 # Held (bound, never listening) for the whole session: the API URL every test inherits.
 _SILENT_API_PORT = SilentPort()
 pin_isolated_environment(_SESSION_HOME, _SILENT_API_PORT.url)
+# One BentoML store serves the whole session: no deploy (a CLI or demo run included) deletes
+# another test's model or Bento unless its test asks for retention.
+os.environ[settings.RETENTION_KEEP_LAST_ENV] = "0"
 
 MARIADB_SERVER_URL = os.environ.get(
     "CREDIT_TEST_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306"

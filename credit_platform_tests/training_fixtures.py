@@ -6,6 +6,9 @@ them reaches a meaningful validation accuracy in a handful of boosting rounds.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from dagster import FilesystemIOManager, materialize
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
+from credit_platform.core.db import init_schema
 from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
     LOAN_TYPES,
@@ -23,13 +27,18 @@ from credit_platform.core.features import (
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
+from credit_platform.core.local_service import stop_service
 from credit_platform.core.schema import credit_score_features_target
+from credit_platform.core.service_process import free_port
+from credit_platform.core.settings import ADMIN_TOKEN_ENV
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.io_managers import PartitionedParquetIOManager
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+from credit_platform.ingest.synthetic import seed_synthetic
 
 
 def synthetic_partition(base_dt: date, rows: int = 300, seed: int = 7) -> pd.DataFrame:
@@ -120,7 +129,36 @@ def training_resources(tmp_path: Path, feature_store_url: str) -> dict:
             experiment_name="credit_score_tests",
             artifact_location=(tmp_path / "mlartifacts").as_uri(),
         ),
+        # the session's BentoML store holds every module's models: a deploy deletes none
+        # unless its test asks (credit_platform_tests/defs/test_retention.py)
+        "model_retention": ModelRetentionResource(keep_last="0"),
     }
+
+
+@contextmanager
+def deploy_platform(tmp_path: Path, token: str) -> Iterator[tuple[dict, int]]:
+    """(resources, port) for deploy tests: a seeded SQLite store, the training resources,
+    and a prediction service resource on a free port where nothing runs yet, whose admin
+    token the service a deploy starts inherits. The service is stopped at the end."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = init_schema(url)
+    seed_synthetic(engine, customers=50, days=36, start=date(2025, 1, 1), seed=5, progress=False)
+    engine.dispose()
+    port = free_port()
+    resources = training_resources(tmp_path, url)
+    resources["prediction_service"] = PredictionServiceResource(
+        api_url=f"http://127.0.0.1:{port}", admin_token=token, timeout_seconds=2.0
+    )
+    previous_token = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = token
+    try:
+        yield resources, port
+    finally:
+        stop_service(port)
+        if previous_token is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = previous_token
 
 
 def tiny_grid(iterations: int = 30) -> dict:

@@ -145,15 +145,20 @@ def load_model_bundle(tag: str = f"{MODEL_NAME}:latest") -> ModelBundle:
     )
 
 
-def list_model_tags() -> list[str]:
-    """Every saved model tag, newest first."""
+def saved_models() -> list[Any]:
+    """Every saved model of our name (BentoML `Model` objects), in no particular order."""
     export_bentoml_home()
     import bentoml
 
     try:
-        stored = bentoml.models.list(MODEL_NAME)
+        return bentoml.models.list(MODEL_NAME)
     except bentoml.exceptions.NotFound:  # nothing saved under the name yet
         return []
+
+
+def list_model_tags() -> list[str]:
+    """Every saved model tag, newest first."""
+    stored = saved_models()
     stored.sort(key=lambda item: item.info.creation_time, reverse=True)
     return [str(item.tag) for item in stored]
 

@@ -334,12 +334,21 @@ def parse_non_negative_number(name: str, raw: str) -> float:
 
 def parse_positive_int(name: str, raw: str) -> int:
     """`raw`, the value of setting `name`, as an integer >= 1 (ValueError naming it)."""
-    problem = f"{name} must be a positive integer, not {raw!r}"
+    return _parse_int(name, raw, 1, "a positive integer")
+
+
+def parse_non_negative_int(name: str, raw: str) -> int:
+    """`raw`, the value of setting `name`, as an integer >= 0 (ValueError naming it)."""
+    return _parse_int(name, raw, 0, "a non-negative integer")
+
+
+def _parse_int(name: str, raw: str, minimum: int, kind: str) -> int:
+    problem = f"{name} must be {kind}, not {raw!r}"
     try:
         value = int(raw)
     except ValueError as error:
         raise ValueError(problem) from error
-    if value < 1:
+    if value < minimum:
         raise ValueError(problem)
     return value
 
@@ -398,6 +407,20 @@ def challenger_min_labelled() -> int:
     return _positive_int(CHALLENGER_MIN_LABELLED_ENV, DEFAULT_CHALLENGER_MIN_LABELLED)
 
 
+# Retention of the BentoML store (`core/retention.py`): besides the models and Bentos in
+# use, the newest this many of each are kept; 0 keeps everything.
+RETENTION_KEEP_LAST_ENV = "CREDIT_RETENTION_KEEP_LAST"
+DEFAULT_RETENTION_KEEP_LAST = 5
+
+
+def retention_keep_last() -> int:
+    """How many of the newest models (and Bentos) retention keeps besides those in use."""
+    raw = os.environ.get(RETENTION_KEEP_LAST_ENV)
+    if not raw:
+        return DEFAULT_RETENTION_KEEP_LAST
+    return parse_non_negative_int(RETENTION_KEEP_LAST_ENV, raw)
+
+
 def monitoring_defaults() -> dict[str, Callable[[], str]]:
     """The monitoring variables with their defaults, each read (and so validated) once."""
     return {
@@ -428,6 +451,7 @@ def embedded_defaults() -> dict[str, Callable[[], str]]:
         PARTITIONS_START_ENV: lambda: DEFAULT_PARTITIONS_START,
         TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
         **monitoring_defaults(),
+        RETENTION_KEEP_LAST_ENV: lambda: str(retention_keep_last()),
     }
 
 
@@ -446,6 +470,7 @@ def fill_defaults() -> dict[str, str]:
     training_grid()  # a misspelt grid name fails here, where the process starts
     for read in monitoring_defaults().values():
         read()  # so does a malformed threshold
+    retention_keep_last()  # and a malformed retention count
     return {name: os.environ[name] for name in defaults}
 
 
@@ -492,6 +517,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(TRAINING_GRID_ENV, _read_by(DAGSTER_PROCESS)),
     Setting(DAGSTER_HOME_ENV, _read_by(DAGSTER_PROCESS)),
     *(Setting(name, _read_by(DAGSTER_PROCESS)) for name in monitoring_defaults()),
+    Setting(RETENTION_KEEP_LAST_ENV, _read_by(DAGSTER_PROCESS)),
     Setting(API_MODEL_TAG_ENV, _read_by(API_PROCESS)),
     Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),

@@ -23,10 +23,12 @@ from credit_platform.defs.jobs import (
     continuous_training_job,
     deploy_job,
     model_monitoring_job,
+    prune_model_store_job,
 )
 from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
@@ -59,6 +61,9 @@ def build_resources() -> dict:
             challenger_margin=EnvVar(settings.CHALLENGER_MARGIN_ENV),
             challenger_min_labelled=EnvVar(settings.CHALLENGER_MIN_LABELLED_ENV),
         ),
+        "model_retention": ModelRetentionResource(
+            keep_last=EnvVar(settings.RETENTION_KEEP_LAST_ENV)
+        ),
         PARQUET_IO_MANAGER_KEY: PartitionedParquetIOManager(base_dir=str(storage)),
         "io_manager": FilesystemIOManager(base_dir=str(storage / "objects")),
     }
@@ -84,6 +89,7 @@ def build_definitions() -> Definitions:
             batch_scoring_job,
             model_monitoring_job,
             challenger_decision_job,
+            prune_model_store_job,
         ],
         schedules=[daily_continuous_training, daily_model_monitoring],
         sensors=[

@@ -1,10 +1,10 @@
 """The platform's jobs: continuous training of one day, deploying one day's model, batch
-scoring of one day, and monitoring one day of the prediction log.
+scoring of one day, monitoring one day of the prediction log, and pruning the BentoML store.
 
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, job
 
 from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
@@ -14,6 +14,7 @@ from credit_platform.defs.assets.monitoring import model_monitoring
 from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import train_valid_split
+from credit_platform.defs.prune import prune_bentoml_store
 
 CONTINUOUS_TRAINING_ASSETS = (
     credit_score_features_target,
@@ -51,3 +52,12 @@ model_monitoring_job = define_asset_job(
     selection=AssetSelection.assets(model_monitoring),
     description="Monitor one day of the prediction log: live accuracy, drift, volume, latency.",
 )
+
+
+@job(
+    name="prune_model_store",
+    description="Apply retention to the BentoML store now (the deploy applies it after each "
+    "success): delete the models and Bentos neither in use nor among the newest kept.",
+)
+def prune_model_store_job() -> None:
+    prune_bentoml_store()

@@ -29,6 +29,7 @@ SETTINGS_RESOURCES = {
         "api_url": settings.API_URL_ENV,
         "admin_token": settings.ADMIN_TOKEN_ENV,
     },
+    "model_retention": {"keep_last": settings.RETENTION_KEEP_LAST_ENV},
 }
 
 

@@ -3,7 +3,6 @@ the built Bento (started, hot-swapped under load, restarted on new code), and bo
 evaluated with Dagster's sensor contexts."""
 
 import json
-import os
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -55,6 +54,7 @@ from credit_platform.defs.sensors import (
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.core.test_bento import copy_service_code
 from credit_platform_tests.training_fixtures import (
+    deploy_platform,
     tiny_grid,
     train_and_check,
     training_resources,
@@ -68,38 +68,22 @@ FIRST, SECOND, REJECTED = "2025-02-03", "2025-02-04", "2025-02-05"
 def platform(tmp_path_factory, kaggle_sample):
     """Three trained partitions (the third fails its check), resources pointing at a free
     port where no service runs yet; any service started is stopped at the end."""
-    tmp = tmp_path_factory.mktemp("deploy")
-    url = f"sqlite:///{tmp / 'store.db'}"
-    engine = init_schema(url)
-    seed_synthetic(engine, customers=50, days=36, start=date(2025, 1, 1), seed=5, progress=False)
-    engine.dispose()
-    port = free_port()
-    resources = training_resources(tmp, url)
-    resources["prediction_service"] = PredictionServiceResource(
-        api_url=f"http://127.0.0.1:{port}", admin_token=TOKEN, timeout_seconds=2.0
-    )
-    previous_token = os.environ.get(ADMIN_TOKEN_ENV)
-    os.environ[ADMIN_TOKEN_ENV] = TOKEN  # inherited by the service a deploy starts
     tags = {}
-    try:
-        with instance_for_test() as instance:
-            for partition, min_accuracy in ((FIRST, 0.3), (SECOND, 0.3), (REJECTED, 0.999)):
-                result = train_and_check(resources, instance, partition, tiny_grid(), min_accuracy)
-                tags[partition] = result.output_for_node("credit_score_model")["bento_tag"]
-            payloads = valid_request_payloads(load_sample(kaggle_sample, rows=300), 40)
-            yield {
-                "resources": resources,
-                "port": port,
-                "tags": tags,
-                "instance": instance,
-                "payloads": payloads,
-            }
-    finally:
-        stop_service(port)
-        if previous_token is None:
-            os.environ.pop(ADMIN_TOKEN_ENV, None)
-        else:
-            os.environ[ADMIN_TOKEN_ENV] = previous_token
+    with (
+        deploy_platform(tmp_path_factory.mktemp("deploy"), TOKEN) as (resources, port),
+        instance_for_test() as instance,
+    ):
+        for partition, min_accuracy in ((FIRST, 0.3), (SECOND, 0.3), (REJECTED, 0.999)):
+            result = train_and_check(resources, instance, partition, tiny_grid(), min_accuracy)
+            tags[partition] = result.output_for_node("credit_score_model")["bento_tag"]
+        payloads = valid_request_payloads(load_sample(kaggle_sample, rows=300), 40)
+        yield {
+            "resources": resources,
+            "port": port,
+            "tags": tags,
+            "instance": instance,
+            "payloads": payloads,
+        }
 
 
 def assert_runs_bento(port: int, tag: str) -> int:

@@ -20,7 +20,9 @@ from credit_platform.core.service_client import ReportedModel, ServiceError
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
+from credit_platform.defs.retention import retain_after_deploy
 
 DEPLOYED_BENTO_ASSET = "deployed_bento"
 QUALITY_TAG = "quality_check"
@@ -87,6 +89,7 @@ def deployed_bento(
     credit_score_model: dict[str, Any],
     mlflow_tracking: MlflowTrackingResource,
     prediction_service: PredictionServiceResource,
+    model_retention: ModelRetentionResource,
 ) -> MaterializeResult:
     model = model_to_deploy(context.run.tags, credit_score_model)
     model_tag = model["bento_tag"]
@@ -153,4 +156,5 @@ def deployed_bento(
         metadata["action_needed"] = note
         context.log.warning(note)
     context.log.info("%s: %s serves %s in Bento %s", how, api_url, model_tag, served.bento_tag)
+    metadata.update(retain_after_deploy(context, mlflow_tracking, model_retention, served, before))
     return MaterializeResult(metadata=metadata)

@@ -34,6 +34,9 @@ LIVE_REGRESSION_TAG = "live_regression"
 # A challenger promoted on live evidence ranks as a model of the partition of the champion
 # it displaced: a backfill of older days never displaces it, newer data still does.
 PROMOTED_OVER_TAG = "promoted_over_partition"
+# A version whose BentoML model retention deleted (the value says when): nothing left to
+# serve, so never elected again.
+PRUNED_TAG = "pruned_from_bentoml_store"
 # What the live evidence decided for a challenger ("promoted: ..." or "detached: ...").
 CHALLENGER_VERDICT_TAG = "challenger_verdict"
 # Error codes MLflow uses for "no such registered model" and "no such alias".
@@ -282,6 +285,18 @@ class MlflowTrackingResource(ConfigurableResource):
             )
         return versions
 
+    def mark_pruned(
+        self, bento_tags: list[str], when: str, name: str = settings.MODEL_NAME
+    ) -> list[ModelVersion]:
+        """Tag the versions of deleted BentoML models with PRUNED_TAG (the value: when) so
+        the champion policy never names a model that is gone; the versions themselves stay
+        as the record of what was trained and judged."""
+        gone = set(bento_tags)
+        marked = [v for v in self.versions(name) if (v.tags or {}).get(BENTO_TAG) in gone]
+        for version in marked:
+            self.client().set_model_version_tag(name, str(version.version), PRUNED_TAG, when)
+        return marked
+
     def _is_server(self) -> bool:
         return self.tracking_uri.startswith(("http://", "https://"))
 
@@ -301,8 +316,8 @@ class MlflowTrackingResource(ConfigurableResource):
 
 
 def eligible(version: ModelVersion) -> bool:
-    """Passed its quality check, knows its partition and model, was never rolled back and
-    never marked for a live regression."""
+    """Passed its quality check, knows its partition and model, was never rolled back,
+    never marked for a live regression, and its model was not deleted by retention."""
     tags = version.tags or {}
     return (
         tags.get(QUALITY_TAG) == PASSED
@@ -310,6 +325,7 @@ def eligible(version: ModelVersion) -> bool:
         and bool(tags.get(BENTO_TAG))
         and tags.get(ROLLED_BACK_TAG) != "true"
         and not tags.get(LIVE_REGRESSION_TAG)
+        and not tags.get(PRUNED_TAG)
     )
 
 
