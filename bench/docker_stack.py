@@ -318,9 +318,9 @@ class ComposeStack:
         events = self.graphql(query, {"runId": run_id})["logsForRun"]["events"]
         return {"/".join(event["assetKey"]["path"]) for event in events if event.get("assetKey")}
 
-    def launch_partition(self, job: str, partition: str) -> None:
-        """Launches one partition of a job as the UI's Launchpad does (queued; the daemon
-        starts it in a container of its own)."""
+    def launch(self, job: str, tags: Mapping[str, str] | None = None) -> None:
+        """Launches a job as the UI's Launchpad does (queued; the daemon starts it in a
+        container of its own)."""
         self.exec(
             "dagster-daemon",
             "dagster",
@@ -330,6 +330,13 @@ class ComposeStack:
             "workspace.yaml",
             "-j",
             job,
-            "--tags",
-            json.dumps({"dagster/partition": partition}),
+            *(["--tags", json.dumps(dict(tags))] if tags else []),
         )
+
+    def launch_partition(self, job: str, partition: str) -> None:
+        self.launch(job, {"dagster/partition": partition})
+
+    def stored_models(self) -> set[str]:
+        """The model tags in the stack's BentoML store (the shared volume)."""
+        done = self.exec("dagster-user-code", "bentoml", "models", "list", "-o", "json")
+        return {model["tag"] for model in json.loads(done.stdout)}

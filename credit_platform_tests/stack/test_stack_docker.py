@@ -80,6 +80,7 @@ def stack(tmp_path_factory):
         API_PORT=str(free_port()),
         API_WORKERS="1",
         DAGSTER_MAX_CONCURRENT_RUNS="3",
+        RETENTION_KEEP_LAST="1",
         PIP_CA_BUNDLE=pip_ca_bundle(),
         **images,
     )
@@ -223,7 +224,9 @@ def test_the_new_data_sensor_trains_in_a_run_container_and_the_api_serves_it(sta
     assert container, run_["tags"]
     assert _gone(container), "a finished run's container was left behind"
     stack.wait_healthy(["api"], timeout=300)
-    assert _metadata(stack)["partition"] == FIRST_DAY.isoformat()
+    served = _metadata(stack)
+    assert served["partition"] == FIRST_DAY.isoformat()
+    stack.first_model = served["model_version"]
 
 
 def test_a_two_day_backfill_runs_each_day_in_its_own_container(stack):
@@ -287,6 +290,16 @@ def test_the_deploy_sensor_deploys_a_newer_champion_built_offline(stack, kaggle_
     )
     stack.champion = champion
     stack.first_request = request_id
+
+
+def test_the_deploy_prunes_old_models_and_the_prune_job_runs_in_its_container(stack):
+    """Retention with RETENTION_KEEP_LAST=1: the champion, the model it replaced in service
+    and the newest stay; the two backfill models go."""
+    stored = stack.stored_models()
+    assert stored == {stack.champion, stack.first_model}, stored
+    stack.launch("prune_model_store")
+    stack.wait_for_runs(lambda r: r["jobName"] == "prune_model_store", timeout=RUN_TIMEOUT)
+    assert stack.stored_models() == stored
 
 
 def test_a_restarted_api_serves_the_champion_again(stack):
