@@ -12,6 +12,8 @@ the Dagster GraphQL API, rows through the MariaDB client inside its container.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 import secrets
@@ -68,6 +70,12 @@ def filled_env_file(**overrides: str) -> dict[str, str]:
     values.update({name: secrets.token_hex(24) for name in SECRET_SETTINGS})
     values.update(overrides)
     return values
+
+
+# The image the stack test builds, and the lock a background `prepare` holds while it builds
+# it (scripts/test.sh starts one under CI, so the build overlaps the rest of the suite).
+TEST_IMAGE = "credit-platform:stack-test"
+PREPARE_LOCK = Path("/tmp/credit_platform_stack_prepare.lock")
 
 
 class StackError(AssertionError):
@@ -340,3 +348,39 @@ class ComposeStack:
         """The model tags in the stack's BentoML store (the shared volume)."""
         done = self.exec("dagster-user-code", "bentoml", "models", "list", "-o", "json")
         return {model["tag"] for model in json.loads(done.stdout)}
+
+
+@contextlib.contextmanager
+def prepare_lock():
+    """Held while images are prepared: the stack test waits for a background build."""
+    with PREPARE_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_images(workdir: Path, image: str = TEST_IMAGE) -> dict[str, str]:
+    """The base images chosen (stand-ins built where needed) and the project image built
+    with them, as the stack test will ask for it; returns the base-image variables."""
+    with prepare_lock():
+        images = base_images()
+        stack = ComposeStack.create(
+            workdir, CREDIT_PLATFORM_IMAGE=image, PIP_CA_BUNDLE=pip_ca_bundle(), **images
+        )
+        stack.compose("build", "api", timeout=1800)
+        return images
+
+
+if __name__ == "__main__":  # python -m bench.docker_stack prepare
+    import sys
+    import tempfile
+
+    if sys.argv[1:] != ["prepare"]:
+        raise SystemExit("usage: python -m bench.docker_stack prepare")
+    missing = docker_stack_available()
+    if missing:
+        raise SystemExit(f"error: {missing}")
+    chosen = prepare_images(Path(tempfile.mkdtemp(prefix="credit_stack_prepare_")))
+    print(f"prepared {TEST_IMAGE} on {chosen}")

@@ -36,8 +36,13 @@ fi
 # The Docker stack test (credit_platform_tests/stack/test_stack_docker.py) is required under
 # CI: install and start Docker there. Elsewhere it runs when an engine answers, and skips
 # saying so when none does (bash scripts/test_stack.sh sets one up and runs it alone).
+# Its images (stand-in bases where no registry answers, then the project image) are built
+# in the background meanwhile; the test waits for that build (a lock) instead of starting
+# its own.
 if [ -n "${CI:-}" ]; then
   bash scripts/docker_setup.sh
+  mkdir -p test-output
+  .venv/bin/python -m bench.docker_stack prepare >test-output/docker-prepare.log 2>&1 &
 fi
 
 .venv/bin/ruff check credit_platform credit_platform_tests api bench

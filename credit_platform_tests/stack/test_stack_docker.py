@@ -33,18 +33,19 @@ from api.sample_requests import load_sample
 from api.sample_requests import valid_request_payloads as sample_payloads
 from bench.docker_stack import (
     NAMED_VOLUMES,
+    TEST_IMAGE,
     ComposeStack,
-    base_images,
     docker_stack_available,
     leftover_project_objects,
     pip_ca_bundle,
+    prepare_images,
     run,
 )
 from credit_platform.core.service_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
-CUSTOMERS = 300
+CUSTOMERS = 200
 TODAY = datetime.now(UTC).date()
 FIRST_DAY = TODAY - timedelta(days=3)  # the newest day of the first load
 BACKFILL = (TODAY - timedelta(days=5), TODAY - timedelta(days=4))
@@ -70,10 +71,10 @@ def stack(tmp_path_factory):
             pytest.fail(reason)
         pytest.skip(reason + " (the test never touches it)")
 
-    images = base_images()
+    images = prepare_images(tmp_path_factory.mktemp("prepare"))  # waits for a background build
     stack = ComposeStack.create(
         tmp_path_factory.mktemp("compose"),
-        CREDIT_PLATFORM_IMAGE="credit-platform:stack-test",
+        CREDIT_PLATFORM_IMAGE=TEST_IMAGE,
         TRAINING_GRID="small",
         DAGSTER_UI_PORT=str(free_port()),
         MLFLOW_UI_PORT=str(free_port()),
