@@ -9,9 +9,19 @@ partition), after which the deploy sensor serves it. The evidence goes to the ML
 versions' tags and to this asset's metadata, so each decision can be traced from the UI.
 """
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from credit_platform.core.service_client import ServiceError
+from credit_platform.defs.assets.monitoring import MODEL_MONITORING_ASSET
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.resources.mlflow_tracking import BENTO_TAG, MlflowTrackingResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -49,6 +59,8 @@ def evidence_text(config: ChallengerDecisionConfig) -> str:
     owners=ASSET_OWNERS,
     group_name="monitoring",
     kinds={"mlflow", "bentoml"},
+    # Decided on model_monitoring's rows (every partition), read by the challenger sensor.
+    deps=[AssetDep(MODEL_MONITORING_ASSET, partition_mapping=AllPartitionMapping())],
     description=(
         "Carries out and records the challenger sensor's verdict on the service's shadow or "
         "canary: promote it to champion (the deploy sensor then serves it) or detach it."

@@ -13,9 +13,11 @@ from typing import Any
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetDep,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
@@ -52,8 +54,15 @@ from credit_platform.core.monitoring_store import (
     read_training_rows,
     replace_day,
 )
-from credit_platform.core.schema import MODEL_ROLES, MONITORING_ALL_ROLES, credit_model_monitoring
+from credit_platform.core.schema import (
+    MODEL_ROLES,
+    MONITORING_ALL_ROLES,
+    credit_model_monitoring,
+    credit_predictions_api_log,
+    credit_score,
+)
 from credit_platform.core.training import markdown_table
+from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -217,12 +226,22 @@ def monitoring_metadata(
         "For day D: live accuracy and macro F1 of the logged predictions (each judged by the "
         "customer's first label dated in [D, D + horizon]), feature and prediction-mix drift "
         "(PSI) against each model's training partition, request volume and latency; per "
-        "model version and role, written to credit_model_monitoring (the day replaced)."
+        "model version and role, written to credit_model_monitoring (the day replaced). "
+        "A failed check makes retrain_sensor request continuous_training: the loop "
+        "train -> deploy -> log -> monitor -> retrain."
     ),
     metadata={
         "dagster/table_name": credit_model_monitoring.name,
         "dagster/column_schema": table_schema(credit_model_monitoring),
     },
+    # Lineage only (all three are read from the database and the instance): the log the
+    # served models wrote, the labels that judge it, and the deployments, of any partition,
+    # whose models answered.
+    deps=[
+        credit_predictions_api_log.name,
+        credit_score.name,
+        AssetDep(DEPLOYED_BENTO_ASSET, partition_mapping=AllPartitionMapping()),
+    ],
 )
 def model_monitoring(
     context: AssetExecutionContext,
