@@ -144,8 +144,9 @@ def role_totals(view_of_day: pd.DataFrame, role: str) -> dict[str, float | int |
 
 
 def short_version(tag: str) -> str:
-    """The version part of a model tag (what tells two models apart on a chart)."""
-    return tag.split(":", 1)[-1][:12]
+    """The version part of a model tag (what tells two models apart where space is short:
+    a chart's legend, the asset page's narrow metadata column)."""
+    return tag.split(":", 1)[-1]
 
 
 def _cell(value, digits: int = 4) -> str:
@@ -156,8 +157,11 @@ def _cell(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def view_rows(view: pd.DataFrame, changes: list[ModelChange]) -> list[tuple[str, ...]]:
-    """The view as table rows, each model change noted on its day's rows."""
+def view_rows(
+    view: pd.DataFrame, changes: list[ModelChange], *, short: bool = False
+) -> list[tuple[str, ...]]:
+    """The view as table rows, each model change noted on its day's rows (`short`: model
+    versions without the model name)."""
     noted = {change.day: change for change in changes}
     rows = []
     for row in view.itertuples(index=False):
@@ -168,7 +172,7 @@ def view_rows(view: pd.DataFrame, changes: list[ModelChange]) -> list[tuple[str,
         rows.append(
             (
                 str(row.day),
-                row.model_version,
+                short_version(row.model_version) if short else row.model_version,
                 row.role,
                 _cell(getattr(row, REQUESTS), 0),
                 _cell(getattr(row, LABELLED), 0),
@@ -235,6 +239,12 @@ def overview_chart(
         bottoms += heights
         if role == SERVED_ROLE:
             drift.plot(x, rows[MAX_FEATURE_PSI], marker="s", color=colour[version], label=label)
+    if view.loc[view["role"] == SERVED_ROLE, MAX_FEATURE_PSI].isna().all():
+        drift.set_ylim(0, psi_threshold * 2)
+        drift.text(
+            (len(days) - 1) / 2, psi_threshold * 1.5, "drift not measured (see drift_skipped)",
+            ha="center", color="dimgray", fontsize=9,
+        )  # fmt: skip
     drift.axhline(psi_threshold, color="crimson", linestyle="--", linewidth=1)
     drift.text(-0.4, psi_threshold, f" PSI threshold {psi_threshold}", color="crimson",
                va="bottom", fontsize=8)  # fmt: skip

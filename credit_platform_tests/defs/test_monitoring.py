@@ -267,11 +267,12 @@ def test_a_hot_swap_day_keeps_the_old_models_requests_and_the_view_marks_the_cha
     # The view of the monitored days: one row per day and model, the change marked.
     table = final["monitored_days"].value
     lines = [line for line in table.splitlines() if line.startswith("| 2025-")]
+    old, new = (tag.split(":")[1] for tag in (OLD_MODEL, NEW_MODEL))
     assert [line.split(" | ")[:2] for line in lines] == [
-        ["| 2025-02-01", OLD_MODEL],
-        ["| 2025-02-03", NEW_MODEL],
-        ["| 2025-02-03", OLD_MODEL],
-        ["| 2025-02-05", NEW_MODEL],
+        ["| 2025-02-01", old],
+        ["| 2025-02-03", new],
+        ["| 2025-02-03", old],
+        ["| 2025-02-05", new],
     ]
     assert lines[1].endswith("| new |") and lines[2].endswith("| swapped out |")
     assert lines[2].split(" | ")[3:6] == ["40", "40", "1.0000"]
@@ -281,7 +282,8 @@ def test_a_hot_swap_day_keeps_the_old_models_requests_and_the_view_marks_the_cha
     report = Path(final["report"].value)
     assert chart.parent == settings.monitoring_reports_dir() and chart.name == "2025-02-05.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "data:image/png;base64," in report.read_text() and "swapped out" in report.read_text()
+    page = report.read_text()  # the full tags there
+    assert "data:image/png;base64," in page and f"<td>{OLD_MODEL}</td>" in page
 
 
 def test_the_view_covers_the_monitored_days_and_notes_each_change():

@@ -319,7 +319,10 @@ def monitored_days_report(window: pd.DataFrame, day: date, threshold: float) -> 
     chart_path.write_bytes(chart)
     report_path.write_text(html_report(title, chart, rows, notes))
     return {
-        "monitored_days": MetadataValue.md(f"{title}\n\n" + markdown_table(VIEW_HEADERS, rows)),
+        # versions without the model name: the UI's metadata column is narrow
+        "monitored_days": MetadataValue.md(
+            f"{title}\n\n" + markdown_table(VIEW_HEADERS, view_rows(view, changes, short=True))
+        ),
         "model_changes": "; ".join(notes),
         "report": MetadataValue.path(str(report_path)),
         "chart": MetadataValue.path(str(chart_path)),
