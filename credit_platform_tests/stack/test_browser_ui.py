@@ -465,3 +465,11 @@ def test_the_monitored_days_are_readable_with_the_hot_swap_marked(ui, tmp_path):
         assert page.get_by_text("swapped out", exact=True).count() == 1
         shot = _save_screenshot(page, tmp_path, "monitoring_report.png")
         assert shot.stat().st_size > 30_000
+
+        # The loop in the lineage: the API's log (external, its long name shortened by the
+        # graph) between the deployment and monitoring, the labels upstream of both ends.
+        page.goto(f"{ui.url}/assets/model_monitoring?view=lineage&lineageDepth=5")
+        for name in ("credit_score", "deployed_bento", "model_monitoring", "train_valid_split"):
+            page.get_by_text(name, exact=True).first.wait_for(state="visible")
+        page.get_by_text(re.compile(r"^credit_pr.*api_log$")).first.wait_for(state="visible")
+        _save_screenshot(page, tmp_path, "dagster_lineage.png")
