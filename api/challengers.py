@@ -201,18 +201,21 @@ class ShadowScorer:
         self._published = stats
 
     def _take(self) -> list[ShadowRow] | None:
+        """The next group of rows; [] after an idle wait (time to publish the counters, which
+        offers and the log's callbacks move); None once closing with nothing left."""
         with self._wake:
-            while not self._queue and not self._closing:
+            if not self._queue and not self._closing:
                 self._wake.wait(SHADOW_STATS_PUBLISH_SECONDS)
-                if not self._queue:
-                    self.publish()  # idle: counters moved by offers or the log's callbacks
             if not self._queue:
-                return None  # closing, nothing left
+                return None if self._closing else []
             count = min(len(self._queue), SHADOW_GROUP_ROWS)
             return [self._queue.popleft() for _ in range(count)]
 
     def _run(self) -> None:
         while (rows := self._take()) is not None:
+            if not rows:
+                self.publish()  # outside the lock: an offer never waits for the file
+                continue
             try:
                 self._score(rows)
             except Exception as error:  # never let the thread die: count and go on
