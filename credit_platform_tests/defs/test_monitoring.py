@@ -326,3 +326,18 @@ def _metadata(instance, day: date) -> dict:
         limit=1,
     ).records
     return record.asset_materialization.metadata
+
+
+def test_a_report_that_cannot_be_written_is_named_and_the_day_still_monitored(
+    sqlite_store, monkeypatch, tmp_path
+):
+    url, _, _ = sqlite_store
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the reports folder should be")
+    monkeypatch.setattr(settings, "monitoring_reports_dir", lambda: blocked / "model_monitoring")
+    result = _monitor(url, GOOD_DAY)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("model_monitoring")
+    metadata = materialization.metadata
+    assert metadata["report_not_written"].value.startswith(str(blocked / "model_monitoring"))
+    assert "report" not in metadata and "| 2025-02-03 |" in metadata["monitored_days"].value

@@ -312,21 +312,26 @@ def monitored_days_report(window: pd.DataFrame, day: date, threshold: float) -> 
     )
     rows = view_rows(view, changes)
     notes = [change.text for change in changes] or ["no model change in these days"]
-    chart = overview_chart(view, changes, threshold, title)
-    folder = settings.monitoring_reports_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    chart_path, report_path = folder / f"{day}.png", folder / f"{day}.html"
-    chart_path.write_bytes(chart)
-    report_path.write_text(html_report(title, chart, rows, notes))
-    return {
+    metadata: dict[str, Any] = {
         # versions without the model name: the UI's metadata column is narrow
         "monitored_days": MetadataValue.md(
             f"{title}\n\n" + markdown_table(VIEW_HEADERS, view_rows(view, changes, short=True))
         ),
         "model_changes": "; ".join(notes),
-        "report": MetadataValue.path(str(report_path)),
-        "chart": MetadataValue.path(str(chart_path)),
     }
+    chart = overview_chart(view, changes, threshold, title)
+    folder = settings.monitoring_reports_dir()
+    chart_path, report_path = folder / f"{day}.png", folder / f"{day}.html"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        chart_path.write_bytes(chart)
+        report_path.write_text(html_report(title, chart, rows, notes))
+    except OSError as error:  # the day's figures are stored already: report, do not fail
+        metadata["report_not_written"] = f"{folder}: {error}"
+        return metadata
+    metadata["report"] = MetadataValue.path(str(report_path))
+    metadata["chart"] = MetadataValue.path(str(chart_path))
+    return metadata
 
 
 def _served_groups(report: pd.DataFrame) -> list[str]:
