@@ -19,13 +19,16 @@ in /metadata.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from api.predictor import Predictor, as_scored
@@ -42,6 +45,21 @@ SHADOW_SUFFIX = SHADOW_ROW_SUFFIX
 SHADOW_MAX_BACKLOG = 20_000
 # Rows the shadow scores in one model call at most.
 SHADOW_GROUP_ROWS = 2048
+# How soon a changed counter reaches this worker's stats file, which the other workers
+# of the server add to their own in /metadata.
+SHADOW_STATS_PUBLISH_SECONDS = 0.2
+SHADOW_COUNTERS = ("scored", "skipped", "errors", "backlog")
+
+
+def add_shadow_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The shadow's work summed over the workers of a server (each scores the rows its own
+    requests answered): counters added, the first last_error kept, `workers` counted."""
+    total: dict[str, Any] = {
+        name: sum(int(p.get(name) or 0) for p in parts) for name in SHADOW_COUNTERS
+    }
+    total["last_error"] = next((p["last_error"] for p in parts if p.get("last_error")), None)
+    total["workers"] = len(parts)
+    return total
 
 
 @dataclass(frozen=True)
@@ -121,8 +139,11 @@ class ShadowScorer:
         submit: Callable[[list], Future],
         make_row: Callable[..., Any],
         max_backlog: int = SHADOW_MAX_BACKLOG,
+        stats_path: Path | None = None,
     ) -> None:
         self._current_shadow = current_shadow
+        self._stats_path = stats_path
+        self._published: dict[str, Any] | None = None
         self._submit = submit
         self._make_row = make_row
         self._max_backlog = max_backlog
@@ -162,21 +183,44 @@ class ShadowScorer:
             self._wake.notify()
         self._thread.join(timeout)
 
+    def publish(self) -> None:
+        """Write this worker's counters for the other workers when they changed (atomically:
+        a reader sees the old file or the new one)."""
+        if self._stats_path is None:
+            return
+        stats = self.stats()
+        if stats == self._published:
+            return
+        temporary = self._stats_path.with_name(f".{self._stats_path.name}.tmp")
+        try:
+            temporary.write_text(json.dumps(stats))
+            os.replace(temporary, self._stats_path)
+        except OSError as error:  # the counters are a report: never fail scoring for them
+            logger.warning("cannot publish the shadow's counters: %s", error)
+            return
+        self._published = stats
+
     def _take(self) -> list[ShadowRow] | None:
+        """The next group of rows; [] after an idle wait (time to publish the counters, which
+        offers and the log's callbacks move); None once closing with nothing left."""
         with self._wake:
-            while not self._queue and not self._closing:
-                self._wake.wait()
+            if not self._queue and not self._closing:
+                self._wake.wait(SHADOW_STATS_PUBLISH_SECONDS)
             if not self._queue:
-                return None  # closing, nothing left
+                return None if self._closing else []
             count = min(len(self._queue), SHADOW_GROUP_ROWS)
             return [self._queue.popleft() for _ in range(count)]
 
     def _run(self) -> None:
         while (rows := self._take()) is not None:
+            if not rows:
+                self.publish()  # outside the lock: an offer never waits for the file
+                continue
             try:
                 self._score(rows)
             except Exception as error:  # never let the thread die: count and go on
                 self._failed(len(rows), error)
+        self.publish()
 
     def _score(self, rows: list[ShadowRow]) -> None:
         shadow = self._current_shadow()

@@ -5,7 +5,8 @@ The workers of one server (same parent process) share a small state directory:
 
 - `desired.json` — the tag every worker must serve, written (atomically) by the worker
   that accepted a reload, after it loaded and smoke-tested the model itself;
-- `worker-<pid>.json` — what each worker serves now (and a tag it failed to load, if any).
+- `worker-<pid>.json` — what each worker serves now (and a tag it failed to load, if any);
+- `shadow-<pid>.json` — each worker's shadow counters, summed in `/metadata`.
 
 Each worker polls `desired.json` (a stat every `poll_seconds`) and swaps off the request
 path when it changes. The reloading worker answers only once every live worker reports the
@@ -25,13 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.challengers import ChallengerSlot, ChallengerSpec
+from api.challengers import ChallengerSlot, ChallengerSpec, add_shadow_stats
 from api.predictor import ModelNotFound, ModelRefused, Predictor, ServedModel
 
 logger = logging.getLogger(__name__)
 
 DESIRED_FILE = "desired.json"
 CHALLENGER_FILE = "challenger.json"  # the attached shadow or canary, {"tag": null} for none
+SHADOW_STATS_PREFIX = "shadow-"  # shadow-<pid>.json: a worker's shadow counters
 _WORKER_FILE = re.compile(r"^worker-(\d+)\.json$")
 _STATE_DIR = re.compile(r"^api-workers-(\d+-\d+)$")
 
@@ -167,6 +169,23 @@ class ModelSync:
         if self._thread.is_alive():
             self._thread.join(5)
         self.worker_path.unlink(missing_ok=True)
+        self.shadow_stats_path.unlink(missing_ok=True)
+
+    @property
+    def shadow_stats_path(self) -> Path:
+        """Where this worker's shadow scorer publishes its counters."""
+        return self.state_dir / f"{SHADOW_STATS_PREFIX}{self.pid}.json"
+
+    def shadow_totals(self, own: dict) -> dict:
+        """The shadow's counters over every live worker of the server: this worker's own
+        (current) plus what the others last published. A request reaches one worker, so a
+        single worker's counters are only its share of the traffic."""
+        parts = [own]
+        for state in self.workers():
+            if state.pid != self.pid:
+                other = _read_json(self.state_dir / f"{SHADOW_STATS_PREFIX}{state.pid}.json")
+                parts.append(other or {})
+        return add_shadow_stats(parts)
 
     def workers(self) -> list[WorkerState]:
         """The live workers of this server and what each serves."""

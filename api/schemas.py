@@ -263,7 +263,7 @@ class ChallengerMetadata(BaseModel):
     partition: str | None
     metrics: dict[str, Any]
     loaded_at: str
-    # A shadow's work in the worker that answered: rows scored, skipped, failed, queued.
+    # A shadow's work over every worker of the server: rows scored, skipped, failed, queued.
     shadow: dict[str, Any] | None = None
 
 

@@ -471,7 +471,10 @@ class CreditScoreService:
             timeout_seconds=settings.prediction_log_timeout(),
         )
         self.shadow = ShadowScorer(
-            lambda: self.challengers.current, self.prediction_log.submit, shadow_log_row
+            lambda: self.challengers.current,
+            self.prediction_log.submit,
+            shadow_log_row,
+            stats_path=self.model_sync.shadow_stats_path,
         )
         logger.info("serving %s", predictor.tag)
         gc.collect()
@@ -526,7 +529,11 @@ class CreditScoreService:
             partition=described["partition"],
             metrics=described["metrics"],
             loaded_at=described["loaded_at"],
-            shadow=self.shadow.stats() if challenger.spec.role == SHADOW else None,
+            shadow=(
+                self.model_sync.shadow_totals(self.shadow.stats())
+                if challenger.spec.role == SHADOW
+                else None
+            ),
         )
 
     def _offer_shadow(

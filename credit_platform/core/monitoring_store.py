@@ -254,6 +254,16 @@ def read_day(engine: Engine, day: date) -> pd.DataFrame:
         return pd.DataFrame(result.all(), columns=list(result.keys()))
 
 
+def read_days(engine: Engine, first: date, last: date) -> pd.DataFrame:
+    """The stored reports of the days in [first, last] (the monitoring view's window)."""
+    table = credit_model_monitoring
+    with engine.connect() as connection:
+        result = connection.execute(select(table).where(table.c.day.between(first, last)))
+        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date if not frame.empty else frame["day"]
+    return frame
+
+
 def live_accuracy_by_day(engine: Engine, versions: Sequence[str]) -> pd.DataFrame:
     """Per day and model version (over all roles): labelled count and live accuracy, for
     the given versions (day, model_version, labelled, live_accuracy)."""

@@ -135,6 +135,11 @@ def mlflow_artifact_root() -> Path:
     return platform_home() / "mlartifacts"
 
 
+def monitoring_reports_dir() -> Path:
+    """Where `model_monitoring` writes its chart and HTML report of the monitored days."""
+    return platform_home() / "reports" / "model_monitoring"
+
+
 def mlflow_experiment_name() -> str:
     return os.environ.get(MLFLOW_EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
 

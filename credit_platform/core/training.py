@@ -309,6 +309,22 @@ def feature_importances(model: CatBoostClassifier, top: int = 10) -> list[tuple[
     return sorted(((str(name), float(value)) for name, value in pairs), key=lambda p: -p[1])[:top]
 
 
+# CatBoost's names of the data sets in `get_evals_result()`, as the curves are named.
+_CURVE_SETS = {"learn": "train", "validation": "valid"}
+
+
+def learning_curves(model: CatBoostClassifier) -> dict[str, list[float]]:
+    """The model's per-iteration metrics, as `curve_<train|valid>_<metric>` (characters MLflow
+    refuses in a metric name, such as ':' and '=' in "TotalF1:average=Macro", become '_')."""
+    curves = {}
+    for data_set, metrics in model.get_evals_result().items():
+        prefix = _CURVE_SETS.get(data_set, data_set)
+        for metric, values in metrics.items():
+            name = "".join(c if c.isalnum() or c in "_-." else "_" for c in metric)
+            curves[f"curve_{prefix}_{name}"] = [float(value) for value in values]
+    return curves
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-style table for Dagster's markdown metadata."""
 

@@ -12,6 +12,7 @@ from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
 from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_monitoring
 from credit_platform.defs.assets.predictions import credit_score_predictions
+from credit_platform.defs.assets.sources import SOURCE_ASSETS
 from credit_platform.defs.challenger_sensor import challenger_sensor
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
@@ -80,6 +81,8 @@ def build_definitions() -> Definitions:
             challenger_decision,
         ]
     )
+    # The external tables carry their own code references (to the code that writes them).
+    assets = [*assets, *SOURCE_ASSETS]
     return Definitions(
         assets=assets,
         asset_checks=[feature_target_checks, credit_score_model_quality, *MONITORING_CHECKS],

@@ -216,16 +216,44 @@ def compare_or_wait(
     return comparison
 
 
-def _latest_deploy(context: SensorEvaluationContext) -> tuple[str, str] | None:
-    """(model tag, previous model tag) of the newest deployed_bento materialization."""
-    records = context.instance.fetch_materializations(AssetKey(DEPLOYED_BENTO_ASSET), limit=1)
-    if not records.records:
+# deployed_bento records read back to find the model the latest one replaced.
+DEPLOY_HISTORY = 20
+
+
+def _is_model_tag(value: str | None) -> bool:
+    return bool(value) and str(value).startswith(f"{MODEL_NAME}:")
+
+
+def latest_deploy(context: SensorEvaluationContext) -> tuple[str, str | None, str] | None:
+    """(model tag, predecessor's model tag or None, why there is none) of the newest
+    deployed_bento materialization. The predecessor is the model the service answered with
+    when the deploy began; when no service answered then (the deploy started it after an
+    outage), it is the model the deployment before this one put in service."""
+    records = context.instance.fetch_materializations(
+        AssetKey(DEPLOYED_BENTO_ASSET), limit=DEPLOY_HISTORY
+    ).records
+    tags = [record.asset_materialization.metadata.get("model_tag") for record in records]
+    tags = [str(tag.value) if tag is not None else None for tag in tags]
+    if not records or tags[0] is None:
         return None
-    metadata = records.records[0].asset_materialization.metadata
-    new, old = metadata.get("model_tag"), metadata.get("previous_model_tag")
-    if new is None or old is None:
-        return None
-    return str(new.value), str(old.value)
+    new = tags[0]
+    replaced = records[0].asset_materialization.metadata.get("previous_model_tag")
+    replaced_tag = str(replaced.value) if replaced is not None else None
+    if _is_model_tag(replaced_tag):
+        if replaced_tag == new:
+            return new, None, f"its deploy served {new} again (it replaced itself)"
+        return new, replaced_tag, ""
+    earlier = next((tag for tag in tags[1:] if _is_model_tag(tag) and tag != new), None)
+    if earlier is not None:
+        return new, earlier, ""
+    return (
+        new,
+        None,
+        (
+            "it is the first model deployed on this instance (no service answered before its "
+            "deploy, and no earlier deployment of another model is recorded)"
+        ),
+    )
 
 
 @sensor(
@@ -242,12 +270,12 @@ def rollback_sensor(
     mlflow_tracking: MlflowTrackingResource,
     monitoring_policy: MonitoringPolicyResource,
 ) -> SensorResult | SkipReason:
-    deployed = _latest_deploy(context)
+    deployed = latest_deploy(context)
     if deployed is None:
         return SkipReason("no deployment recorded yet")
-    new, old = deployed
-    if not old.startswith(f"{MODEL_NAME}:") or old == new:
-        return SkipReason(f"{new} has no predecessor to compare with ({old})")
+    new, old, why_none = deployed
+    if old is None:
+        return SkipReason(f"{new} has no predecessor to compare with: {why_none}")
     comparison = compare_or_wait(feature_store, new, old, monitoring_policy.rollback_min_labels)
     if isinstance(comparison, SkipReason):
         return comparison
@@ -258,8 +286,11 @@ def rollback_sensor(
         f"labelled) vs its predecessor {old}: {comparison.old_accuracy:.4f} "
         f"({comparison.old_labelled}) on {', '.join(d.isoformat() for d in comparison.days)}"
     )
+    gap = comparison.new_accuracy - comparison.old_accuracy
+    if gap >= 0:
+        return SkipReason(f"{summary}: not worse than its predecessor ({gap:+.4f}), kept")
     if comparison.new_accuracy + tolerance >= comparison.old_accuracy:
-        return SkipReason(f"{summary}: within the tolerance {tolerance}")
+        return SkipReason(f"{summary}: worse by {-gap:.4f}, within the tolerance {tolerance}")
     predecessors = [v for v in mlflow_tracking.versions_of_model(old) if eligible(v)]
     if not predecessors:
         return SkipReason(

@@ -6,7 +6,9 @@ the champion. Unit tests of the routing and of the shadow's queue, then a real s
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from api.challengers import (
     canary_bucket,
     routes_to_canary,
 )
+from api.model_sync import SHADOW_STATS_PREFIX, ModelSync
 from api.prediction_log import PredictionLogger
 from api.predictor import load_predictor
 from api.service import shadow_log_row
@@ -173,6 +176,52 @@ def test_a_full_shadow_backlog_skips_rows_and_counts_them(
     assert len(submitted) == 11
 
 
+def test_shadow_counters_are_summed_over_the_workers_of_a_server(
+    tags: ModelTags, payloads: list[dict], tmp_path: Path
+) -> None:
+    """Each worker scores the rows of the requests it answered and publishes its counters;
+    /metadata adds the other live workers' to its own (a dead worker's file is ignored)."""
+    real = load_predictor(tags.second)
+    shadow = Challenger(ChallengerSpec(real.tag, "shadow"), real)
+    sync = ModelSync(served=None, state_dir=tmp_path)  # type: ignore[arg-type]
+
+    def submit(rows: list) -> Future:
+        done: Future = Future()
+        done.set_result(None)
+        return done
+
+    scorer = ShadowScorer(lambda: shadow, submit, shadow_log_row, stats_path=sync.shadow_stats_path)
+    scorer.offer(_shadow_rows(payloads[:12], "own"))
+    scorer.close()
+    assert json.loads(sync.shadow_stats_path.read_text())["scored"] == 12
+
+    other = subprocess.Popen(["sleep", "60"])  # a live second worker
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        for pid, scored in ((other.pid, 30), (gone.pid, 1000)):
+            (tmp_path / f"worker-{pid}.json").write_text(json.dumps({"tag": real.tag}))
+            (tmp_path / f"{SHADOW_STATS_PREFIX}{pid}.json").write_text(
+                json.dumps({"scored": scored, "skipped": 2, "errors": 1, "backlog": 0,
+                            "last_error": "ValueError: x"})
+            )  # fmt: skip
+        (tmp_path / f"worker-{os.getpid()}.json").write_text(json.dumps({"tag": real.tag}))
+        totals = sync.shadow_totals(scorer.stats())
+    finally:
+        other.kill()
+        other.wait()
+    assert totals == {
+        "scored": 42,
+        "skipped": 2,
+        "errors": 1,
+        "backlog": 0,
+        "last_error": "ValueError: x",
+        "workers": 2,
+    }
+    sync.stop()
+    assert not sync.shadow_stats_path.exists()
+
+
 def _logged_ids(url: str) -> list[str]:
     from sqlalchemy import create_engine, select
 
@@ -199,6 +248,11 @@ def _challenger(server: Server, body: dict | None, token: str | None = TOKEN) ->
 def _metadata_everywhere(server: Server, times: int = 12) -> list[dict]:
     """/metadata from whichever workers answer (a new connection each time)."""
     return [requests.get(f"{server.url}/metadata", timeout=10).json() for _ in range(times)]
+
+
+def _shadow_totals(server: Server) -> dict:
+    body = requests.get(f"{server.url}/metadata", timeout=10).json()
+    return body["challenger"]["shadow"]
 
 
 def _wait_for(condition, timeout: float = 30.0, what: str = "") -> None:
@@ -231,6 +285,7 @@ def test_a_shadow_scores_every_request_and_never_changes_an_answer(
             assert metadata["challenger"]["share"] == 0.0
             assert metadata["champion_share"] == 1.0
 
+        scored_before = _shadow_totals(server)["scored"]
         singles = _customer_payloads(payloads, 40, "SHD")
         for number, payload in enumerate(singles):
             response = server.post(
@@ -256,6 +311,12 @@ def test_a_shadow_scores_every_request_and_never_changes_an_answer(
             return [r for r in server.log_rows() if r["request_id"].endswith(SHADOW_SUFFIX)]
 
         _wait_for(lambda: len(shadow_rows()) >= 70, what="the shadow's 70 log rows")
+        # Whichever worker answers /metadata counts the rows every worker scored.
+        _wait_for(
+            lambda: all(_shadow_totals(server)["scored"] == scored_before + 70 for _ in range(6)),
+            what="every worker's /metadata counting all 70 shadow rows",
+        )
+        assert _shadow_totals(server)["workers"] == 2
         rows = {row["request_id"]: row for row in shadow_rows()}
         assert sorted(rows) == sorted(shadow_ids)  # each exactly once
         for number, payload in enumerate(singles):

@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from api.sample_requests import load_sample
+from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.monitoring import LABELLED, LIVE_ACCURACY
 from credit_platform.core.monitoring_store import replace_day
@@ -166,7 +167,8 @@ def test_a_better_shadow_is_promoted_through_the_champion_policy(models, service
         assert decided.success
         metadata = decided.asset_materializations_for_node("challenger_decision")[0].metadata
         assert metadata["decision"].value == "promote"
-        assert metadata["mlflow_champion"].value == models["challenger"]
+        assert metadata["champion_model_tag_after"].value == models["challenger"]
+        assert metadata["champion_model_tag_before"].value == models["champion"]
         assert metadata["challenger_live_accuracy"].value == pytest.approx(0.70)
 
     assert client.reported_model().challenger is None  # detached from the service
@@ -197,6 +199,7 @@ def test_a_worse_canary_is_detached_and_the_verdict_recorded(models, service, tm
         assert decided.success
         metadata = decided.asset_materializations_for_node("challenger_decision")[0].metadata
         assert metadata["decision"].value == "detach" and metadata["role"].value == "canary"
+        assert metadata["mlflow_version_numbers_tagged"].value == loser_version
         # Carried out once: the service runs no challenger now, and a stale verdict fails.
         assert client.reported_model().challenger is None
         again = materialize(
@@ -213,3 +216,22 @@ def test_a_worse_canary_is_detached_and_the_verdict_recorded(models, service, tm
     verdict = tracking.client().get_model_version(MODEL_NAME, loser_version).tags
     assert verdict[CHALLENGER_VERDICT_TAG].startswith("detached:")
     assert tracking.champion().tags["bento_tag"] == models["champion"]
+
+
+def test_a_launch_from_the_ui_with_the_defaults_is_refused_with_the_reason(tmp_path):
+    """The Materialize button sends no config: the run starts and fails saying why, before
+    touching the service or the registry (it used to be a launchpad config error)."""
+    silent = PredictionServiceResource(
+        api_url=settings.api_url(), admin_token="x" * 32, autostart=False
+    )
+    with instance_for_test() as instance:
+        result = materialize(
+            [challenger_decision],
+            resources={"mlflow_tracking": _registry(tmp_path), "prediction_service": silent},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    error = result.failure_data_for_node("challenger_decision").error
+    assert "no verdict to carry out: the challenger sensor launches this asset" in str(error)
+    assert not (tmp_path / "registry.db").exists()  # the registry was never opened

@@ -1,8 +1,16 @@
 """The loaded code location: resources configured from environment variables only, jobs
 shared by sensors and schedules as objects, owners and code references on every asset."""
 
+from pathlib import Path
+
 import pytest
-from dagster import AssetKey, CodeReferencesMetadataValue, Definitions, EnvVar
+from dagster import (
+    AllPartitionMapping,
+    AssetKey,
+    CodeReferencesMetadataValue,
+    Definitions,
+    EnvVar,
+)
 
 from credit_platform.core import settings
 from credit_platform.defs.catalog import ASSET_OWNERS
@@ -15,6 +23,7 @@ from credit_platform.defs.jobs import (
     model_monitoring_job,
 )
 from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
+from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.schedules import daily_continuous_training, daily_model_monitoring
 from credit_platform.defs.sensors import deploy_sensor, new_data_sensor
 
@@ -116,7 +125,93 @@ def test_every_asset_has_owners_and_a_code_reference():
         assert list(spec.owners) == ASSET_OWNERS, key
         references = spec.metadata["dagster/code_references"]
         assert isinstance(references, CodeReferencesMetadataValue)
-        (reference,) = references.code_references
-        assert reference.file_path.startswith(str(settings.REPO_ROOT / "credit_platform"))
+        if spec.is_materializable:
+            (reference,) = references.code_references
+            assert reference.file_path.startswith(str(settings.REPO_ROOT / "credit_platform"))
+        else:  # an external table: the code that writes it, and the table's definition
+            writer, definition = references.code_references
+            assert definition.file_path == str(
+                settings.REPO_ROOT / "credit_platform/core/schema.py"
+            )
+            lines = Path(definition.file_path).read_text().splitlines()
+            assert lines[definition.line_number - 1].startswith(f"{key.path[-1]} = Table(")
+            assert Path(writer.file_path).is_file() and writer.line_number > 1
     table = graph.get(AssetKey("credit_score_features_target")).metadata
     assert table["dagster/table_name"] == "credit_score_features_target"
+
+
+def _parents(graph, name: str) -> set[str]:
+    return {key.to_user_string() for key in graph.get(AssetKey(name)).parent_keys}
+
+
+def test_the_lineage_shows_the_loop_from_training_to_monitoring():
+    """train -> deploy -> log -> monitor (-> the challenger decision), with the tables the
+    platform does not write as external assets no job materializes."""
+    graph = defs.resolve_asset_graph()
+    external = {"credit_score", "credit_score_features", "credit_predictions_api_log"}
+    assert {key.to_user_string() for key in graph.external_asset_keys} == external
+    assert _parents(graph, "credit_score_features_target") == {
+        "credit_score",
+        "credit_score_features",
+    }
+    assert _parents(graph, "credit_predictions_api_log") == {"deployed_bento"}
+    assert _parents(graph, "model_monitoring") == {
+        "credit_predictions_api_log",
+        "credit_score",
+        "deployed_bento",
+    }
+    assert _parents(graph, "credit_score_predictions") == {
+        "credit_score_model",
+        "credit_score_features",
+    }
+    assert _parents(graph, "challenger_decision") == {"model_monitoring"}
+    upstream = graph.upstream_key_iterator(AssetKey("model_monitoring"))
+    assert AssetKey("credit_score_features_target") in set(upstream)
+    # The model that served day D may come from any earlier partition: all of them upstream.
+    for child, parent in (
+        ("model_monitoring", "deployed_bento"),
+        ("credit_score_predictions", "credit_score_model"),
+        ("credit_predictions_api_log", "deployed_bento"),
+        ("challenger_decision", "model_monitoring"),
+    ):
+        mapping = graph.get_partition_mapping(AssetKey(child), AssetKey(parent))
+        assert isinstance(mapping, AllPartitionMapping), (child, parent, mapping)
+    assert graph.get(AssetKey("model_monitoring")).partitions_def == daily_partitions()
+    # The retrain sensor closes the loop: monitoring's checks -> continuous training.
+    assert retrain_sensor.job is continuous_training_job
+
+
+def test_no_job_materializes_an_external_table():
+    for job in defs.resolve_all_job_defs():
+        executable = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+        assert not executable & {
+            "credit_score",
+            "credit_score_features",
+            "credit_predictions_api_log",
+        }, job.name
+    selected = {
+        job.name: {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+        for job in defs.resolve_all_job_defs()
+    }
+    assert selected["monitor_predictions"] == {"model_monitoring"}
+    assert selected["batch_scoring"] == {"credit_score_predictions"}
+    assert selected["decide_challenger"] == {"challenger_decision"}
+    assert selected["continuous_training"] == {
+        "credit_score_features_target",
+        "train_valid_split",
+        "scalers",
+        "credit_score_model",
+    }
+
+
+def test_every_column_of_every_table_asset_is_described():
+    graph = defs.resolve_asset_graph()
+    tables = 0
+    for key in graph.get_all_asset_keys():
+        schema = graph.get(key).metadata.get("dagster/column_schema")
+        if schema is None:
+            continue
+        tables += 1
+        missing = [column.name for column in schema.columns if not column.description]
+        assert not missing, (key, missing)
+    assert tables == 6  # three built tables (features target, predictions, monitoring), three read

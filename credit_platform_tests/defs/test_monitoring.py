@@ -4,13 +4,23 @@ service's own log writer, on SQLite and on the real MariaDB server."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
+import pandas as pd
 import pytest
-from dagster import AssetCheckSeverity, materialize
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    AssetRecordsFilter,
+    instance_for_test,
+    materialize,
+)
 
+from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.model_store import model_metadata
 from credit_platform.core.monitoring import (
+    ALL_VERSIONS,
     DRIFT_SKIPPED,
     FEATURE_PSI,
     LABELLED,
@@ -19,6 +29,8 @@ from credit_platform.core.monitoring import (
     TEST_ACCURACY,
 )
 from credit_platform.core.monitoring_store import read_day
+from credit_platform.core.monitoring_view import model_changes, role_totals, version_days
+from credit_platform.core.schema import MONITORING_ALL_ROLES
 from credit_platform.defs.assets.monitoring import (
     DRIFT_CHECK,
     LIVE_ACCURACY_CHECK,
@@ -205,3 +217,127 @@ def test_monitoring_on_mariadb_replaces_the_day_when_materialized_again(
         assert not _checks(bad)[LIVE_ACCURACY_CHECK].passed
     finally:
         engine.dispose()
+
+
+OLD_MODEL = "credit_score_classifier:the_old_one"
+NEW_MODEL = "credit_score_classifier:the_new_one"
+
+
+def test_a_hot_swap_day_keeps_the_old_models_requests_and_the_view_marks_the_change(
+    tmp_path,
+):
+    """Day 1: OLD serves; day 3: OLD in the morning (all right), NEW from noon (half right);
+    day 5: NEW. The hot-swap day's champion figures cover both models, each keeps its row
+    in the view, the change is marked, and the chart spans the three monitored days only."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = seed_store(url, customers=120)
+    first, swap, last = date(2025, 2, 1), date(2025, 2, 3), date(2025, 2, 5)
+    frames = {day: day_rows(engine, day) for day in (first, swap, last)}
+    engine.dispose()
+    rows = log_rows(frames[first], day=first, model_version=OLD_MODEL, prefix="a")
+    rows += log_rows(frames[swap].iloc[:40], day=swap, model_version=OLD_MODEL, hour=8, prefix="m")
+    rows += log_rows(
+        frames[swap].iloc[40:80], day=swap, model_version=NEW_MODEL, hour=15, prefix="n"
+    )
+    rows += log_rows(
+        frames[swap].iloc[80:120], day=swap, model_version=NEW_MODEL, hour=16, prefix="w",
+        right=False,
+    )  # fmt: skip
+    rows += log_rows(frames[last], day=last, model_version=NEW_MODEL, prefix="z")
+    write_log(url, tmp_path / "spool", rows)
+    with instance_for_test() as instance:
+        for day in (first, swap, last):
+            result = materialize(
+                [model_monitoring],
+                partition_key=day.isoformat(),
+                resources=monitoring_resources(url),
+                instance=instance,
+            )
+            assert result.success
+        swap_metadata = _metadata(instance, swap)
+        final = _metadata(instance, last)
+
+    # The swapped-out model's 40 requests are not lost from the day's figures.
+    assert swap_metadata["champion_requests"].value == 120
+    assert swap_metadata["champion_labelled"].value == 120
+    assert swap_metadata["champion_model_versions"].value == 2
+    assert swap_metadata["champion_model_version"].value == f"{NEW_MODEL}, {OLD_MODEL}"
+    assert swap_metadata["champion_live_accuracy"].value == pytest.approx((40 + 40) / 120)
+    assert final["champion_model_versions"].value == 1
+    # The view of the monitored days: one row per day and model, the change marked.
+    table = final["monitored_days"].value
+    lines = [line for line in table.splitlines() if line.startswith("| 2025-")]
+    old, new = (tag.split(":")[1] for tag in (OLD_MODEL, NEW_MODEL))
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["| 2025-02-01", old],
+        ["| 2025-02-03", new],
+        ["| 2025-02-03", old],
+        ["| 2025-02-05", new],
+    ]
+    assert lines[1].endswith("| new |") and lines[2].endswith("| swapped out |")
+    assert lines[2].split(" | ")[3:6] == ["40", "40", "1.0000"]
+    assert final["model_changes"].value == (f"2025-02-03: hot swap: {OLD_MODEL} -> {NEW_MODEL}")
+    assert "3 monitored day(s), 2025-02-01 to 2025-02-05" in table
+    chart = Path(final["chart"].value)
+    report = Path(final["report"].value)
+    assert chart.parent == settings.monitoring_reports_dir() and chart.name == "2025-02-05.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = report.read_text()  # the full tags there
+    assert "data:image/png;base64," in page and f"<td>{OLD_MODEL}</td>" in page
+
+
+def test_the_view_covers_the_monitored_days_and_notes_each_change():
+    def rows(day, version, requests, role="champion"):
+        return [
+            (day, version, role, REQUESTS, "", float(requests)),
+            (day, version, role, LABELLED, "", float(requests)),
+            (day, version, role, LIVE_ACCURACY, "", 0.8),
+            (day, ALL_VERSIONS, MONITORING_ALL_ROLES, REQUESTS, "", float(requests)),
+        ]
+
+    report = pd.DataFrame(
+        rows(date(2025, 1, 2), OLD_MODEL, 50)
+        + rows(date(2025, 1, 20), OLD_MODEL, 10)
+        + rows(date(2025, 1, 20), NEW_MODEL, 90)
+        + rows(date(2025, 1, 20), OLD_MODEL, 30, role="shadow")
+        + rows(date(2025, 1, 21), OLD_MODEL, 70),  # rolled back
+        columns=["day", "model_version", "role", "metric", "feature", "value"],
+    )
+    view = version_days(report)
+    assert sorted(set(view["day"])) == [date(2025, 1, 2), date(2025, 1, 20), date(2025, 1, 21)]
+    assert list(zip(view["model_version"], view["role"], strict=True))[1:4] == [
+        (NEW_MODEL, "champion"),
+        (OLD_MODEL, "champion"),
+        (OLD_MODEL, "shadow"),
+    ]
+    assert [change.text for change in model_changes(view)] == [
+        f"2025-01-20: hot swap: {OLD_MODEL} -> {NEW_MODEL}",
+        f"2025-01-21: new model: {NEW_MODEL} -> {OLD_MODEL}",
+    ]
+    totals = role_totals(view[view["day"] == date(2025, 1, 20)], "champion")
+    assert totals[REQUESTS] == 100 and totals["versions"] == 2
+
+
+def _metadata(instance, day: date) -> dict:
+    (record,) = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey("model_monitoring"), asset_partitions=[day.isoformat()]
+        ),
+        limit=1,
+    ).records
+    return record.asset_materialization.metadata
+
+
+def test_a_report_that_cannot_be_written_is_named_and_the_day_still_monitored(
+    sqlite_store, monkeypatch, tmp_path
+):
+    url, _, _ = sqlite_store
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the reports folder should be")
+    monkeypatch.setattr(settings, "monitoring_reports_dir", lambda: blocked / "model_monitoring")
+    result = _monitor(url, GOOD_DAY)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("model_monitoring")
+    metadata = materialization.metadata
+    assert metadata["report_not_written"].value.startswith(str(blocked / "model_monitoring"))
+    assert "report" not in metadata and "| 2025-02-03 |" in metadata["monitored_days"].value

@@ -242,7 +242,9 @@ def test_a_regressed_new_model_is_marked_and_its_predecessor_deployed_again(swap
 
     _deployed(instance, OLD, NEW)  # once the predecessor serves again, nothing to do
     settled = _rollback_tick(instance, url, tracking)
-    assert isinstance(settled, SkipReason) and "within the tolerance" in settled.skip_message
+    # OLD is 0.6 better than NEW: said so, not "within the tolerance"
+    assert isinstance(settled, SkipReason)
+    assert settled.skip_message.endswith("not worse than its predecessor (+0.6000), kept")
 
 
 def test_no_rollback_without_enough_labels_on_both_or_within_the_tolerance(swapped):
@@ -251,9 +253,31 @@ def test_no_rollback_without_enough_labels_on_both_or_within_the_tolerance(swapp
     few = _rollback_tick(instance, url, tracking, rollback_min_labelled="101")
     assert isinstance(few, SkipReason) and "not enough labelled predictions" in few.skip_message
     lenient = _rollback_tick(instance, url, tracking, rollback_tolerance="0.7")
-    assert isinstance(lenient, SkipReason) and "within the tolerance 0.7" in lenient.skip_message
+    assert isinstance(lenient, SkipReason)
+    assert lenient.skip_message.endswith("worse by 0.6000, within the tolerance 0.7")
     marked = tracking.client().get_model_version(MODEL_NAME, versions[NEW])
     assert LIVE_REGRESSION_TAG not in (marked.tags or {})
+
+
+def test_a_deploy_that_started_the_service_is_compared_with_the_model_deployed_before(swapped):
+    """The service was down when NEW was deployed (its record names no replaced model): the
+    predecessor is the model of the deployment before, not "none (no service answered)"."""
+    url, tracking, versions, instance = swapped
+    _deployed(instance, NEW, "none (no service answered)")
+    first = _rollback_tick(instance, url, tracking)
+    assert isinstance(first, SkipReason)
+    assert first.skip_message == (
+        f"{NEW} has no predecessor to compare with: it is the first model deployed on this "
+        "instance (no service answered before its deploy, and no earlier deployment of "
+        "another model is recorded)"
+    )
+    _deployed(instance, OLD, "none (no service answered)")
+    _deployed(instance, NEW, "none (no service answered)")  # after an outage
+    (request,) = _rollback_tick(instance, url, tracking).run_requests
+    assert request.run_key == f"rollback:{NEW}" and request.tags[MODEL_TAG_RUN_TAG] == OLD
+    _deployed(instance, OLD, OLD)
+    again = _rollback_tick(instance, url, tracking)
+    assert isinstance(again, SkipReason) and "it replaced itself" in again.skip_message
 
 
 def test_the_comparison_uses_only_days_on_which_both_models_have_labels():

@@ -4,6 +4,7 @@ choose the trial, test rows report it."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -27,15 +28,22 @@ from credit_platform.core.training import (
     class_offsets,
     final_model,
     fit_trial,
+    learning_curves,
     make_pool,
     markdown_table,
     parameter_grid,
 )
-from credit_platform.defs.assets.model import credit_score_model
+from credit_platform.defs.assets.model import CONFUSION_MATRIX_IMAGE, credit_score_model
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, stratified_split
 from credit_platform.defs.assets.split import train_valid_split as split_asset
-from credit_platform.defs.resources.mlflow_tracking import ExperimentDeleted, MlflowTrackingResource
+from credit_platform.defs.resources.mlflow_tracking import (
+    EXPERIMENT_KIND_TAG,
+    MAX_METRICS_PER_BATCH,
+    MODEL_TRAINING_KIND,
+    ExperimentDeleted,
+    MlflowTrackingResource,
+)
 from credit_platform_tests.training_fixtures import (
     insert_partition,
     synthetic_partition,
@@ -44,9 +52,10 @@ from credit_platform_tests.training_fixtures import (
 )
 
 DAY = date(2025, 1, 31)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARTITION = DAY.isoformat()
 MODEL_METADATA_KEYS = {
-    "bento_tag",
+    "model_tag",
     "mlflow_run_id",
     "mlflow_parent_run_id",
     "mlflow_run",
@@ -173,6 +182,14 @@ def test_a_trial_learns_the_labels_from_prepared_input():
     assert 0 <= result.best_iteration < 60
     assert set(result.model.classes_) == set(LABELS)
     assert list(result.model.feature_names_) == list(MODEL_FEATURES)
+    # one value per iteration run (early stopping stops at best + 10), train and valid
+    curves = learning_curves(result.model)
+    loss = FitSettings().loss_function
+    iterations = result.model.get_evals_result()["learn"][loss]
+    assert len(curves[f"curve_train_{loss}"]) == len(iterations) > result.best_iteration
+    assert len(curves[f"curve_valid_{loss}"]) == len(iterations)
+    assert curves[f"curve_valid_{loss}"][0] > min(curves[f"curve_valid_{loss}"])
+    assert "curve_valid_Accuracy" in curves
 
 
 def _synthetic_pools(rows: int = 400):
@@ -313,6 +330,18 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
         assert parent.data.metrics[name] == pytest.approx(summary["metrics"][name])
     confusion = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/test_confusion_matrix.json")
     assert confusion["labels"] == list(LABELS)
+    image = client.download_artifacts(parent.info.run_id, CONFUSION_MATRIX_IMAGE, str(tmp_path))
+    assert Path(image).read_bytes()[:8] == PNG_SIGNATURE
+    # Learning curves: per iteration, train and valid, as step metrics of every trial.
+    experiment = client.get_experiment(tracking.experiment_id())
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    loss = preset["loss_function"]
+    for child in children:
+        curves = {name for name in child.data.metrics if name.startswith("curve_")}
+        assert {f"curve_train_{loss}", f"curve_valid_{loss}"} <= curves, curves
+        history = client.get_metric_history(child.info.run_id, f"curve_valid_{loss}")
+        assert sorted(m.step for m in history) == list(range(len(history)))
+        assert len(history) > 1
 
     # A new registered version, tagged with the partition and the BentoML tag.
     version = client.get_model_version(MODEL_NAME, summary["mlflow_model_version"])
@@ -370,7 +399,8 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     (materialization,) = result.asset_materializations_for_node("credit_score_model")
     metadata = materialization.metadata
     assert set(metadata) >= MODEL_METADATA_KEYS
-    assert metadata["bento_tag"].value == summary["bento_tag"]
+    assert metadata["model_tag"].value == summary["bento_tag"]
+    assert "bento_tag" not in metadata  # it holds a model's tag, not a Bento's
     assert metadata["trials"].value == 2
     assert metadata["test_accuracy"].value == summary["metrics"]["test_accuracy"]
     sizes = [metadata[f"rows_{side}"].value for side in ("train", "valid", "test")]
@@ -437,3 +467,29 @@ def test_a_local_store_keeps_artifacts_under_the_platform_home(tmp_path):
     experiment = tracking.client().get_experiment(tracking.experiment_id())
     assert experiment.artifact_location == settings.mlflow_artifact_root().as_uri()
     assert tracking.experiment_id() == experiment.experiment_id  # found, not created again
+
+
+def test_the_experiment_is_marked_as_model_training_and_curves_are_step_metrics(tmp_path):
+    tracking = _tracking(tmp_path)
+    client = tracking.client()
+    # An experiment made before the kind was set (MLflow 3 would open it as GenAI) gets it.
+    old = client.create_experiment("resource_tests")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert tracking.experiment_id() == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    fresh = _tracking(tmp_path / "fresh")
+    tags = fresh.client().get_experiment(fresh.experiment_id()).tags
+    assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+    steps = MAX_METRICS_PER_BATCH + 300  # more values than one batch takes
+    with tracking.start_run("curves") as run:
+        logged = tracking.log_step_metrics(
+            run.info.run_id,
+            {"curve_train_x": [1.0 / (n + 1) for n in range(steps)], "curve_valid_x": [0.5, 0.4]},
+        )
+        tracking.log_png(run.info.run_id, PNG_SIGNATURE + b"rest", "images/tiny.png")
+    assert logged == steps + 2
+    history = client.get_metric_history(run.info.run_id, "curve_train_x")
+    assert sorted(m.step for m in history) == list(range(steps))
+    assert {m.step: m.value for m in history}[9] == pytest.approx(0.1)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "images")] == ["images/tiny.png"]

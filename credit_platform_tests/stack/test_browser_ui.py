@@ -338,6 +338,8 @@ def test_launch_one_partition_from_the_ui_and_read_its_metadata(ui, tmp_path):
 # Share of right answers the served model gives on each monitored day (oldest first).
 MONITORED_ACCURACY = (0.9, 0.85, 0.6, 0.55)
 SERVED_MODEL = "credit_score_classifier:served_in_the_ui_test"
+# Hot-swapped in on the last monitored day: it answers the second half of that day's rows.
+SWAPPED_IN = "credit_score_classifier:swapped_in_the_ui_test"
 
 
 def _monitor_days(ui: DagsterUi, tmp_path: Path) -> list[str]:
@@ -363,8 +365,12 @@ def _monitor_days(ui: DagsterUi, tmp_path: Path) -> list[str]:
             frame = day_rows(engine, day)
             right = round(len(frame) * accuracy)
             common = {"day": day, "model_version": SERVED_MODEL}
-            rows += log_rows(frame.iloc[:right], prefix="ui-right", **common)
-            rows += log_rows(frame.iloc[right:], right=False, prefix="ui-wrong", **common)
+            answered = log_rows(frame.iloc[:right], prefix="ui-right", **common)
+            answered += log_rows(frame.iloc[right:], right=False, prefix="ui-wrong", **common)
+            if day == days[-1]:
+                for row in answered[len(answered) // 2 :]:
+                    row.model_version = SWAPPED_IN
+            rows += answered
     finally:
         engine.dispose()
     write_log(ui.feature_store_url, tmp_path / "spool", rows)
@@ -383,6 +389,22 @@ def _monitor_days(ui: DagsterUi, tmp_path: Path) -> list[str]:
     return [day.isoformat() for day in days]
 
 
+@contextlib.contextmanager
+def _browser_page(url: str) -> Iterator:
+    """A page of headless Chromium opened at `url`, closed with the browser."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def _show_plots(page) -> None:
     """The asset overview's Metadata section switched from its table to its plots, scrolled
     to the top of the view."""
@@ -394,31 +416,60 @@ def _show_plots(page) -> None:
 
 
 def test_model_monitoring_metadata_is_plotted_over_its_partitions(ui, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     partitions = _monitor_days(ui, tmp_path)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(f"{ui.url}/assets/model_monitoring")
-            # The table shows the newest materialization: the last monitored day.
-            assert (
-                _metadata_value(page, "status") == f"80 predictions of {partitions[-1]} monitored"
-            )
-            assert float(_metadata_value(page, "champion_live_accuracy")) == pytest.approx(
-                MONITORED_ACCURACY[-1]
-            )
-            _show_plots(page)
-            # One plot per numeric metadata key, over the partitions (the default x axis).
-            for title in ("champion_live_accuracy", "champion_live_macro_f1", "latency_p50_ms"):
-                page.get_by_text(title, exact=True).first.wait_for(state="visible")
-            assert page.get_by_role("button", name="Partitions").first.is_visible()
-            assert page.locator("canvas").count() >= 3
-            # markdown and text entries have no plot
-            assert page.get_by_text("top_drifting_features", exact=True).count() == 0
-            shot = _save_screenshot(page, tmp_path, "dagster_monitoring_plots.png")
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+    with _browser_page(f"{ui.url}/assets/model_monitoring") as page:
+        # The table shows the newest materialization: the last monitored day.
+        assert _metadata_value(page, "status") == f"80 predictions of {partitions[-1]} monitored"
+        assert float(_metadata_value(page, "champion_live_accuracy")) == pytest.approx(
+            MONITORED_ACCURACY[-1]
+        )
+        _show_plots(page)
+        # One plot per numeric metadata key, over the partitions (the default x axis).
+        for title in ("champion_live_accuracy", "champion_live_macro_f1", "latency_p50_ms"):
+            page.get_by_text(title, exact=True).first.wait_for(state="visible")
+        assert page.get_by_role("button", name="Partitions").first.is_visible()
+        assert page.locator("canvas").count() >= 3
+        # markdown and text entries have no plot
+        assert page.get_by_text("top_drifting_features", exact=True).count() == 0
+        shot = _save_screenshot(page, tmp_path, "dagster_monitoring_plots.png")
+        assert shot.stat().st_size > 10_000
+
+
+def test_the_monitored_days_are_readable_with_the_hot_swap_marked(ui, tmp_path):
+    """The asset page names both models of the hot-swap day and links a report whose chart
+    and table cover the monitored days only; both are screenshotted."""
+    partitions = _monitor_days(ui, tmp_path)
+    with _browser_page(f"{ui.url}/assets/model_monitoring") as page:
+        # Both models of the last day count, the old one's requests included.
+        assert _metadata_value(page, "champion_model_versions") == "2"
+        assert _metadata_value(page, "champion_requests") == "80"
+        assert float(_metadata_value(page, "champion_live_accuracy")) == pytest.approx(
+            MONITORED_ACCURACY[-1]
+        )
+        assert _metadata_value(page, "model_changes") == (
+            f"{partitions[-1]}: hot swap: {SERVED_MODEL} -> {SWAPPED_IN}"
+        )
+        report = _metadata_value(page, "report")
+        assert report.endswith(f"reports/model_monitoring/{partitions[-1]}.html")
+        page.get_by_text("monitored_days", exact=True).first.evaluate(
+            "element => element.scrollIntoView({block: 'center'})"
+        )
+        _save_screenshot(page, tmp_path, "dagster_monitoring_metadata.png")
+
+        page.goto(f"file://{report}")
+        chart = page.locator("img").first
+        assert chart.evaluate("image => image.naturalWidth") > 600
+        cells = page.locator("tr td:first-child").all_inner_texts()
+        assert sorted(set(cells)) == partitions  # the monitored days, nothing else
+        assert cells.count(partitions[-1]) == 2  # the swapped-out model keeps its row
+        assert page.get_by_text("swapped out", exact=True).count() == 1
+        shot = _save_screenshot(page, tmp_path, "monitoring_report.png")
+        assert shot.stat().st_size > 30_000
+
+        # The loop in the lineage: the API's log (external, its long name shortened by the
+        # graph) between the deployment and monitoring, the labels upstream of both ends.
+        page.goto(f"{ui.url}/assets/model_monitoring?view=lineage&lineageDepth=5")
+        for name in ("credit_score", "deployed_bento", "model_monitoring", "train_valid_split"):
+            page.get_by_text(name, exact=True).first.wait_for(state="visible")
+        page.get_by_text(re.compile(r"^credit_pr.*api_log$")).first.wait_for(state="visible")
+        _save_screenshot(page, tmp_path, "dagster_lineage.png")

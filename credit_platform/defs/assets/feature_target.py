@@ -19,6 +19,7 @@ from credit_platform.core.feature_target_sql import (
     build_partition,
 )
 from credit_platform.core.features import LABELS
+from credit_platform.core.schema import credit_score, credit_score_features
 from credit_platform.core.schema import credit_score_features_target as target_table
 from credit_platform.defs.catalog import (
     ASSET_OWNERS,
@@ -54,6 +55,8 @@ class FeatureTargetConfig(Config):
         "dagster/table_name": TARGET_TABLE,
         "dagster/column_schema": table_schema(target_table),
     },
+    # Read inside the database (no IO manager): lineage only.
+    deps=[credit_score.name, credit_score_features.name],
 )
 def credit_score_features_target(
     context: AssetExecutionContext,

@@ -16,6 +16,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from credit_platform.core import settings
+from credit_platform.core.charts import confusion_matrix_png
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import Scalers, prepare_model_input
 from credit_platform.core.model_store import save_model_bundle
@@ -30,6 +31,7 @@ from credit_platform.core.training import (
     feature_importances,
     final_model,
     fit_trial,
+    learning_curves,
     make_pool,
     markdown_table,
     parameter_grid,
@@ -40,6 +42,7 @@ from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 
 MODEL_ARTIFACT = "model"
+CONFUSION_MATRIX_IMAGE = "test_confusion_matrix.png"
 
 
 def _grid_default(key: str) -> Any:
@@ -208,6 +211,9 @@ def credit_score_model(
                 result = fit_trial(train_pool, valid_pool, valid[TARGET], params, fit)
                 mlflow.log_params({**params.as_dict(), **fixed})
                 mlflow.log_metrics(result.metrics)
+                mlflow_tracking.log_step_metrics(
+                    trial_run.info.run_id, learning_curves(result.model)
+                )
                 if signature is None:
                     sample = valid_input.head(5)
                     signature = infer_signature(sample, result.model.predict_proba(sample))
@@ -243,6 +249,7 @@ def credit_score_model(
                 model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
             ).model_uri
             mlflow.log_metric("final_iterations", model.tree_count_)
+            mlflow_tracking.log_step_metrics(parent.info.run_id, learning_curves(model))
 
         # The one use of the test rows: report the chosen model.
         test_input = prepare_model_input(test, scalers, derived=derived)
@@ -254,6 +261,13 @@ def credit_score_model(
         mlflow.log_metrics({**metrics, **best.metrics})
         mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
+        mlflow_tracking.log_png(
+            parent.info.run_id,
+            confusion_matrix_png(
+                tested.labels, tested.confusion_rows(), f"test rows of {partition}"
+            ),
+            CONFUSION_MATRIX_IMAGE,
+        )
         mlflow.log_text(importances, "feature_importance.md")
 
         version = mlflow_tracking.register_model(
@@ -302,7 +316,7 @@ def credit_score_model(
     return Output(
         summary,
         metadata={
-            "bento_tag": bento_tag,
+            "model_tag": bento_tag,  # the BentoML model's tag (not a Bento's)
             "mlflow_run_id": best_run_id,
             "mlflow_parent_run_id": parent.info.run_id,
             "mlflow_run": MetadataValue.url(mlflow_tracking.run_url(best_run_id)),

@@ -8,14 +8,16 @@ report back; neither blocks anything (monitoring must report even when it is bad
 """
 
 import contextlib
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetDep,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
@@ -23,6 +25,7 @@ from dagster import (
     asset_check,
 )
 
+from credit_platform.core import settings
 from credit_platform.core.db import create_tables
 from credit_platform.core.model_store import ModelNotFound, model_metadata
 from credit_platform.core.monitoring import (
@@ -47,13 +50,31 @@ from credit_platform.core.monitoring import (
 )
 from credit_platform.core.monitoring_store import (
     read_day,
+    read_days,
     read_first_labels,
     read_log_chunks,
     read_training_rows,
     replace_day,
 )
-from credit_platform.core.schema import MODEL_ROLES, MONITORING_ALL_ROLES, credit_model_monitoring
+from credit_platform.core.monitoring_view import (
+    VIEW_DAYS,
+    VIEW_HEADERS,
+    html_report,
+    model_changes,
+    overview_chart,
+    role_totals,
+    version_days,
+    view_rows,
+)
+from credit_platform.core.schema import (
+    MODEL_ROLES,
+    MONITORING_ALL_ROLES,
+    credit_model_monitoring,
+    credit_predictions_api_log,
+    credit_score,
+)
 from credit_platform.core.training import markdown_table
+from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
@@ -172,8 +193,9 @@ def top_drift_markdown(report: pd.DataFrame, threshold: float) -> str:
 def monitoring_metadata(
     report: pd.DataFrame, day: date, skipped: dict[str, str], threshold: float
 ) -> dict[str, Any]:
-    """Float values under names stable across days (per role, from the role's busiest model
-    version), so the UI plots them over partitions; markdown tables for the details."""
+    """Float values under names stable across days, so the UI plots them over partitions:
+    per role over every version that answered in it (on a hot-swap day the model swapped
+    out counts too; `<role>_model_versions` is then 2), markdown tables for the details."""
     metadata: dict[str, Any] = {}
     for percentile in LATENCY_PERCENTILES:
         value = _value(report, ALL_VERSIONS, MONITORING_ALL_ROLES, latency_metric(percentile))
@@ -181,20 +203,19 @@ def monitoring_metadata(
             metadata[latency_metric(percentile)] = MetadataValue.float(value)
     total = _value(report, ALL_VERSIONS, MONITORING_ALL_ROLES, REQUESTS) or 0
     metadata["requests"] = MetadataValue.int(int(total))
-    seen_roles = set()
-    for version, role in _groups(report, roles=MODEL_ROLES):
-        if role in seen_roles:
+    day_view = version_days(report)
+    for role in MODEL_ROLES:
+        if not (day_view["role"] == role).any():
             continue
-        seen_roles.add(role)
-        metadata[f"{role}_model_version"] = version
+        totals = role_totals(day_view, role)
+        metadata[f"{role}_model_version"] = str(totals["model_version"])
+        metadata[f"{role}_model_versions"] = MetadataValue.int(int(totals["versions"] or 0))
         for metric in (REQUESTS, LABELLED):
-            metadata[f"{role}_{metric}"] = MetadataValue.int(
-                int(_value(report, version, role, metric) or 0)
-            )
+            metadata[f"{role}_{metric}"] = MetadataValue.int(int(totals[metric] or 0))
         for metric in (LIVE_ACCURACY, LIVE_MACRO_F1, MAX_FEATURE_PSI, PREDICTION_MIX_PSI):
-            value = _value(report, version, role, metric)
+            value = totals[metric]
             metadata[f"{role}_{metric}"] = (
-                MetadataValue.float(value) if value is not None else MetadataValue.null()
+                MetadataValue.float(float(value)) if value is not None else MetadataValue.null()
             )
     metadata["summary"] = MetadataValue.md(summary_markdown(report))
     metadata["top_drifting_features"] = MetadataValue.md(top_drift_markdown(report, threshold))
@@ -217,12 +238,22 @@ def monitoring_metadata(
         "For day D: live accuracy and macro F1 of the logged predictions (each judged by the "
         "customer's first label dated in [D, D + horizon]), feature and prediction-mix drift "
         "(PSI) against each model's training partition, request volume and latency; per "
-        "model version and role, written to credit_model_monitoring (the day replaced)."
+        "model version and role, written to credit_model_monitoring (the day replaced). "
+        "A failed check makes retrain_sensor request continuous_training: the loop "
+        "train -> deploy -> log -> monitor -> retrain."
     ),
     metadata={
         "dagster/table_name": credit_model_monitoring.name,
         "dagster/column_schema": table_schema(credit_model_monitoring),
     },
+    # Lineage only (all three are read from the database and the instance): the log the
+    # served models wrote, the labels that judge it, and the deployments, of any partition,
+    # whose models answered.
+    deps=[
+        credit_predictions_api_log.name,
+        credit_score.name,
+        AssetDep(DEPLOYED_BENTO_ASSET, partition_mapping=AllPartitionMapping()),
+    ],
 )
 def model_monitoring(
     context: AssetExecutionContext,
@@ -240,6 +271,7 @@ def model_monitoring(
                 monitor.add_chunk(chunk)
         rows = monitor.rows()
         replace_day(engine, day, rows)
+        window = read_days(engine, day - timedelta(days=VIEW_DAYS - 1), day)
         table_name = qualified_table_name(feature_store.url, credit_model_monitoring)
     skipped = {
         version: reason.reason
@@ -252,6 +284,7 @@ def model_monitoring(
         rows, columns=["day", "model_version", "role", "metric", "feature", "value"]
     )
     metadata = monitoring_metadata(report, day, skipped, monitoring_policy.psi)
+    metadata.update(monitored_days_report(window, day, monitoring_policy.psi))
     metadata["dagster/table_name"] = table_name
     metadata["labels_in_window"] = MetadataValue.int(len(labels))
     metadata["label_horizon_days"] = MetadataValue.int(horizon)
@@ -262,6 +295,43 @@ def model_monitoring(
     else:
         metadata["status"] = f"{int(metadata['requests'].value)} predictions of {day} monitored"
     return MaterializeResult(metadata=metadata)
+
+
+def monitored_days_report(window: pd.DataFrame, day: date, threshold: float) -> dict[str, Any]:
+    """The view of the monitored days up to `day` (at most VIEW_DAYS back): a table row per
+    day, model version and role with the model changes marked, and a chart of those days
+    only, written with an HTML report under the platform home and linked by path."""
+    view = version_days(window)
+    if view.empty:
+        return {}
+    changes = model_changes(view)
+    days = sorted(view["day"].unique())
+    title = (
+        f"model_monitoring: {len(days)} monitored day(s), {days[0]} to {days[-1]} "
+        f"(window of {VIEW_DAYS} days ending {day})"
+    )
+    rows = view_rows(view, changes)
+    notes = [change.text for change in changes] or ["no model change in these days"]
+    metadata: dict[str, Any] = {
+        # versions without the model name: the UI's metadata column is narrow
+        "monitored_days": MetadataValue.md(
+            f"{title}\n\n" + markdown_table(VIEW_HEADERS, view_rows(view, changes, short=True))
+        ),
+        "model_changes": "; ".join(notes),
+    }
+    chart = overview_chart(view, changes, threshold, title)
+    folder = settings.monitoring_reports_dir()
+    chart_path, report_path = folder / f"{day}.png", folder / f"{day}.html"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        chart_path.write_bytes(chart)
+        report_path.write_text(html_report(title, chart, rows, notes))
+    except OSError as error:  # the day's figures are stored already: report, do not fail
+        metadata["report_not_written"] = f"{folder}: {error}"
+        return metadata
+    metadata["report"] = MetadataValue.path(str(report_path))
+    metadata["chart"] = MetadataValue.path(str(chart_path))
+    return metadata
 
 
 def _served_groups(report: pd.DataFrame) -> list[str]:

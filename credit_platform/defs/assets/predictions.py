@@ -13,6 +13,8 @@ chose the model.
 from datetime import UTC, date, datetime
 
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
@@ -38,6 +40,7 @@ from credit_platform.core.batch_scoring import (
 )
 from credit_platform.core.features import LABELS
 from credit_platform.core.model_store import ModelBundle, ModelNotFound, load_model_bundle
+from credit_platform.core.schema import credit_score_features as features_table
 from credit_platform.core.schema import credit_score_predictions as predictions_table
 from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.catalog import (
@@ -51,6 +54,7 @@ from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import BENTO_TAG, MlflowTrackingResource
 
 PREDICTIONS_ASSET = "credit_score_predictions"
+MODEL_ASSET = "credit_score_model"
 DEPLOYMENTS_PAGE = 100
 
 
@@ -169,6 +173,12 @@ def _describe_source(choice: ModelChoice) -> str:
         "dagster/table_name": PREDICTIONS_TABLE,
         "dagster/column_schema": table_schema(predictions_table),
     },
+    # Lineage only (nothing is loaded through an IO manager): the model that served day D
+    # may come from any earlier partition, and the day's rows are read from the features.
+    deps=[
+        AssetDep(MODEL_ASSET, partition_mapping=AllPartitionMapping()),
+        features_table.name,
+    ],
 )
 def credit_score_predictions(
     context: AssetExecutionContext,

@@ -7,8 +7,11 @@ order in which runs finish never decides it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
@@ -21,6 +24,13 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, "Detect
+# Issues"); "custom_model_development" is the kind its UI names CUSTOM_MODEL_DEVELOPMENT
+# (mlflow 3.17: server/js ExperimentKind, and the onboarding skill's table of kinds).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# Metrics MLflow accepts in one log_batch call.
+MAX_METRICS_PER_BATCH = 1000
 CHAMPION_ALIAS = "champion"
 QUALITY_TAG = "quality_check"
 PASSED = "passed"
@@ -91,12 +101,20 @@ class MlflowTrackingResource(ConfigurableResource):
         if experiment is None:
             try:
                 return client.create_experiment(
-                    self.experiment_name, artifact_location=self._artifact_location()
+                    self.experiment_name,
+                    artifact_location=self._artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
                 )
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
                 experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment.lifecycle_stage != "deleted" and (
+            (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND
+        ):  # made before the kind was set (or by hand): MLflow 3 would open it as GenAI
+            client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+            )
         if experiment.lifecycle_stage == "deleted":
             raise ExperimentDeleted(
                 f"MLflow experiment {self.experiment_name!r} (id {experiment.experiment_id}) at "
@@ -144,6 +162,31 @@ class MlflowTrackingResource(ConfigurableResource):
                 mlflow.end_run(RunStatus.to_string(status))
             else:  # someone ended it already; still record the outcome
                 self.client().set_terminated(run.info.run_id, RunStatus.to_string(status))
+
+    def log_step_metrics(self, run_id: str, curves: Mapping[str, Sequence[float]]) -> int:
+        """Each curve as one metric with a value per step (its history is the learning curve
+        in the MLflow UI), sent in batches of MLflow's limit rather than a call per value.
+        Returns how many values were logged."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        values = [
+            Metric(key=name, value=float(value), timestamp=now, step=step)
+            for name, curve in curves.items()
+            for step, value in enumerate(curve)
+        ]
+        client = self.client()
+        for start in range(0, len(values), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=values[start : start + MAX_METRICS_PER_BATCH])
+        return len(values)
+
+    def log_png(self, run_id: str, png: bytes, artifact_file: str) -> None:
+        """A PNG image as an artifact of the run (the MLflow UI shows it in Artifacts)."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(artifact_file).name
+            path.write_bytes(png)
+            parent = str(Path(artifact_file).parent)
+            self.client().log_artifact(run_id, str(path), None if parent == "." else parent)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI."""
