@@ -100,7 +100,7 @@ def model_reference(engine, tag: str) -> ModelReference | DriftSkipped:
         return ModelReference(
             profile=profile,
             test_accuracy=test_accuracy,
-            partition=str(partition),
+            partition=None if partition is None else str(partition),
             source=f"{PINNED_REFERENCE}: {profile.rows} training rows of partition {partition}",
         )
     try:

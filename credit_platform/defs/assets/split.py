@@ -157,7 +157,7 @@ def grouped_split(
         split = split.loc[recent == (split[SPLIT_COLUMN] == TEST)].reset_index(drop=True)
 
     sizes_by_side = split[SPLIT_COLUMN].value_counts()
-    n_train, n_valid, n_test = (int(sizes_by_side.get(side, 0)) for side in SIDES)
+    n_train, n_valid, n_test = (int(sizes_by_side.get(name, 0)) for name in SIDES)
     sizes = f"{n_train} train, {n_valid} valid and {n_test} test rows"
     whole = f"{len(rows)} rows of {len(strata)} customers"
     if n_test < min_test_rows:
