@@ -4,7 +4,8 @@ platform's tuned training against a seed-style CatBoost on the same rows.
     .venv/bin/python -m bench.model_quality --seeds 0 1 2   # minutes per seed on 2 cores
 
 The shared Kaggle sample is read through the project's own loader (`ingest.kaggle`). For
-every seed the pipeline's own split (`stratified_split`) makes train / valid / test; both
+every seed the pipeline's own split (`grouped_split`: by customer, stratified by each
+customer's newest label; the sample has one row per customer) makes train / valid / test; both
 designs fit on the same train rows, early-stop and choose on the same valid rows, and are
 scored once on the same untouched test rows:
 
@@ -112,9 +113,9 @@ def one_design(name: str, split_rows, scalers, threads: int) -> dict:
 
 def one_seed(rows, seed: int, threads: int) -> dict:
     from credit_platform.core.model_input import fit_scalers
-    from credit_platform.defs.assets.split import TEST, TRAIN, VALID, side_rows, stratified_split
+    from credit_platform.defs.assets.split import TEST, TRAIN, VALID, grouped_split, side_rows
 
-    split = stratified_split(rows, valid_fraction=0.2, seed=seed, test_fraction=0.2)
+    split = grouped_split(rows, valid_fraction=0.2, seed=seed, test_fraction=0.2)
     sides = tuple(side_rows(split, side) for side in (TRAIN, VALID, TEST))
     scalers = fit_scalers(sides[0])
     result = {"split_seed": seed, "rows": [len(part) for part in sides]}

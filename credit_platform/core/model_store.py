@@ -5,7 +5,9 @@ A saved `credit_score_classifier` carries everything the service needs: the CatB
 model, the scalers fit with it (custom object), and metadata naming its training
 partition, test metrics (accuracy, macro F1, per-label recall, confusion matrix), the
 chosen trial's validation metrics, params and MLflow run. The service never reads a
-date-named folder.
+date-named folder. Monitoring finds there the drift reference (`DRIFT_REFERENCE_KEY`):
+the distributions of the model's own training rows, fixed when it was trained, so the
+drift of a model on a day does not depend on what arrived in the source tables since.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
 SCALERS_KEY = "scalers"
 PARTITION_LABEL = "partition"
 CONFUSION_KEY = "test_confusion_matrix"
+DRIFT_REFERENCE_KEY = "drift_reference"
 # What a model's metadata must report to be judged or deployed.
 REQUIRED_TEST_METRICS = ("test_accuracy", "test_macro_f1")
 
@@ -58,12 +61,15 @@ def save_model_bundle(
     params: dict[str, Any],
     confusion: dict[str, Any] | None = None,
     validation_metrics: dict[str, float] | None = None,
+    drift_reference: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
     """Save the model with its scalers; returns the tag "credit_score_classifier:<version>".
 
     `metrics` are the test metrics ("test_accuracy", ...); the confusion matrix goes beside
-    them as "test_confusion_matrix", so whatever reports the metrics reports it too."""
+    them as "test_confusion_matrix", so whatever reports the metrics reports it too.
+    `drift_reference` (plain JSON, `core.monitoring.profile_document`) is stored in the
+    metadata under DRIFT_REFERENCE_KEY, readable without loading the model."""
     export_bentoml_home()
     import bentoml
 
@@ -78,6 +84,7 @@ def save_model_bundle(
         },
         "params": {name: _plain(value) for name, value in params.items()},
         "classes": [str(label) for label in model.classes_],
+        **({DRIFT_REFERENCE_KEY: drift_reference} if drift_reference is not None else {}),
         **(extra or {}),
     }
     saved = bentoml.catboost.save_model(

@@ -169,7 +169,7 @@ def quality_from_confusion(confusion: np.ndarray) -> tuple[int, float | None, fl
     return labelled, accuracy, float(f1.mean())
 
 
-# --- the reference: the served model's training partition ---------------------------------
+# --- the reference: what the served model was trained on --------------------------------
 
 
 @dataclass(frozen=True)
@@ -204,10 +204,61 @@ def reference_profile(
     )
 
 
-def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, float] | None:
-    """How often the model predicted each label on its test rows (the confusion matrix's
-    column sums), or None when the model was saved without a confusion matrix."""
-    confusion = (model_metadata.get("metrics") or {}).get("test_confusion_matrix")
+# Version of the stored form of a ReferenceProfile (`profile_document`).
+PROFILE_FORMAT = 1
+
+
+def profile_document(profile: ReferenceProfile) -> dict[str, Any]:
+    """The profile as plain JSON types, to be stored with the model it describes (MLflow
+    artifact, BentoML metadata): bin keys become text, edges lists of floats."""
+    return {
+        "format": PROFILE_FORMAT,
+        "rows": int(profile.rows),
+        "numeric": {
+            name: {
+                "edges": [float(edge) for edge in profile.edges[name]],
+                "counts": {str(key): int(count) for key, count in profile.counts[name].items()},
+            }
+            for name in NUMERIC_FEATURES
+        },
+        "categories": {
+            name: {str(key): int(count) for key, count in profile.counts[name].items()}
+            for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES)
+        },
+        "prediction_mix": {str(k): float(v) for k, v in profile.prediction_mix.items()},
+    }
+
+
+def profile_from_document(document: Mapping[str, Any]) -> ReferenceProfile:
+    """The profile a `profile_document` holds; ValueError naming what is wrong otherwise
+    (another format, a feature missing, a count that is no number)."""
+    if not isinstance(document, Mapping) or document.get("format") != PROFILE_FORMAT:
+        found = document.get("format") if isinstance(document, Mapping) else type(document)
+        raise ValueError(f"not a drift reference of format {PROFILE_FORMAT} (found {found!r})")
+    try:
+        edges, counts = {}, {}
+        for name in NUMERIC_FEATURES:
+            stored = document["numeric"][name]
+            edges[name] = np.asarray([float(edge) for edge in stored["edges"]], dtype=float)
+            counts[name] = {
+                key if key == MISSING else int(key): int(count)
+                for key, count in stored["counts"].items()
+            }
+        for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES):
+            counts[name] = {
+                str(key): int(count) for key, count in document["categories"][name].items()
+            }
+        mix = {str(key): float(value) for key, value in document["prediction_mix"].items()}
+        return ReferenceProfile(
+            rows=int(document["rows"]), edges=edges, counts=counts, prediction_mix=mix
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"malformed drift reference: {error!r}") from error
+
+
+def confusion_prediction_mix(confusion: Any) -> dict[str, float] | None:
+    """How often each label was predicted in a confusion document ({"labels", "rows"}:
+    the column sums), or None when it is not one."""
     if not isinstance(confusion, Mapping) or "labels" not in confusion or "rows" not in confusion:
         return None
     try:
@@ -218,6 +269,14 @@ def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, floa
     if columns.ndim != 1 or len(columns) != len(labels):
         return None
     return {str(label): float(count) for label, count in zip(labels, columns, strict=True)}
+
+
+def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, float] | None:
+    """How often the model predicted each label on its test rows (the confusion matrix's
+    column sums), or None when the model was saved without a confusion matrix."""
+    return confusion_prediction_mix(
+        (model_metadata.get("metrics") or {}).get("test_confusion_matrix")
+    )
 
 
 # --- one day's report, accumulated chunk by chunk ------------------------------------------
@@ -308,11 +367,13 @@ class DriftSkipped:
 
 @dataclass(frozen=True)
 class ModelReference:
-    """A served model as monitoring needs it: its training profile and test accuracy."""
+    """A served model as monitoring needs it: its training profile and test accuracy, and
+    where that profile came from (`source`: stored with the model, or re-read)."""
 
     profile: ReferenceProfile
     test_accuracy: float | None
     partition: str | None
+    source: str = ""
 
 
 _LABEL_INDEX = {label: index for index, label in enumerate(LABELS)}

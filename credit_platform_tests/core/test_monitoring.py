@@ -34,6 +34,8 @@ from credit_platform.core.monitoring import (
     held_out_prediction_mix,
     loan_types,
     numeric_bin_counts,
+    profile_document,
+    profile_from_document,
     psi,
     quality_from_confusion,
     quantile_edges,
@@ -158,6 +160,50 @@ def _training_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
     frame["payment_behaviour"] = "Low_spent_Small_value_payments"
     frame[TARGET] = generator.choice(list(LABELS), rows)
     return frame
+
+
+def test_a_stored_profile_reads_back_as_the_profile_it_was_made_from():
+    frame = _training_frame()
+    frame.loc[::7, "age"] = np.nan
+    frame.loc[::9, "occupation"] = None
+    profile = reference_profile(frame, {"Good": 3.0, "Standard": 5.0, "Poor": 2.0})
+    document = profile_document(profile)
+    # plain JSON: it goes to MLflow as an artifact and into BentoML's metadata as it is
+    again = profile_from_document(json.loads(json.dumps(document)))
+
+    assert again.rows == profile.rows == 400
+    assert again.prediction_mix == profile.prediction_mix
+    assert again.counts == profile.counts
+    assert again.counts["age"][MISSING] == 58
+    for name in NUMERIC_FEATURES:
+        np.testing.assert_array_equal(again.edges[name], profile.edges[name])
+    # the same requests get the same bins and the same PSI from either
+    today = _training_frame(seed=5)
+    for name in NUMERIC_FEATURES:
+        values = today[name].to_numpy(dtype=float)
+        assert numeric_bin_counts(values, again.edges[name]) == numeric_bin_counts(
+            values, profile.edges[name]
+        )
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"format": 99}, "format 1"),
+        ("not a mapping", "format 1"),
+        ({"format": 1, "rows": 3}, "malformed drift reference"),
+    ],
+)
+def test_a_profile_document_of_another_shape_is_refused_by_name(document, message):
+    with pytest.raises(ValueError, match=message):
+        profile_from_document(document)
+
+
+def test_a_stored_profile_missing_a_feature_is_refused():
+    document = profile_document(reference_profile(_training_frame()))
+    del document["numeric"]["age"]
+    with pytest.raises(ValueError, match="age"):
+        profile_from_document(document)
 
 
 def _log_chunk(features: pd.DataFrame, version: str, role: str, predictions, customers):

@@ -7,7 +7,9 @@ new model's monitoring recovers.
 
 Days are fixed and in the past (so every daily partition exists) and everything is seeded,
 so the figures are the same on every run. The history ends a month before the live days,
-so the retraining window holds only live days, most of them drifted.
+so the retraining window holds only live days, most of them drifted. Live traffic comes
+from customers the first model never saw (another seed, as `credit-platform simulate`
+defaults to): tomorrow's customers, which is what a test accuracy must predict.
 """
 
 from __future__ import annotations
@@ -41,17 +43,22 @@ from credit_platform_tests.training_fixtures import tiny_grid, training_resource
 pytestmark = pytest.mark.slow
 
 TOKEN = "closed-loop-token"
-SEED = 23
-CUSTOMERS = 300
+SEED = 23  # the history's customers
+LIVE_SEED = 24  # the live days' customers: none of them in the first model's training rows
+CUSTOMERS = 1000
 HISTORY_START, HISTORY_DAYS = date(2025, 3, 1), 10
 FIRST_MODEL_DAY = date(2025, 3, 10)  # the last history day: the first model's partition
 LIVE_START = date(2025, 4, 14)  # a month and more after it: out of the retraining window
 DRIFT_START = date(2025, 4, 16)  # two clean live days, then the drift
 LIVE_END = date(2025, 4, 22)  # labels up to 2025-04-21: six drifted labelled days
 AFTER_END = date(2025, 4, 26)  # the new model answers from 2025-04-23, labels to 04-25
-# Incomes fall (the features drift: PSI) and the same features earn worse labels (concept
-# drift: live accuracy falls); either alone shows only one of the two.
-DRIFT = Drift("income+label_rule", DRIFT_START)
+# Customers come from a new occupation mix (the features drift: PSI) and the same features
+# earn worse labels (concept drift: live accuracy falls); either alone shows only one of the
+# two. Not an income drift: the model answers lower incomes with worse labels, which is what
+# the label rule's shift does too, so live accuracy fell by only about 0.05 (0.80 to 0.75 on
+# unseen customers), no more than the tolerance, and only a row split's flattered test
+# accuracy made that look like a failure.
+DRIFT = Drift("occupation+label_rule", DRIFT_START)
 POLICY = {"accuracy_tolerance": "0.035", "min_labelled": "100", "psi_threshold": "0.2"}
 
 
@@ -144,7 +151,7 @@ def _simulate(loop, end: date, days: int) -> dict[date, dict]:
         customers=CUSTOMERS,
         days=days,
         end=end,
-        seed=SEED,
+        seed=LIVE_SEED,
         drift=DRIFT,
         chunk_rows=CUSTOMERS,
         echo=lambda line: None,
@@ -195,13 +202,15 @@ def test_drift_fails_monitoring_retrains_redeploys_and_monitoring_recovers(loop)
     # monitored once its labels have arrived.
     before = _simulate(loop, LIVE_END, _days(LIVE_START, LIVE_END))
     assert sorted(before) == [LIVE_START + timedelta(days=n) for n in range(8)]
-    for day in before.values():
-        assert day["version"] == old_tag and day["labelled"] == CUSTOMERS, day
+    minimum = int(POLICY["min_labelled"])
+    for day in before.values():  # every day has the labels to be judged
+        assert day["version"] == old_tag and day["labelled"] == CUSTOMERS >= minimum, day
     clean = [before[day] for day in sorted(before) if day < DRIFT_START]
     drifted = [before[day] for day in sorted(before) if day >= DRIFT_START]
     tolerance = float(POLICY["accuracy_tolerance"])
-    for day in clean:  # the served model does as well as its test rows said
+    for day in clean:  # the served model does as well on new customers as its test rows said
         assert day["drift_passed"] and day["accuracy_passed"], day
+        assert f"within {tolerance} of {old_test:.4f}" in day["accuracy_check"], day
         assert day["psi"] < float(POLICY["psi_threshold"])
         assert day["live"] > old_test - tolerance
     for day in drifted:  # both checks fail on every drifted day
@@ -266,15 +275,18 @@ def test_drift_fails_monitoring_retrains_redeploys_and_monitoring_recovers(loop)
     assert after[LIVE_END]["version"] == old_tag
     assert len(served_by_new) == 3
     best_drifted = max(day["live"] for day in drifted)
-    for day in served_by_new:
-        assert day["version"] == new_tag and day["labelled"] == CUSTOMERS, day
+    new_test = _test_accuracy(retrained)
+    for day in served_by_new:  # the alarm clears: judged on enough labels, and passed
+        assert day["version"] == new_tag and day["labelled"] == CUSTOMERS >= minimum, day
         assert day["accuracy_passed"] and day["drift_passed"], day
+        assert f"within {tolerance} of {new_test:.4f}" in day["accuracy_check"], day
         assert day["live"] > best_drifted, (day, best_drifted)
     settled = _tick(retrain_sensor, loop)
     assert isinstance(settled, SkipReason), settled
     print(  # the figures, for a reader of `pytest -s`
         "closed loop:",
         f"old test {old_test:.4f}",
+        f"new test {new_test:.4f}",
         "clean",
         [round(d["live"], 4) for d in clean],
         "drifted",

@@ -3,9 +3,11 @@ service's own log writer, on SQLite and on the real MariaDB server."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import (
@@ -18,30 +20,41 @@ from dagster import (
 
 from credit_platform.core import settings
 from credit_platform.core.db import init_schema
-from credit_platform.core.model_store import model_metadata
+from credit_platform.core.model_store import DRIFT_REFERENCE_KEY, model_metadata
 from credit_platform.core.monitoring import (
     ALL_VERSIONS,
     DRIFT_SKIPPED,
     FEATURE_PSI,
     LABELLED,
     LIVE_ACCURACY,
+    MAX_FEATURE_PSI,
+    PREDICTION_MIX_PSI,
     REQUESTS,
     TEST_ACCURACY,
+    held_out_prediction_mix,
+    profile_document,
+    reference_profile,
 )
-from credit_platform.core.monitoring_store import read_day
+from credit_platform.core.monitoring_store import read_day, read_training_rows
 from credit_platform.core.monitoring_view import model_changes, role_totals, version_days
 from credit_platform.core.schema import MONITORING_ALL_ROLES
+from credit_platform.defs.assets.model import DRIFT_REFERENCE_ARTIFACT
 from credit_platform.defs.assets.monitoring import (
     DRIFT_CHECK,
     LIVE_ACCURACY_CHECK,
     MONITORING_CHECKS,
+    PINNED_REFERENCE,
+    REREAD_REFERENCE,
     model_monitoring,
 )
-from credit_platform.ingest.synthetic import seed_synthetic
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN
+from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
+from credit_platform.ingest.synthetic import Drift, seed_synthetic
 from credit_platform_tests.monitoring_fixtures import (
     BAD_DAY,
     GONE,
     GOOD_DAY,
+    TRAINING_PARTITION,
     day_rows,
     log_rows,
     monitoring_resources,
@@ -50,6 +63,7 @@ from credit_platform_tests.monitoring_fixtures import (
     write_good_and_bad_days,
     write_log,
 )
+from credit_platform_tests.training_fixtures import tiny_grid, training_resources
 
 EMPTY_DAY = date(2025, 2, 6)  # nothing logged
 
@@ -341,3 +355,122 @@ def test_a_report_that_cannot_be_written_is_named_and_the_day_still_monitored(
     metadata = materialization.metadata
     assert metadata["report_not_written"].value.startswith(str(blocked / "model_monitoring"))
     assert "report" not in metadata and "| 2025-02-03 |" in metadata["monitored_days"].value
+
+
+def _psi_rows(url: str, day: date, version: str) -> pd.DataFrame:
+    engine = init_schema(url)
+    report = read_day(engine, day)
+    engine.dispose()
+    drift = report[
+        (report["model_version"] == version)
+        & (report["role"] == "champion")
+        & report["metric"].isin([FEATURE_PSI, MAX_FEATURE_PSI, PREDICTION_MIX_PSI])
+    ]
+    return drift[["metric", "feature", "value"]].sort_values(["metric", "feature"], kind="stable")
+
+
+def _more_rows_in_the_training_window(engine) -> None:
+    """Rows that arrive late for the training partition's window: other customers, poorer
+    (so the window's income quantiles move)."""
+    start = date(2025, 1, 10)
+    seed_synthetic(
+        engine,
+        customers=300,
+        days=20,
+        start=start,
+        seed=8,
+        drift=Drift("income", start),
+        progress=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_models_psi_for_a_day_is_the_same_whatever_arrives_later(tmp_path):
+    """The drift reference is computed from the model's own training rows when it is
+    trained and stored with it (BentoML metadata, MLflow artifact); rows that reach the
+    source tables of its training window later change nothing in its PSI."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = seed_store(url)
+    resources = {**training_resources(tmp_path, url), **monitoring_resources(url)}
+    trained = materialize(
+        list(CONTINUOUS_TRAINING_ASSETS),
+        partition_key=TRAINING_PARTITION,
+        resources=resources,
+        run_config={"ops": {"credit_score_model": {"config": tiny_grid(30)}}},
+    )
+    model = trained.output_for_node("credit_score_model")
+    tag = model["bento_tag"]
+    metadata = model_metadata(tag)
+    stored = metadata[DRIFT_REFERENCE_KEY]
+
+    # the reference is the profile of the rows the served model was fit on
+    split = trained.output_for_node("train_valid_split")
+    refit = metadata["params"]["refit_on_train_valid"]
+    fit_rows = split[split[SPLIT_COLUMN] != TEST] if refit else split[split[SPLIT_COLUMN] == TRAIN]
+    expected = reference_profile(fit_rows, held_out_prediction_mix(metadata))
+    assert stored == profile_document(expected)
+    (materialization,) = trained.asset_materializations_for_node("credit_score_model")
+    assert materialization.metadata["drift_reference_rows"].value == len(fit_rows)
+    # and the same document is an artifact of the model's MLflow parent run
+    artifact = (
+        resources["mlflow_tracking"]
+        .client()
+        .download_artifacts(
+            metadata["mlflow_parent_run_id"], DRIFT_REFERENCE_ARTIFACT, str(tmp_path)
+        )
+    )
+    with open(artifact) as stream:
+        assert json.load(stream) == stored
+
+    today = day_rows(engine, GOOD_DAY)
+    write_log(url, tmp_path / "spool", log_rows(today, day=GOOD_DAY, model_version=tag))
+    first = _monitor(url, GOOD_DAY)
+    note = first.asset_materializations_for_node("model_monitoring")[0].metadata
+    assert f"{PINNED_REFERENCE}: {len(fit_rows)} training rows" in note["drift_reference"].value
+    psi_first = _psi_rows(url, GOOD_DAY, tag)
+    # every feature, their maximum and the prediction mix: measured, nothing skipped
+    assert psi_first["value"].notna().sum() == 22 + 1 + 1
+    assert (psi_first["metric"] == PREDICTION_MIX_PSI).sum() == 1
+
+    training_day = date.fromisoformat(TRAINING_PARTITION)
+    window_before = read_training_rows(engine, training_day)
+    _more_rows_in_the_training_window(engine)
+    window_after = read_training_rows(engine, training_day)
+    # the source tables now say something else about the training window...
+    assert len(window_after) > len(window_before)
+    assert not np.array_equal(
+        reference_profile(window_after).edges["annual_income"],
+        reference_profile(window_before).edges["annual_income"],
+    )
+    engine.dispose()
+
+    assert _monitor(url, GOOD_DAY).success
+    # ...and the model's PSI for the day is exactly what it was
+    pd.testing.assert_frame_equal(_psi_rows(url, GOOD_DAY, tag), psi_first)
+
+
+def test_a_model_saved_without_a_reference_is_measured_against_its_partition_saying_so(
+    tmp_path,
+):
+    """A model saved before references were stored with models: its training partition is
+    re-read from the source tables, the metadata says so, and that PSI moves when rows
+    arrive for the window (the reason references are stored now)."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = seed_store(url)
+    tag = train_served_model(engine)  # saved without a drift reference
+    assert DRIFT_REFERENCE_KEY not in model_metadata(tag)
+    today = day_rows(engine, GOOD_DAY)
+    write_log(url, tmp_path / "spool", log_rows(today, day=GOOD_DAY, model_version=tag))
+
+    first = _monitor(url, GOOD_DAY)
+    assert first.success
+    note = first.asset_materializations_for_node("model_monitoring")[0].metadata
+    assert f"{REREAD_REFERENCE}: the model was saved without" in note["drift_reference"].value
+    psi_first = _psi_rows(url, GOOD_DAY, tag)
+    _more_rows_in_the_training_window(engine)
+    engine.dispose()
+
+    assert _monitor(url, GOOD_DAY).success
+    psi_again = _psi_rows(url, GOOD_DAY, tag)
+    income = psi_first["feature"] == "annual_income"
+    assert psi_again.loc[income, "value"].item() != psi_first.loc[income, "value"].item()

@@ -35,7 +35,7 @@ from credit_platform.core.training import (
 )
 from credit_platform.defs.assets.model import CONFUSION_MATRIX_IMAGE, credit_score_model
 from credit_platform.defs.assets.scalers import scalers
-from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, stratified_split
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
 from credit_platform.defs.assets.split import train_valid_split as split_asset
 from credit_platform.defs.resources.mlflow_tracking import (
     EXPERIMENT_KIND_TAG,
@@ -161,7 +161,7 @@ def test_markdown_table_escapes_cell_separators():
 
 
 def test_a_trial_learns_the_labels_from_prepared_input():
-    split = stratified_split(synthetic_partition(DAY, rows=400), valid_fraction=0.2, seed=42)
+    split = grouped_split(synthetic_partition(DAY, rows=400), valid_fraction=0.2, seed=42)
     train = split[split[SPLIT_COLUMN] == TRAIN]
     valid = split[split[SPLIT_COLUMN] == VALID]
     fitted = fit_scalers(train)
@@ -193,7 +193,7 @@ def test_a_trial_learns_the_labels_from_prepared_input():
 
 
 def _synthetic_pools(rows: int = 400):
-    split = stratified_split(synthetic_partition(DAY, rows=rows), valid_fraction=0.2, seed=42)
+    split = grouped_split(synthetic_partition(DAY, rows=rows), valid_fraction=0.2, seed=42)
     train = split[split[SPLIT_COLUMN] == TRAIN]
     valid = split[split[SPLIT_COLUMN] == VALID]
     fitted = fit_scalers(train)

@@ -5,6 +5,11 @@ valid rows (refit on train + valid rows when the grid says so, logged in the par
 scored once on the test rows, and those test metrics are what the parent run,
 the new registered model version, the `credit_score_classifier` in the BentoML store (saved
 with its scalers) and the asset's metadata report.
+
+The drift reference is computed here, once, from the rows the served model was fit on (train,
+plus valid when it was refit on both) and its predictions on the test rows, and stored with
+it (MLflow artifact, BentoML metadata): monitoring compares a day's requests with what this
+model saw, never with source tables that keep changing.
 """
 
 import json
@@ -20,6 +25,11 @@ from credit_platform.core.charts import confusion_matrix_png
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import Scalers, prepare_model_input
 from credit_platform.core.model_store import save_model_bundle
+from credit_platform.core.monitoring import (
+    confusion_prediction_mix,
+    profile_document,
+    reference_profile,
+)
 from credit_platform.core.settings import MODEL_NAME
 from credit_platform.core.training import (
     FitSettings,
@@ -43,6 +53,7 @@ from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResourc
 
 MODEL_ARTIFACT = "model"
 CONFUSION_MATRIX_IMAGE = "test_confusion_matrix.png"
+DRIFT_REFERENCE_ARTIFACT = "drift_reference.json"
 
 
 def _grid_default(key: str) -> Any:
@@ -258,7 +269,12 @@ def credit_score_model(
         params = {**best.params.as_dict(), **fixed}
         confusion = confusion_markdown(tested)
         importances = markdown_table(["feature", "importance"], feature_importances(model))
+        fit_rows = train if model is best.model else pd.concat([train, valid])
+        drift_reference = profile_document(
+            reference_profile(fit_rows, confusion_prediction_mix(confusion_document(tested)))
+        )
         mlflow.log_metrics({**metrics, **best.metrics})
+        mlflow.log_dict(drift_reference, DRIFT_REFERENCE_ARTIFACT)
         mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
         mlflow_tracking.log_png(
@@ -288,6 +304,7 @@ def credit_score_model(
             params=params,
             confusion=confusion_document(tested),
             validation_metrics=best.metrics,
+            drift_reference=drift_reference,
             extra={
                 "mlflow_run_id": best_run_id,
                 "mlflow_parent_run_id": parent.info.run_id,
@@ -333,5 +350,6 @@ def credit_score_model(
             "rows_train": MetadataValue.int(len(train)),
             "rows_valid": MetadataValue.int(len(valid)),
             "rows_test": MetadataValue.int(len(test)),
+            "drift_reference_rows": MetadataValue.int(len(fit_rows)),
         },
     )

@@ -2,7 +2,8 @@
 
 For day D it reads the prediction log's rows of D in chunks, judges each prediction by the
 customer's first label dated in [D, D + horizon] (see `core.monitoring`), compares the
-requests' features with each model's training partition (PSI), and writes one report per
+requests' features with each model's drift reference (PSI; the distributions of its training
+rows, stored with the model when it was trained), and writes one report per
 (model version, role) to `credit_model_monitoring`, replacing the day. The checks read that
 report back; neither blocks anything (monitoring must report even when it is bad news).
 """
@@ -27,7 +28,7 @@ from dagster import (
 
 from credit_platform.core import settings
 from credit_platform.core.db import create_tables
-from credit_platform.core.model_store import ModelNotFound, model_metadata
+from credit_platform.core.model_store import DRIFT_REFERENCE_KEY, ModelNotFound, model_metadata
 from credit_platform.core.monitoring import (
     ALL_VERSIONS,
     DRIFT_SKIPPED,
@@ -46,6 +47,7 @@ from credit_platform.core.monitoring import (
     first_labels,
     held_out_prediction_mix,
     latency_metric,
+    profile_from_document,
     reference_profile,
 )
 from credit_platform.core.monitoring_store import (
@@ -89,12 +91,18 @@ SERVED_ROLE = MODEL_ROLES[0]
 TOP_DRIFTING = 10
 # Check metadata naming the model versions that failed (the retrain sensor reads it).
 FAILED_VERSIONS = "failed_model_versions"
+# How a model's drift reference was obtained (the start of its `drift_reference` note).
+PINNED_REFERENCE = "stored with the model at training"
+REREAD_REFERENCE = "re-read from the source tables"
 # Slack in comparisons, so 0.60 - 0.05 is not "below" 0.55.
 _EPSILON = 1e-9
 
 
 def model_reference(engine, tag: str) -> ModelReference | DriftSkipped:
-    """What drift compares model `tag`'s requests with, or why that cannot be known."""
+    """What drift compares model `tag`'s requests with, or why that cannot be known: the
+    reference stored with the model when it was trained; for a model saved before
+    references were stored, its training partition re-read from the source tables (whose
+    PSI can change as rows arrive; `source` says so)."""
     try:
         metadata = model_metadata(tag)
     except ModelNotFound:
@@ -102,6 +110,20 @@ def model_reference(engine, tag: str) -> ModelReference | DriftSkipped:
     except Exception as error:  # a malformed tag in the log, a broken store entry
         return DriftSkipped(f"{tag} cannot be read from the BentoML store: {error}")
     partition = metadata.get("partition")
+    accuracy = (metadata.get("metrics") or {}).get("test_accuracy")
+    test_accuracy = float(accuracy) if isinstance(accuracy, int | float) else None
+    stored = metadata.get(DRIFT_REFERENCE_KEY)
+    if stored is not None:
+        try:
+            profile = profile_from_document(stored)
+        except ValueError as error:
+            return DriftSkipped(f"{tag}'s stored drift reference cannot be read: {error}")
+        return ModelReference(
+            profile=profile,
+            test_accuracy=test_accuracy,
+            partition=None if partition is None else str(partition),
+            source=f"{PINNED_REFERENCE}: {profile.rows} training rows of partition {partition}",
+        )
     try:
         partition_day = date.fromisoformat(str(partition))
     except ValueError:
@@ -112,12 +134,26 @@ def model_reference(engine, tag: str) -> ModelReference | DriftSkipped:
             f"{tag} was trained on partition {partition}, whose labelled rows are no longer "
             "in the feature store"
         )
-    accuracy = (metadata.get("metrics") or {}).get("test_accuracy")
     return ModelReference(
         profile=reference_profile(training, held_out_prediction_mix(metadata)),
-        test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+        test_accuracy=test_accuracy,
         partition=str(partition),
+        source=(
+            f"{REREAD_REFERENCE}: the model was saved without a drift reference, so partition "
+            f"{partition}'s labelled rows were read from the source tables ({len(training)} "
+            "rows); its PSI can change as rows for that window arrive"
+        ),
     )
+
+
+def reference_sources_markdown(references: dict[str, ModelReference | DriftSkipped]) -> str:
+    """Which reference each model version's drift was measured against."""
+    rows = [
+        (version, reference.source)
+        for version, reference in sorted(references.items())
+        if isinstance(reference, ModelReference)
+    ]
+    return markdown_table(("model version", "drift reference"), rows)
 
 
 def _value(report: pd.DataFrame, version: str, role: str, metric: str, feature: str = ""):
@@ -237,10 +273,10 @@ def monitoring_metadata(
     description=(
         "For day D: live accuracy and macro F1 of the logged predictions (each judged by the "
         "customer's first label dated in [D, D + horizon]), feature and prediction-mix drift "
-        "(PSI) against each model's training partition, request volume and latency; per "
-        "model version and role, written to credit_model_monitoring (the day replaced). "
-        "A failed check makes retrain_sensor request continuous_training: the loop "
-        "train -> deploy -> log -> monitor -> retrain."
+        "(PSI) against the reference stored with each model at training, request volume and "
+        "latency; per model version and role, written to credit_model_monitoring (the day "
+        "replaced). A failed check makes retrain_sensor request continuous_training: the "
+        "loop train -> deploy -> log -> monitor -> retrain."
     ),
     metadata={
         "dagster/table_name": credit_model_monitoring.name,
@@ -286,6 +322,10 @@ def model_monitoring(
     metadata = monitoring_metadata(report, day, skipped, monitoring_policy.psi)
     metadata.update(monitored_days_report(window, day, monitoring_policy.psi))
     metadata["dagster/table_name"] = table_name
+    if any(isinstance(reference, ModelReference) for reference in monitor.references.values()):
+        metadata["drift_reference"] = MetadataValue.md(
+            reference_sources_markdown(monitor.references)
+        )
     metadata["labels_in_window"] = MetadataValue.int(len(labels))
     metadata["label_horizon_days"] = MetadataValue.int(horizon)
     if not rows:
@@ -342,7 +382,8 @@ def _served_groups(report: pd.DataFrame) -> list[str]:
     asset=model_monitoring,
     partitions_def=daily_partitions(),
     description="WARN when a feature or the prediction mix of the served (champion) model's "
-    "requests drifted beyond the PSI threshold from its training partition.",
+    "requests drifted beyond the PSI threshold from its training rows (the reference stored "
+    "with the model).",
 )
 def model_monitoring_drift(
     context: AssetCheckExecutionContext,
