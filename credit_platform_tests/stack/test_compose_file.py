@@ -1,7 +1,7 @@
 """The production stack's files, checked the way `docker compose config` and a first
-`docker compose up` would find their mistakes (this machine has no Docker engine):
+`docker compose up` would find their mistakes, in seconds and without Docker:
 healthchecks and start order, variables, paths, ports, and the Dagster instance the
-containers run.
+containers run (test_stack_docker.py runs the stack itself).
 """
 
 from __future__ import annotations
