@@ -22,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,12 +183,19 @@ class ModelSync:
 
     # --- reload (the worker that received /admin/reload) ---------------------------------
 
-    def reload(self, tag: str | None, timeout: float = 120.0) -> tuple[Predictor, Predictor]:
+    def reload(
+        self,
+        tag: str | None,
+        timeout: float = 120.0,
+        publish: Callable[[str], None] | None = None,
+    ) -> tuple[Predictor, Predictor]:
         """Load and smoke-test here, publish, wait until every live worker serves it.
+        `publish(tag)` runs once the model passed here and before any worker swaps (the
+        other replicas' record); what it raises aborts the reload with nothing changed.
         Raises ModelNotFound/ModelRefused (nothing changed), ReloadSuperseded, or
         ReloadNotPropagated; a model another worker refuses is rolled back everywhere."""
         with self._lock:
-            previous, current = self.served.reload(tag)
+            previous, current = self.served.reload(tag, before_swap=publish)
             _write_json(self.desired_path, {"tag": current.tag})
             self._report()
         deadline = time.monotonic() + timeout
@@ -200,6 +208,11 @@ class ModelSync:
             refused = [state for state in states if state.failed_tag == current.tag]
             if refused:
                 self._roll_back(previous.tag)
+                if publish is not None:
+                    try:
+                        publish(previous.tag)
+                    except Exception:
+                        logger.exception("cannot publish the rollback to %s", previous.tag)
                 state = refused[0]
                 raise ModelRefused(
                     f"worker {state.pid} could not load {current.tag}: {state.error}; "
@@ -298,16 +311,27 @@ class ModelSync:
             self._report()
 
     def set_challenger(
-        self, spec: ChallengerSpec | None, timeout: float = 120.0
+        self,
+        spec: ChallengerSpec | None,
+        timeout: float = 120.0,
+        publish: Callable[[ChallengerSpec | None], None] | None = None,
     ) -> tuple[ChallengerSpec | None, ChallengerSpec | None]:
         """Attach `spec` (None detaches) here, publish it, and wait until every live worker
-        runs it; returns (previous, new). Raises what `ChallengerSlot.attach` raises (nothing
-        changed), ReloadSuperseded, ReloadNotPropagated, or ModelRefused when another worker
-        cannot load it (every worker is then back on the previous challenger)."""
+        runs it; returns (previous, new). `publish(spec)` runs once it attached here (the
+        other replicas' record); what it raises detaches it again, nothing changed. Raises
+        what `ChallengerSlot.attach` raises (nothing changed), ReloadSuperseded,
+        ReloadNotPropagated, or ModelRefused when another worker cannot load it (every
+        worker is then back on the previous challenger)."""
         if self.challengers is None:
             raise RuntimeError("this service has no challenger slot")
         with self._lock:
             previous = self.challengers.attach(spec)
+            if publish is not None:
+                try:
+                    publish(spec)
+                except BaseException:
+                    self.challengers.attach(previous)
+                    raise
             self._challenger_failed = None
             _write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
             self._report()
