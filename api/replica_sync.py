@@ -51,9 +51,10 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "replica.json"
 LEADER_LOCK = "replica-leader.lock"
-# A model that failed to load is tried again after this many poll intervals, doubling up
-# to the cap (a model missing from the store may arrive; a broken one costs a load a try).
-RETRY_MIN_POLLS = 1
+# A model that failed to load is tried again after a poll interval, the pause doubling up
+# to a quarter of the bound (at most this): a model missing from the store may arrive, and
+# a replica that can follow again is back in rotation soon after; a broken model costs a
+# load per try.
 RETRY_MAX_SECONDS = 30.0
 # Errors of the database that say "the record cannot be read now".
 DATABASE_ERRORS = (SQLAlchemyError, FeatureStoreUnavailable, OSError)
@@ -292,7 +293,8 @@ class ReplicaFollower:
 
     def _failed(self, key: str, why: str) -> str:
         count = self._retry.get(key, (0, 0.0, ""))[0] + 1
-        pause = min(RETRY_MAX_SECONDS, self.poll_seconds * RETRY_MIN_POLLS * 2 ** (count - 1))
+        cap = min(RETRY_MAX_SECONDS, max(self.poll_seconds, self.stale_seconds / 4))
+        pause = min(cap, self.poll_seconds * 2 ** (count - 1))
         self._retry[key] = (count, time.time() + pause, why)
         logger.error("replica %s: %s (next try in %.0fs)", self.replica_id, why, pause)
         return why

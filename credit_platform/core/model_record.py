@@ -12,6 +12,7 @@ hosts whose clocks disagree still agree on how old a heartbeat is.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -241,3 +242,36 @@ def forget_silent_replicas(engine: Engine, older_than_seconds: float = FORGET_RE
         connection.execute(
             delete(credit_api_replicas).where(credit_api_replicas.c.heartbeat_at < cutoff)
         )
+
+
+class ReplicasBehind(RuntimeError):
+    """Live replicas still serve another model when the wait ends."""
+
+    def __init__(self, message: str, reports: list[ReplicaReport]) -> None:
+        super().__init__(message)
+        self.reports = reports
+
+
+def wait_for_replicas(
+    engine: Engine, model_tag: str, timeout_seconds: float, interval: float = 0.25
+) -> list[ReplicaReport]:
+    """Wait until every live replica reports `model_tag`; returns every replica's report.
+    Raises ReplicasBehind naming each live replica that does not, with its reason."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        reports = replicas(engine)
+        behind = [r for r in reports if r.live and r.state.model_tag != model_tag]
+        if not behind:
+            return reports
+        if time.monotonic() > deadline:
+            named = "; ".join(
+                f"{r.state.replica_id} serves {r.state.model_tag}"
+                + (f" ({r.state.problem})" if r.state.problem else "")
+                for r in behind
+            )
+            raise ReplicasBehind(
+                f"after {timeout_seconds:.0f}s, {len(behind)} of "
+                f"{sum(r.live for r in reports)} live replicas do not serve {model_tag}: {named}",
+                reports,
+            )
+        time.sleep(interval)
