@@ -6,6 +6,7 @@ bound of a replica that cannot follow."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -246,3 +247,105 @@ def test_a_replica_that_cannot_follow_leaves_rotation_after_the_bound_and_fails_
         healthy.stop()
         lagging.stop()
         proxy.close()
+
+
+BALANCER_CONFIG = settings.REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+NO_HAPROXY = "haproxy is not installed (apt-get install haproxy): the balancer is not tested"
+
+
+def balancer_config(listen_port: int, replica_ports: list[int]) -> str:
+    """The stack's HAProxy config with its Docker parts swapped for this machine: a
+    loopback port instead of :3000, and the replicas' ports instead of the compose service's
+    DNS name (everything else, checks, retries and timeouts, as production has it)."""
+    config = BALANCER_CONFIG.read_text()
+    swaps = {
+        "    bind :3000\n": f"    bind 127.0.0.1:{listen_port}\n",
+        " init-addr none resolvers docker resolve-prefer ipv4\n": "\n",
+        "    server-template api 5 api:3000 check\n": "".join(
+            f"    server api{n} 127.0.0.1:{port} check\n" for n, port in enumerate(replica_ports)
+        ),
+    }
+    for production, local in swaps.items():
+        assert production in config, f"{BALANCER_CONFIG} no longer has {production!r}"
+        config = config.replace(production, local)
+    return config
+
+
+def test_the_balancer_config_is_valid():
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip(NO_HAPROXY)
+    checked = subprocess.run(
+        [haproxy, "-c", "-f", str(BALANCER_CONFIG)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_balancer_routes_around_a_stopped_replica_and_a_deploy_through_it_reaches_all(
+    trained, mariadb_url, tmp_path
+):
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip(NO_HAPROXY)
+    first, second = trained["tags"][FIRST], trained["tags"][SECOND]
+    init_schema(mariadb_url).dispose()
+    fleet = [
+        start_replica(tmp_path / f"replica-{n}", mariadb_url, trained["bento"], first)
+        for n in range(3)
+    ]
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(balancer_config(port, [service.port for service in fleet]))
+    balancer_url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "haproxy.log").open("w") as sink:
+        balancer = subprocess.Popen(
+            [haproxy, "-db", "-f", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    load = None
+    try:
+        for service in fleet:
+            service.wait_ready()
+        seen: set[str] = set()
+
+        def every_replica_behind_the_balancer() -> bool:
+            try:
+                answer = requests.get(f"{balancer_url}/metadata", timeout=5)
+            except requests.RequestException:
+                return False
+            if answer.status_code == 200:
+                seen.add(answer.json()["replica"]["replica"])
+            return len(seen) == 3
+
+        wait_for(every_replica_behind_the_balancer, 60, "three replicas behind the balancer")
+        load = LoadGenerator(balancer_url, trained["payloads"], threads=3, max_seconds=150)
+        load.start()
+        wait_for(lambda: load.count() >= 60, 60, "load through the balancer")
+        fleet[1].stop()  # as `docker compose stop` does: SIGTERM, the log drained
+        stopped_at = load.count()
+        wait_for(lambda: load.count() >= stopped_at + 60, 60, "load after the stop")
+        result = deploy(trained, mariadb_url, balancer_url, SECOND, timeout=STALE_SECONDS)
+        assert result.success, result.failure_data_for_node("deployed_bento")
+        assert [metadata(fleet[0])["model_version"], metadata(fleet[2])["model_version"]] == [
+            second,
+            second,
+        ]
+        deployed_at = load.count()
+        wait_for(lambda: load.count() >= deployed_at + 60, 60, "load after the deploy")
+    finally:
+        outcomes = load.stop() if load is not None else []
+        balancer.terminate()
+        balancer.wait(10)
+        for service in fleet:
+            service.stop()
+
+    failures = [outcome for outcome in outcomes if outcome.status != 200]
+    assert not failures, (failures[:3], (tmp_path / "haproxy.log").read_text()[-2000:])
+    assert len(load.resent) <= max(3, len(outcomes) // 100), load.resent
+    assert_logged_exactly_once(mariadb_url, load.prefix, load.answered())
+    reported = result.asset_materializations_for_node("deployed_bento")[0].metadata
+    assert reported["live_replicas"].value == 2  # the stopped replica removed its row
+    assert {row["model_tag"] for row in reported["replicas"].value} == {second}
