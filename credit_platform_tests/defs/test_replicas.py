@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from dagster import instance_for_test, materialize
+from dagster import instance_for_test
 from sqlalchemy.engine import make_url
 
 from api.sample_requests import load_sample, valid_request_payloads
@@ -22,12 +22,11 @@ from credit_platform.core.bento import build_bento, serve_bento_command
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.model_record import replicas
 from credit_platform.core.service_process import LoadGenerator, ServiceProcess, TcpProxy, free_port
-from credit_platform.defs.assets.deploy import deployed_bento
-from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.api.test_reliability_serving import assert_logged_exactly_once, wait_for
+from credit_platform_tests.defs.test_deploy import _deploy
 from credit_platform_tests.training_fixtures import tiny_grid, train_and_check, training_resources
 
 pytestmark = [pytest.mark.slow]
@@ -93,22 +92,16 @@ def start_replica(
 
 
 def deploy(trained, db_url: str, api_url: str, partition: str, timeout: float):
-    """deployed_bento for `partition`, addressed to the one replica at `api_url`."""
-    resources = {
-        **trained["resources"],
-        "feature_store": FeatureStoreResource(url=db_url),
-        "prediction_service": PredictionServiceResource(
-            api_url=api_url, admin_token=TOKEN, autostart=False, replicas_timeout_seconds=timeout
-        ),
-    }
-    return materialize(
-        [*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
-        selection=[deployed_bento],
-        partition_key=partition,
-        resources=resources,
-        instance=trained["instance"],
-        raise_on_error=False,
+    """deployed_bento for `partition`, addressed to the one replica (or balancer) at
+    `api_url`, waiting for the replicas that report in `db_url`."""
+    service = PredictionServiceResource(
+        api_url=api_url, admin_token=TOKEN, autostart=False, replicas_timeout_seconds=timeout
     )
+    platform = {
+        "resources": {**trained["resources"], "feature_store": FeatureStoreResource(url=db_url)},
+        "instance": trained["instance"],
+    }
+    return _deploy(platform, partition, service)
 
 
 def metadata(service: ServiceProcess) -> dict:
@@ -164,6 +157,24 @@ def test_a_deploy_to_one_replica_reaches_all_three_under_load(trained, mariadb_u
             60,
             "load after the deploy",
         )
+
+        # A challenger attached on one replica and detached on another reaches all three.
+        def challengers() -> list:
+            found = [metadata(service)["challenger"] for service in fleet]
+            return [(c["model_version"], c["role"]) if c else None for c in found]
+
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        attached = requests.post(
+            f"{fleet[0].url}/admin/challenger",
+            json={"tag": first, "role": "shadow"},
+            headers=admin,
+            timeout=60,
+        )
+        assert attached.status_code == 200, attached.text
+        wait_for(lambda: challengers() == [(first, "shadow")] * 3, 10, "the shadow everywhere")
+        detached = requests.delete(f"{fleet[1].url}/admin/challenger", headers=admin, timeout=60)
+        assert detached.status_code == 200, detached.text
+        wait_for(lambda: challengers() == [None] * 3, 10, "no challenger anywhere")
     finally:
         outcomes = [outcome for load in loads for outcome in load.stop()]
         for service in fleet:
