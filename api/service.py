@@ -17,9 +17,11 @@ received by one reaches every other through `api.model_sync`, and answers once a
 the new model. Several replicas (servers sharing the feature-store database): a reload
 received by one is written to the desired-model record, which every replica follows
 (`api.replica_sync`); /readyz answers 503 with the reason while a replica has not followed
-for longer than CREDIT_API_MODEL_STALE_SECONDS. Per-request OpenTelemetry spans (no exporter is configured by default) and
-BentoML's access log are off for the prediction routes, since every prediction is logged to
-the database anyway; turn them on with BentoML's own configuration, e.g.
+for longer than CREDIT_API_MODEL_STALE_SECONDS.
+
+Per-request OpenTelemetry spans (no exporter is configured by default) and BentoML's access
+log are off for the prediction routes, since every prediction is logged to the database
+anyway; turn them on with BentoML's own configuration, e.g.
 `BENTOML_CONFIG_OPTIONS="services.credit_score_service.logging.access.enabled=true"`.
 """
 
