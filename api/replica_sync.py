@@ -219,13 +219,14 @@ class ReplicaFollower:
     # --- the following worker ------------------------------------------------------------
 
     def _loop(self, step) -> None:
-        while not self._stop.is_set():
+        # The first step waits a poll: a replica starts on the record's model already, and
+        # its prediction log creates the tables (these two with them) meanwhile.
+        while not self._stop.wait(self.poll_seconds):
             if self._lead():
                 try:
                     step()
                 except Exception:  # never let a follower die: the next poll retries
                     logger.exception("replica %s: %s failed", self.replica_id, step.__name__)
-            self._stop.wait(self.poll_seconds)
 
     def _lead(self) -> bool:
         """Whether this worker follows for the replica (the first to lock; the next one
@@ -270,7 +271,12 @@ class ReplicaFollower:
     def _read_record(self) -> model_record.DesiredModel:
         engine = self.engine()
         if not self._tables_checked:
-            model_record.create_record_tables(engine)
+            # Normally the prediction log created every table by now; take the schema lock
+            # (which the log's writer waits for) only when these two are missing.
+            try:
+                model_record.read_desired(engine)
+            except SQLAlchemyError:
+                model_record.create_record_tables(engine)
             model_record.forget_silent_replicas(engine)
             self._tables_checked = True
         if self._publish_at_start:

@@ -497,15 +497,6 @@ class CreditScoreService:
         )
         self.model_sync = ModelSync(self.served_model, state_dir, challengers=self.challengers)
         self.model_sync.join()
-        self.replica = ReplicaFollower(
-            self.model_sync,
-            settings.feature_store_url(),
-            poll_seconds=settings.api_model_poll_seconds(),
-            stale_seconds=settings.api_model_stale_seconds(),
-            bento_tag=running_bento(),
-            publish_at_start=predictor.tag if pinned and not agreed_tag else None,
-        )
-        self.replica.start()
         # The log creates its table itself, retrying (and spooling) until the database answers.
         self.prediction_log = PredictionLogger(
             settings.feature_store_url(),
@@ -515,6 +506,15 @@ class CreditScoreService:
         self.shadow = ShadowScorer(
             lambda: self.challengers.current, self.prediction_log.submit, shadow_log_row
         )
+        self.replica = ReplicaFollower(
+            self.model_sync,
+            settings.feature_store_url(),
+            poll_seconds=settings.api_model_poll_seconds(),
+            stale_seconds=settings.api_model_stale_seconds(),
+            bento_tag=running_bento(),
+            publish_at_start=predictor.tag if pinned and not agreed_tag else None,
+        )
+        self.replica.start()
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
