@@ -66,14 +66,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
     """Write-then-rename, so a reader sees the old content or the new, never a part."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(payload))
     os.replace(temporary, path)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -135,7 +135,7 @@ class ModelSync:
         return self.state_dir / CHALLENGER_FILE
 
     def desired_challenger(self) -> ChallengerSpec | None:
-        return ChallengerSpec.from_dict(_read_json(self.challenger_path))
+        return ChallengerSpec.from_dict(read_json(self.challenger_path))
 
     @property
     def worker_path(self) -> Path:
@@ -146,7 +146,7 @@ class ModelSync:
 
     @staticmethod
     def desired_in(state_dir: Path) -> str | None:
-        desired = _read_json(Path(state_dir) / DESIRED_FILE)
+        desired = read_json(Path(state_dir) / DESIRED_FILE)
         return desired.get("tag") if desired else None
 
     def join(self) -> None:
@@ -176,7 +176,7 @@ class ModelSync:
             match = _WORKER_FILE.match(path.name)
             if not match or not _pid_alive(int(match.group(1))):
                 continue
-            state = _read_json(path)
+            state = read_json(path)
             if state:
                 found.append(WorkerState(pid=int(match.group(1)), **state))
         return found
@@ -196,7 +196,7 @@ class ModelSync:
         ReloadNotPropagated; a model another worker refuses is rolled back everywhere."""
         with self._lock:
             previous, current = self.served.reload(tag, before_swap=publish)
-            _write_json(self.desired_path, {"tag": current.tag})
+            write_json(self.desired_path, {"tag": current.tag})
             self._report()
         deadline = time.monotonic() + timeout
         while True:
@@ -231,7 +231,7 @@ class ModelSync:
 
     def _roll_back(self, tag: str) -> None:
         with self._lock:
-            _write_json(self.desired_path, {"tag": tag})
+            write_json(self.desired_path, {"tag": tag})
             self.served.reload(tag)
             self._report()
 
@@ -246,7 +246,7 @@ class ModelSync:
             state["challenger"] = spec.as_dict() if spec else None
             if self._challenger_failed is not None:
                 state["challenger_failed"], state["challenger_error"] = self._challenger_failed
-        _write_json(self.worker_path, state)
+        write_json(self.worker_path, state)
 
     def _apply_desired(self) -> None:
         with self._lock:
@@ -333,7 +333,7 @@ class ModelSync:
                     self.challengers.attach(previous)
                     raise
             self._challenger_failed = None
-            _write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
+            write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
             self._report()
         wanted = spec.as_dict() if spec else None
         deadline = time.monotonic() + timeout
@@ -344,7 +344,7 @@ class ModelSync:
             refused = [state for state in states if state.challenger_failed == wanted]
             if wanted is not None and refused:
                 with self._lock:
-                    _write_json(
+                    write_json(
                         self.challenger_path, previous.as_dict() if previous else {"tag": None}
                     )
                     self.challengers.attach(previous)

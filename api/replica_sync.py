@@ -38,9 +38,9 @@ from api.model_sync import (
     ModelSync,
     ReloadNotPropagated,
     ReloadSuperseded,
-    _read_json,
-    _write_json,
     process_identity,
+    read_json,
+    write_json,
 )
 from api.predictor import ModelNotFound, ModelRefused
 from credit_platform.core import model_record
@@ -75,7 +75,7 @@ def replica_identity() -> str:
 def readiness_problem(state_dir: Path, stale_seconds: float, now: float | None = None):
     """Why this replica must leave its balancer's rotation, or None. Read by every worker
     from what the following worker wrote."""
-    state = _read_json(Path(state_dir) / STATE_FILE)
+    state = read_json(Path(state_dir) / STATE_FILE)
     if not state:
         return None  # not polled yet: the model loaded at start is the record's
     now = time.time() if now is None else now
@@ -366,7 +366,7 @@ class ReplicaFollower:
         return self._agreed_tag
 
     def _write_state(self) -> None:
-        _write_json(
+        write_json(
             self.state_path,
             {
                 "checked_at": self._checked_at,
@@ -426,6 +426,6 @@ def describe_replica(follower: ReplicaFollower | None) -> dict[str, Any] | None:
         return None
     return {
         "replica": follower.replica_id,
-        "desired_model": (_read_json(follower.state_path) or {}).get("desired"),
+        "desired_model": (read_json(follower.state_path) or {}).get("desired"),
         "not_ready": follower.readiness_problem(),
     }

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from api.model_sync import _write_json
+from api.model_sync import write_json
 from api.replica_sync import readiness_problem
 from credit_platform.core import model_record
 from credit_platform.core.db import init_schema
@@ -90,7 +90,7 @@ def test_readiness_holds_within_the_bound_and_says_why_past_it(tmp_path):
 
     def follower_wrote(**fields) -> None:
         state = {"desired": "m:b", "serving": "m:a", "behind_since": None, "problem": None}
-        _write_json(tmp_path / "replica.json", {**state, **fields})
+        write_json(tmp_path / "replica.json", {**state, **fields})
 
     follower_wrote(checked_at=now - 9, problem="cannot read the desired-model record: down")
     assert readiness_problem(tmp_path, 10.0, now) is None  # a blip within the bound
