@@ -108,7 +108,6 @@ class ReplicaFollower:
         poll_seconds: float,
         stale_seconds: float,
         bento_tag: str | None,
-        publish_at_start: str | None = None,
         replica_id: str | None = None,
     ) -> None:
         self.model_sync = model_sync
@@ -119,7 +118,6 @@ class ReplicaFollower:
         self.hostname = socket.gethostname()
         self._database_url = database_url
         self._engine: Engine | None = None
-        self._publish_at_start = publish_at_start
         self._tables_checked = False
         self._lock_file: IO[str] | None = None
         self._stop = threading.Event()
@@ -160,6 +158,20 @@ class ReplicaFollower:
         finally:
             engine.dispose()
         return record.model_tag if record else None
+
+    @staticmethod
+    def publish_pin(database_url: str, tag: str) -> None:
+        """Make the model a replica was started with (CREDIT_API_MODEL_TAG, loaded and
+        smoke-tested) every replica's, now or never: published later, once the database
+        answers again, it would undo a deploy made meanwhile. Not published, the pin serves
+        until the replica reads the record."""
+        engine = make_engine(database_url)
+        try:
+            model_record.publish_model(engine, tag, replica_identity())
+        except DATABASE_ERRORS as error:
+            logger.warning("the pinned model %s is not published to the replicas: %s", tag, error)
+        finally:
+            engine.dispose()
 
     def start(self) -> None:
         global _follower
@@ -279,9 +291,6 @@ class ReplicaFollower:
                 model_record.create_record_tables(engine)
             model_record.forget_silent_replicas(engine)
             self._tables_checked = True
-        if self._publish_at_start:
-            model_record.publish_model(engine, self._publish_at_start, self.replica_id)
-            self._publish_at_start = None
         record = model_record.read_desired(engine)
         if record is None:  # the first replica: its model is the agreement
             model_record.publish_model_if_absent(

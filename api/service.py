@@ -489,6 +489,8 @@ class CreditScoreService:
         predictor = self._initial_predictor(
             agreed_tag or pinned or ReplicaFollower.recorded_tag(settings.feature_store_url())
         )
+        if pinned and not agreed_tag:  # loaded and smoke-tested: the pin itself
+            ReplicaFollower.publish_pin(settings.feature_store_url(), predictor.tag)
         self.served_model = ServedModel(predictor, load_predictor)
         self.challengers = ChallengerSlot(load_predictor, lambda: self.served_model.current.tag)
         self.scorer = CoalescingScorer(self.served_model)
@@ -512,7 +514,6 @@ class CreditScoreService:
             poll_seconds=settings.api_model_poll_seconds(),
             stale_seconds=settings.api_model_stale_seconds(),
             bento_tag=running_bento(),
-            publish_at_start=predictor.tag if pinned and not agreed_tag else None,
         )
         self.replica.start()
         logger.info("serving %s", predictor.tag)

@@ -178,8 +178,8 @@ def api_model_tag_pinned() -> str | None:
     """The model CREDIT_API_MODEL_TAG names, None when it is unset or asks for the newest:
     a replica started with a pin serves it and makes it every replica's model; one without
     serves what the replicas' record names."""
-    tag = os.environ.get(API_MODEL_TAG_ENV)
-    return None if not tag or tag.endswith(":latest") else tag
+    tag = (os.environ.get(API_MODEL_TAG_ENV) or "").strip()
+    return None if not tag or tag == "latest" or tag.endswith(":latest") else tag
 
 
 def _positive_int(name: str, default: int) -> int:
