@@ -23,6 +23,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
     """Write-then-rename, so a reader sees the old content or the new, never a part."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(payload))
     os.replace(temporary, path)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -136,7 +137,7 @@ class ModelSync:
         return self.state_dir / CHALLENGER_FILE
 
     def desired_challenger(self) -> ChallengerSpec | None:
-        return ChallengerSpec.from_dict(_read_json(self.challenger_path))
+        return ChallengerSpec.from_dict(read_json(self.challenger_path))
 
     @property
     def worker_path(self) -> Path:
@@ -147,7 +148,7 @@ class ModelSync:
 
     @staticmethod
     def desired_in(state_dir: Path) -> str | None:
-        desired = _read_json(Path(state_dir) / DESIRED_FILE)
+        desired = read_json(Path(state_dir) / DESIRED_FILE)
         return desired.get("tag") if desired else None
 
     def join(self) -> None:
@@ -183,7 +184,7 @@ class ModelSync:
         parts = [own]
         for state in self.workers():
             if state.pid != self.pid:
-                other = _read_json(self.state_dir / f"{SHADOW_STATS_PREFIX}{state.pid}.json")
+                other = read_json(self.state_dir / f"{SHADOW_STATS_PREFIX}{state.pid}.json")
                 parts.append(other or {})
         return add_shadow_stats(parts)
 
@@ -194,20 +195,27 @@ class ModelSync:
             match = _WORKER_FILE.match(path.name)
             if not match or not _pid_alive(int(match.group(1))):
                 continue
-            state = _read_json(path)
+            state = read_json(path)
             if state:
                 found.append(WorkerState(pid=int(match.group(1)), **state))
         return found
 
     # --- reload (the worker that received /admin/reload) ---------------------------------
 
-    def reload(self, tag: str | None, timeout: float = 120.0) -> tuple[Predictor, Predictor]:
+    def reload(
+        self,
+        tag: str | None,
+        timeout: float = 120.0,
+        publish: Callable[[str], None] | None = None,
+    ) -> tuple[Predictor, Predictor]:
         """Load and smoke-test here, publish, wait until every live worker serves it.
+        `publish(tag)` runs once the model passed here and before any worker swaps (the
+        other replicas' record); what it raises aborts the reload with nothing changed.
         Raises ModelNotFound/ModelRefused (nothing changed), ReloadSuperseded, or
         ReloadNotPropagated; a model another worker refuses is rolled back everywhere."""
         with self._lock:
-            previous, current = self.served.reload(tag)
-            _write_json(self.desired_path, {"tag": current.tag})
+            previous, current = self.served.reload(tag, before_swap=publish)
+            write_json(self.desired_path, {"tag": current.tag})
             self._report()
         deadline = time.monotonic() + timeout
         while True:
@@ -219,6 +227,11 @@ class ModelSync:
             refused = [state for state in states if state.failed_tag == current.tag]
             if refused:
                 self._roll_back(previous.tag)
+                if publish is not None:
+                    try:
+                        publish(previous.tag)
+                    except Exception:
+                        logger.exception("cannot publish the rollback to %s", previous.tag)
                 state = refused[0]
                 raise ModelRefused(
                     f"worker {state.pid} could not load {current.tag}: {state.error}; "
@@ -237,7 +250,7 @@ class ModelSync:
 
     def _roll_back(self, tag: str) -> None:
         with self._lock:
-            _write_json(self.desired_path, {"tag": tag})
+            write_json(self.desired_path, {"tag": tag})
             self.served.reload(tag)
             self._report()
 
@@ -252,7 +265,7 @@ class ModelSync:
             state["challenger"] = spec.as_dict() if spec else None
             if self._challenger_failed is not None:
                 state["challenger_failed"], state["challenger_error"] = self._challenger_failed
-        _write_json(self.worker_path, state)
+        write_json(self.worker_path, state)
 
     def _apply_desired(self) -> None:
         with self._lock:
@@ -317,18 +330,29 @@ class ModelSync:
             self._report()
 
     def set_challenger(
-        self, spec: ChallengerSpec | None, timeout: float = 120.0
+        self,
+        spec: ChallengerSpec | None,
+        timeout: float = 120.0,
+        publish: Callable[[ChallengerSpec | None], None] | None = None,
     ) -> tuple[ChallengerSpec | None, ChallengerSpec | None]:
         """Attach `spec` (None detaches) here, publish it, and wait until every live worker
-        runs it; returns (previous, new). Raises what `ChallengerSlot.attach` raises (nothing
-        changed), ReloadSuperseded, ReloadNotPropagated, or ModelRefused when another worker
-        cannot load it (every worker is then back on the previous challenger)."""
+        runs it; returns (previous, new). `publish(spec)` runs once it attached here (the
+        other replicas' record); what it raises detaches it again, nothing changed. Raises
+        what `ChallengerSlot.attach` raises (nothing changed), ReloadSuperseded,
+        ReloadNotPropagated, or ModelRefused when another worker cannot load it (every
+        worker is then back on the previous challenger)."""
         if self.challengers is None:
             raise RuntimeError("this service has no challenger slot")
         with self._lock:
             previous = self.challengers.attach(spec)
+            if publish is not None:
+                try:
+                    publish(spec)
+                except BaseException:
+                    self.challengers.attach(previous)
+                    raise
             self._challenger_failed = None
-            _write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
+            write_json(self.challenger_path, spec.as_dict() if spec else {"tag": None})
             self._report()
         wanted = spec.as_dict() if spec else None
         deadline = time.monotonic() + timeout
@@ -339,7 +363,7 @@ class ModelSync:
             refused = [state for state in states if state.challenger_failed == wanted]
             if wanted is not None and refused:
                 with self._lock:
-                    _write_json(
+                    write_json(
                         self.challenger_path, previous.as_dict() if previous else {"tag": None}
                     )
                     self.challengers.attach(previous)

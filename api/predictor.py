@@ -310,11 +310,17 @@ class ServedModel:
     def current(self) -> Predictor:
         return self._current
 
-    def reload(self, tag: str | None = None) -> tuple[Predictor, Predictor]:
+    def reload(
+        self, tag: str | None = None, before_swap: Callable[[str], None] | None = None
+    ) -> tuple[Predictor, Predictor]:
         """Load, smoke-test, then swap; returns (previous, new). Raises and keeps the old
-        model on any failure. Concurrent reloads run one after the other."""
+        model on any failure, a failure of `before_swap(new tag)` included (the replicas'
+        record is written there, so it never names a model this worker could not load).
+        Concurrent reloads run one after the other."""
         with self._reload_lock:
             candidate = self._loader(tag)
+            if before_swap is not None:
+                before_swap(candidate.tag)
             previous = self._current
             self._current = candidate
         gc.collect()

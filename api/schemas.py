@@ -282,6 +282,8 @@ class ModelMetadata(BaseModel):
     champion_share: float = 1.0  # of requests the champion answers
     challenger: ChallengerMetadata | None = None
     challenger_problem: str | None = None  # why an asked-for challenger is absent here
+    # This replica: its id, the model the replicas' record names, why it is not ready.
+    replica: dict[str, Any] | None = None
 
 
 class ReloadRequest(BaseModel):

@@ -14,9 +14,14 @@ rows are logged as "<id>#<position>", a form no client key can take.
 
 Several workers (CREDIT_API_WORKERS, default 2: one per core of a small machine): a reload
 received by one reaches every other through `api.model_sync`, and answers once all serve
-the new model. Per-request OpenTelemetry spans (no exporter is configured by default) and
-BentoML's access log are off for the prediction routes, since every prediction is logged to
-the database anyway; turn them on with BentoML's own configuration, e.g.
+the new model. Several replicas (servers sharing the feature-store database): a reload
+received by one is written to the desired-model record, which every replica follows
+(`api.replica_sync`); /readyz answers 503 with the reason while a replica has not followed
+for longer than CREDIT_API_MODEL_STALE_SECONDS.
+
+Per-request OpenTelemetry spans (no exporter is configured by default) and BentoML's access
+log are off for the prediction routes, since every prediction is logged to the database
+anyway; turn them on with BentoML's own configuration, e.g.
 `BENTOML_CONFIG_OPTIONS="services.credit_score_service.logging.access.enabled=true"`.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import hmac
 import json
@@ -95,6 +101,12 @@ from api.predictor import (  # noqa: E402
     ServedModel,
     as_scored,
     load_predictor,
+)
+from api.replica_sync import (  # noqa: E402
+    RecordUnavailable,
+    ReplicaFollower,
+    ReplicaReadiness,
+    describe_replica,
 )
 from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
@@ -360,8 +372,14 @@ async def reload_endpoint(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     try:
         previous, current = await anyio.to_thread.run_sync(
-            service.model_sync.reload, reload_request.tag
+            functools.partial(
+                service.model_sync.reload,
+                reload_request.tag,
+                publish=service.replica.publish_model,
+            )
         )
+    except RecordUnavailable as error:
+        return _error(503, str(error), serving=service.served_model.current.tag)
     except ModelNotFound as error:
         return _error(404, str(error), serving=service.served_model.current.tag)
     except ModelRefused as error:
@@ -371,6 +389,7 @@ async def reload_endpoint(request: Request) -> JSONResponse:
     except ReloadNotPropagated as error:
         return _error(504, str(error), serving=service.served_model.current.tag)
     logger.info("model reloaded: %s -> %s", previous.tag, current.tag)
+    await service.report_replica()
     return JSONResponse(
         {
             "status": "reloaded",
@@ -406,7 +425,13 @@ async def challenger_endpoint(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
     serving = service.served_model.current.tag
     try:
-        previous, current = await anyio.to_thread.run_sync(service.model_sync.set_challenger, spec)
+        previous, current = await anyio.to_thread.run_sync(
+            functools.partial(
+                service.model_sync.set_challenger, spec, publish=service.replica.publish_challenger
+            )
+        )
+    except RecordUnavailable as error:
+        return _error(503, str(error), serving=serving)
     except ModelNotFound as error:
         return _error(404, str(error), serving=serving)
     except ValueError as error:  # the champion's own tag
@@ -418,6 +443,7 @@ async def challenger_endpoint(request: Request) -> JSONResponse:
     except ReloadNotPropagated as error:
         return _error(504, str(error), serving=serving)
     logger.info("challenger changed: %s -> %s", previous, current)
+    await service.report_replica()
     metadata = service.model_metadata()
     return JSONResponse(
         {
@@ -455,7 +481,16 @@ class CreditScoreService:
         # Shared by the workers of this server (their parent process).
         state_dir = settings.api_worker_state_dir(process_identity(os.getppid()))
         remove_dead_state_dirs(state_dir.parent)
-        predictor = self._initial_predictor(ModelSync.desired_in(state_dir))
+        agreed_tag = ModelSync.desired_in(state_dir)
+        pinned = settings.api_model_tag_pinned()
+        # The first worker of a replica serves the pinned model (and publishes it to the
+        # other replicas), else the model the replicas' record names; a later worker (a
+        # restart) serves what its replica's workers agreed on.
+        predictor = self._initial_predictor(
+            agreed_tag or pinned or ReplicaFollower.recorded_tag(settings.feature_store_url())
+        )
+        if pinned and not agreed_tag:  # loaded and smoke-tested: the pin itself
+            ReplicaFollower.publish_pin(settings.feature_store_url(), predictor.tag)
         self.served_model = ServedModel(predictor, load_predictor)
         self.challengers = ChallengerSlot(load_predictor, lambda: self.served_model.current.tag)
         self.scorer = CoalescingScorer(self.served_model)
@@ -476,18 +511,27 @@ class CreditScoreService:
             shadow_log_row,
             stats_path=self.model_sync.shadow_stats_path,
         )
+        self.replica = ReplicaFollower(
+            self.model_sync,
+            settings.feature_store_url(),
+            poll_seconds=settings.api_model_poll_seconds(),
+            stale_seconds=settings.api_model_stale_seconds(),
+            bento_tag=running_bento(),
+        )
+        self.replica.start()
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
 
     @staticmethod
     def _initial_predictor(agreed_tag: str | None) -> Predictor:
-        """The model the other workers serve (after a reload), else the configured one."""
+        """The model agreed on (by the replica's workers, the pin, or the replicas' record),
+        else the configured one."""
         if agreed_tag:
             try:
                 return load_predictor(agreed_tag)
             except (ModelNotFound, ModelRefused) as error:
-                logger.error("cannot load %s, which the other workers serve: %s", agreed_tag, error)
+                logger.error("cannot load %s, which was agreed on: %s", agreed_tag, error)
         try:
             return load_predictor(settings.api_model_tag())
         except (ModelNotFound, ModelRefused) as error:
@@ -504,6 +548,7 @@ class CreditScoreService:
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
+        self.replica.stop()
         self.model_sync.stop()
         self.shadow.close()  # its queued rows go to the log before the log closes
         self.prediction_log.close()
@@ -516,7 +561,16 @@ class CreditScoreService:
             champion_share=1.0 - (challenger.spec.answered_share if challenger else 0.0),
             challenger=self._challenger_metadata(challenger),
             challenger_problem=self.challengers.problem,
+            replica=describe_replica(self.replica),
         )
+
+    async def report_replica(self) -> None:
+        """The replica's heartbeat at once after an admin change, so a deploy waiting for
+        every replica need not wait a poll for this one (a failure waits for the next)."""
+        try:
+            await anyio.to_thread.run_sync(self.replica.report)
+        except Exception as error:
+            logger.warning("cannot report the replica after the change: %s", error)
 
     def _challenger_metadata(self, challenger: Challenger | None) -> ChallengerMetadata | None:
         if challenger is None:
@@ -666,3 +720,4 @@ class CreditScoreService:
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
 CreditScoreService.add_asgi_middleware(JobClaimMiddleware)
+CreditScoreService.add_asgi_middleware(ReplicaReadiness)

@@ -1,5 +1,29 @@
 -- Generated from credit_platform/schema.py by `credit-platform init --print-ddl mariadb`, do not edit by hand.
 
+CREATE TABLE IF NOT EXISTS credit_api_desired_model (
+	service VARCHAR(64) NOT NULL,
+	model_tag VARCHAR(128) NOT NULL,
+	challenger JSON,
+	updated_by VARCHAR(128) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (service)
+)CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS credit_api_replicas (
+	replica_id VARCHAR(128) NOT NULL,
+	hostname VARCHAR(255) NOT NULL,
+	bento_tag VARCHAR(128),
+	model_tag VARCHAR(128) NOT NULL,
+	challenger JSON,
+	desired_tag VARCHAR(128),
+	problem VARCHAR(1000),
+	poll_seconds DOUBLE NOT NULL,
+	stale_seconds DOUBLE NOT NULL,
+	started_at DATETIME(6) NOT NULL,
+	heartbeat_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (replica_id)
+)CHARSET=utf8mb4;
+
 CREATE TABLE IF NOT EXISTS credit_model_monitoring (
 	day DATE NOT NULL,
 	model_version VARCHAR(128) NOT NULL,

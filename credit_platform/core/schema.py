@@ -180,4 +180,41 @@ credit_model_monitoring = Table(
     **TABLE_OPTIONS,
 )
 
+
+# The model every replica of the prediction service must serve, and its shadow or canary:
+# one row per service, written by /admin/reload and /admin/challenger on whichever replica
+# received them, followed by every replica (`credit_platform.core.model_record`).
+REPLICA_ID_LENGTH = 128
+MODEL_TAG_LENGTH = 128
+credit_api_desired_model = Table(
+    "credit_api_desired_model",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("model_tag", String(MODEL_TAG_LENGTH), nullable=False),
+    Column("challenger", JSON(none_as_null=True), nullable=True),  # {"tag", "role", "share"}
+    Column("updated_by", String(REPLICA_ID_LENGTH), nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+    **TABLE_OPTIONS,
+)
+
+# What each running replica serves, as it reports it every poll (its heartbeat); a deploy
+# waits until every live replica reports the new model. A replica removes its row when it
+# stops, and rows silent for a day are pruned.
+credit_api_replicas = Table(
+    "credit_api_replicas",
+    metadata,
+    Column("replica_id", String(REPLICA_ID_LENGTH), primary_key=True),
+    Column("hostname", String(TEXT_LENGTH), nullable=False),
+    Column("bento_tag", String(MODEL_TAG_LENGTH), nullable=True),
+    Column("model_tag", String(MODEL_TAG_LENGTH), nullable=False),
+    Column("challenger", JSON(none_as_null=True), nullable=True),
+    Column("desired_tag", String(MODEL_TAG_LENGTH), nullable=True),
+    Column("problem", String(1000), nullable=True),
+    Column("poll_seconds", DOUBLE, nullable=False),
+    Column("stale_seconds", DOUBLE, nullable=False),
+    Column("started_at", TIMESTAMP, nullable=False),
+    Column("heartbeat_at", TIMESTAMP, nullable=False),
+    **TABLE_OPTIONS,
+)
+
 TABLE_NAMES: tuple[str, ...] = tuple(metadata.tables)

@@ -180,6 +180,14 @@ def api_model_tag() -> str:
     return os.environ.get(API_MODEL_TAG_ENV) or f"{MODEL_NAME}:latest"
 
 
+def api_model_tag_pinned() -> str | None:
+    """The model CREDIT_API_MODEL_TAG names, None when it is unset or asks for the newest:
+    a replica started with a pin serves it and makes it every replica's model; one without
+    serves what the replicas' record names."""
+    tag = (os.environ.get(API_MODEL_TAG_ENV) or "").strip()
+    return None if not tag or tag == "latest" or tag.endswith(":latest") else tag
+
+
 def _positive_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return parse_positive_int(name, raw) if raw else default
@@ -260,6 +268,27 @@ def api_body_timeout_seconds() -> float:
     headers; then it is answered 408 and disconnected (a body trickled byte by byte must
     not hold a connection and a half-read request forever)."""
     return _positive_seconds(API_BODY_TIMEOUT_ENV, DEFAULT_API_BODY_TIMEOUT_SECONDS)
+
+
+# Replicas of the prediction service (`api.replica_sync`): each follows the desired-model
+# record in the feature store, polling it this often, and answers /readyz 503 once it has
+# been unable to read the record, or to serve the model it names, for longer than the bound.
+API_MODEL_POLL_SECONDS_ENV = "CREDIT_API_MODEL_POLL_SECONDS"
+API_MODEL_STALE_SECONDS_ENV = "CREDIT_API_MODEL_STALE_SECONDS"
+DEFAULT_API_MODEL_POLL_SECONDS = 2.0
+DEFAULT_API_MODEL_STALE_SECONDS = 60.0
+
+
+def api_model_poll_seconds() -> float:
+    """Seconds between two reads of the desired-model record by one replica (and between
+    two heartbeats it writes)."""
+    return _positive_seconds(API_MODEL_POLL_SECONDS_ENV, DEFAULT_API_MODEL_POLL_SECONDS)
+
+
+def api_model_stale_seconds() -> float:
+    """How long a replica may go on serving another model than the record names (or without
+    reading the record) before /readyz takes it out of its balancer's rotation."""
+    return _positive_seconds(API_MODEL_STALE_SECONDS_ENV, DEFAULT_API_MODEL_STALE_SECONDS)
 
 
 def api_worker_state_dir(server_identity: str) -> Path:
@@ -525,6 +554,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(RETENTION_KEEP_LAST_ENV, _read_by(DAGSTER_PROCESS)),
     Setting(API_MODEL_TAG_ENV, _read_by(API_PROCESS)),
     Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
+    Setting(API_MODEL_POLL_SECONDS_ENV, _read_by(API_PROCESS)),
+    Setting(API_MODEL_STALE_SECONDS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_JOB_ROWS_ENV, _read_by(API_PROCESS)),
     Setting(PREDICTION_SPOOL_DIR_ENV, _read_by(API_PROCESS)),

@@ -16,7 +16,12 @@ SEED_TABLES = {
     "credit_predictions_api_log",
 }
 # Tables the platform adds to the seed's.
-PLATFORM_TABLES = SEED_TABLES | {"credit_model_monitoring", "credit_score_predictions"}
+PLATFORM_TABLES = SEED_TABLES | {
+    "credit_model_monitoring",
+    "credit_score_predictions",
+    "credit_api_desired_model",
+    "credit_api_replicas",
+}
 
 
 def _columns(engine, table: str) -> list[str]:

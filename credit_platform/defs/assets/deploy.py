@@ -2,23 +2,31 @@
 
 The Bento is the service code and its environment (versioned by a digest of what it packs);
 the model comes from the BentoML model store. A new model of unchanged code is hot-swapped
-into the running Bento; new code needs a new service process on the new Bento."""
+into the running Bento; new code needs a new service process on the new Bento.
+
+Replicas behind a balancer follow the desired-model record that the reload writes in the
+feature store; the run waits until every live replica reports the model, and fails naming
+those that do not within `PredictionServiceResource.replicas_timeout_seconds`."""
 
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from sqlalchemy.exc import SQLAlchemyError
 
 from credit_platform.core.bento import BentoBuildError, build_bento
+from credit_platform.core.db import FeatureStoreUnavailable
 from credit_platform.core.local_service import (
     api_port,
     start_service,
     started_here,
     stop_service,
 )
+from credit_platform.core.model_record import ReplicasBehind, wait_for_replicas
 from credit_platform.core.service_client import ReportedModel, ServiceError
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
@@ -90,6 +98,7 @@ def deployed_bento(
     mlflow_tracking: MlflowTrackingResource,
     prediction_service: PredictionServiceResource,
     model_retention: ModelRetentionResource,
+    feature_store: FeatureStoreResource,
 ) -> MaterializeResult:
     model = model_to_deploy(context.run.tags, credit_score_model)
     model_tag = model["bento_tag"]
@@ -126,6 +135,7 @@ def deployed_bento(
     except (BentoBuildError, ServiceError) as error:
         raise Failure(description=str(error), metadata={"model_tag": model_tag}) from error
 
+    replicas = replicas_following(context, feature_store, prediction_service, model_tag)
     served = client.reported_model()
     if served is None or served.tag != model_tag:
         raise Failure(
@@ -146,6 +156,8 @@ def deployed_bento(
         "api_url": MetadataValue.url(api_url),
         "test_accuracy": MetadataValue.float(float(served.metrics.get("test_accuracy", 0.0))),
         "model_creation_time": served.creation_time.isoformat(),
+        "replicas": MetadataValue.json([report.as_dict() for report in replicas]),
+        "live_replicas": sum(report.live for report in replicas),
     }
     if served.bento_tag != built:
         note = (
@@ -158,3 +170,40 @@ def deployed_bento(
     context.log.info("%s: %s serves %s in Bento %s", how, api_url, model_tag, served.bento_tag)
     metadata.update(retain_after_deploy(context, mlflow_tracking, model_retention, served, before))
     return MaterializeResult(metadata=metadata)
+
+
+def replicas_following(
+    context: AssetExecutionContext,
+    feature_store: FeatureStoreResource,
+    prediction_service: PredictionServiceResource,
+    model_tag: str,
+):
+    """Every replica's report once each live one serves `model_tag` (they follow the record
+    the reload wrote); a Failure naming those that did not within the timeout."""
+    timeout = prediction_service.replicas_timeout_seconds
+    try:
+        with feature_store.engine() as engine:
+            reports = wait_for_replicas(engine, model_tag, timeout)
+    except ReplicasBehind as error:
+        raise Failure(
+            description=str(error),
+            metadata={
+                "model_tag": model_tag,
+                "replicas": MetadataValue.json([report.as_dict() for report in error.reports]),
+            },
+        ) from error
+    except (FeatureStoreUnavailable, SQLAlchemyError) as error:
+        raise Failure(
+            description=f"cannot read the replicas' reports in {feature_store.display_url}: "
+            f"{error}",
+            metadata={"model_tag": model_tag},
+        ) from error
+    for report in reports:
+        context.log.info(
+            "replica %s (%s): %s%s",
+            report.state.replica_id,
+            "live" if report.live else "silent",
+            report.state.model_tag,
+            f", {report.state.problem}" if report.state.problem else "",
+        )
+    return reports

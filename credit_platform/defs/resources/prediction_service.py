@@ -26,6 +26,12 @@ class PredictionServiceResource(ConfigurableResource):
         "locally started one on new service code).",
     )
     start_timeout_seconds: float = Field(default=120.0, gt=0)
+    replicas_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a deploy waits for every live replica to report the new model "
+        "(they follow the record the reload writes) before it fails naming the others.",
+    )
 
     def client(self) -> ServiceClient:
         return ServiceClient(self.api_url, timeout=self.timeout_seconds)
