@@ -95,6 +95,17 @@ def _substitute(match: re.Match, env: Mapping[str, str]) -> str:
     raise UnsetVariable(f"{name} is not set and has no default")
 
 
+def env_references(node: Any) -> set[str]:
+    """Names in Dagster's `{env: NAME}` config values."""
+    if isinstance(node, Mapping):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(env_references(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(env_references(item) for item in node))
+    return set()
+
+
 def healthcheck_command(service: Mapping[str, Any]) -> list[str]:
     """The exec form of a service's healthcheck (["CMD", ...] without "CMD")."""
     test = service["healthcheck"]["test"]

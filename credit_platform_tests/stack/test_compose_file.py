@@ -28,6 +28,7 @@ from credit_platform_tests.stack_fixtures import (
     bare_variables,
     command_port,
     dependencies,
+    env_references,
     filled_env_file,
     healthcheck_command,
     interpolate,
@@ -56,17 +57,6 @@ def compose(raw) -> dict:
 @pytest.fixture(scope="module")
 def services(compose) -> dict:
     return compose["services"]
-
-
-def _env_references(node) -> set[str]:
-    """Names in Dagster's `{env: NAME}` config values."""
-    if isinstance(node, dict):
-        if set(node) == {"env"}:
-            return {node["env"]}
-        return set().union(*(_env_references(value) for value in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_env_references(item) for item in node))
-    return set()
 
 
 def _stack_dagster_config(name: str) -> dict:
@@ -240,7 +230,7 @@ def test_mariadb_initializes_the_feature_store_and_the_stack_databases(services)
 
 
 def test_dagster_services_get_every_variable_the_instance_config_reads(services):
-    needed = _env_references(_stack_dagster_config("dagster.yaml")) | _env_references(
+    needed = env_references(_stack_dagster_config("dagster.yaml")) | env_references(
         _stack_dagster_config("workspace.yaml")
     )
     assert {"DAGSTER_MYSQL_HOST", "DAGSTER_CODE_SERVER_HOST"} <= needed
@@ -279,7 +269,7 @@ def test_run_containers_get_the_network_settings_and_volumes_they_need(compose, 
         settings.TRAINING_GRID_ENV,
     }
     assert platform_settings <= set(launcher["env_vars"])
-    instance_vars = _env_references(_stack_dagster_config("dagster.yaml")["storage"])
+    instance_vars = env_references(_stack_dagster_config("dagster.yaml")["storage"])
     assert instance_vars <= set(launcher["env_vars"]), "runs open the instance storage too"
 
     names = {spec["name"]: key for key, spec in compose["volumes"].items()}

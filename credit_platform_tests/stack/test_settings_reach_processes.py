@@ -18,6 +18,7 @@ import yaml
 from credit_platform.core import settings
 from credit_platform_tests.stack_fixtures import (
     STACK_DAGSTER_DIR,
+    env_references,
     filled_env_file,
     interpolate,
     load_compose,
@@ -39,16 +40,6 @@ def services() -> dict:
 @pytest.fixture(scope="module")
 def instance() -> dict:
     return yaml.safe_load((STACK_DAGSTER_DIR / "dagster.yaml").read_text())
-
-
-def _env_references(node) -> set[str]:
-    if isinstance(node, dict):
-        if set(node) == {"env"}:
-            return {node["env"]}
-        return set().union(*(_env_references(value) for value in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_env_references(item) for item in node))
-    return set()
 
 
 def test_the_table_names_every_setting_of_the_settings_module():
@@ -80,7 +71,7 @@ def test_every_run_container_gets_what_its_instance_config_reads(instance):
     """A run container loads the instance from this very dagster.yaml: each `{env: NAME}`
     in it must be passed, or the run dies before its first step."""
     passed = set(instance["run_launcher"]["config"]["env_vars"])
-    missing = sorted(_env_references(instance) - passed)
+    missing = sorted(env_references(instance) - passed)
     assert missing == [], f"run containers cannot load the instance without {missing}"
 
 
