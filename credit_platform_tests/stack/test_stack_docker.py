@@ -138,10 +138,21 @@ def _gone(container: str, timeout: float = 60) -> bool:
     return False
 
 
-def _metadata(stack: ComposeStack) -> dict:
-    response = requests.get(f"{stack.url('API_PORT')}/metadata", timeout=10)
-    response.raise_for_status()
-    return response.json()
+def _metadata(stack: ComposeStack, timeout: float = 60) -> dict:
+    """GET /metadata through the published port, waiting while the balancer has no ready
+    replica yet (503: its health checks admit a replica a few seconds after it is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = requests.get(f"{stack.url('API_PORT')}/metadata", timeout=10)
+            if response.status_code == 200:
+                return response.json()
+            problem: object = f"{response.status_code} {response.text[:300]}"
+        except requests.RequestException as error:
+            problem = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/metadata through the balancer: {problem}")
+        time.sleep(2)
 
 
 def _wait_served(stack: ComposeStack, model_tag: str, timeout: float = 300) -> dict:
@@ -149,10 +160,10 @@ def _wait_served(stack: ComposeStack, model_tag: str, timeout: float = 300) -> d
     last: object = None
     while time.monotonic() < deadline:
         try:
-            last = _metadata(stack)
+            last = _metadata(stack, timeout=10)
             if last.get("model_version") == model_tag:
                 return last
-        except requests.RequestException as error:
+        except AssertionError as error:
             last = error
         time.sleep(3)
     raise AssertionError(f"the API does not serve {model_tag}: {last}\n{stack.logs('api')}")
