@@ -254,7 +254,8 @@ class ComposeStack:
             json={"query": query, "variables": dict(variables or {})},
             timeout=60,
         )
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise StackError(f"GraphQL answered {response.status_code}: {response.text[:2000]}")
         body = response.json()
         if body.get("errors"):
             raise StackError(f"GraphQL errors: {body['errors']}")
@@ -301,17 +302,31 @@ class ComposeStack:
         )
 
     def run_failure(self, run_: dict) -> str:
-        """The error messages of a run's event log, to say why it failed."""
+        """Why a run failed: its step and run failure messages, else the daemon's log."""
         query = """
         query Events($runId: ID!) {
           logsForRun(runId: $runId) {
-            ... on EventConnection { events { __typename message } }
+            ... on EventConnection {
+              events {
+                __typename
+                ... on ExecutionStepFailureEvent { stepKey error { message } }
+                ... on RunFailureEvent { message }
+                ... on EngineEvent { message }
+              }
+            }
           }
         }"""
-        events = self.graphql(query, {"runId": run_["runId"]})["logsForRun"]["events"]
-        return "\n".join(event["message"] for event in events if "Failure" in event["__typename"])[
-            -6000:
-        ]
+        try:
+            events = self.graphql(query, {"runId": run_["runId"]})["logsForRun"]["events"]
+        except (StackError, requests.RequestException) as error:
+            return f"(the run's events could not be read: {error})\n{self.logs('dagster-daemon')}"
+        lines = []
+        for event in events:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                lines.append(f"step {event['stepKey']} failed: {event['error']['message']}")
+            elif event["__typename"] in ("RunFailureEvent", "EngineEvent"):
+                lines.append(f"{event['__typename']}: {event['message']}")
+        return "\n".join(lines)[-6000:]
 
     def materialized(self, run_id: str) -> set[str]:
         """The asset keys a run materialized ("a/b" for a multi-part key)."""

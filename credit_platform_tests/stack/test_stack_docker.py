@@ -45,12 +45,11 @@ from credit_platform.core.service_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
-CUSTOMERS = 200
+CUSTOMERS = 400
 TODAY = datetime.now(UTC).date()
 FIRST_DAY = TODAY - timedelta(days=3)  # the newest day of the first load
 BACKFILL = (TODAY - timedelta(days=5), TODAY - timedelta(days=4))
 NEW_DAY = TODAY - timedelta(days=2)  # labels that arrive later: a newer champion
-LAST_DAY = TODAY - timedelta(days=1)  # arrives while three replicas take load
 HISTORY_DAYS = 35
 RUN_TIMEOUT = 900.0
 # Under CI the stack test is required; elsewhere it needs a Docker engine.
@@ -98,7 +97,12 @@ def stack(tmp_path_factory):
         yield stack
     finally:
         print(f"stack timings (s): {stack.timings}")
-        stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
+        if os.environ.get("CREDIT_STACK_TEST_KEEP") and not REQUIRED:
+            print(f"stack left up for a look (.env in {stack.workdir})")
+        else:
+            stack.compose(
+                "down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False
+            )
 
 
 def _seed(stack: ComposeStack, end: date, days: int = HISTORY_DAYS) -> None:
@@ -445,8 +449,9 @@ def test_three_replicas_converge_on_a_deploy_under_load_and_survive_losing_one(
     payloads = sample_payloads(load_sample(kaggle_sample, rows=200), 50)
     with _Load(stack, payloads) as load:
         time.sleep(5)
-        _seed(stack, LAST_DAY, days=HISTORY_DAYS + 2)
-        stack.wait_for_runs(_partition_runs("continuous_training", LAST_DAY), timeout=RUN_TIMEOUT)
+        # An operator rolls the champion back (a deterministic change of champion, unlike a
+        # new model, which may fail its quality check): the deploy sensor serves it.
+        stack.exec("dagster-user-code", "credit-platform", "rollback")
         champion = _champion(stack)
         assert champion != stack.champion
         stack.wait_for_runs(
