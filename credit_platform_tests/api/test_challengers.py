@@ -34,6 +34,8 @@ from api.model_sync import SHADOW_STATS_PREFIX, ModelSync
 from api.prediction_log import PredictionLogger
 from api.predictor import load_predictor
 from api.service import shadow_log_row
+from credit_platform.core.db import make_engine
+from credit_platform.core.model_record import publish_challenger
 from credit_platform.core.settings import api_worker_state_dir
 from credit_platform_tests.api import test_api_service as served
 from credit_platform_tests.api.test_api_service import TOKEN, ModelTags, Server, features_of
@@ -405,16 +407,22 @@ def test_bad_challenger_requests_are_refused_and_serving_is_unchanged(
 def test_metadata_says_why_a_shadow_could_not_be_loaded(
     server: Server, tags: ModelTags, sample
 ) -> None:
-    # A shadow every worker agreed on, then removed from the store, as a new worker (a
-    # restart) would find it: the champion serves alone and /metadata says why.
+    # A shadow every worker and the replicas' record agreed on, then removed from the store,
+    # as a new worker (a restart) would find it: the champion serves alone and /metadata
+    # says why. The record first: the replica follows the record, so a local state that
+    # disagreed with it would be undone within a poll.
     doomed = save_tiny_model(sample, partition="2025-01-20", iterations=5, depth=2, seed=9)
     assert _challenger(server, {"tag": doomed, "role": "shadow"}).status_code == 200
     assert _challenger(server, None).status_code == 200
     bentoml.models.delete(doomed)
+    spec = {"tag": doomed, "role": "shadow", "share": 0.0}
+    engine = make_engine(server.log_url)
+    try:
+        publish_challenger(engine, spec, tags.first, by="test")
+    finally:
+        engine.dispose()
     state_dir = api_worker_state_dir(_server_identity(server))
-    (state_dir / "challenger.json").write_text(
-        json.dumps({"tag": doomed, "role": "shadow", "share": 0.0})
-    )
+    (state_dir / "challenger.json").write_text(json.dumps(spec))
     _wait_for(
         lambda: all(m["challenger_problem"] for m in _metadata_everywhere(server, 6)),
         what="every worker to report the shadow it cannot load",
