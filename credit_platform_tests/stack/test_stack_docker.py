@@ -384,6 +384,8 @@ class _Load:
         self.stack, self.payloads = stack, payloads
         self.answered: dict[str, str] = {}
         self.failed: list[str] = []
+        self.phase = "deploy"  # what is under way while a request is sent
+        self.failed_in: dict[str, list[str]] = {}
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
 
@@ -394,6 +396,7 @@ class _Load:
             payload = self.payloads[n % len(self.payloads)]
             n += 1
             request_id = f"replicas-{uuid.uuid4().hex}"
+            phase = self.phase
             try:
                 response = session.post(
                     f"{self.stack.url('API_PORT')}/predict",
@@ -403,11 +406,13 @@ class _Load:
                 )
             except requests.RequestException as error:
                 self.failed.append(f"{request_id}: {error}")
+                self.failed_in.setdefault(phase, []).append(request_id)
                 continue
             if response.status_code == 200:
                 self.answered[request_id] = response.json()["predict"]
             else:
                 self.failed.append(f"{request_id}: {response.status_code} {response.text[:200]}")
+                self.failed_in.setdefault(phase, []).append(request_id)
 
     def __enter__(self) -> _Load:
         for thread in self.threads:
@@ -468,12 +473,20 @@ def test_three_replicas_converge_on_a_deploy_under_load_and_survive_losing_one(
         # The deploy run ends once every live replica reports the new model.
         served = _replica_models(stack)
         assert set(served.values()) == {champion}, served
-        # One replica goes away under load: the balancer routes around it.
+        # One replica goes away under load: the balancer routes around it. A request the
+        # stopped replica held may be lost to the client (at most one per load thread);
+        # none answered is lost from the log, and the others go on being answered.
+        load.phase = "stop"
         victim = stack.containers("api")[0]["Name"]
         run(["docker", "stop", "--time", "20", victim])
+        answered_at_stop = len(load.answered)
         time.sleep(10)
-    assert load.failed == [], load.failed[:10]
-    assert len(load.answered) > 100
+        load.phase = "after"
+        time.sleep(10)
+    assert load.failed_in.get("deploy", []) == [], load.failed[:10]
+    assert len(load.failed_in.get("stop", [])) <= len(load.threads), load.failed[:10]
+    assert load.failed_in.get("after", []) == [], load.failed[:10]
+    assert len(load.answered) > answered_at_stop + 50
     counts = _logged(stack, list(load.answered))
     missing = [rid for rid in load.answered if counts.get(rid) != 1]
     assert missing == [], f"{len(missing)} answered requests not logged exactly once"
