@@ -15,12 +15,7 @@ from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
-from credit_platform.defs.retention import (
-    deploy_history,
-    previous_served,
-    prune,
-    retention_metadata,
-)
+from credit_platform.defs.retention import prune_around_deploys, retention_metadata
 
 
 class PruneConfig(Config):
@@ -50,15 +45,12 @@ def prune_bentoml_store(
                 "was deleted"
             )
         )
-    previous_model, previous_bento = previous_served(
-        served, None, deploy_history(context.instance, AssetKey(DEPLOYED_BENTO_ASSET))
-    )
-    report = prune(
+    report = prune_around_deploys(
+        context.instance,
+        AssetKey(DEPLOYED_BENTO_ASSET),
         mlflow_tracking,
         served,
         keep_last=model_retention.count,
-        previous_model=previous_model,
-        previous_bento=previous_bento,
         dry_run=config.dry_run,
     )
     metadata = retention_metadata(report)

@@ -4,7 +4,8 @@
 the version a rollback of it would elect, the model and Bento that served before the current
 ones (from the deploy records), and what the service reports serving (its champion, shadow
 or canary, and the Bento it runs).
-Both the deploy (after it succeeded) and the `prune_model_store` job call `prune`.
+Both the deploy (after it succeeded) and the `prune_model_store` job call
+`prune_around_deploys`.
 
 MLflow: registered versions stay (a few hundred bytes each, and they are the record of what
 was trained and judged); the versions of deleted models are tagged `PRUNED_TAG` first, so the
@@ -176,6 +177,30 @@ def previous_served(
     return model, bento
 
 
+def prune_around_deploys(
+    instance: DagsterInstance,
+    deploy_asset: AssetKey,
+    mlflow_tracking: MlflowTrackingResource,
+    served: ReportedModel,
+    *,
+    keep_last: int,
+    before: ReportedModel | None = None,
+    dry_run: bool = False,
+) -> RetentionReport:
+    """`prune`, keeping what served before `served` as the deploy records tell it."""
+    previous_model, previous_bento = previous_served(
+        served, before, deploy_history(instance, deploy_asset)
+    )
+    return prune(
+        mlflow_tracking,
+        served,
+        keep_last=keep_last,
+        previous_model=previous_model,
+        previous_bento=previous_bento,
+        dry_run=dry_run,
+    )
+
+
 def retain_after_deploy(
     context: Any,
     mlflow_tracking: MlflowTrackingResource,
@@ -188,15 +213,13 @@ def retain_after_deploy(
     (`retention_error`, `retention_failed`) and the deploy still succeeds."""
     log = context.log
     try:
-        previous_model, previous_bento = previous_served(
-            served, before, deploy_history(context.instance, context.asset_key)
-        )
-        report = prune(
+        report = prune_around_deploys(
+            context.instance,
+            context.asset_key,
             mlflow_tracking,
             served,
             keep_last=model_retention.count,
-            previous_model=previous_model,
-            previous_bento=previous_bento,
+            before=before,
         )
     except Exception as error:  # see the docstring: nothing here may fail the deploy
         log.warning("retention skipped: %s: %s", type(error).__name__, error)
