@@ -535,3 +535,55 @@ def test_db_revision_writes_the_migration_of_a_new_column(
     finally:
         migrations.head_revision.cache_clear()
         migrations.known_revisions.cache_clear()
+
+
+def test_the_prediction_service_upgrades_an_earlier_store_at_start(store_url, tmp_path):
+    """The stack's start on a volume of an earlier release: an API replica's log writer
+    migrates the store before its first row (and logs into the upgraded table)."""
+    from datetime import datetime
+
+    from api.prediction_log import PredictionLogger, PredictionLogRow
+
+    make_release_database(store_url, "seed_release")
+    engine = make_engine(store_url)
+    old_columns = _columns(engine, inspect(engine).get_table_names())
+    engine.dispose()
+    before = fill_release_database(store_url)
+    log = PredictionLogger(store_url, tmp_path / "spool")
+    try:
+        outcome = log.write(
+            [
+                PredictionLogRow(
+                    request_id="REQ-0",
+                    customer_id="cus_a",
+                    features={"age": 30},
+                    prediction="Standard",
+                    confidence=0.5,
+                    elapsed_ms=0.2,
+                    model_version="credit_score_classifier:new",
+                    created_at=datetime(2025, 3, 1, 12, 0, 0, 123456),
+                    role="canary",
+                )
+            ]
+        )
+    finally:
+        log.close()
+    assert outcome is None and log.problem is None
+    assert _revision(store_url) == migrations.head_revision()
+    assert _differences(store_url) == []
+    engine = make_engine(store_url)
+    try:
+        after = _snapshot(engine, before, old_columns)
+        log_name = credit_predictions_api_log.name
+        for name, rows in before.items():
+            if name != log_name:
+                assert after[name] == rows, name
+        old_rows = {tuple(row) for row in before[log_name]}
+        assert old_rows < {tuple(row) for row in after[log_name]}
+        assert len(after[log_name]) == len(old_rows) + 1
+        table = credit_predictions_api_log
+        with engine.connect() as connection:
+            roles = dict(connection.execute(select(table.c.request_id, table.c.role)).all())
+        assert roles == {**{f"req-{n}": "champion" for n in range(5)}, "REQ-0": "canary"}
+    finally:
+        engine.dispose()
