@@ -153,9 +153,9 @@ CREATE TABLE customer_info (
 
 CREATE INDEX ix_customer_info_customer_date ON customer_info (customer_id, date);
 
-CREATE TABLE alembic_version (
+CREATE TABLE credit_platform_alembic_version (
 	version_num VARCHAR(32) NOT NULL,
-	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+	CONSTRAINT credit_platform_alembic_version_pkc PRIMARY KEY (version_num)
 );
 
-INSERT INTO alembic_version (version_num) VALUES ('0002_customer_id_binary');
+INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0002_customer_id_binary');

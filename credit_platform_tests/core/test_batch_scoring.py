@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 
 from api.predictor import Predictor
 from api.sample_requests import load_sample
-from credit_platform.core import batch_scoring
+from credit_platform.core import batch_scoring, migrations
 from credit_platform.core.batch_scoring import (
     NoFeaturesForDay,
     ServedModelRecord,
@@ -187,7 +187,7 @@ def test_a_failure_part_way_keeps_the_previous_predictions(store, models):
 
 
 def test_a_store_made_before_the_scoring_index_gets_it(store_url):
-    """Stores created before batch scoring (and before migrations: no alembic_version) lack
+    """Stores created before batch scoring (and before migrations: no version table) lack
     the (date, customer_id) index it reads by; opening them adds it."""
     from sqlalchemy import inspect, text
 
@@ -200,7 +200,7 @@ def test_a_store_made_before_the_scoring_index_gets_it(store_url):
                     + (" ON credit_score_features" if engine.dialect.name != "sqlite" else "")
                 )
             )
-            connection.execute(text("DROP TABLE alembic_version"))
+            connection.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         names = {index["name"] for index in inspect(engine).get_indexes("credit_score_features")}
         assert "ix_credit_score_features_date_customer" not in names
     finally:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from credit_platform.cli.db import next_revision_id
 from credit_platform.cli.main import generated_sql_files, main
 from credit_platform.core import migrations
-from credit_platform.core.db import SchemaMismatch, init_schema, make_engine
+from credit_platform.core.db import SchemaMismatch, init_schema, make_engine, render_ddl
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import (
     TABLE_NAMES,
@@ -192,7 +192,7 @@ def test_one_head_and_revision_files_in_order():
     revisions = [script.revision for script in reversed(scripts)]  # base first
     assert [name.removesuffix(".py") for name in files] == revisions
     for script in scripts:
-        assert len(script.revision) <= 32, f"{script.revision} does not fit alembic_version"
+        assert len(script.revision) <= 32, f"{script.revision} does not fit the version table"
 
 
 def test_an_empty_database_migrated_to_the_head_is_the_schema(store_url):
@@ -201,7 +201,7 @@ def test_an_empty_database_migrated_to_the_head_is_the_schema(store_url):
     assert _differences(store_url) == []
     engine = make_engine(store_url)
     try:
-        assert set(inspect(engine).get_table_names()) == {*TABLE_NAMES, "alembic_version"}
+        assert set(inspect(engine).get_table_names()) == {*TABLE_NAMES, migrations.VERSION_TABLE}
     finally:
         engine.dispose()
 
@@ -241,9 +241,9 @@ def test_committed_ddl_is_an_empty_database_at_the_head(store_url):
 @pytest.mark.mariadb
 def test_every_way_to_a_mariadb_store_makes_the_same_tables(mariadb_url):
     """The DDL MariaDB reports for every table (types, collations, column order, keys,
-    CHECKs) is the same after migrating an empty database, running sql/schema_mariadb.sql,
-    and upgrading a database of each earlier release: what autogenerate does not compare
-    (collations, CHECK constraints) included."""
+    CHECKs) is the same after migrating an empty database, running the DDL rendered from
+    core/schema.py (sql/schema_mariadb.sql), and upgrading a database of each earlier
+    release: what autogenerate does not compare (collations, CHECK constraints) included."""
     server = make_engine(mariadb_url.rsplit("/", 1)[0])
     made = []
     ways = ["migrate", "sql", *RELEASES]
@@ -255,7 +255,7 @@ def test_every_way_to_a_mariadb_store_makes_the_same_tables(mariadb_url):
             made.append(name)
             url = f"{mariadb_url.rsplit('/', 1)[0]}/{name}"
             if way == "sql":
-                run_sql_file(url, Path(__file__).parents[2] / "sql" / "schema_mariadb.sql")
+                run_sql_file(url, render_ddl("mariadb"))  # core/schema.py, rendered
             elif way in RELEASES:
                 make_release_database(url, way)
             init_schema(url).dispose()
@@ -424,7 +424,9 @@ def test_processes_starting_together_upgrade_once(store_url):
     engine = make_engine(store_url)
     try:
         with engine.connect() as connection:
-            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+            versions = connection.execute(
+                text(f"SELECT version_num FROM {migrations.VERSION_TABLE}")
+            ).all()
         assert versions == [(migrations.head_revision(),)]
         assert _snapshot(engine, before, old_columns) == before
     finally:
@@ -438,7 +440,9 @@ def test_a_database_a_newer_release_migrated_is_left_alone(store_url):
     engine = make_engine(store_url)
     try:
         with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = '9999_from_later'"))
+            connection.execute(
+                text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '9999_from_later'")
+            )
     finally:
         engine.dispose()
     init_schema(store_url).dispose()
@@ -587,3 +591,48 @@ def test_the_prediction_service_upgrades_an_earlier_store_at_start(store_url, tm
         assert roles == {**{f"req-{n}": "champion" for n in range(5)}, "REQ-0": "canary"}
     finally:
         engine.dispose()
+
+
+def test_a_database_shared_with_mlflow_or_dagster_keeps_their_alembic_version(store_url):
+    """MLflow's and Dagster's SQL stores record their own migrations in `alembic_version`;
+    an operator may give the feature store the same database. Neither record is touched."""
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+            )
+            connection.execute(text("INSERT INTO alembic_version VALUES ('1b5f0d9ad7c1')"))
+    finally:
+        engine.dispose()
+    init_schema(store_url).dispose()
+    assert _revision(store_url) == migrations.head_revision()
+    assert _differences(store_url) == []
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as connection:
+            theirs = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert theirs == [("1b5f0d9ad7c1",)]
+    finally:
+        engine.dispose()
+
+
+def test_db_status_names_the_stores_migration_and_the_head(cli_runner, sqlite_url):
+    head = migrations.head_revision()
+    result = cli_runner.invoke(main, ["db", "status", "--db-url", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert "at:   no migration" in result.output and f"head: {head}" in result.output
+    assert "credit-platform init" in result.output
+    make_release_database(sqlite_url, "seed_release")
+    assert (
+        "at:   no migration"
+        in cli_runner.invoke(main, ["db", "status", "--db-url", sqlite_url]).output
+    )
+    assert cli_runner.invoke(main, ["init", "--db-url", sqlite_url]).exit_code == 0
+    result = cli_runner.invoke(main, ["db", "status", "--db-url", sqlite_url])
+    assert f"at:   {head}" in result.output and "credit-platform init" not in result.output
+    unreachable = cli_runner.invoke(
+        main, ["db", "status", "--db-url", "mysql+pymysql://root:hunter2@127.0.0.1:1/mlops"]
+    )
+    assert unreachable.exit_code == 1 and "cannot read the migration" in unreachable.output
+    assert "hunter2" not in unreachable.output

@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from credit_platform.cli.main import generated_sql_files, main
+from credit_platform.core import migrations
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import TABLE_NAMES
@@ -23,8 +24,8 @@ PLATFORM_TABLES = SEED_TABLES | {
     "credit_api_desired_model",
     "credit_api_replicas",
 }
-# Alembic's record of the migration a store is at.
-VERSION_TABLE = "alembic_version"
+# The record of the migration a store is at.
+VERSION_TABLE = migrations.VERSION_TABLE
 
 
 def _columns(engine, table: str) -> list[str]:

@@ -7,9 +7,11 @@ migrations travel inside the package (so the installed package, the Docker image
 service's Bento all carry them). `credit_platform.core.db.create_tables` runs `upgrade`
 under the schema lock, so processes starting together migrate once.
 
-A database made before migrations existed (no `alembic_version` table) is upgraded from the
-first revision, which recognises the tables an earlier release left and brings them to its
-layout without losing a row (README "Changing a table").
+A database made before migrations existed (no version table) is upgraded from the first
+revision, which recognises the tables an earlier release left and brings them to its layout
+without losing a row (README "Migrations"). The version table has a name of its own, not
+Alembic's default `alembic_version`: MLflow's and Dagster's SQL stores keep theirs under that
+name, and an operator may give all three one database.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 VERSIONS_DIR = MIGRATIONS_DIR / "versions"
-VERSION_TABLE = "alembic_version"
+VERSION_TABLE = "credit_platform_alembic_version"
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def known_revisions() -> frozenset[str]:
 
 def current_revision(connection: Connection) -> str | None:
     """The revision the database is at; None for an empty or pre-migration database."""
-    return MigrationContext.configure(connection).get_current_revision()
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
 def is_current(connection: Connection) -> bool:
@@ -140,6 +143,14 @@ def compare_server_default(
     return _normalised_default(inspected_default) != _normalised_default(rendered_metadata_default)
 
 
+# Where MLflow's and Dagster's SQL stores record their migrations (a shared database).
+OTHER_VERSION_TABLE = "alembic_version"
+
+
+def _not_another_tools_version_table(name, type_, parent_names) -> bool:
+    return not (type_ == "table" and name == OTHER_VERSION_TABLE)
+
+
 def schema_differences(connection: Connection, metadata=None) -> list:
     """What autogenerate finds between the database and `metadata` (default: the platform
     schema): tables, columns, types, nullability, server defaults, indexes, unique keys.
@@ -152,6 +163,7 @@ def schema_differences(connection: Connection, metadata=None) -> list:
             "compare_type": True,
             "compare_server_default": compare_server_default,
             "version_table": VERSION_TABLE,
+            "include_name": _not_another_tools_version_table,
         },
     )
     return list(compare_metadata(context, metadata or platform_metadata))

@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-12-07
 
 On an empty database this creates every table. On a database an earlier release made
-(there is no `alembic_version` table yet, so it is upgraded from here too) it creates the
+(there is no version table yet, so it is upgraded from here too) it creates the
 tables that release lacked and brings the ones it had to this layout, keeping every row:
 
 - the prediction log's id INT -> BIGINT (MariaDB; SQLite's INTEGER key is 64-bit already),
