@@ -38,7 +38,7 @@ CREATE TABLE credit_model_monitoring (
 CREATE TABLE credit_predictions_api_log (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	request_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	features JSON NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
 	confidence DOUBLE NOT NULL,
@@ -55,7 +55,7 @@ CREATE INDEX ix_credit_predictions_api_log_created_at ON credit_predictions_api_
 
 CREATE TABLE credit_score (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	credit_score VARCHAR(16) NOT NULL,
 	PRIMARY KEY (id)
@@ -67,7 +67,7 @@ CREATE INDEX ix_credit_score_date ON credit_score (date);
 
 CREATE TABLE credit_score_features (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
 	occupation VARCHAR(64),
@@ -103,7 +103,7 @@ CREATE INDEX ix_credit_score_features_date_customer ON credit_score_features (da
 CREATE TABLE credit_score_features_target (
 	base_dt DATE NOT NULL,
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
 	occupation VARCHAR(64),
@@ -133,7 +133,7 @@ CREATE TABLE credit_score_features_target (
 
 CREATE TABLE credit_score_predictions (
 	score_dt DATE NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
 	confidence_good DOUBLE NOT NULL,
 	confidence_standard DOUBLE NOT NULL,
@@ -144,7 +144,7 @@ CREATE TABLE credit_score_predictions (
 
 CREATE TABLE customer_info (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	name VARCHAR(128),
 	ssn VARCHAR(32),

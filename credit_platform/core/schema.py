@@ -52,10 +52,12 @@ REQUEST_ID = String(REQUEST_ID_LENGTH).with_variant(
     "mysql",
     "mariadb",
 )
-# Customer ids compare byte for byte too: "CUS_a" and "CUS_A" are two customers (MariaDB's
-# default utf8mb4 collation would make them one key and let keyset paging skip one).
+# Customer ids compare byte for byte, as Python compares them: "CUS_a", "CUS_A" and "CUS_a "
+# are three customers (MariaDB's default utf8mb4 collation would make the first two one key
+# and let keyset paging skip one; utf8mb4_bin still pads, so the third would equal the
+# first, and a tab would sort before the end of the string).
 CUSTOMER_ID = String(ID_LENGTH).with_variant(
-    mysql.VARCHAR(ID_LENGTH, charset=MARIADB_CHARSET, collation="utf8mb4_bin"),
+    mysql.VARCHAR(ID_LENGTH, charset=MARIADB_CHARSET, collation="utf8mb4_nopad_bin"),
     "mysql",
     "mariadb",
 )

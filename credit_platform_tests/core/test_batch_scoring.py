@@ -214,15 +214,15 @@ def test_a_store_made_before_the_scoring_index_gets_it(store_url):
 
 
 def test_customer_ids_differing_only_in_case_are_paged_and_scored_apart(store, models):
-    """Ids differing only in case ("CASE_a", "case_a", "Case_A", ...) are different
-    customers: keyset pages over customer_id (read ahead on a thread on MariaDB) return
-    each one's rows once, whatever page they straddle, and the day gets a prediction for
-    each (MariaDB once compared them case-insensitively: one key, and `customer_id >
-    :after` skipped the others)."""
+    """Ids differing only in case or by a trailing space ("CASE_a", "case_a", "Case_A",
+    "case_a ", ...) are different customers: keyset pages over customer_id (read ahead on a
+    thread on MariaDB) return each one's rows once, whatever page they straddle, and the day
+    gets a prediction for each (MariaDB once compared them case-insensitively: one key, and
+    `customer_id > :after` skipped the others; utf8mb4_bin would still pad the space)."""
     bundle, _ = models
     features = _feature_rows(store, DAY_ONE)
     template = features[sorted(features)[0]]
-    variants = ["CASE_a", "case_a", "Case_A", "CASE_A", "cAse_a"]
+    variants = ["CASE_a", "case_a", "Case_A", "CASE_A", "cAse_a", "case_a "]
     extra = [
         {**template, "id": f"v{n}", "customer_id": customer, "age": 20 + n}
         for n, customer in enumerate(variants)

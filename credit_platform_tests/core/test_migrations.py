@@ -278,7 +278,8 @@ def test_every_way_to_a_mariadb_store_makes_the_same_tables(mariadb_url):
             for table in TABLE_NAMES:
                 assert tables[table] == shown[0][table], f"{way}: {table}"
         log = shown[0][credit_predictions_api_log.name]
-        assert "`customer_id` varchar(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" in log
+        binary = "`customer_id` varchar(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+        assert binary in log
     finally:
         with server.begin() as connection:
             for name in made:
@@ -331,7 +332,7 @@ def test_init_upgrades_an_earlier_release_in_place_without_loss(store_url, relea
 
 
 def assert_case_distinct_customers(connection) -> None:
-    """After the upgrade "CUS_a" and "CUS_A" (and "cus_a") are different customers in
+    """After the upgrade "CUS_a", "CUS_A", "cus_a" and "cus_a " are different customers in
     every keyed table and in lookups."""
     predictions = credit_score_predictions
     connection.execute(
@@ -346,18 +347,19 @@ def assert_case_distinct_customers(connection) -> None:
                 "confidence_poor": 0.7,
                 "model_version": "m:2",
             }
-            for customer in ("CUS_A", "cus_a")
+            for customer in ("CUS_A", "cus_a", "cus_a ")
         ],
     )
     stored = connection.execute(
         select(predictions.c.customer_id).where(predictions.c.score_dt == DAY)
     ).scalars()
-    assert {"CUS_A", "cus_a"} <= set(stored)
+    assert {"CUS_A", "cus_a", "cus_a "} <= set(stored)
     connection.execute(
-        insert(credit_score_features), [_feature_row("f3", "CUS_A"), _feature_row("f4", "cus_a")]
+        insert(credit_score_features),
+        [_feature_row("f3", "CUS_A"), _feature_row("f4", "cus_a"), _feature_row("f5", "cus_a ")],
     )
     features = credit_score_features
-    for customer, row_id in (("CUS_a", "f1"), ("CUS_A", "f3"), ("cus_a", "f4")):
+    for customer, row_id in (("CUS_a", "f1"), ("CUS_A", "f3"), ("cus_a", "f4"), ("cus_a ", "f5")):
         found = connection.execute(
             select(features.c.id).where(features.c.customer_id == customer)
         ).scalars()
@@ -367,7 +369,7 @@ def assert_case_distinct_customers(connection) -> None:
         insert(target),
         [
             {**_feature_row("f1", customer), "base_dt": date(2025, 3, 2), "credit_score": "Poor"}
-            for customer in ("CUS_A", "cus_a")
+            for customer in ("CUS_A", "cus_a", "cus_a ")
         ],
     )
 
@@ -467,11 +469,11 @@ def test_the_collation_migration_goes_back_and_forth(mariadb_url):
     )
     try:
         with engine.connect() as connection:
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_bin"}
+            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
             migrations.downgrade(connection, "0001_platform_tables")
             assert {row[1] for row in connection.execute(query)} == {"utf8mb4_general_ci"}
             migrations.upgrade(connection)
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_bin"}
+            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
             connection.execute(
                 text(
                     "INSERT INTO credit_score_predictions VALUES "
@@ -636,3 +638,17 @@ def test_db_status_names_the_stores_migration_and_the_head(cli_runner, sqlite_ur
     )
     assert unreachable.exit_code == 1 and "cannot read the migration" in unreachable.output
     assert "hunter2" not in unreachable.output
+
+
+def test_downgrading_to_base_removes_what_the_migrations_made(store_url):
+    init_schema(store_url).dispose()
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as connection:
+            migrations.downgrade(connection, "base")
+            assert migrations.current_revision(connection) is None
+        assert set(inspect(engine).get_table_names()) <= {migrations.VERSION_TABLE}
+    finally:
+        engine.dispose()
+    init_schema(store_url).dispose()
+    assert _differences(store_url) == []

@@ -8,9 +8,10 @@ MariaDB's default utf8mb4 collation (utf8mb4_general_ci) made "CUS_a" and "CUS_A
 value: one key in `credit_score_predictions` (score_dt, customer_id) and in the feature
 target's key, one customer to keyset paging (`customer_id > :after` skipped the other's
 rows), one customer in every join on customer_id. Every `customer_id` column becomes
-utf8mb4_bin, as the log's `request_id` already is. No row can be lost: values distinct
-under the case-insensitive collation stay distinct under the binary one. SQLite compares
-text byte for byte already, so it has nothing to do.
+utf8mb4_nopad_bin: bytes compared as Python compares strings, without the trailing-space
+padding utf8mb4_bin still applies ("CUS_a " would equal "CUS_a" there). No row can be
+lost: values distinct under the case-insensitive collation stay distinct under the binary
+one. SQLite compares text byte for byte already, so it has nothing to do.
 """
 
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CHARSET = "utf8mb4"
-BINARY = "utf8mb4_bin"
+BINARY = "utf8mb4_nopad_bin"
 LENGTH = 32
 TABLES = (
     "customer_info",
