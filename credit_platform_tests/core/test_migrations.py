@@ -652,3 +652,25 @@ def test_downgrading_to_base_removes_what_the_migrations_made(store_url):
         engine.dispose()
     init_schema(store_url).dispose()
     assert _differences(store_url) == []
+
+
+def test_two_branches_adding_a_migration_each_are_caught_at_merge(monkeypatch, tmp_path):
+    """Two helpers each add `0003_...` on top of the same head: after the merge the
+    migrations have two heads, and everything that migrates refuses, naming both."""
+    import shutil
+
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrations.MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    head = migrations.head_revision()
+    for name in ("0003_reasons", "0003_jobs"):
+        (copy / "versions" / f"{name}.py").write_text(
+            f"revision = {name!r}\ndown_revision = {head!r}\nbranch_labels = None\n"
+            "depends_on = None\n\n\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+        )
+    monkeypatch.setattr(migrations, "MIGRATIONS_DIR", copy)
+    migrations.head_revision.cache_clear()
+    try:
+        with pytest.raises(migrations.MigrationError, match="2 heads.*0003_jobs, 0003_reasons"):
+            migrations.head_revision()
+    finally:
+        migrations.head_revision.cache_clear()

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class MigrationError(RuntimeError):
-    """The migrations themselves are inconsistent (several heads, an unknown revision)."""
+    """The migrations themselves are inconsistent (two revisions share a parent)."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
