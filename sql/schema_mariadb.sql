@@ -1,6 +1,7 @@
--- Generated from credit_platform/schema.py by `credit-platform init --print-ddl mariadb`, do not edit by hand.
+-- Generated from credit_platform/core/schema.py by `credit-platform sql --write`, do not edit by hand.
+-- An empty database at migration 0002_customer_id_binary (`credit-platform init` upgrades an existing one).
 
-CREATE TABLE IF NOT EXISTS credit_api_desired_model (
+CREATE TABLE credit_api_desired_model (
 	service VARCHAR(64) NOT NULL,
 	model_tag VARCHAR(128) NOT NULL,
 	challenger JSON,
@@ -9,7 +10,7 @@ CREATE TABLE IF NOT EXISTS credit_api_desired_model (
 	PRIMARY KEY (service)
 )CHARSET=utf8mb4;
 
-CREATE TABLE IF NOT EXISTS credit_api_replicas (
+CREATE TABLE credit_api_replicas (
 	replica_id VARCHAR(128) NOT NULL,
 	hostname VARCHAR(255) NOT NULL,
 	bento_tag VARCHAR(128),
@@ -24,7 +25,7 @@ CREATE TABLE IF NOT EXISTS credit_api_replicas (
 	PRIMARY KEY (replica_id)
 )CHARSET=utf8mb4;
 
-CREATE TABLE IF NOT EXISTS credit_model_monitoring (
+CREATE TABLE credit_model_monitoring (
 	day DATE NOT NULL,
 	model_version VARCHAR(128) NOT NULL,
 	role VARCHAR(16) NOT NULL,
@@ -34,10 +35,10 @@ CREATE TABLE IF NOT EXISTS credit_model_monitoring (
 	PRIMARY KEY (day, model_version, role, metric, feature)
 )CHARSET=utf8mb4;
 
-CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
+CREATE TABLE credit_predictions_api_log (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	request_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	features JSON NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
 	confidence DOUBLE NOT NULL,
@@ -50,23 +51,23 @@ CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	UNIQUE (request_id)
 )CHARSET=utf8mb4;
 
-CREATE INDEX IF NOT EXISTS ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
+CREATE INDEX ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
 
-CREATE TABLE IF NOT EXISTS credit_score (
+CREATE TABLE credit_score (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	credit_score VARCHAR(16) NOT NULL,
 	PRIMARY KEY (id)
 )CHARSET=utf8mb4;
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_customer ON credit_score (customer_id);
+CREATE INDEX ix_credit_score_customer ON credit_score (customer_id);
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_date ON credit_score (date);
+CREATE INDEX ix_credit_score_date ON credit_score (date);
 
-CREATE TABLE IF NOT EXISTS credit_score_features (
+CREATE TABLE credit_score_features (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
 	occupation VARCHAR(64),
@@ -95,14 +96,14 @@ CREATE TABLE IF NOT EXISTS credit_score_features (
 	PRIMARY KEY (id)
 )CHARSET=utf8mb4;
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
+CREATE INDEX ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_features_date_customer ON credit_score_features (date, customer_id);
+CREATE INDEX ix_credit_score_features_date_customer ON credit_score_features (date, customer_id);
 
-CREATE TABLE IF NOT EXISTS credit_score_features_target (
+CREATE TABLE credit_score_features_target (
 	base_dt DATE NOT NULL,
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
 	occupation VARCHAR(64),
@@ -130,9 +131,9 @@ CREATE TABLE IF NOT EXISTS credit_score_features_target (
 	PRIMARY KEY (base_dt, id, customer_id)
 )CHARSET=utf8mb4;
 
-CREATE TABLE IF NOT EXISTS credit_score_predictions (
+CREATE TABLE credit_score_predictions (
 	score_dt DATE NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
 	confidence_good DOUBLE NOT NULL,
 	confidence_standard DOUBLE NOT NULL,
@@ -141,13 +142,20 @@ CREATE TABLE IF NOT EXISTS credit_score_predictions (
 	PRIMARY KEY (score_dt, customer_id)
 )CHARSET=utf8mb4;
 
-CREATE TABLE IF NOT EXISTS customer_info (
+CREATE TABLE customer_info (
 	id VARCHAR(32) NOT NULL,
-	customer_id VARCHAR(32) NOT NULL,
+	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	name VARCHAR(128),
 	ssn VARCHAR(32),
 	PRIMARY KEY (id)
 )CHARSET=utf8mb4;
 
-CREATE INDEX IF NOT EXISTS ix_customer_info_customer_date ON customer_info (customer_id, date);
+CREATE INDEX ix_customer_info_customer_date ON customer_info (customer_id, date);
+
+CREATE TABLE credit_platform_alembic_version (
+	version_num VARCHAR(32) NOT NULL,
+	CONSTRAINT credit_platform_alembic_version_pkc PRIMARY KEY (version_num)
+);
+
+INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0002_customer_id_binary');

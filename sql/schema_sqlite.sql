@@ -1,6 +1,7 @@
--- Generated from credit_platform/schema.py by `credit-platform init --print-ddl sqlite`, do not edit by hand.
+-- Generated from credit_platform/core/schema.py by `credit-platform sql --write`, do not edit by hand.
+-- An empty database at migration 0002_customer_id_binary (`credit-platform init` upgrades an existing one).
 
-CREATE TABLE IF NOT EXISTS credit_api_desired_model (
+CREATE TABLE credit_api_desired_model (
 	service VARCHAR(64) NOT NULL,
 	model_tag VARCHAR(128) NOT NULL,
 	challenger JSON,
@@ -9,7 +10,7 @@ CREATE TABLE IF NOT EXISTS credit_api_desired_model (
 	PRIMARY KEY (service)
 );
 
-CREATE TABLE IF NOT EXISTS credit_api_replicas (
+CREATE TABLE credit_api_replicas (
 	replica_id VARCHAR(128) NOT NULL,
 	hostname VARCHAR(255) NOT NULL,
 	bento_tag VARCHAR(128),
@@ -24,7 +25,7 @@ CREATE TABLE IF NOT EXISTS credit_api_replicas (
 	PRIMARY KEY (replica_id)
 );
 
-CREATE TABLE IF NOT EXISTS credit_model_monitoring (
+CREATE TABLE credit_model_monitoring (
 	day DATE NOT NULL,
 	model_version VARCHAR(128) NOT NULL,
 	role VARCHAR(16) NOT NULL,
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS credit_model_monitoring (
 	PRIMARY KEY (day, model_version, role, metric, feature)
 );
 
-CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
+CREATE TABLE credit_predictions_api_log (
 	id INTEGER NOT NULL,
 	request_id VARCHAR(64) NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
@@ -50,9 +51,9 @@ CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	UNIQUE (request_id)
 );
 
-CREATE INDEX IF NOT EXISTS ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
+CREATE INDEX ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
 
-CREATE TABLE IF NOT EXISTS credit_score (
+CREATE TABLE credit_score (
 	id VARCHAR(32) NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
 	date DATE NOT NULL,
@@ -60,11 +61,11 @@ CREATE TABLE IF NOT EXISTS credit_score (
 	PRIMARY KEY (id)
 );
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_customer ON credit_score (customer_id);
+CREATE INDEX ix_credit_score_customer ON credit_score (customer_id);
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_date ON credit_score (date);
+CREATE INDEX ix_credit_score_date ON credit_score (date);
 
-CREATE TABLE IF NOT EXISTS credit_score_features (
+CREATE TABLE credit_score_features (
 	id VARCHAR(32) NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
 	date DATE NOT NULL,
@@ -95,11 +96,11 @@ CREATE TABLE IF NOT EXISTS credit_score_features (
 	PRIMARY KEY (id)
 );
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
+CREATE INDEX ix_credit_score_features_customer_date ON credit_score_features (customer_id, date);
 
-CREATE INDEX IF NOT EXISTS ix_credit_score_features_date_customer ON credit_score_features (date, customer_id);
+CREATE INDEX ix_credit_score_features_date_customer ON credit_score_features (date, customer_id);
 
-CREATE TABLE IF NOT EXISTS credit_score_features_target (
+CREATE TABLE credit_score_features_target (
 	base_dt DATE NOT NULL,
 	id VARCHAR(32) NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
@@ -130,7 +131,7 @@ CREATE TABLE IF NOT EXISTS credit_score_features_target (
 	PRIMARY KEY (base_dt, id, customer_id)
 );
 
-CREATE TABLE IF NOT EXISTS credit_score_predictions (
+CREATE TABLE credit_score_predictions (
 	score_dt DATE NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
 	prediction VARCHAR(16) NOT NULL,
@@ -141,7 +142,7 @@ CREATE TABLE IF NOT EXISTS credit_score_predictions (
 	PRIMARY KEY (score_dt, customer_id)
 );
 
-CREATE TABLE IF NOT EXISTS customer_info (
+CREATE TABLE customer_info (
 	id VARCHAR(32) NOT NULL,
 	customer_id VARCHAR(32) NOT NULL,
 	date DATE NOT NULL,
@@ -150,4 +151,11 @@ CREATE TABLE IF NOT EXISTS customer_info (
 	PRIMARY KEY (id)
 );
 
-CREATE INDEX IF NOT EXISTS ix_customer_info_customer_date ON customer_info (customer_id, date);
+CREATE INDEX ix_customer_info_customer_date ON customer_info (customer_id, date);
+
+CREATE TABLE credit_platform_alembic_version (
+	version_num VARCHAR(32) NOT NULL,
+	CONSTRAINT credit_platform_alembic_version_pkc PRIMARY KEY (version_num)
+);
+
+INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0002_customer_id_binary');

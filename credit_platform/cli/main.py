@@ -79,19 +79,27 @@ def main() -> None:
     "--print-ddl",
     type=click.Choice(["mariadb", "sqlite"]),
     default=None,
-    help="Print the schema DDL for a dialect instead of applying it.",
+    help="Print the DDL of an empty database at the newest migration instead of applying it.",
 )
 def init(db_url: str | None, print_ddl: str | None) -> None:
-    """Create the feature store database and its tables (safe to repeat)."""
+    """Create the feature store database and its tables, or upgrade an existing one to the
+    newest migration in place (safe to repeat and to run from several processes at once)."""
     if print_ddl:
         click.echo(render_ddl(print_ddl), nl=False)
         return
+    from credit_platform.core import migrations
+
     url = db_url or settings.feature_store_url()
     try:
-        init_schema(url).dispose()
+        engine = init_schema(url)
     except FeatureStoreUnavailable as error:
         fail(str(error))
-    click.echo(f"feature store ready: {redacted(url)}")
+    try:
+        with engine.connect() as connection:
+            revision = migrations.current_revision(connection)
+    finally:
+        engine.dispose()
+    click.echo(f"feature store ready: {redacted(url)} (migration {revision})")
 
 
 @main.command()
@@ -249,12 +257,14 @@ def stop(port: int) -> None:
 
 def _register_subcommands() -> None:
     from credit_platform.cli.challenger import challenger
+    from credit_platform.cli.db import db
     from credit_platform.cli.rollback import rollback
     from credit_platform.cli.seed import seed
     from credit_platform.cli.serve import serve
     from credit_platform.cli.simulate import simulate
 
     main.add_command(challenger)
+    main.add_command(db)
     main.add_command(rollback)
     main.add_command(seed)
     main.add_command(serve)

@@ -1,14 +1,17 @@
 """Engines for the feature store, with errors that name the database instead of a stack trace.
 
-Creating the schema is safe to repeat and to run from several processes at once (a lock
-serialises it), and refuses tables that could not store what the schema promises (an older
-layout, a character set other than utf8mb4).
+Creating the schema means running the versioned migrations (`core/migrations`) up to their
+head: safe to repeat and to run from several processes at once (a lock serialises it, and a
+database already at the head is not locked at all), and it refuses tables that could not
+store what the schema promises (a character set other than utf8mb4, a layout no migration
+knows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,8 @@ PERMANENT_MARIADB_ERRORS = frozenset({1044, 1045, 1049, 1054, 1130, 1142, 1143, 
 # SQLite's equivalents: a file that cannot be opened, a table of another layout.
 PERMANENT_SQLITE_MESSAGES = ("unable to open database file", "no such column", "has no column")
 SCHEMA_LOCK_SECONDS = 60
+
+logger = logging.getLogger(__name__)
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -155,54 +160,78 @@ def schema_lock(engine: Engine) -> Iterator[None]:
             connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
+def _foreign_charset_problems(connection: Connection) -> list[str]:
+    """MariaDB: the platform tables holding text in another character set than utf8mb4,
+    each with the statement that converts it (no migration converts text silently)."""
+    if not is_mariadb(connection.dialect.name):
+        return []
+    names = [table.name for table in metadata.sorted_tables]
+    found = connection.execute(
+        text(
+            "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> :charset "
+            "AND TABLE_NAME IN :names ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        ).bindparams(bindparam("names", expanding=True)),
+        {"charset": MARIADB_CHARSET, "names": names},
+    ).all()
+    problems = []
+    for table_name in sorted({row[0] for row in found}):
+        columns = [f"{row[1]} ({row[2]})" for row in found if row[0] == table_name]
+        problems.append(
+            f"table {table_name} stores text as {', '.join(columns)}, which turns emoji "
+            f"and CJK text into '?': ALTER TABLE `{table_name}` CONVERT TO CHARACTER SET "
+            f"{MARIADB_CHARSET}"
+        )
+    return problems
+
+
 def _check_tables(connection: Connection) -> None:
-    """Raise SchemaMismatch when an existing table lacks a column of the schema or (MariaDB)
-    holds text in another character set than utf8mb4, naming the table and the fix."""
+    """Raise SchemaMismatch when a table lacks a column of the schema (a layout no
+    migration brought up to date) or (MariaDB) holds text in another character set than
+    utf8mb4, naming the table and the fix."""
     inspector = inspect(connection)
     problems = []
     for table in metadata.sorted_tables:
         if not inspector.has_table(table.name):
+            problems.append(f"table {table.name} is missing")
             continue
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing = [column.name for column in table.columns if column.name not in present]
         if missing:
             problems.append(
-                f"table {table.name} lacks column(s) {', '.join(missing)} (an older layout: "
-                "move its rows aside and drop it, and it is created anew)"
+                f"table {table.name} lacks column(s) {', '.join(missing)} (a layout no "
+                "migration knows: move its rows aside and drop it, and `credit-platform "
+                "init` creates it anew)"
             )
-    if is_mariadb(connection.dialect.name):
-        names = [table.name for table in metadata.sorted_tables]
-        found = connection.execute(
-            text(
-                "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME "
-                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-                "AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> :charset "
-                "AND TABLE_NAME IN :names ORDER BY TABLE_NAME, ORDINAL_POSITION"
-            ).bindparams(bindparam("names", expanding=True)),
-            {"charset": MARIADB_CHARSET, "names": names},
-        ).all()
-        tables = sorted({row[0] for row in found})
-        for table_name in tables:
-            columns = [f"{row[1]} ({row[2]})" for row in found if row[0] == table_name]
-            problems.append(
-                f"table {table_name} stores text as {', '.join(columns)}, which turns emoji "
-                f"and CJK text into '?': ALTER TABLE `{table_name}` CONVERT TO CHARACTER SET "
-                f"{MARIADB_CHARSET}"
-            )
+    problems.extend(_foreign_charset_problems(connection))
     if problems:
         raise SchemaMismatch("; ".join(problems))
 
 
 def create_tables(engine: Engine) -> None:
-    """Create every missing table and index under the schema lock, then check the existing
-    tables. An index added to the schema later (such as `credit_score_features(date,
-    customer_id)` for batch scoring) is created on a store made before it."""
-    with schema_lock(engine):
-        metadata.create_all(engine)
-        with engine.begin() as connection:
-            for table in metadata.sorted_tables:
-                for index in table.indexes:
-                    index.create(connection, checkfirst=True)
+    """Bring the database to the migrations' head (creating every table of an empty one,
+    upgrading one an earlier release made) under the schema lock, then check the tables.
+    A database at the head already is only checked. Raises SchemaMismatch before
+    migrating tables whose text is not utf8mb4 (converting them is the operator's call)."""
+    from credit_platform.core import migrations  # Alembic, imported where it is used
+
+    with engine.connect() as connection:
+        at_head = migrations.is_current(connection)
+    if not at_head:
+        with schema_lock(engine), engine.connect() as connection:
+            problems = _foreign_charset_problems(connection)
+            if problems:
+                raise SchemaMismatch("; ".join(problems))
+            before = migrations.upgrade(connection)
+            after = migrations.current_revision(connection)
+            if before != after:
+                logger.info(
+                    "feature store %s migrated from %s to %s",
+                    redacted(engine.url.render_as_string(hide_password=False)),
+                    before or "an unversioned schema",
+                    after,
+                )
     with engine.connect() as connection:
         _check_tables(connection)
 
@@ -224,22 +253,41 @@ def init_schema(url: str, *, create_database: bool = True) -> Engine:
 
 
 def render_ddl(dialect_name: str) -> str:
-    """CREATE TABLE/INDEX statements of the schema for "mariadb" or "sqlite" (for `sql/`)."""
+    """The DDL of an empty database at the migrations' head for "mariadb" or "sqlite" (for
+    `sql/`): CREATE TABLE/INDEX statements of the schema, then Alembic's version table
+    holding the head revision, so `credit-platform init` knows it needs no migration. Plain
+    CREATE TABLE, not IF NOT EXISTS: run against a database holding tables already, it
+    fails instead of stamping tables of another layout as current."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, insert
     from sqlalchemy.dialects import mysql, sqlite
     from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from credit_platform.core import migrations
 
     dialects = {"mariadb": mysql.dialect(is_mariadb=True), "sqlite": sqlite.dialect()}
     if dialect_name not in dialects:
         raise ValueError(f"unknown dialect {dialect_name!r}; choose one of {sorted(dialects)}")
     dialect = dialects[dialect_name]
+    head = migrations.head_revision()
     statements = [
-        f"-- Generated from credit_platform/schema.py by `credit-platform init --print-ddl "
-        f"{dialect_name}`, do not edit by hand."
+        f"-- Generated from credit_platform/core/schema.py by `credit-platform sql --write`, "
+        f"do not edit by hand.\n-- An empty database at migration {head} ("
+        "`credit-platform init` upgrades an existing one)."
     ]
     for table in metadata.sorted_tables:
-        create = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+        create = str(CreateTable(table).compile(dialect=dialect)).strip()
         statements.append("\n".join(line.rstrip() for line in create.splitlines()) + ";")
         for index in sorted(table.indexes, key=lambda item: item.name or ""):
-            created = CreateIndex(index, if_not_exists=True).compile(dialect=dialect)
-            statements.append(f"{str(created).strip()};")
+            statements.append(f"{str(CreateIndex(index).compile(dialect=dialect)).strip()};")
+    # The table Alembic itself creates (alembic.ddl.impl: version_table_impl).
+    version = Table(
+        migrations.VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name=f"{migrations.VERSION_TABLE}_pkc"),
+    )
+    create = str(CreateTable(version).compile(dialect=dialect)).strip()
+    statements.append("\n".join(line.rstrip() for line in create.splitlines()) + ";")
+    stamp = insert(version).values(version_num=head)
+    statements.append(f"{stamp.compile(dialect=dialect, compile_kwargs={'literal_binds': True})};")
     return "\n\n".join(statements) + "\n"

@@ -22,7 +22,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from credit_platform.core.db import is_mariadb, schema_lock
+from credit_platform.core.db import create_tables, is_mariadb
 from credit_platform.core.schema import (
     MODEL_TAG_LENGTH,
     credit_api_desired_model,
@@ -99,11 +99,9 @@ def database_now(connection: Connection) -> datetime:
 
 
 def create_record_tables(engine: Engine) -> None:
-    """Create the two tables when missing (a store made before they existed)."""
-    with schema_lock(engine):
-        credit_api_desired_model.metadata.create_all(
-            engine, tables=[credit_api_desired_model, credit_api_replicas]
-        )
+    """Create the two tables when missing (a store made before they existed): the store is
+    migrated to the newest revision, as `credit-platform init` does."""
+    create_tables(engine)
 
 
 def _upsert(connection: Connection, table, row: Mapping[str, Any], update: list[str]) -> None:

@@ -1,9 +1,12 @@
-"""The feature store schema: the single definition every table is created from.
+"""The feature store schema: the target every migration leads to.
 
-SQLAlchemy Core renders it for SQLite and MariaDB alike; `sql/schema_mariadb.sql`
-is generated from it (`credit-platform init --print-ddl`) and a test keeps the two equal.
-On MariaDB every table is utf8mb4 whatever the database's default character set, so no
-text is ever stored as "?".
+The tables are created and changed by the versioned migrations in
+`credit_platform/core/migrations/versions/` (Alembic), which `credit-platform init` applies;
+this module is what their head must equal, and a test fails when the two disagree (README
+"Changing a table"). SQLAlchemy Core renders it for SQLite and MariaDB alike;
+`sql/schema_*.sql` are generated from it (`credit-platform sql --write`). On MariaDB every
+table is utf8mb4 whatever the database's default character set, so no text is ever stored
+as "?".
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ REQUEST_ID = String(REQUEST_ID_LENGTH).with_variant(
     "mysql",
     "mariadb",
 )
+# Customer ids compare byte for byte, as Python compares them: "CUS_a", "CUS_A" and "CUS_a "
+# are three customers (MariaDB's default utf8mb4 collation would make the first two one key
+# and let keyset paging skip one; utf8mb4_bin still pads, so the third would equal the
+# first, and a tab would sort before the end of the string).
+CUSTOMER_ID = String(ID_LENGTH).with_variant(
+    mysql.VARCHAR(ID_LENGTH, charset=MARIADB_CHARSET, collation="utf8mb4_nopad_bin"),
+    "mysql",
+    "mariadb",
+)
 # Which model of the service answered: the one the champion alias names, or one sharing the
 # traffic beside it.
 MODEL_ROLES = ("champion", "shadow", "canary")
@@ -78,7 +90,7 @@ customer_info = Table(
     "customer_info",
     metadata,
     Column("id", String(ID_LENGTH), primary_key=True),
-    Column("customer_id", String(ID_LENGTH), nullable=False),
+    Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     Column("name", String(128), nullable=True),
     Column("ssn", String(32), nullable=True),
@@ -90,7 +102,7 @@ credit_score = Table(
     "credit_score",
     metadata,
     Column("id", String(ID_LENGTH), primary_key=True),
-    Column("customer_id", String(ID_LENGTH), nullable=False),
+    Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     Column(TARGET, String(16), nullable=False),
     Index("ix_credit_score_date", "date"),
@@ -102,7 +114,7 @@ credit_score_features = Table(
     "credit_score_features",
     metadata,
     Column("id", String(ID_LENGTH), primary_key=True),
-    Column("customer_id", String(ID_LENGTH), nullable=False),
+    Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     *feature_columns(),
     Column("name", String(128), nullable=True),
@@ -118,7 +130,7 @@ credit_score_features_target = Table(
     metadata,
     Column("base_dt", Date, primary_key=True),
     Column("id", String(ID_LENGTH), primary_key=True),
-    Column("customer_id", String(ID_LENGTH), primary_key=True),
+    Column("customer_id", CUSTOMER_ID, primary_key=True),
     Column("date", Date, nullable=False),
     *feature_columns(),
     Column(TARGET, String(16), nullable=False),
@@ -130,7 +142,7 @@ credit_predictions_api_log = Table(
     metadata,
     Column("id", BIG_ID, primary_key=True, autoincrement=True),
     Column("request_id", REQUEST_ID, nullable=False, unique=True),
-    Column("customer_id", String(ID_LENGTH), nullable=False),
+    Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("features", JSON, nullable=False),
     Column("prediction", String(16), nullable=False),
     Column("confidence", DOUBLE, nullable=False),
@@ -155,7 +167,7 @@ credit_score_predictions = Table(
     "credit_score_predictions",
     metadata,
     Column("score_dt", Date, primary_key=True),
-    Column("customer_id", String(ID_LENGTH), primary_key=True),
+    Column("customer_id", CUSTOMER_ID, primary_key=True),
     Column("prediction", String(16), nullable=False),
     *[Column(name, DOUBLE, nullable=False) for name in PREDICTION_CONFIDENCE_COLUMNS.values()],
     Column("model_version", String(128), nullable=False),

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 
 from api.predictor import Predictor
 from api.sample_requests import load_sample
-from credit_platform.core import batch_scoring
+from credit_platform.core import batch_scoring, migrations
 from credit_platform.core.batch_scoring import (
     NoFeaturesForDay,
     ServedModelRecord,
@@ -187,8 +187,8 @@ def test_a_failure_part_way_keeps_the_previous_predictions(store, models):
 
 
 def test_a_store_made_before_the_scoring_index_gets_it(store_url):
-    """Stores created before batch scoring lack the (date, customer_id) index it reads by;
-    opening them adds it."""
+    """Stores created before batch scoring (and before migrations: no version table) lack
+    the (date, customer_id) index it reads by; opening them adds it."""
     from sqlalchemy import inspect, text
 
     engine = init_schema(store_url)
@@ -200,6 +200,7 @@ def test_a_store_made_before_the_scoring_index_gets_it(store_url):
                     + (" ON credit_score_features" if engine.dialect.name != "sqlite" else "")
                 )
             )
+            connection.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         names = {index["name"] for index in inspect(engine).get_indexes("credit_score_features")}
         assert "ix_credit_score_features_date_customer" not in names
     finally:
@@ -210,6 +211,48 @@ def test_a_store_made_before_the_scoring_index_gets_it(store_url):
         assert "ix_credit_score_features_date_customer" in names
     finally:
         engine.dispose()
+
+
+def test_customer_ids_differing_only_in_case_are_paged_and_scored_apart(store, models):
+    """Ids differing only in case or by a trailing space ("CASE_a", "case_a", "Case_A",
+    "case_a ", ...) are different customers: keyset pages over customer_id (read ahead on a
+    thread on MariaDB) return each one's rows once, whatever page they straddle, and the day
+    gets a prediction for each (MariaDB once compared them case-insensitively: one key, and
+    `customer_id > :after` skipped the others; utf8mb4_bin would still pad the space)."""
+    bundle, _ = models
+    features = _feature_rows(store, DAY_ONE)
+    template = features[sorted(features)[0]]
+    variants = ["CASE_a", "case_a", "Case_A", "CASE_A", "cAse_a", "case_a "]
+    extra = [
+        {**template, "id": f"v{n}", "customer_id": customer, "age": 20 + n}
+        for n, customer in enumerate(variants)
+    ]
+    extra.append({**template, "id": "v9", "customer_id": "case_a", "age": 60})  # two rows
+    with store.begin() as connection:
+        connection.execute(insert(credit_score_features), extra)
+    expected_rows = len(features) + len(extra)
+    for chunk_rows in (1, 2, 3, 5):
+        with store.connect() as connection:
+            chunks = list(read_feature_chunks(connection, DAY_ONE, chunk_rows=chunk_rows))
+        ids = [row_id for chunk in chunks for row_id in chunk["id"]]
+        assert len(ids) == len(set(ids)) == expected_rows, chunk_rows
+        owners = [set(chunk["customer_id"]) for chunk in chunks]
+        for customer in variants:  # whole customers per chunk
+            assert sum(customer in owner for owner in owners) == 1, (chunk_rows, customer)
+    with store.begin() as connection:
+        result = score_day(connection, DAY_ONE, bundle, chunk_rows=2)
+    written = _predictions(store, DAY_ONE)
+    assert set(variants) <= set(written)
+    assert result.rows == len(written) == len(features) + len(variants)
+    assert result.duplicate_feature_rows == 1
+    newest = {row["customer_id"]: row for row in sorted(extra, key=lambda row: row["id"])}
+    predictor = Predictor(bundle)
+    for customer, row in newest.items():  # "case_a" is scored on its newer row (id v9)
+        answer = predictor.predict([{name: row[name] for name in MODEL_FEATURES}])[0]
+        assert written[customer]["prediction"] == answer.label
+        assert written[customer][PREDICTION_CONFIDENCE_COLUMNS[answer.label]] == pytest.approx(
+            answer.confidence, abs=1e-9
+        )
 
 
 ODD_CUSTOMER = "c\"q\\u'😀顧"  # a quote, a backslash, an apostrophe, an emoji, CJK

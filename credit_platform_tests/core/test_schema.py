@@ -1,9 +1,11 @@
-"""One schema definition, applied to SQLite and to MariaDB, and the generated sql/ files."""
+"""One schema definition, applied to SQLite and to MariaDB by the migrations, and the
+generated sql/ files (test_migrations.py compares the migrations' head with it)."""
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from credit_platform.cli.main import generated_sql_files, main
+from credit_platform.core import migrations
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import TABLE_NAMES
@@ -22,6 +24,8 @@ PLATFORM_TABLES = SEED_TABLES | {
     "credit_api_desired_model",
     "credit_api_replicas",
 }
+# The record of the migration a store is at.
+VERSION_TABLE = migrations.VERSION_TABLE
 
 
 def _columns(engine, table: str) -> list[str]:
@@ -104,7 +108,8 @@ def test_generated_sql_files_are_current():
 
 
 def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
-    """The compose stack applies sql/schema_mariadb.sql at first start: it must match."""
+    """The compose stack applies sql/schema_mariadb.sql at first start: it must match (and
+    stamp the migrations' head: test_migrations.py)."""
     ddl = next(text_ for path, text_ in generated_sql_files().items() if "mariadb" in path.name)
     engine = create_engine(mariadb_url)
     try:
@@ -115,7 +120,7 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
                 ).strip()
                 if body:
                     connection.execute(text(body))
-        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES
+        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES | {VERSION_TABLE}
         assert _columns(engine, "credit_score_features_target")[4:26] == list(MODEL_FEATURES)
     finally:
         engine.dispose()
@@ -128,7 +133,7 @@ def test_cli_init_creates_a_mariadb_database(mariadb_url, cli_runner):
         result = runner.invoke(main, ["init", "--db-url", url])
         assert result.exit_code == 0, result.output
         engine = create_engine(url)
-        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES
+        assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES | {VERSION_TABLE}
         engine.dispose()
     finally:
         server = create_engine(mariadb_url.rsplit("/", 1)[0])

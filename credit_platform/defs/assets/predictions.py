@@ -38,6 +38,7 @@ from credit_platform.core.batch_scoring import (
     score_day,
     served_on,
 )
+from credit_platform.core.db import create_tables
 from credit_platform.core.features import LABELS
 from credit_platform.core.model_store import ModelBundle, ModelNotFound, load_model_bundle
 from credit_platform.core.schema import credit_score_features as features_table
@@ -194,6 +195,9 @@ def credit_score_predictions(
     bundle = _load(choice, day)
     context.log.info("scoring %s with %s (%s)", day, bundle.tag, _describe_source(choice))
     with feature_store.engine() as engine:
+        # A store of an earlier release lacks the table, or (MariaDB) keys it on a
+        # case-insensitive customer_id: bring it to the newest migration first.
+        create_tables(engine)
         try:
             with engine.begin() as connection:
                 result = score_day(connection, day, bundle, chunk_rows=config.chunk_rows)
