@@ -11,14 +11,16 @@ Two rules flag a segment, each among the segments of one feature that have at le
 - four-fifths: its rate of "Good" is below `min_rate_ratio` (0.8) of the best segment's;
 - accuracy: its accuracy is more than `max_accuracy_gap` (0.05) below the whole's.
 
-Each shortfall must also be more than chance: a one-sided two-proportion z-test (the
-segment's rate of Good against the best segment's; its accuracy against the other rows')
-must give a p-value of at most `max_p_value` (0.05) divided by the number of segments
-judged for that feature (Bonferroni: fifteen occupations are fifteen chances to find one
-short by luck). Test rows are few per segment (a hundred rows give an accuracy a standard
-error of about 0.05), so without it the rules would flag noise; `max_p_value` 1 with one
-segment judged turns it off, and a shortfall as clear as a band never graded Good has a
-p-value far below any of these.
+Each shortfall must also be more than chance: a one-sided two-proportion z-test of the
+segment against the other rows of the feature (its rate of Good, its accuracy) must give a p-value of at most `max_p_value` (0.05) divided by the number of tests the table
+makes (two per judged segment, over every feature: Bonferroni), so a model that treats no
+segment unequally draws a warning with a chance of at most `max_p_value`. Test rows are few
+per segment (a hundred rows give an accuracy a standard error of about 0.05), and fifteen
+occupations are fifteen chances to find one short by luck: without the test the rules flag
+noise. A shortfall as clear as a band never graded Good has a p-value far below any of
+these. (The test is against the other rows, not the best segment:
+the best of fifteen small segments is high by luck, and a ratio to it is only the
+practical half of the rule.)
 
 Segments are tallied as confusion matrices (true x answered label, in LABELS order), which
 add up, so the live monitoring can merge chunks and models the way it merges the rest.
@@ -191,6 +193,12 @@ def segment_table(
     breaks (`flags`). The whole is the sum of one feature's segments (every row is in one
     segment of each feature)."""
     table: list[dict[str, Any]] = []
+    tests = 2 * sum(
+        1
+        for key, matrix in confusions.items()
+        if key[0] in policy.segments and matrix.sum() >= policy.min_rows
+    )
+    significance = policy.max_p_value / max(1, tests)
     for feature in policy.segments:
         keys = sorted(
             (key for key in confusions if key[0] == feature),
@@ -206,7 +214,6 @@ def segment_table(
             key: float(confusions[key][:, good].sum() / confusions[key].sum()) for key in judged
         }
         best_key = max(rates, key=lambda key: rates[key]) if rates else None
-        significance = policy.max_p_value / max(1, len(judged))
         best = rates[best_key] if best_key is not None else None
         for key in keys:
             matrix = confusions[key]
@@ -234,14 +241,10 @@ def segment_table(
                 "flags": [],
             }
             if entry["judged"]:
-                best_matrix = confusions[best_key]
-                entry["good_rate_p_value"] = shortfall_p_value(
-                    int(matrix[:, good].sum()),
-                    rows,
-                    int(best_matrix[:, good].sum()),
-                    int(best_matrix.sum()),
-                )
                 rest = whole - matrix
+                entry["good_rate_p_value"] = shortfall_p_value(
+                    int(matrix[:, good].sum()), rows, int(rest[:, good].sum()), int(rest.sum())
+                )
                 entry["accuracy_p_value"] = shortfall_p_value(
                     int(np.trace(matrix)), rows, int(np.trace(rest)), int(rest.sum())
                 )

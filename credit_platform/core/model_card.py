@@ -202,8 +202,8 @@ def model_card_markdown(facts: ModelCardFacts) -> str:
         f"{facts.policy.min_rows} rows is flagged when its rate of Good is below "
         f"{facts.policy.min_rate_ratio:g} of the best segment's (four-fifths rule) or its "
         f"accuracy is more than {facts.policy.max_accuracy_gap:g} below the whole's, and the "
-        f"shortfall is beyond chance (one-sided z-test, p <= {facts.policy.max_p_value:g} "
-        "divided by the segments judged for the feature).",
+        f"shortfall is beyond chance (one-sided z-test against the feature's other rows, "
+        f"p <= {facts.policy.max_p_value:g} divided by the number of tests).",
         "",
         f"Finding: {describe_findings(facts.segments, facts.policy)}.",
         "",

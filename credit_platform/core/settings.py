@@ -538,8 +538,8 @@ def fairness_min_segment_rows() -> int:
 
 
 def fairness_max_p_value() -> float:
-    """A shortfall flags a segment only when a one-sided z-test gives at most this p-value,
-    divided by the number of segments judged for the feature (Bonferroni)."""
+    """A shortfall flags a segment only when a one-sided z-test gives at most this p-value
+    divided by the number of tests (two per judged segment: Bonferroni)."""
     raw = os.environ.get(FAIRNESS_MAX_P_VALUE_ENV)
     return parse_ratio(FAIRNESS_MAX_P_VALUE_ENV, raw) if raw else DEFAULT_FAIRNESS_MAX_P_VALUE
 

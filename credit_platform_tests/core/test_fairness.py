@@ -118,7 +118,7 @@ def test_a_shortfall_within_chance_is_not_flagged():
     }
     assert 0.025 < shortfall_p_value(10, 40, 14, 40) < 0.5
     assert flagged(segment_table(confusions, policy)) == []
-    # p-values are compared with max_p_value / the segments judged for the feature (2)
+    # p-values are compared with max_p_value / the tests made (2 segments x 2 rules)
     strict = FairnessPolicy(segments=("age",), min_rows=20, max_p_value=1.0)
     assert [row["segment"] for row in flagged(segment_table(confusions, strict))] == ["under 25"]
     assert shortfall_p_value(5, 10, 1, 10) == 1.0  # not below

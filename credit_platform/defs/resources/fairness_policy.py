@@ -44,7 +44,7 @@ class FairnessPolicyResource(ConfigurableResource):
     max_p_value: str = Field(
         default_factory=lambda: str(settings.fairness_max_p_value()),
         description="A shortfall flags a segment only when a one-sided two-proportion z-test "
-        "gives at most this p-value, divided by the segments judged for the feature.",
+        "gives at most this p-value divided by the number of tests (two per judged segment).",
     )
 
     @property
