@@ -3,7 +3,9 @@
 A segment is a band of a numeric feature (age: under 25, 25-40, 40-60, 60 and over by
 default) or a value of a categorical one (occupation); a missing value is a segment of its
 own, "(missing)". Per segment: rows, accuracy, the recall of each class and the rate of
-"Good" answers (the favourable outcome, the selection rate of the four-fifths rule).
+"Good" answers (the favourable outcome, the selection rate of the four-fifths rule), beside
+the share of its rows labelled Good (does the model repeat a gap of the labels, or widen
+it?).
 
 Two rules flag a segment, each among the segments of one feature that have at least
 `min_rows` rows (smaller ones are reported, not judged, and never count as the best):
@@ -12,15 +14,15 @@ Two rules flag a segment, each among the segments of one feature that have at le
 - accuracy: its accuracy is more than `max_accuracy_gap` (0.05) below the whole's.
 
 Each shortfall must also be more than chance: a one-sided two-proportion z-test of the
-segment against the other rows of the feature (its rate of Good, its accuracy) must give a p-value of at most `max_p_value` (0.05) divided by the number of tests the table
-makes (two per judged segment, over every feature: Bonferroni), so a model that treats no
-segment unequally draws a warning with a chance of at most `max_p_value`. Test rows are few
-per segment (a hundred rows give an accuracy a standard error of about 0.05), and fifteen
+segment against the other rows of the feature (its rate of Good, its accuracy) must give a
+p-value of at most `max_p_value` (0.05) divided by the number of tests the table makes (two
+per judged segment, over every feature: Bonferroni), so a model that treats no segment
+unequally draws a warning with a chance of at most `max_p_value`. Test rows are few per
+segment (a hundred rows give an accuracy a standard error of about 0.05), and fifteen
 occupations are fifteen chances to find one short by luck: without the test the rules flag
 noise. A shortfall as clear as a band never graded Good has a p-value far below any of
-these. (The test is against the other rows, not the best segment:
-the best of fifteen small segments is high by luck, and a ratio to it is only the
-practical half of the rule.)
+these. The test is against the other rows, not the best segment: the best of fifteen small
+segments is high by luck, and the ratio to it is only the practical half of the rule.
 
 Segments are tallied as confusion matrices (true x answered label, in LABELS order), which
 add up, so the live monitoring can merge chunks and models the way it merges the rest.
@@ -231,6 +233,9 @@ def segment_table(
                     for k, label in enumerate(LABELS)
                 },
                 "good_rate": good_rate,
+                # the share of the segment's rows labelled Good: whether the model only
+                # repeats a gap of the labels or widens it
+                "label_good_rate": float(matrix[good].sum() / rows) if rows else None,
                 "good_rate_ratio": (good_rate / best if best and good_rate is not None else None),
                 "accuracy_gap": (
                     overall - accuracy if overall is not None and accuracy is not None else None
@@ -313,6 +318,7 @@ SEGMENT_COLUMNS = (
     "accuracy",
     *(f"recall_{label}" for label in LABELS),
     "good_rate",
+    "label_good_rate",
     "good_rate_ratio",
     "accuracy_gap",
     "good_rate_p_value",

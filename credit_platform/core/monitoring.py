@@ -69,7 +69,8 @@ DRIFT_SKIPPED = "drift_skipped"
 UNREADABLE_FEATURES = "unreadable_features"
 LIVE_ECE = "live_ece"
 # per segment (feature "<segment feature>=<segment>"): labelled predictions, accuracy,
-# rate of Good, recall of each class, and 1 when the fairness rules flag it
+# rate of Good, recall of each class, and 1 when the fairness rules flag it (0 when they
+# judged it and found nothing, NULL when it has too few labels to judge)
 SEGMENT_LABELLED = "segment_labelled"
 SEGMENT_ACCURACY = "segment_accuracy"
 SEGMENT_GOOD_RATE = "segment_good_rate"
@@ -567,9 +568,9 @@ class DayMonitor:
                 SEGMENT_ACCURACY: entry["accuracy"],
                 SEGMENT_GOOD_RATE: entry["good_rate"],
                 **{segment_recall_metric(label): entry[f"recall_{label}"] for label in LABELS},
+                # NULL for a segment with too few labels to judge
+                SEGMENT_FLAGGED: (1 if entry["flags"] else 0) if entry["judged"] else None,
             }
-            if entry["judged"]:
-                values[SEGMENT_FLAGGED] = 1 if entry["flags"] else 0
             rows += [
                 self._row(version, role, metric, value, name) for metric, value in values.items()
             ]

@@ -93,6 +93,7 @@ def test_the_table_flags_the_four_fifths_rule_and_the_accuracy_gap():
     under = by_segment["under 25"]
     assert under["good_rate"] == pytest.approx(0.2)
     assert under["good_rate_ratio"] == pytest.approx(0.5)  # against 25-40, not the tiny one
+    assert under["label_good_rate"] == pytest.approx(0.2)  # rows labelled Good
     assert under["flags"] == [FOUR_FIFTHS]
     assert under["good_rate_p_value"] < 1e-6
     whole = (210 + 210 + 150 + 20) / 920

@@ -424,7 +424,7 @@ def credit_score_model(
                     side: int(train_valid_split.loc[sides == side, "customer_id"].nunique())
                     for side in (TRAIN, VALID, TEST)
                 },
-                split_method="by customer (no customer on two sides), stratified by label",
+                split_method=_split_method(train_valid_split),
                 metrics=metrics,
                 validation_metrics=best.metrics,
                 confusion_markdown=confusion,
@@ -514,6 +514,17 @@ def _calibration_metrics(calibration, test_uncalibrated, test_calibrated) -> dic
         "calibration_temperature": calibration.temperature if calibration.applied else 1.0,
     }
     return {name: float(value) for name, value in figures.items() if value is not None}
+
+
+def _split_method(split: pd.DataFrame) -> str:
+    """How the sides were cut, read off the rows (out of time when every test row is newer
+    than every train and valid row)."""
+    method = "by customer (no customer on two sides), stratified by each customer's label"
+    dates = pd.to_datetime(split["date"])
+    tested = split[SPLIT_COLUMN] == TEST
+    if tested.any() and (~tested).any() and dates[tested].min() > dates[~tested].max():
+        return f"{method}, out of time (test rows dated from {dates[tested].min().date()})"
+    return method
 
 
 def _window(split: pd.DataFrame) -> tuple[str, str]:
