@@ -33,9 +33,11 @@ KNOWN_LIMITS = (
     "by them, and a flagged segment needs a human review before the model is used for it.",
     "Segments with fewer rows than the policy's minimum are reported but not judged: their "
     "figures are noisy.",
-    "Calibration is fitted on the valid rows of the chosen trial; with the refit on train + "
-    "valid rows it is carried over to the refit model, whose test-row figures show whether "
-    "it holds.",
+    "Calibration is one temperature fitted on the valid rows of the chosen trial; with the "
+    "refit on train + valid rows it is carried over to the refit model, whose test-row "
+    "figures show whether it holds. A temperature rescales the class scores; it cannot undo "
+    "the shift the prior correction adds to the rarer classes, so their probabilities can "
+    "stay off (see the class-wise ECE).",
 )
 
 
