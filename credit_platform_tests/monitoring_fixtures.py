@@ -25,6 +25,7 @@ from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.monitoring_store import read_training_rows
 from credit_platform.core.schema import credit_score, credit_score_features
 from credit_platform.core.training import make_pool, predict_labels
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
 from credit_platform.ingest.synthetic import seed_synthetic
@@ -125,6 +126,7 @@ def monitoring_resources(url: str, **policy: str) -> dict[str, Any]:
     return {
         "feature_store": FeatureStoreResource(url=url),
         "monitoring_policy": MonitoringPolicyResource(**settings),
+        "fairness_policy": FairnessPolicyResource(),
     }
 
 

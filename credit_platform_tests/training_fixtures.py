@@ -34,6 +34,7 @@ from credit_platform.core.settings import ADMIN_TOKEN_ENV
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.io_managers import PartitionedParquetIOManager
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
@@ -132,6 +133,7 @@ def training_resources(tmp_path: Path, feature_store_url: str) -> dict:
         # the session's BentoML store holds every module's models: a deploy deletes none
         # unless its test asks (credit_platform_tests/defs/test_retention.py)
         "model_retention": ModelRetentionResource(keep_last="0"),
+        "fairness_policy": FairnessPolicyResource(),
     }
 
 
@@ -190,3 +192,25 @@ def train_and_check(resources: dict, instance, partition: str, grid: dict, min_a
             }
         },
     )
+
+
+# Ages drawn evenly from the four default bands (under 25, 25-40, 40-60, 60 and over), so
+# every band has rows enough to be judged by the fairness rules.
+AGE_BANDS_DRAWN = ((18, 25), (25, 40), (40, 60), (60, 76))
+
+
+def age_banded_partition(
+    base_dt: date, rows: int, seed: int, *, biased_band: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """`synthetic_partition` with ages spread evenly over the age bands; with
+    `biased_band` (low, high), a biased label rule for that band: none of its customers is
+    graded Good (their Good labels become Standard), whatever their features say."""
+    frame = synthetic_partition(base_dt, rows=rows, seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    bands = rng.integers(0, len(AGE_BANDS_DRAWN), rows)
+    frame["age"] = [int(rng.integers(*AGE_BANDS_DRAWN[band])) for band in bands]
+    if biased_band is not None:
+        low, high = biased_band
+        inside = (frame["age"] >= low) & (frame["age"] < high)
+        frame.loc[inside & (frame["credit_score"] == "Good"), "credit_score"] = "Standard"
+    return frame

@@ -46,3 +46,40 @@ def confusion_matrix_png(labels: Sequence[str], rows: Sequence[Sequence[int]], t
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=10)
     return png_bytes(figure)
+
+
+def reliability_diagram_png(
+    curves: Sequence[tuple[str, Sequence[dict]]], title: str, ece: Sequence[float | None]
+) -> bytes:
+    """Reliability diagram: per confidence bin (`core.calibration.reliability_bins`), the
+    share answered right against the mean confidence, one line per named curve (e.g. before
+    and after calibration, with its ECE in the legend), the diagonal of a calibrated model,
+    and below it the rows per bin."""
+    figure = Figure(figsize=(5.2, 6.0), dpi=110)
+    top, bottom = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
+    width = 1.0 / max(1, max((len(bins) for _, bins in curves), default=1))
+    for position, ((name, bins), error) in enumerate(zip(curves, ece, strict=True)):
+        filled = [item for item in bins if item["rows"]]
+        label = name if error is None else f"{name} (ECE {error:.3f})"
+        top.plot(
+            [item["mean_confidence"] for item in filled],
+            [item["accuracy"] for item in filled],
+            marker="o",
+            label=label,
+        )
+        offset = (position - (len(curves) - 1) / 2) * width / max(1, len(curves))
+        bottom.bar(
+            [(item["lower"] + item["upper"]) / 2 + offset for item in bins],
+            [item["rows"] for item in bins],
+            width=width / max(1, len(curves)),
+            label=name,
+        )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("share answered right")
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_xlabel("confidence (probability of the answered class)")
+    bottom.set_ylabel("rows")
+    return png_bytes(figure)

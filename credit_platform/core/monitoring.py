@@ -9,6 +9,12 @@ The label join: a prediction logged on day D for customer c is judged by c's *fi
 dated within [D, D + horizon days] (`first_labels`). Labels are dated by the day they
 describe; a label dated before the prediction describes an older state and never judges it;
 a customer without a label in the window leaves the prediction unlabelled (not yet known).
+
+Live calibration: the labelled predictions' confidences (the probability of the answered
+class, as the log holds it) are tallied in the bins of `core.calibration`, so the day's ECE
+is computed from counts the way training reports it on the test rows. Live segments: with a
+fairness policy, the labelled predictions are tallied per segment of customers as confusion
+matrices (`core.fairness`), reported as accuracy, recall per class and rate of Good.
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from credit_platform.core.calibration import CALIBRATION_BINS
+from credit_platform.core.fairness import (
+    FairnessPolicy,
+    SegmentKey,
+    merge_confusions,
+    segment_confusions,
+    segment_table,
+)
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
     LABELS,
@@ -53,6 +67,24 @@ MAX_FEATURE_PSI = "max_psi"
 TEST_ACCURACY = "model_test_accuracy"
 DRIFT_SKIPPED = "drift_skipped"
 UNREADABLE_FEATURES = "unreadable_features"
+LIVE_ECE = "live_ece"
+# per segment (feature "<segment feature>=<segment>"): labelled predictions, accuracy,
+# rate of Good, recall of each class, and 1 when the fairness rules flag it (0 when they
+# judged it and found nothing, NULL when it has too few labels to judge)
+SEGMENT_LABELLED = "segment_labelled"
+SEGMENT_ACCURACY = "segment_accuracy"
+SEGMENT_GOOD_RATE = "segment_good_rate"
+SEGMENT_FLAGGED = "segment_flagged"
+SEGMENT_SEPARATOR = "="
+
+
+def segment_recall_metric(label: str) -> str:
+    return f"segment_recall_{label}"
+
+
+def segment_feature_name(feature: str, segment: str) -> str:
+    """The report's `feature` of a segment, such as "age=under 25"."""
+    return f"{feature}{SEGMENT_SEPARATOR}{segment}"[:128]
 
 
 def latency_metric(percentile: int) -> str:
@@ -284,7 +316,7 @@ def held_out_prediction_mix(model_metadata: Mapping[str, Any]) -> dict[str, floa
 
 # A decoded log chunk, as `DayMonitor.add_chunk` takes it: the log's columns, one column
 # per model feature (numbers as float64) and whether the row's features were readable.
-LOG_FIELDS = ("customer_id", "prediction", "elapsed_ms", "model_version", "role")
+LOG_FIELDS = ("customer_id", "prediction", "confidence", "elapsed_ms", "model_version", "role")
 UNREADABLE = "features_unreadable"
 DECODED_LOG_COLUMNS = (*LOG_FIELDS, *MODEL_FEATURES, UNREADABLE)
 
@@ -322,6 +354,8 @@ def decode_log_chunk(raw: pd.DataFrame) -> pd.DataFrame:
     """Log rows with a `features` column (JSON texts or decoded objects) as a decoded
     chunk (`DECODED_LOG_COLUMNS`)."""
     raw = raw.reset_index(drop=True)
+    if "confidence" not in raw.columns:  # rows read without it have no live calibration
+        raw = raw.assign(confidence=np.nan)
     features, unreadable = features_frame(raw["features"])
     decoded = pd.concat([raw[list(LOG_FIELDS)], features], axis=1)
     decoded[UNREADABLE] = unreadable
@@ -347,11 +381,16 @@ class GroupTally:
     predictions: dict[str, int] = field(default_factory=dict)
     latencies: list[np.ndarray] = field(default_factory=list)
     feature_counts: dict[str, dict[Any, int]] = field(default_factory=dict)
+    # labelled predictions per confidence bin: rows, summed confidence, rows answered right
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros((3, CALIBRATION_BINS)))
+    segments: dict[SegmentKey, np.ndarray] = field(default_factory=dict)
 
     def merge(self, other: GroupTally) -> None:
         self.requests += other.requests
         self.unreadable += other.unreadable
         self.confusion += other.confusion
+        self.calibration += other.calibration
+        merge_confusions(self.segments, other.segments)
         _add(self.predictions, other.predictions)
         self.latencies.extend(other.latencies)
         for name, counts in other.feature_counts.items():
@@ -387,8 +426,10 @@ class DayMonitor:
         day: date,
         labels: pd.Series,
         reference_for: Callable[[str], ModelReference | DriftSkipped],
+        policy: FairnessPolicy | None = None,
     ) -> None:
         self.day = day
+        self.policy = policy
         self.labels = labels
         self.reference_for = reference_for
         # each model version's reference, looked up once, when its first row is seen
@@ -410,6 +451,7 @@ class DayMonitor:
         truth = chunk["customer_id"].map(self.labels)
         truth_index = truth.map(_LABEL_INDEX)
         predicted_index = chunk["prediction"].map(_LABEL_INDEX)
+        confidence = pd.to_numeric(chunk["confidence"], errors="coerce").to_numpy(dtype=float)
         elapsed = pd.to_numeric(chunk["elapsed_ms"], errors="coerce").to_numpy(dtype=float)
         version_codes, versions = pd.factorize(chunk["model_version"].fillna("(none)"))
         role_codes, roles = pd.factorize(chunk["role"].fillna("(none)"))
@@ -427,6 +469,15 @@ class DayMonitor:
                 ]
             )
             np.add.at(tally.confusion, (pairs[0], pairs[1]), 1)
+            labelled = positions[known.to_numpy()]
+            tally.calibration = calibration_counts(confidence[labelled], pairs[0] == pairs[1])
+            if self.policy is not None and len(labelled):
+                tally.segments = segment_confusions(
+                    features.iloc[labelled],
+                    truth.iloc[labelled].to_numpy(),
+                    chunk["prediction"].iloc[labelled].to_numpy(),
+                    self.policy,
+                )
             shares = chunk["prediction"].iloc[positions].value_counts()
             tally.predictions = {str(label): int(count) for label, count in shares.items()}
             tally.latencies.append(elapsed[positions])
@@ -483,7 +534,9 @@ class DayMonitor:
             self._row(version, role, LABELLED, labelled),
             self._row(version, role, LIVE_ACCURACY, accuracy),
             self._row(version, role, LIVE_MACRO_F1, macro_f1),
+            self._row(version, role, LIVE_ECE, ece_from_counts(tally.calibration)),
         ]
+        rows += self._segment_rows(version, role, tally)
         for label in LABELS:
             share = tally.predictions.get(label, 0) / tally.requests if tally.requests else None
             rows.append(self._row(version, role, PREDICTION_SHARE, share, label))
@@ -503,6 +556,51 @@ class DayMonitor:
                 values.append(value)
         rows.append(self._row(version, role, MAX_FEATURE_PSI, max(values) if values else None))
         return rows
+
+    def _segment_rows(self, version: str, role: str, tally: GroupTally) -> list[dict[str, Any]]:
+        if self.policy is None or not tally.segments:
+            return []
+        rows = []
+        for entry in segment_table(tally.segments, self.policy):
+            name = segment_feature_name(entry["feature"], entry["segment"])
+            values = {
+                SEGMENT_LABELLED: entry["rows"],
+                SEGMENT_ACCURACY: entry["accuracy"],
+                SEGMENT_GOOD_RATE: entry["good_rate"],
+                **{segment_recall_metric(label): entry[f"recall_{label}"] for label in LABELS},
+                # NULL for a segment with too few labels to judge
+                SEGMENT_FLAGGED: (1 if entry["flags"] else 0) if entry["judged"] else None,
+            }
+            rows += [
+                self._row(version, role, metric, value, name) for metric, value in values.items()
+            ]
+        return rows
+
+
+def calibration_counts(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Per confidence bin (as `core.calibration.reliability_bins` cuts them): rows, summed
+    confidence and rows answered right; a confidence that is missing or outside [0, 1] is
+    left out."""
+    counts = np.zeros((3, CALIBRATION_BINS))
+    confidence = np.asarray(confidence, dtype=float)
+    usable = np.isfinite(confidence) & (confidence >= 0) & (confidence <= 1)
+    confidence, correct = confidence[usable], np.asarray(correct, dtype=float)[usable]
+    index = np.clip((confidence * CALIBRATION_BINS).astype(int), 0, CALIBRATION_BINS - 1)
+    np.add.at(counts[0], index, 1)
+    np.add.at(counts[1], index, confidence)
+    np.add.at(counts[2], index, correct)
+    return counts
+
+
+def ece_from_counts(counts: np.ndarray) -> float | None:
+    """The ECE of `calibration_counts` (None when no labelled prediction has a confidence)."""
+    rows = counts[0]
+    total = rows.sum()
+    if not total:
+        return None
+    filled = rows > 0
+    gaps = np.abs(counts[1][filled] / rows[filled] - counts[2][filled] / rows[filled])
+    return float((rows[filled] * gaps).sum() / total)
 
 
 def _feature_counts(features: pd.DataFrame, profile: ReferenceProfile) -> dict[str, dict]:

@@ -47,7 +47,15 @@ from credit_platform.core.schema import (
     credit_score_features,
 )
 
-LOG_COLUMNS = ("customer_id", "features", "prediction", "elapsed_ms", "model_version", "role")
+LOG_COLUMNS = (
+    "customer_id",
+    "features",
+    "prediction",
+    "confidence",
+    "elapsed_ms",
+    "model_version",
+    "role",
+)
 DEFAULT_CHUNK_ROWS = 50_000
 # Rows of a model's training window read for its reference profile: quantiles and shares
 # are exact enough on this many, and a wide window then costs no more than this.
@@ -82,6 +90,7 @@ def _day_rows(start: datetime, end: datetime, *extra):
         log.c.customer_id,
         type_coerce(log.c.features, Text).label("features"),
         log.c.prediction,
+        log.c.confidence,
         log.c.elapsed_ms,
         log.c.model_version,
         log.c.role,
@@ -106,6 +115,7 @@ ESTIMATED_ROW_BYTES = 1_500
 _LOG_LINE = (
     LineField("customer_id", "customer_id", TEXT),
     LineField("prediction", "prediction", TEXT),
+    LineField("confidence", "confidence", NUMBER),
     LineField("elapsed_ms", "elapsed_ms", NUMBER),
     LineField("model_version", "model_version", TEXT),
     LineField("role", "role", TEXT),
@@ -119,6 +129,7 @@ def _log_line_schema() -> pa.Schema:
         [
             ("customer_id", pa.string()),
             ("prediction", pa.string()),
+            ("confidence", pa.float64()),
             ("elapsed_ms", pa.float64()),
             ("model_version", pa.string()),
             ("role", pa.string()),

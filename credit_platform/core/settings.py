@@ -455,6 +455,107 @@ def retention_keep_last() -> int:
     return parse_non_negative_int(RETENTION_KEEP_LAST_ENV, raw)
 
 
+# Fairness and segments (`core/fairness.py`): the features whose segments are compared (age
+# in bands, a categorical feature by value) by the check on `credit_score_model`, the model
+# card and `model_monitoring`, and the thresholds of the two rules that flag a segment.
+FAIRNESS_SEGMENTS_ENV = "CREDIT_FAIRNESS_SEGMENTS"
+FAIRNESS_AGE_BANDS_ENV = "CREDIT_FAIRNESS_AGE_BANDS"
+FAIRNESS_MIN_RATE_RATIO_ENV = "CREDIT_FAIRNESS_MIN_RATE_RATIO"
+FAIRNESS_MAX_ACCURACY_GAP_ENV = "CREDIT_FAIRNESS_MAX_ACCURACY_GAP"
+FAIRNESS_MIN_SEGMENT_ROWS_ENV = "CREDIT_FAIRNESS_MIN_SEGMENT_ROWS"
+FAIRNESS_MAX_P_VALUE_ENV = "CREDIT_FAIRNESS_MAX_P_VALUE"
+DEFAULT_FAIRNESS_SEGMENTS = "age,occupation"
+DEFAULT_FAIRNESS_AGE_BANDS = "25,40,60"
+DEFAULT_FAIRNESS_MIN_RATE_RATIO = 0.8
+DEFAULT_FAIRNESS_MAX_ACCURACY_GAP = 0.05
+DEFAULT_FAIRNESS_MIN_SEGMENT_ROWS = 30
+DEFAULT_FAIRNESS_MAX_P_VALUE = 0.05
+# age in bands; the categorical features (core.features.CATEGORICAL_FEATURES) by value
+FAIRNESS_SEGMENT_FEATURES = ("age", "occupation", "credit_mix", "payment_of_min_amount")
+
+
+def parse_segments(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of segment features (ValueError naming the setting)."""
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    unknown = [part for part in names if part not in FAIRNESS_SEGMENT_FEATURES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"{name} must list distinct features among {', '.join(FAIRNESS_SEGMENT_FEATURES)}, "
+            f"not {raw!r}"
+        )
+    return names
+
+
+def parse_band_edges(name: str, raw: str) -> tuple[float, ...]:
+    """Comma-separated increasing numbers, the edges between bands (ValueError naming it)."""
+    problem = (
+        f"{name} must be increasing numbers separated by commas, such as 25,40,60, not {raw!r}"
+    )
+    try:
+        edges = tuple(float(part) for part in raw.split(","))
+    except ValueError as error:
+        raise ValueError(problem) from error
+    if not edges or any(not low < high for low, high in zip(edges, edges[1:], strict=False)):
+        raise ValueError(problem)
+    if any(edge != edge or edge in (float("inf"), float("-inf")) for edge in edges):
+        raise ValueError(problem)
+    return edges
+
+
+def parse_ratio(name: str, raw: str) -> float:
+    """A number in (0, 1] (ValueError naming the setting)."""
+    value = parse_non_negative_number(name, raw)
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], not {raw!r}")
+    return value
+
+
+def fairness_segments() -> tuple[str, ...]:
+    raw = os.environ.get(FAIRNESS_SEGMENTS_ENV)
+    return parse_segments(FAIRNESS_SEGMENTS_ENV, raw or DEFAULT_FAIRNESS_SEGMENTS)
+
+
+def fairness_age_bands() -> tuple[float, ...]:
+    raw = os.environ.get(FAIRNESS_AGE_BANDS_ENV)
+    return parse_band_edges(FAIRNESS_AGE_BANDS_ENV, raw or DEFAULT_FAIRNESS_AGE_BANDS)
+
+
+def fairness_min_rate_ratio() -> float:
+    """The four-fifths rule: a segment's rate of Good must be at least this share of the
+    best segment's."""
+    raw = os.environ.get(FAIRNESS_MIN_RATE_RATIO_ENV)
+    return parse_ratio(FAIRNESS_MIN_RATE_RATIO_ENV, raw) if raw else DEFAULT_FAIRNESS_MIN_RATE_RATIO
+
+
+def fairness_max_accuracy_gap() -> float:
+    """How far below the whole's accuracy a segment's may be."""
+    return _non_negative_number(FAIRNESS_MAX_ACCURACY_GAP_ENV, DEFAULT_FAIRNESS_MAX_ACCURACY_GAP)
+
+
+def fairness_min_segment_rows() -> int:
+    """Rows (labelled predictions, live) a segment needs before the rules judge it."""
+    return _positive_int(FAIRNESS_MIN_SEGMENT_ROWS_ENV, DEFAULT_FAIRNESS_MIN_SEGMENT_ROWS)
+
+
+def fairness_max_p_value() -> float:
+    """A shortfall flags a segment only when a one-sided z-test gives at most this p-value
+    divided by the number of tests (two per judged segment: Bonferroni)."""
+    raw = os.environ.get(FAIRNESS_MAX_P_VALUE_ENV)
+    return parse_ratio(FAIRNESS_MAX_P_VALUE_ENV, raw) if raw else DEFAULT_FAIRNESS_MAX_P_VALUE
+
+
+def fairness_defaults() -> dict[str, Callable[[], str]]:
+    """The fairness variables with their defaults, each read (and so validated) once."""
+    return {
+        FAIRNESS_SEGMENTS_ENV: lambda: ",".join(fairness_segments()),
+        FAIRNESS_AGE_BANDS_ENV: lambda: ",".join(f"{edge:g}" for edge in fairness_age_bands()),
+        FAIRNESS_MIN_RATE_RATIO_ENV: lambda: str(fairness_min_rate_ratio()),
+        FAIRNESS_MAX_ACCURACY_GAP_ENV: lambda: str(fairness_max_accuracy_gap()),
+        FAIRNESS_MIN_SEGMENT_ROWS_ENV: lambda: str(fairness_min_segment_rows()),
+        FAIRNESS_MAX_P_VALUE_ENV: lambda: str(fairness_max_p_value()),
+    }
+
+
 def monitoring_defaults() -> dict[str, Callable[[], str]]:
     """The monitoring variables with their defaults, each read (and so validated) once."""
     return {
@@ -486,6 +587,7 @@ def embedded_defaults() -> dict[str, Callable[[], str]]:
         TRAINING_GRID_ENV: lambda: DEFAULT_TRAINING_GRID,
         **monitoring_defaults(),
         RETENTION_KEEP_LAST_ENV: lambda: str(retention_keep_last()),
+        **fairness_defaults(),
     }
 
 
@@ -505,6 +607,8 @@ def fill_defaults() -> dict[str, str]:
     for read in monitoring_defaults().values():
         read()  # so does a malformed threshold
     retention_keep_last()  # and a malformed retention count
+    for read in fairness_defaults().values():
+        read()  # and a malformed fairness segment list or threshold
     return {name: os.environ[name] for name in defaults}
 
 
@@ -552,6 +656,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(DAGSTER_HOME_ENV, _read_by(DAGSTER_PROCESS)),
     *(Setting(name, _read_by(DAGSTER_PROCESS)) for name in monitoring_defaults()),
     Setting(RETENTION_KEEP_LAST_ENV, _read_by(DAGSTER_PROCESS)),
+    *(Setting(name, _read_by(DAGSTER_PROCESS)) for name in fairness_defaults()),
     Setting(API_MODEL_TAG_ENV, _read_by(API_PROCESS)),
     Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
     Setting(API_MODEL_POLL_SECONDS_ENV, _read_by(API_PROCESS)),

@@ -350,3 +350,24 @@ def confusion_markdown(evaluation: Evaluation) -> str:
         for index, label in enumerate(evaluation.labels)
     ]
     return markdown_table(headers, rows)
+
+
+def mean_abs_shap(model: CatBoostClassifier, pool: Pool, top: int = 10) -> list[tuple[str, float]]:
+    """The `top` features by mean |SHAP value| over the pool's rows (and, for a multiclass
+    model, over the classes), in raw score units: CatBoost's own ShapValues."""
+    values = np.asarray(model.get_feature_importance(data=pool, type="ShapValues"))
+    # rows x features+1 (the last column is the expected value), or rows x classes x
+    # features+1 for several classes
+    contributions = values[..., :-1]
+    axes = tuple(range(contributions.ndim - 1))
+    means = np.abs(contributions).mean(axis=axes)
+    pairs = zip(model.feature_names_, means.tolist(), strict=True)
+    return sorted(((str(name), float(value)) for name, value in pairs), key=lambda p: -p[1])[:top]
+
+
+def preset_name(config: dict[str, Any], presets: dict[str, dict[str, Any]]) -> str:
+    """The name of the preset whose every field `config` has, or "custom"."""
+    for name, preset in presets.items():
+        if all(config.get(key) == value for key, value in preset.items()):
+            return name
+    return "custom"

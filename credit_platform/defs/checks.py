@@ -6,6 +6,12 @@ the candidate's own test rows, beyond a tolerance. On a pass the champion is ele
 from the registry: the passing model of the newest data partition, so a backfill of older
 days never displaces a model of newer data. Being blocking, a failed check stops everything
 downstream of `credit_score_model` (the deployment) in the same run.
+
+Beside it, `credit_score_model_fairness` (a warning, not blocking) scores the saved model on
+the same test rows per segment of customers (`core/fairness.py`: age bands and occupation by
+default) and warns when a segment's rate of "Good" is below four fifths of the best
+segment's or its accuracy is more than a gap below the whole's; the table goes to the
+check's metadata and to the training's MLflow parent run.
 """
 
 from dataclasses import dataclass
@@ -23,13 +29,21 @@ from dagster import (
 )
 from pydantic import Field
 
+from credit_platform.core.fairness import (
+    describe_findings,
+    flagged,
+    segment_confusions,
+    segment_markdown,
+    segment_table,
+)
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
-from credit_platform.core.training import evaluate, make_pool
+from credit_platform.core.training import evaluate, make_pool, predict_labels
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.split import TEST, side_rows
 from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.mlflow_tracking import (
     BENTO_TAG,
     PARTITION_TAG,
@@ -200,5 +214,91 @@ def credit_score_model_quality(
             "bento_tag": candidate_tag,
             "mlflow_model_version": version,
             "reason": reason,
+        },
+    )
+
+
+FAIRNESS_ARTIFACT = "fairness_check"
+FAIRNESS_TAG = "fairness_check"
+
+
+@asset_check(
+    asset=credit_score_model,
+    blocking=False,
+    partitions_def=daily_partitions(),
+    additional_ins={"train_valid_split": AssetIn()},
+    description=(
+        "Accuracy, recall per class and rate of Good per segment of the test rows (age "
+        "bands, occupation: CREDIT_FAIRNESS_SEGMENTS); warns when a segment's rate of Good is "
+        "below CREDIT_FAIRNESS_MIN_RATE_RATIO of the best segment's (four-fifths rule) or its "
+        "accuracy is more than CREDIT_FAIRNESS_MAX_ACCURACY_GAP below the whole's."
+    ),
+)
+def credit_score_model_fairness(
+    context: AssetCheckExecutionContext,
+    fairness_policy: FairnessPolicyResource,
+    mlflow_tracking: MlflowTrackingResource,
+    credit_score_model: dict[str, Any],
+    train_valid_split: pd.DataFrame,
+) -> AssetCheckResult:
+    policy = fairness_policy.policy
+    tag = credit_score_model["bento_tag"]
+    test_rows = side_rows(train_valid_split, TEST)
+    bundle = load_model_bundle(tag)
+    derived = uses_derived_features(bundle.model)
+    pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
+    predicted = predict_labels(bundle.model, pool)
+    table = segment_table(
+        segment_confusions(test_rows, test_rows[TARGET], predicted, policy), policy
+    )
+    found = flagged(table)
+    description = describe_findings(table, policy)
+    markdown = segment_markdown(table)
+    verdict = "warned" if found else "passed"
+    run_id = credit_score_model["mlflow_parent_run_id"]
+    client = mlflow_tracking.client()
+    client.log_text(run_id, markdown, f"{FAIRNESS_ARTIFACT}.md")
+    client.log_dict(
+        run_id,
+        {
+            "policy": policy.document(),
+            "verdict": verdict,
+            "finding": description,
+            "segments": table,
+        },
+        f"{FAIRNESS_ARTIFACT}.json",
+    )
+    client.set_tag(run_id, FAIRNESS_TAG, verdict)
+    client.set_model_version_tag(
+        credit_score_model["mlflow_model_name"],
+        str(credit_score_model["mlflow_model_version"]),
+        FAIRNESS_TAG,
+        verdict,
+    )
+    context.log.info("model %s: fairness %s: %s", tag, verdict, description)
+    judged = [row for row in table if row["judged"]]
+    ratios = [row["good_rate_ratio"] for row in judged if row["good_rate_ratio"] is not None]
+    gaps = [row["accuracy_gap"] for row in judged if row["accuracy_gap"] is not None]
+    return AssetCheckResult(
+        passed=not found,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "segments": MetadataValue.md(markdown),
+            "flagged_segments": MetadataValue.int(len(found)),
+            "flagged": MetadataValue.json(
+                [
+                    {"feature": row["feature"], "segment": row["segment"], "flags": row["flags"]}
+                    for row in found
+                ]
+            ),
+            **({"min_good_rate_ratio": MetadataValue.float(min(ratios))} if ratios else {}),
+            **({"max_accuracy_gap": MetadataValue.float(max(gaps))} if gaps else {}),
+            "test_rows": MetadataValue.int(len(test_rows)),
+            "policy": MetadataValue.json(policy.document()),
+            "bento_tag": tag,
+            "mlflow_artifact": MetadataValue.url(
+                mlflow_tracking.artifact_url(run_id, f"{FAIRNESS_ARTIFACT}.md")
+            ),
         },
     )

@@ -14,7 +14,7 @@ from credit_platform.defs.assets.monitoring import MONITORING_CHECKS, model_moni
 from credit_platform.defs.assets.predictions import credit_score_predictions
 from credit_platform.defs.assets.sources import SOURCE_ASSETS
 from credit_platform.defs.challenger_sensor import challenger_sensor
-from credit_platform.defs.checks import credit_score_model_quality
+from credit_platform.defs.checks import credit_score_model_fairness, credit_score_model_quality
 from credit_platform.defs.feature_target_checks import feature_target_checks
 from credit_platform.defs.io_managers import PARQUET_IO_MANAGER_KEY, PartitionedParquetIOManager
 from credit_platform.defs.jobs import (
@@ -27,6 +27,7 @@ from credit_platform.defs.jobs import (
     prune_model_store_job,
 )
 from credit_platform.defs.monitoring_sensors import retrain_sensor, rollback_sensor
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
@@ -65,6 +66,14 @@ def build_resources() -> dict:
         "model_retention": ModelRetentionResource(
             keep_last=EnvVar(settings.RETENTION_KEEP_LAST_ENV)
         ),
+        "fairness_policy": FairnessPolicyResource(
+            segments=EnvVar(settings.FAIRNESS_SEGMENTS_ENV),
+            age_bands=EnvVar(settings.FAIRNESS_AGE_BANDS_ENV),
+            min_rate_ratio=EnvVar(settings.FAIRNESS_MIN_RATE_RATIO_ENV),
+            max_accuracy_gap=EnvVar(settings.FAIRNESS_MAX_ACCURACY_GAP_ENV),
+            min_segment_rows=EnvVar(settings.FAIRNESS_MIN_SEGMENT_ROWS_ENV),
+            max_p_value=EnvVar(settings.FAIRNESS_MAX_P_VALUE_ENV),
+        ),
         PARQUET_IO_MANAGER_KEY: PartitionedParquetIOManager(base_dir=str(storage)),
         "io_manager": FilesystemIOManager(base_dir=str(storage / "objects")),
     }
@@ -85,7 +94,12 @@ def build_definitions() -> Definitions:
     assets = [*assets, *SOURCE_ASSETS]
     return Definitions(
         assets=assets,
-        asset_checks=[feature_target_checks, credit_score_model_quality, *MONITORING_CHECKS],
+        asset_checks=[
+            feature_target_checks,
+            credit_score_model_quality,
+            credit_score_model_fairness,
+            *MONITORING_CHECKS,
+        ],
         jobs=[
             continuous_training_job,
             deploy_job,

@@ -11,17 +11,24 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from credit_platform.core.calibration import expected_calibration_error
+from credit_platform.core.fairness import FairnessPolicy
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
 from credit_platform.core.monitoring import (
     DRIFT_SKIPPED,
     FEATURE_PSI,
     LABELLED,
     LIVE_ACCURACY,
+    LIVE_ECE,
     LIVE_MACRO_F1,
     MISSING,
     PREDICTION_MIX_PSI,
     PREDICTION_SHARE,
     REQUESTS,
+    SEGMENT_ACCURACY,
+    SEGMENT_FLAGGED,
+    SEGMENT_GOOD_RATE,
+    SEGMENT_LABELLED,
     TEST_ACCURACY,
     UNREADABLE_FEATURES,
     DayMonitor,
@@ -40,6 +47,8 @@ from credit_platform.core.monitoring import (
     quality_from_confusion,
     quantile_edges,
     reference_profile,
+    segment_feature_name,
+    segment_recall_metric,
 )
 
 DAY = date(2025, 3, 10)
@@ -301,3 +310,54 @@ def test_odd_values_in_logged_features_are_counted_never_a_crash():
     assert frame["annual_income"].isna().all()
     counts = category_counts("occupation", frame["occupation"])
     assert counts == {"['a', 'list']": 1, "3": 1}
+
+
+def test_live_calibration_and_segments_of_labelled_predictions():
+    training = _training_frame()
+    reference = ModelReference(reference_profile(training), test_accuracy=0.7, partition="x")
+    rows = 200
+    generator = np.random.default_rng(3)
+    features = training.iloc[:rows].copy()
+    features["age"] = np.where(np.arange(rows) < 100, 20.0, 45.0)  # under 25, then 40-60
+    truth = np.where(np.arange(rows) % 2 == 0, "Good", "Standard")
+    # the young are never answered Good; the others are answered right
+    predicted = np.where(np.arange(rows) < 100, "Standard", truth)
+    confidence = generator.uniform(0.4, 1.0, rows)
+    customers = [f"c{index}" for index in range(rows)]
+    labels = pd.Series(truth[:150], index=customers[:150])  # the last 50 not labelled yet
+    policy = FairnessPolicy(segments=("age", "occupation"), min_rows=20)
+    monitor = DayMonitor(DAY, labels, {"m": reference}.__getitem__, policy)
+    for start in (0, 120):  # two chunks: the tallies add up
+        chunk = _log_chunk(
+            features.iloc[start : start + 120 if start == 0 else rows],
+            "m",
+            "champion",
+            list(predicted[start : 120 if start == 0 else rows]),
+            customers[start : 120 if start == 0 else rows],
+        )
+        chunk["confidence"] = confidence[start : 120 if start == 0 else rows]
+        monitor.add_chunk(decode_log_chunk(chunk))
+    report = monitor.rows()
+
+    labelled = np.arange(rows) < 150
+    expected = expected_calibration_error(confidence[labelled], (predicted == truth)[labelled])
+    assert _value(report, "m", "champion", LIVE_ECE) == pytest.approx(expected)
+    assert _value(report, "m", "all", LIVE_ECE) == pytest.approx(expected)
+    young = segment_feature_name("age", "under 25")
+    older = segment_feature_name("age", "40-60")
+    assert _value(report, "m", "champion", SEGMENT_LABELLED, young) == 100
+    assert _value(report, "m", "champion", SEGMENT_LABELLED, older) == 50
+    assert _value(report, "m", "champion", SEGMENT_GOOD_RATE, young) == 0.0
+    assert _value(report, "m", "champion", SEGMENT_GOOD_RATE, older) == pytest.approx(0.5)
+    assert _value(report, "m", "champion", SEGMENT_ACCURACY, young) == pytest.approx(0.5)
+    assert _value(report, "m", "champion", segment_recall_metric("Good"), young) == 0.0
+    assert _value(report, "m", "champion", segment_recall_metric("Good"), older) == 1.0
+    assert _value(report, "m", "champion", SEGMENT_FLAGGED, young) == 1
+    assert _value(report, "m", "champion", SEGMENT_FLAGGED, older) == 0
+    # without a policy no segment is reported; without labels no ECE
+    plain = DayMonitor(DAY, pd.Series(dtype=object), {"m": reference}.__getitem__)
+    chunk = _log_chunk(features.iloc[:5], "m", "champion", ["Good"] * 5, customers[:5])
+    plain.add_chunk(decode_log_chunk(chunk))  # an older reader's rows: no confidence column
+    plain_rows = plain.rows()
+    assert _value(plain_rows, "m", "champion", LIVE_ECE) is None
+    assert not [row for row in plain_rows if row["metric"].startswith("segment_")]

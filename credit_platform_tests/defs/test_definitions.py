@@ -102,6 +102,37 @@ def test_the_monitoring_policy_reads_its_thresholds_from_the_environment(monkeyp
     assert resolved.cooldown_seconds == settings.retrain_cooldown_seconds()
 
 
+def test_fill_defaults_refuses_a_malformed_fairness_setting(monkeypatch):
+    for name, value, problem in (
+        (settings.FAIRNESS_SEGMENTS_ENV, "age,income", "must list distinct features"),
+        (settings.FAIRNESS_AGE_BANDS_ENV, "40,25", "must be increasing numbers"),
+        (settings.FAIRNESS_MIN_RATE_RATIO_ENV, "1.5", "must be a number in"),
+        (settings.FAIRNESS_MAX_ACCURACY_GAP_ENV, "-0.1", "must be a non-negative"),
+        (settings.FAIRNESS_MIN_SEGMENT_ROWS_ENV, "0", "must be a positive integer"),
+        (settings.FAIRNESS_MAX_P_VALUE_ENV, "0", "must be a number in"),
+    ):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"{name} {problem}"):
+            settings.fill_defaults()
+        monkeypatch.delenv(name)
+
+
+def test_the_fairness_policy_reads_its_segments_and_thresholds_from_the_environment(
+    monkeypatch,
+):
+    monkeypatch.setenv(settings.FAIRNESS_SEGMENTS_ENV, "occupation, credit_mix")
+    monkeypatch.setenv(settings.FAIRNESS_AGE_BANDS_ENV, "30,50")
+    monkeypatch.setenv(settings.FAIRNESS_MIN_RATE_RATIO_ENV, "0.9")
+    monkeypatch.setenv(settings.FAIRNESS_MIN_SEGMENT_ROWS_ENV, "80")
+    settings.fill_defaults()
+    policy = build_resources()["fairness_policy"].process_config_and_initialize().policy
+    assert policy.segments == ("occupation", "credit_mix")
+    assert policy.age_bands == (30.0, 50.0)
+    assert policy.min_rate_ratio == 0.9 and policy.min_rows == 80
+    assert policy.max_accuracy_gap == settings.DEFAULT_FAIRNESS_MAX_ACCURACY_GAP
+    assert policy.max_p_value == settings.DEFAULT_FAIRNESS_MAX_P_VALUE
+
+
 def test_sensors_and_schedule_target_the_job_objects():
     assert new_data_sensor.job is continuous_training_job
     assert deploy_sensor.job is deploy_job
@@ -115,7 +146,12 @@ def test_sensors_and_schedule_target_the_job_objects():
     monitoring = defs.resolve_assets_def("model_monitoring")
     assert monitoring.group_names_by_key[monitoring.key] == "monitoring"
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert {"model_monitoring_drift", "model_monitoring_live_accuracy"} <= checks
+    assert {
+        "model_monitoring_drift",
+        "model_monitoring_live_accuracy",
+        "model_monitoring_fairness",
+        "credit_score_model_fairness",
+    } <= checks
 
 
 def test_every_asset_has_owners_and_a_code_reference():

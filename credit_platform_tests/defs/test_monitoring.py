@@ -27,9 +27,12 @@ from credit_platform.core.monitoring import (
     FEATURE_PSI,
     LABELLED,
     LIVE_ACCURACY,
+    LIVE_ECE,
     MAX_FEATURE_PSI,
     PREDICTION_MIX_PSI,
     REQUESTS,
+    SEGMENT_FLAGGED,
+    SEGMENT_LABELLED,
     TEST_ACCURACY,
     held_out_prediction_mix,
     profile_document,
@@ -41,6 +44,7 @@ from credit_platform.core.schema import MONITORING_ALL_ROLES
 from credit_platform.defs.assets.model import DRIFT_REFERENCE_ARTIFACT
 from credit_platform.defs.assets.monitoring import (
     DRIFT_CHECK,
+    FAIRNESS_CHECK,
     LIVE_ACCURACY_CHECK,
     MONITORING_CHECKS,
     PINNED_REFERENCE,
@@ -137,6 +141,27 @@ def test_a_good_day_reports_live_accuracy_drift_volume_and_latency(sqlite_store)
     checks = _checks(result)
     assert checks[DRIFT_CHECK].passed, checks[DRIFT_CHECK].description
     assert checks[LIVE_ACCURACY_CHECK].passed, checks[LIVE_ACCURACY_CHECK].description
+    # live calibration: every logged confidence is 0.7, so the ECE is |0.7 - accuracy|
+    assert _value(report, served_tag, "champion", LIVE_ECE) == pytest.approx(abs(0.7 - accuracy))
+    assert metadata["champion_live_ece"].value == pytest.approx(abs(0.7 - accuracy))
+    # live segments: every labelled prediction in one age band and one occupation each
+    ages = report[
+        (report["model_version"] == served_tag)
+        & (report["role"] == "champion")
+        & (report["metric"] == SEGMENT_LABELLED)
+        & report["feature"].str.startswith("age=")
+    ]
+    assert ages["value"].sum() == 300
+    flags = report[
+        (report["model_version"] == served_tag)
+        & (report["role"] == "champion")
+        & (report["metric"] == SEGMENT_FLAGGED)
+    ]
+    fairness = checks[FAIRNESS_CHECK]
+    assert fairness.severity == AssetCheckSeverity.WARN
+    assert fairness.passed == (flags["value"] != 1).all(), fairness.description
+    assert fairness.metadata["judged_segments"].value == flags["value"].notna().sum() > 0
+    assert "| model version | feature | segment |" in metadata["live_segments"].value
 
 
 def test_a_drifted_day_with_wrong_answers_fails_both_checks_without_blocking(sqlite_store):
@@ -144,6 +169,8 @@ def test_a_drifted_day_with_wrong_answers_fails_both_checks_without_blocking(sql
     assert result.success  # the asset is materialized whatever its checks say
     assert result.asset_materializations_for_node("model_monitoring")
     checks = _checks(result)
+    metadata = result.asset_materializations_for_node("model_monitoring")[0].metadata
+    assert metadata["champion_live_ece"].value == pytest.approx(0.7)  # confident and wrong
     drift, accuracy = checks[DRIFT_CHECK], checks[LIVE_ACCURACY_CHECK]
     assert not drift.passed and drift.severity == AssetCheckSeverity.WARN
     assert "age" in drift.description and "outstanding_debt" in drift.description

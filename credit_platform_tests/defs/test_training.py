@@ -14,6 +14,7 @@ from dagster import materialize
 
 from api.predictor import Predictor
 from credit_platform.core import settings
+from credit_platform.core.calibration import calibration_figures
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
 from credit_platform.core.model_input import fit_scalers, prepare_model_input, uses_derived_features
@@ -33,7 +34,14 @@ from credit_platform.core.training import (
     markdown_table,
     parameter_grid,
 )
-from credit_platform.defs.assets.model import CONFUSION_MATRIX_IMAGE, credit_score_model
+from credit_platform.defs.assets.model import (
+    CALIBRATION_ARTIFACT,
+    CONFUSION_MATRIX_IMAGE,
+    MODEL_CARD_ARTIFACT,
+    RELIABILITY_DIAGRAM_IMAGE,
+    SEGMENTS_ARTIFACT,
+    credit_score_model,
+)
 from credit_platform.defs.assets.scalers import scalers
 from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
 from credit_platform.defs.assets.split import train_valid_split as split_asset
@@ -74,6 +82,16 @@ MODEL_METADATA_KEYS = {
     "rows_train",
     "rows_valid",
     "rows_test",
+    "test_ece",
+    "test_ece_uncalibrated",
+    "val_ece_before_calibration",
+    "calibration_temperature",
+    "calibration",
+    "calibration_applied",
+    "test_segments",
+    "model_card",
+    "model_card_artifact",
+    "reliability_diagram",
 }
 
 
@@ -399,6 +417,9 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     (materialization,) = result.asset_materializations_for_node("credit_score_model")
     metadata = materialization.metadata
     assert set(metadata) >= MODEL_METADATA_KEYS
+    _assert_calibrated_and_carded(
+        metadata, summary, parent, client, tmp_path, bundle, test, probabilities
+    )
     assert metadata["model_tag"].value == summary["bento_tag"]
     assert "bento_tag" not in metadata  # it holds a model's tag, not a Bento's
     assert metadata["trials"].value == 2
@@ -493,3 +514,60 @@ def test_the_experiment_is_marked_as_model_training_and_curves_are_step_metrics(
     assert sorted(m.step for m in history) == list(range(steps))
     assert {m.step: m.value for m in history}[9] == pytest.approx(0.1)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "images")] == ["images/tiny.png"]
+
+
+def _assert_calibrated_and_carded(
+    metadata, summary, parent, client, tmp_path, bundle, test, served
+):
+    """Calibration travels in the saved model, its figures are in the metadata and MLflow,
+    and the model card is an artifact of the parent run linked from the asset."""
+    calibration = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{CALIBRATION_ARTIFACT}")
+    applied = calibration["applied"]
+    assert metadata["calibration_applied"].value == applied == summary["calibration"]["applied"]
+    before = calibration["before"]["ece"]
+    assert metadata["val_ece_before_calibration"].value == pytest.approx(before)
+    if applied:
+        # applied only where it lowers the valid rows' ECE, and the model carries it
+        assert calibration["after"]["ece"] < before
+        assert metadata["calibration_temperature"].value == pytest.approx(
+            calibration["temperature"]
+        )
+    else:
+        assert metadata["calibration_temperature"].value == 1.0
+    # the served probabilities are the calibrated ones the test ECE reports
+    served_ece = calibration_figures(served, bundle.model.classes_, test[TARGET]).ece
+    assert metadata["test_ece"].value == pytest.approx(served_ece)
+    assert parent.data.metrics["test_ece"] == pytest.approx(served_ece)
+    assert calibration["test"]["ece"] == pytest.approx(served_ece)
+    if not applied:
+        assert metadata["test_ece_uncalibrated"].value == pytest.approx(served_ece)
+    image = client.download_artifacts(parent.info.run_id, RELIABILITY_DIAGRAM_IMAGE, str(tmp_path))
+    assert Path(image).read_bytes()[:8] == PNG_SIGNATURE
+    segments = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{SEGMENTS_ARTIFACT}")
+    ages = [row for row in segments["segments"] if row["feature"] == "age"]
+    assert sum(row["rows"] for row in ages) == len(test)
+    assert "| age | under 25 |" in metadata["test_segments"].value
+    card = client.download_artifacts(parent.info.run_id, MODEL_CARD_ARTIFACT, str(tmp_path))
+    text = Path(card).read_text()
+    assert text == metadata["model_card"].value
+    for heading in (
+        "## Data",
+        "## Metrics on the test rows",
+        "## Calibration",
+        "## Segments (test rows)",
+        "## What drives the answers",
+        "## Training",
+        "## Intended use",
+        "## Known limits",
+    ):
+        assert heading in text
+    assert summary["bento_tag"] in text
+    assert f"| test | {len(test)} |" in text
+    assert "Preset `custom`" in text  # the tiny grid is none of the presets
+    shap_section = text.split("## What drives the answers")[1].split("## Training")[0]
+    shap_lines = [line for line in shap_section.splitlines() if line.startswith("| ")]
+    assert len(shap_lines) == 12  # header, rule, the top 10
+    assert all(line.split(" | ")[0][2:] in bundle.model.feature_names_ for line in shap_lines[2:])
+    assert metadata["model_card_artifact"].value.endswith(
+        f"/runs/{parent.info.run_id}/artifactPath/{MODEL_CARD_ARTIFACT}"
+    )

@@ -6,6 +6,12 @@ scored once on the test rows, and those test metrics are what the parent run,
 the new registered model version, the `credit_score_classifier` in the BentoML store (saved
 with its scalers) and the asset's metadata report.
 
+Calibration (`core/calibration.py`): a temperature is fitted on the valid rows as the chosen
+trial (fit on train rows only) scores them, and kept when it lowers their ECE; it is stored
+in the served model's scale and bias, so the API's `confidence` is the calibrated probability
+and the answered class is unchanged. The test rows only report: ECE before and after, a
+reliability diagram, the segment table (`core/fairness.py`) and the model card.
+
 The drift reference is computed here, once, from the rows the served model was fit on (train,
 plus valid when it was refit on both) and its predictions on the test rows, and stored with
 it (MLflow artifact, BentoML metadata): monitoring compares a day's requests with what this
@@ -21,8 +27,16 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from credit_platform.core import settings
-from credit_platform.core.charts import confusion_matrix_png
+from credit_platform.core.calibration import (
+    CALIBRATION_METHODS,
+    apply_temperature,
+    calibrate_temperature,
+    calibration_figures,
+)
+from credit_platform.core.charts import confusion_matrix_png, reliability_diagram_png
+from credit_platform.core.fairness import segment_confusions, segment_markdown, segment_table
 from credit_platform.core.features import TARGET
+from credit_platform.core.model_card import ModelCardFacts, model_card_markdown
 from credit_platform.core.model_input import Scalers, prepare_model_input
 from credit_platform.core.model_store import save_model_bundle
 from credit_platform.core.monitoring import (
@@ -35,6 +49,7 @@ from credit_platform.core.training import (
     FitSettings,
     TrialResult,
     best_trial,
+    class_offsets,
     confusion_document,
     confusion_markdown,
     evaluate,
@@ -44,16 +59,24 @@ from credit_platform.core.training import (
     learning_curves,
     make_pool,
     markdown_table,
+    mean_abs_shap,
     parameter_grid,
+    predict_labels,
+    preset_name,
 )
-from credit_platform.defs.assets.split import TEST, TRAIN, VALID, side_rows
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, side_rows
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 
 MODEL_ARTIFACT = "model"
 CONFUSION_MATRIX_IMAGE = "test_confusion_matrix.png"
 DRIFT_REFERENCE_ARTIFACT = "drift_reference.json"
+RELIABILITY_DIAGRAM_IMAGE = "test_reliability_diagram.png"
+CALIBRATION_ARTIFACT = "calibration.json"
+SEGMENTS_ARTIFACT = "test_segments.json"
+MODEL_CARD_ARTIFACT = "model_card.md"
 
 
 def _grid_default(key: str) -> Any:
@@ -122,8 +145,17 @@ class TrainingConfig(Config):
         description="Add the features derived from the 22 inputs (ratios, loan counts, the "
         "parts of payment_behaviour); the API computes them the same way.",
     )
+    calibration: str = Field(
+        default="temperature",
+        description="temperature: fit one temperature on the valid rows (as the chosen "
+        "trial scores them) and keep it in the served model when it lowers their ECE; none: "
+        "serve the probabilities as trained.",
+    )
     thread_count: int = Field(default=-1, description="CatBoost threads; -1 uses every core.")
     random_seed: int = Field(default=42)
+
+    def grid_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in settings.TRAINING_GRIDS["seed"]}
 
     def fit_settings(self) -> FitSettings:
         return FitSettings(
@@ -177,6 +209,7 @@ def credit_score_model(
     context: AssetExecutionContext,
     config: TrainingConfig,
     mlflow_tracking: MlflowTrackingResource,
+    fairness_policy: FairnessPolicyResource,
     train_valid_split: pd.DataFrame,
     scalers: Scalers,
 ) -> Output[dict[str, Any]]:
@@ -184,6 +217,12 @@ def credit_score_model(
     from mlflow.models import infer_signature
 
     partition = context.partition_key
+    if config.calibration not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+            f"not {config.calibration!r}"
+        )
+    policy = fairness_policy.policy
     train, valid, test = (side_rows(train_valid_split, side) for side in (TRAIN, VALID, TEST))
     if test.empty:
         raise ValueError(
@@ -247,6 +286,17 @@ def credit_score_model(
 
         # With refit_on_train_valid the served model is the chosen trial refit on train +
         # valid rows: logged in the parent run, and that is the version registered.
+        # Calibration is fitted on the valid rows as the chosen trial scores them: that
+        # model never fit on them (early stopping and the choice of trial did use them).
+        # The refit has seen them, so its temperature is the trial's, carried over.
+        calibration = calibrate_temperature(
+            best.model,
+            valid_pool,
+            valid[TARGET],
+            method=config.calibration,
+            prior_offsets=class_offsets(train[TARGET], best.model.classes_, fit),
+            fitted_on="valid rows (chosen trial)",
+        )
         model = final_model(
             best,
             lambda: make_pool(
@@ -255,25 +305,71 @@ def credit_score_model(
             len(train),
             fit,
         )
-        if model is not best.model:
+        refit = model is not best.model
+        test_input = prepare_model_input(test, scalers, derived=derived)
+        test_pool = make_pool(test_input)
+        classes = [str(label) for label in model.classes_]
+        test_uncalibrated = calibration_figures(
+            model.predict_proba(test_pool), classes, test[TARGET].astype(str)
+        )
+        if calibration.applied:
+            apply_temperature(model, calibration.temperature)
+        if refit or calibration.applied:
             best_model_uri = mlflow.catboost.log_model(
                 model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
             ).model_uri
+        if refit:
             mlflow.log_metric("final_iterations", model.tree_count_)
             mlflow_tracking.log_step_metrics(parent.info.run_id, learning_curves(model))
 
         # The one use of the test rows: report the chosen model.
-        test_input = prepare_model_input(test, scalers, derived=derived)
-        tested = evaluate(model, make_pool(test_input), test[TARGET])
+        tested = evaluate(model, test_pool, test[TARGET])
+        test_calibrated = calibration_figures(
+            model.predict_proba(test_pool), classes, test[TARGET].astype(str)
+        )
         metrics = tested.metrics("test")
-        params = {**best.params.as_dict(), **fixed}
+        calibration_metrics = _calibration_metrics(calibration, test_uncalibrated, test_calibrated)
+        segments = segment_table(
+            segment_confusions(test, test[TARGET], predict_labels(model, test_pool), policy),
+            policy,
+        )
+        shap_top = mean_abs_shap(model, test_pool)
+        params = {**best.params.as_dict(), **fixed, "calibration": config.calibration}
         confusion = confusion_markdown(tested)
         importances = markdown_table(["feature", "importance"], feature_importances(model))
         fit_rows = train if model is best.model else pd.concat([train, valid])
         drift_reference = profile_document(
             reference_profile(fit_rows, confusion_prediction_mix(confusion_document(tested)))
         )
-        mlflow.log_metrics({**metrics, **best.metrics})
+        mlflow.log_metrics({**metrics, **best.metrics, **calibration_metrics})
+        mlflow.log_dict(
+            {
+                **calibration.document(),
+                "test_uncalibrated": test_uncalibrated.as_dict(),
+                "test": test_calibrated.as_dict(),
+            },
+            CALIBRATION_ARTIFACT,
+        )
+        mlflow_tracking.log_png(
+            parent.info.run_id,
+            reliability_diagram_png(
+                [
+                    ("uncalibrated", test_uncalibrated.bins),
+                    (
+                        f"temperature {calibration.temperature:.2f}"
+                        if calibration.applied
+                        else "served (not calibrated)",
+                        test_calibrated.bins,
+                    ),
+                ],
+                f"test rows of {partition}",
+                [test_uncalibrated.ece, test_calibrated.ece],
+            ),
+            RELIABILITY_DIAGRAM_IMAGE,
+        )
+        mlflow.log_dict({"policy": policy.document(), "segments": segments}, SEGMENTS_ARTIFACT)
+        segments_md = segment_markdown(segments)
+        mlflow.log_text(segments_md, "test_segments.md")
         mlflow.log_dict(drift_reference, DRIFT_REFERENCE_ARTIFACT)
         mlflow.log_dict(confusion_document(tested), "test_confusion_matrix.json")
         mlflow.log_text(confusion, "confusion_matrix.md")
@@ -316,6 +412,33 @@ def credit_score_model(
             MODEL_NAME, version.version, "bento_tag", bento_tag
         )
         mlflow.set_tags({"bento_tag": bento_tag, "best_trial_run_id": best_run_id})
+        sides = train_valid_split[SPLIT_COLUMN]
+        card = model_card_markdown(
+            ModelCardFacts(
+                model_tag=bento_tag,
+                partition=partition,
+                mlflow_model_version=str(version.version),
+                window=_window(train_valid_split),
+                split_rows={side: int((sides == side).sum()) for side in (TRAIN, VALID, TEST)},
+                split_customers={
+                    side: int(train_valid_split.loc[sides == side, "customer_id"].nunique())
+                    for side in (TRAIN, VALID, TEST)
+                },
+                split_method=_split_method(train_valid_split),
+                metrics=metrics,
+                validation_metrics=best.metrics,
+                confusion_markdown=confusion,
+                calibration=calibration,
+                test_before=test_uncalibrated,
+                test_after=test_calibrated,
+                segments=segments,
+                policy=policy,
+                shap_top=shap_top,
+                preset=preset_name(config.grid_fields(), settings.TRAINING_GRIDS),
+                params=params,
+            )
+        )
+        mlflow.log_text(card, MODEL_CARD_ARTIFACT)
 
     context.log.info("best %s -> %s, MLflow version %s", params, bento_tag, version.version)
     summary = {
@@ -329,6 +452,11 @@ def credit_score_model(
         "validation_metrics": best.metrics,
         "params": params,
         "trials": len(grid),
+        "calibration": {
+            "applied": calibration.applied,
+            "temperature": calibration.temperature,
+            **calibration_metrics,
+        },
     }
     return Output(
         summary,
@@ -351,5 +479,54 @@ def credit_score_model(
             "rows_valid": MetadataValue.int(len(valid)),
             "rows_test": MetadataValue.int(len(test)),
             "drift_reference_rows": MetadataValue.int(len(fit_rows)),
+            **{name: MetadataValue.float(value) for name, value in calibration_metrics.items()},
+            "calibration": MetadataValue.text(calibration.reason),
+            "calibration_applied": MetadataValue.bool(calibration.applied),
+            "test_segments": MetadataValue.md(segments_md),
+            "model_card": MetadataValue.md(card),
+            "model_card_artifact": MetadataValue.url(
+                mlflow_tracking.artifact_url(parent.info.run_id, MODEL_CARD_ARTIFACT)
+            ),
+            "reliability_diagram": MetadataValue.url(
+                mlflow_tracking.artifact_url(parent.info.run_id, RELIABILITY_DIAGRAM_IMAGE)
+            ),
         },
     )
+
+
+def _calibration_metrics(calibration, test_uncalibrated, test_calibrated) -> dict[str, float]:
+    """The calibration's figures as MLflow metrics and float metadata (absent ones left
+    out): the ECE on the test rows as served and uncalibrated, on the valid rows before and
+    after the temperature, and the temperature."""
+    figures = {
+        "test_ece": test_calibrated.ece,
+        "test_classwise_ece": test_calibrated.classwise_ece,
+        "test_log_loss": test_calibrated.log_loss,
+        "test_ece_uncalibrated": test_uncalibrated.ece,
+        "test_log_loss_uncalibrated": test_uncalibrated.log_loss,
+        "val_ece_before_calibration": calibration.before.ece if calibration.before else None,
+        "val_ece_after_calibration": calibration.after.ece if calibration.after else None,
+        "val_ece_without_prior_correction": (
+            calibration.without_prior_correction.ece
+            if calibration.without_prior_correction
+            else None
+        ),
+        "calibration_temperature": calibration.temperature if calibration.applied else 1.0,
+    }
+    return {name: float(value) for name, value in figures.items() if value is not None}
+
+
+def _split_method(split: pd.DataFrame) -> str:
+    """How the sides were cut, read off the rows (out of time when every test row is newer
+    than every train and valid row)."""
+    method = "by customer (no customer on two sides), stratified by each customer's label"
+    dates = pd.to_datetime(split["date"])
+    tested = split[SPLIT_COLUMN] == TEST
+    if tested.any() and (~tested).any() and dates[tested].min() > dates[~tested].max():
+        return f"{method}, out of time (test rows dated from {dates[tested].min().date()})"
+    return method
+
+
+def _window(split: pd.DataFrame) -> tuple[str, str]:
+    dates = pd.to_datetime(split["date"])
+    return str(dates.min().date()), str(dates.max().date())

@@ -36,10 +36,16 @@ from credit_platform.core.monitoring import (
     LABELLED,
     LATENCY_PERCENTILES,
     LIVE_ACCURACY,
+    LIVE_ECE,
     LIVE_MACRO_F1,
     MAX_FEATURE_PSI,
     PREDICTION_MIX_PSI,
     REQUESTS,
+    SEGMENT_ACCURACY,
+    SEGMENT_FLAGGED,
+    SEGMENT_GOOD_RATE,
+    SEGMENT_LABELLED,
+    SEGMENT_SEPARATOR,
     TEST_ACCURACY,
     DayMonitor,
     DriftSkipped,
@@ -79,12 +85,14 @@ from credit_platform.core.training import markdown_table
 from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.catalog import ASSET_OWNERS, qualified_table_name, table_schema
 from credit_platform.defs.partitions import daily_partitions
+from credit_platform.defs.resources.fairness_policy import FairnessPolicyResource
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.monitoring_policy import MonitoringPolicyResource
 
 MODEL_MONITORING_ASSET = "model_monitoring"
 DRIFT_CHECK = "model_monitoring_drift"
 LIVE_ACCURACY_CHECK = "model_monitoring_live_accuracy"
+FAIRNESS_CHECK = "model_monitoring_fairness"
 # The role whose model serves the traffic; the checks judge it (shadow and canary models
 # are reported, for a later comparison of challengers, but fail nothing).
 SERVED_ROLE = MODEL_ROLES[0]
@@ -226,6 +234,53 @@ def top_drift_markdown(report: pd.DataFrame, threshold: float) -> str:
     return markdown_table(("feature", "model version", "role", "PSI", "above threshold"), rows)
 
 
+def live_ece(report: pd.DataFrame, role: str) -> float | None:
+    """The role's live ECE over its model versions, weighted by their labelled predictions
+    (None when none of them has one)."""
+    weighted, total = 0.0, 0
+    for version, group_role in _groups(report, roles=(role,)):
+        ece = _value(report, version, group_role, LIVE_ECE)
+        labelled = int(_value(report, version, group_role, LABELLED) or 0)
+        if ece is not None and labelled:
+            weighted += ece * labelled
+            total += labelled
+    return weighted / total if total else None
+
+
+def segment_rows(report: pd.DataFrame, version: str, role: str) -> list[tuple]:
+    """(feature, segment, labelled, accuracy, rate of Good, flagged) of a group's segments."""
+    rows = report[
+        (report["model_version"] == version)
+        & (report["role"] == role)
+        & (report["metric"] == SEGMENT_LABELLED)
+    ]
+    table = []
+    for name in rows["feature"]:
+        feature, _, segment = str(name).partition(SEGMENT_SEPARATOR)
+        flagged = _value(report, version, role, SEGMENT_FLAGGED, name)
+        table.append(
+            (
+                feature,
+                segment,
+                int(_value(report, version, role, SEGMENT_LABELLED, name) or 0),
+                _fmt(_value(report, version, role, SEGMENT_ACCURACY, name), 3),
+                _fmt(_value(report, version, role, SEGMENT_GOOD_RATE, name), 3),
+                "not judged (few labels)" if flagged is None else ("yes" if flagged else "no"),
+            )
+        )
+    return table
+
+
+def live_segments_markdown(report: pd.DataFrame, versions: list[str]) -> str:
+    rows = [
+        (version, *row)
+        for version in versions
+        for row in segment_rows(report, version, SERVED_ROLE)
+    ]
+    headers = ("model version", "feature", "segment", "labelled", "accuracy", "rate of Good")
+    return markdown_table((*headers, "flagged"), rows)
+
+
 def monitoring_metadata(
     report: pd.DataFrame, day: date, skipped: dict[str, str], threshold: float
 ) -> dict[str, Any]:
@@ -253,7 +308,14 @@ def monitoring_metadata(
             metadata[f"{role}_{metric}"] = (
                 MetadataValue.float(float(value)) if value is not None else MetadataValue.null()
             )
+        ece = live_ece(report, role)
+        metadata[f"{role}_{LIVE_ECE}"] = (
+            MetadataValue.float(ece) if ece is not None else MetadataValue.null()
+        )
     metadata["summary"] = MetadataValue.md(summary_markdown(report))
+    served = [version for version, _ in _groups(report, roles=(SERVED_ROLE,))]
+    if served:
+        metadata["live_segments"] = MetadataValue.md(live_segments_markdown(report, served))
     metadata["top_drifting_features"] = MetadataValue.md(top_drift_markdown(report, threshold))
     if skipped:
         metadata["drift_skipped"] = MetadataValue.md(
@@ -295,13 +357,15 @@ def model_monitoring(
     context: AssetExecutionContext,
     feature_store: FeatureStoreResource,
     monitoring_policy: MonitoringPolicyResource,
+    fairness_policy: FairnessPolicyResource,
 ) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
     horizon = monitoring_policy.horizon_days
+    policy = fairness_policy.policy
     with feature_store.engine() as engine:
         create_tables(engine)  # a store initialised before monitoring existed lacks the table
         labels = first_labels(read_first_labels(engine, day, horizon), day, horizon)
-        monitor = DayMonitor(day, labels, lambda tag: model_reference(engine, tag))
+        monitor = DayMonitor(day, labels, lambda tag: model_reference(engine, tag), policy)
         with contextlib.closing(read_log_chunks(engine, day)) as chunks:
             for chunk in chunks:  # a failure stops the read-ahead at once
                 monitor.add_chunk(chunk)
@@ -495,4 +559,61 @@ def model_monitoring_live_accuracy(
     )
 
 
-MONITORING_CHECKS = (model_monitoring_drift, model_monitoring_live_accuracy)
+@asset_check(
+    asset=model_monitoring,
+    partitions_def=daily_partitions(),
+    description="WARN when a segment of the served (champion) model's labelled predictions "
+    "(age bands, occupation: CREDIT_FAIRNESS_SEGMENTS), with at least "
+    "CREDIT_FAIRNESS_MIN_SEGMENT_ROWS of them, has a rate of Good below four fifths of the "
+    "best segment's or an accuracy more than the gap below the whole's.",
+)
+def model_monitoring_fairness(
+    context: AssetCheckExecutionContext,
+    feature_store: FeatureStoreResource,
+    fairness_policy: FairnessPolicyResource,
+) -> AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    policy = fairness_policy.policy
+    with feature_store.engine() as engine:
+        report = read_day(engine, day)
+    versions = _served_groups(report)
+    flagged, judged, table = [], 0, []
+    for version in versions:
+        for row in segment_rows(report, version, SERVED_ROLE):
+            table.append((version, *row))
+            if row[-1] == "yes":
+                flagged.append(f"{row[0]} {row[1]} of {version}")
+            if row[-1] != "not judged (few labels)":
+                judged += 1
+    if not versions:
+        description = f"no predictions of the served model were logged on {day}"
+    elif flagged:
+        description = (
+            f"{len(flagged)} segment(s) break the four-fifths rule (ratio "
+            f"{policy.min_rate_ratio:g}) or the accuracy gap ({policy.max_accuracy_gap:g}): "
+            + ", ".join(flagged)
+        )
+    elif not judged:
+        description = f"no segment has {policy.min_rows} labelled predictions yet: nothing judged"
+    else:
+        description = f"{judged} segment(s) judged, none flagged"
+    headers = ("model version", "feature", "segment", "labelled", "accuracy", "rate of Good")
+    return AssetCheckResult(
+        passed=not flagged,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "model_versions": ", ".join(versions) or "none",
+            "segments": MetadataValue.md(markdown_table((*headers, "flagged"), table)),
+            "flagged_segments": MetadataValue.int(len(flagged)),
+            "judged_segments": MetadataValue.int(judged),
+            "policy": MetadataValue.json(policy.document()),
+        },
+    )
+
+
+MONITORING_CHECKS = (
+    model_monitoring_drift,
+    model_monitoring_live_accuracy,
+    model_monitoring_fairness,
+)

@@ -192,6 +192,10 @@ class MlflowTrackingResource(ConfigurableResource):
         """The run's page in the MLflow UI."""
         return f"{self.ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
+    def artifact_url(self, run_id: str, path: str) -> str:
+        """An artifact of the run, opened in the MLflow UI's artifact view."""
+        return f"{self.run_url(run_id)}/artifactPath/{path}"
+
     def register_model(
         self, model_uri: str, name: str, *, tags: Mapping[str, str] | None = None
     ) -> ModelVersion:

@@ -1,0 +1,203 @@
+"""Calibration: the ECE by hand, the live tally that must agree with it, and temperature
+scaling of a real CatBoost model whose prior correction made its probabilities worse."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+from catboost import CatBoostClassifier
+
+from credit_platform.core.calibration import (
+    apply_temperature,
+    calibrate_temperature,
+    calibration_figures,
+    classwise_ece,
+    expected_calibration_error,
+    probabilities_from_scores,
+    raw_scores,
+    reliability_bins,
+    top_label,
+)
+from credit_platform.core.features import TARGET
+from credit_platform.core.model_input import fit_scalers, prepare_model_input
+from credit_platform.core.monitoring import calibration_counts, ece_from_counts
+from credit_platform.core.training import (
+    FitSettings,
+    TrialParams,
+    class_offsets,
+    fit_trial,
+    make_pool,
+)
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
+from credit_platform_tests.training_fixtures import synthetic_partition
+
+
+def test_the_ece_is_the_rows_weighted_gap_between_confidence_and_hit_rate():
+    # ten rows at 0.95 with nine right (gap 0.05), ten at 0.65 with three right (gap 0.35)
+    confidence = np.array([0.95] * 10 + [0.65] * 10)
+    correct = np.array([True] * 9 + [False] + [True] * 3 + [False] * 7)
+    bins = reliability_bins(confidence, correct)
+    assert [item["rows"] for item in bins] == [0] * 6 + [10, 0, 0, 10]
+    assert bins[6]["accuracy"] == pytest.approx(0.3)
+    assert bins[0]["mean_confidence"] is None
+    assert expected_calibration_error(confidence, correct) == pytest.approx(0.2)
+    # a confidence of exactly 1.0 falls in the last bin
+    assert reliability_bins(np.array([1.0]), np.array([True]))[-1]["rows"] == 1
+    assert expected_calibration_error(np.array([]), np.array([])) is None
+    # the monitoring's tally of the same rows gives the same ECE, merged or not
+    counts = calibration_counts(confidence[:7], correct[:7]) + calibration_counts(
+        confidence[7:], correct[7:]
+    )
+    assert ece_from_counts(counts) == pytest.approx(0.2)
+    # a missing or impossible confidence is left out of the live tally
+    odd = calibration_counts(np.array([np.nan, 1.5, 0.95]), np.array([True, True, True]))
+    assert odd[0].sum() == 1
+
+
+def test_top_label_and_classwise_ece():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    confidence, correct = top_label(probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3)
+    np.testing.assert_allclose(confidence, [0.7, 0.6, 0.6])
+    assert correct.tolist() == [True, False, False]
+    # class Good: 0.7 (a Good row), 0.1 and 0.2 (Good rows too) -> bins 7, 1, 2
+    # gaps 0.3, 0.9, 0.8 -> 2/3; Poor: 0.2, 0.6, 0.2, none Poor -> (0.2+0.6+0.2)/3;
+    # Standard: 0.1, 0.3, 0.6 -> (0.1+0.3+0.6)/3
+    expected = np.mean([(0.3 + 0.9 + 0.8) / 3, 1.0 / 3, 1.0 / 3])
+    assert classwise_ece(
+        probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3
+    ) == pytest.approx(expected)
+    figures = calibration_figures(probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3)
+    assert figures.rows == 3
+    assert figures.log_loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.2])))
+
+
+def _split(rows: int = 3000, seed: int = 11):
+    split = grouped_split(
+        synthetic_partition(date(2025, 2, 1), rows=rows, seed=seed), valid_fraction=0.2, seed=42
+    )
+    sides = {side: split[split[SPLIT_COLUMN] == side] for side in (TRAIN, VALID, TEST)}
+    scalers = fit_scalers(sides[TRAIN])
+    pools = {
+        side: make_pool(prepare_model_input(rows, scalers, derived=True), rows[TARGET])
+        for side, rows in sides.items()
+    }
+    return sides, pools
+
+
+def test_calibration_improves_the_ece_on_the_valid_rows_where_the_prior_correction_hurt(tmp_path):
+    sides, pools = _split()
+    fit = FitSettings(
+        iterations=300,
+        learning_rate=0.1,
+        early_stopping_rounds=40,
+        loss_function="MultiClass",
+        eval_metric="MultiClass",
+        thread_count=2,
+        class_offset_strength=2.0,  # a strong prior correction: probabilities pushed off
+    )
+    trial = fit_trial(
+        pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
+    )
+    model = trial.model
+    offsets = class_offsets(sides[TRAIN][TARGET], model.classes_, fit)
+    calibration = calibrate_temperature(
+        model, pools[VALID], sides[VALID][TARGET], prior_offsets=offsets
+    )
+
+    # the correction made the valid rows' class probabilities worse (every class's, and the
+    # log loss of the true one); the temperature mends the answered class's
+    plain, before = calibration.without_prior_correction, calibration.before
+    assert plain.classwise_ece < before.classwise_ece
+    assert plain.log_loss < before.log_loss
+    assert calibration.applied
+    assert calibration.after.ece < calibration.before.ece - 0.01
+    assert calibration.after.log_loss < calibration.before.log_loss
+    assert calibration.temperature != pytest.approx(1.0, abs=0.05)
+
+    valid_before = model.predict_proba(pools[VALID])
+    test_before = model.predict_proba(pools[TEST])
+    apply_temperature(model, calibration.temperature)
+    valid_after = model.predict_proba(pools[VALID])
+    # the model itself now answers with the calibrated probabilities ...
+    np.testing.assert_allclose(
+        valid_after,
+        probabilities_from_scores(
+            raw_scores_without_temperature(valid_before) / calibration.temperature, "MultiClass"
+        ),
+        atol=1e-9,
+    )
+    assert calibration_figures(
+        valid_after, model.classes_, sides[VALID][TARGET]
+    ).ece == pytest.approx(calibration.after.ece)
+    # ... with the same answered class on every row
+    assert (valid_after.argmax(axis=1) == valid_before.argmax(axis=1)).all()
+    test_after = model.predict_proba(pools[TEST])
+    assert (test_after.argmax(axis=1) == test_before.argmax(axis=1)).all()
+    # rows no choice touched agree: the test rows' ECE falls too
+    truth = sides[TEST][TARGET]
+    assert (
+        calibration_figures(test_after, model.classes_, truth).ece
+        < calibration_figures(test_before, model.classes_, truth).ece
+    )
+    # and the temperature is part of the model file
+    model.save_model(str(tmp_path / "calibrated.cbm"))
+    loaded = CatBoostClassifier().load_model(str(tmp_path / "calibrated.cbm"))
+    np.testing.assert_array_equal(loaded.predict_proba(pools[VALID]), valid_after)
+    # (its raw scores are the uncalibrated ones over T, up to a constant per row)
+    scores = raw_scores(loaded, pools[VALID])
+    expected = raw_scores_without_temperature(valid_before) / calibration.temperature
+    np.testing.assert_allclose(
+        scores - scores.mean(axis=1, keepdims=True),
+        expected - expected.mean(axis=1, keepdims=True),
+        atol=1e-6,
+    )
+
+
+def raw_scores_without_temperature(probabilities: np.ndarray) -> np.ndarray:
+    """Softmax scores up to a constant per row: enough to apply a temperature to."""
+    return np.log(probabilities)
+
+
+def test_a_one_vs_all_model_is_calibrated_by_its_sigmoids():
+    sides, pools = _split(rows=1500, seed=3)
+    fit = FitSettings(iterations=200, thread_count=2, learning_rate=0.3)
+    trial = fit_trial(
+        pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
+    )
+    scores = raw_scores(trial.model, pools[VALID])
+    np.testing.assert_allclose(
+        probabilities_from_scores(scores, "MultiClassOneVsAll"),
+        trial.model.predict_proba(pools[VALID]),
+        atol=1e-12,
+    )
+    calibration = calibrate_temperature(trial.model, pools[VALID], sides[VALID][TARGET])
+    assert calibration.without_prior_correction is None  # the seed fit has no correction
+    if calibration.applied:
+        assert calibration.after.ece < calibration.before.ece
+    before = trial.model.predict_proba(pools[VALID]).argmax(axis=1)
+    apply_temperature(trial.model, calibration.temperature)
+    assert (trial.model.predict_proba(pools[VALID]).argmax(axis=1) == before).all()
+
+
+def test_calibration_off_changes_nothing_and_bad_input_is_refused():
+    sides, pools = _split(rows=600, seed=5)
+    trial = fit_trial(
+        pools[TRAIN],
+        pools[VALID],
+        sides[VALID][TARGET],
+        TrialParams(4, 1.0, 3.0),
+        FitSettings(iterations=30, thread_count=2),
+    )
+    off = calibrate_temperature(trial.model, pools[VALID], sides[VALID][TARGET], method="none")
+    assert not off.applied and off.temperature == 1.0 and off.after is None
+    assert off.before.rows == len(sides[VALID])
+    with pytest.raises(ValueError, match="calibration method"):
+        calibrate_temperature(trial.model, pools[VALID], sides[VALID][TARGET], method="isotonic")
+    with pytest.raises(ValueError, match="positive"):
+        apply_temperature(trial.model, 0.0)
+    with pytest.raises(ValueError, match="loss"):
+        probabilities_from_scores(np.zeros((1, 3)), "RMSE")
+    assert pd.Series(off.document()["before"]["bins"]).map(len).eq(5).all()
