@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	model_version VARCHAR(128) NOT NULL,
 	role VARCHAR(16) NOT NULL DEFAULT 'champion',
 	created_at DATETIME(6) NOT NULL DEFAULT (now()),
+	reasons JSON,
 	PRIMARY KEY (id),
 	CONSTRAINT ck_credit_predictions_api_log_role CHECK (role IN ('champion', 'shadow', 'canary')),
 	UNIQUE (request_id)

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS credit_predictions_api_log (
 	model_version VARCHAR(128) NOT NULL,
 	role VARCHAR(16) DEFAULT 'champion' NOT NULL,
 	created_at DATETIME DEFAULT CURRENT_TIMESTAMP NOT NULL,
+	reasons JSON,
 	PRIMARY KEY (id),
 	CONSTRAINT ck_credit_predictions_api_log_role CHECK (role IN ('champion', 'shadow', 'canary')),
 	UNIQUE (request_id)

@@ -138,6 +138,9 @@ credit_predictions_api_log = Table(
     Column("model_version", String(128), nullable=False),
     Column("role", String(16), nullable=False, server_default=MODEL_ROLES[0]),
     Column("created_at", TIMESTAMP, nullable=False, server_default=func.now()),
+    # The reasons given with the answer when the request asked for them ("explain": true;
+    # `core.reasons`), else NULL.
+    Column("reasons", JSON(none_as_null=True), nullable=True),
     Index("ix_credit_predictions_api_log_created_at", "created_at"),
     CheckConstraint(
         "role IN (" + ", ".join(f"'{role}'" for role in MODEL_ROLES) + ")",

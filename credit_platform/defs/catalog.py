@@ -61,6 +61,8 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "elapsed_ms": "time the model took to answer, in milliseconds",
     "role": f"which model answered: {', '.join(MODEL_ROLES)}",
     "created_at": "when the answer was logged (UTC)",
+    "reasons": "the reasons answered with the label when the request asked for them "
+    "(JSON: the top reasons' SHAP contributions, values and texts; NULL when not asked)",
     "day": "the monitored day (predictions logged on it, UTC)",
     "metric": "what was measured, e.g. "
     + ", ".join((REQUESTS, LABELLED, LIVE_ACCURACY, FEATURE_PSI, PREDICTION_MIX_PSI)),
