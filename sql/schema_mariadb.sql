@@ -139,6 +139,9 @@ CREATE TABLE IF NOT EXISTS credit_score_predictions (
 	confidence_standard DOUBLE NOT NULL,
 	confidence_poor DOUBLE NOT NULL,
 	model_version VARCHAR(128) NOT NULL,
+	reason_1 VARCHAR(64),
+	reason_2 VARCHAR(64),
+	reason_3 VARCHAR(64),
 	PRIMARY KEY (score_dt, customer_id)
 )CHARSET=utf8mb4;
 

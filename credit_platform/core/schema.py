@@ -154,6 +154,7 @@ credit_predictions_api_log = Table(
 PREDICTION_CONFIDENCE_COLUMNS: dict[str, str] = {
     label: f"confidence_{label.lower()}" for label in LABELS
 }
+PREDICTION_REASON_COLUMNS: tuple[str, ...] = ("reason_1", "reason_2", "reason_3")
 credit_score_predictions = Table(
     "credit_score_predictions",
     metadata,
@@ -162,6 +163,9 @@ credit_score_predictions = Table(
     Column("prediction", String(16), nullable=False),
     *[Column(name, DOUBLE, nullable=False) for name in PREDICTION_CONFIDENCE_COLUMNS.values()],
     Column("model_version", String(128), nullable=False),
+    # The top reasons for the prediction (`core.reasons` codes, the largest SHAP
+    # contribution first), when the day was scored with reason codes; else NULL.
+    *[Column(name, String(64), nullable=True) for name in PREDICTION_REASON_COLUMNS],
     **TABLE_OPTIONS,
 )
 
