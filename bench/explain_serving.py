@@ -139,11 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base-repo", type=Path, default=None, help="a checkout of the code to compare with"
     )
+    parser.add_argument(
+        "--model-tag",
+        default=None,
+        help="a model of the benchmark home's store to serve "
+        "(default: the Kaggle partition's, small grid, trained once per home)",
+    )
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="only the in-process cost per row"
+    )
     args = parser.parse_args(argv)
 
     started_machine = machine()
     wrk = ensure_wrk()
-    model_tag = ensure_kaggle_model()
+    model_tag = args.model_tag or ensure_kaggle_model()
     print(f"model: {model_tag}; platform home: {bench_home()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="credit_bench_explain_"))
     plain, explained, rows = write_bodies(work)
@@ -151,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"model_tag": model_tag, "load": load, "reasons": REASONS}
     print("in-process cost per row", flush=True)
     figures.update(in_process_costs(model_tag, rows))
+    if args.in_process_only:
+        path = write_results(
+            "explain_in_process",
+            figures,
+            command="python -m bench.explain_serving " + " ".join(argv or sys.argv[1:]),
+            started_machine=started_machine,
+        )
+        print_figures("explained rows in-process", figures)
+        print(f"written to {path}")
+        return 0
 
     runs: dict[str, list] = {"this": [], "explained": [], "base": []}
     cpu: dict[str, list] = {"this": [], "explained": [], "base": []}
