@@ -257,7 +257,8 @@ def mariadb_insert_statements(
             f"({literal(row.request_id)},{literal(row.customer_id)},"
             f"{literal(features_json(row.features))},{literal(row.prediction)},"
             f"{_number_literal(row.confidence)},{_number_literal(row.elapsed_ms)},"
-            f"{literal(row.model_version)},{stamp},{role},{literal(reasons_json(row.reasons))})"
+            f"{literal(row.model_version)},{stamp},{role},"
+            f"{'NULL' if row.reasons is None else literal(reasons_json(row.reasons))})"
         )
         if values and size + len(value) > MAX_STATEMENT_BYTES:
             statements.append(head + ",".join(values))
