@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model-tag", default=None, help="default: the Kaggle small-grid model")
     args = parser.parse_args(argv)
 
     from credit_platform.core.batch_scoring import score_day
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from credit_platform.core.model_store import load_model_bundle
 
     started_machine = machine()
-    model_tag = ensure_kaggle_model()
+    model_tag = args.model_tag or ensure_kaggle_model()
     home = bench_home() / "explain_batch"
     home.mkdir(parents=True, exist_ok=True)
     database = home / f"store_{args.customers}.db"
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "opt_in": explained / plain - 1 > OPT_IN_ABOVE,
     }
     path = write_results(
-        "explain_batch",
+        "explain_batch" if args.model_tag is None else "explain_batch_model",
         figures,
         command="python -m bench.explain_batch " + " ".join(argv or sys.argv[1:]),
         started_machine=started_machine,
