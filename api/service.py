@@ -49,6 +49,7 @@ from credit_platform.core import settings
 
 settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
 
+import anyio  # noqa: E402
 import anyio.to_thread  # noqa: E402
 import bentoml  # noqa: E402
 import orjson  # noqa: E402
@@ -501,6 +502,10 @@ class CreditScoreService:
         self.served_model = ServedModel(predictor, load_predictor)
         self.challengers = ChallengerSlot(load_predictor, lambda: self.served_model.current.tag)
         self.scorer = CoalescingScorer(self.served_model)
+        # Explanations run on worker threads one at a time per worker (made on first use,
+        # in the event loop): a burst of explained requests then queues for that thread
+        # instead of taking every core share from the unexplained requests.
+        self._explain_limiter: anyio.CapacityLimiter | None = None
         self.canary_scorer = CoalescingScorer(
             CanaryView(self.challengers, lambda: self.served_model.current)
         )
@@ -655,6 +660,12 @@ class CreditScoreService:
         done: list[Prediction] = predictions  # type: ignore[assignment]
         return predictors, features, Scored(list(map(as_scored, features, done)), done)
 
+    def _explanations(self) -> anyio.CapacityLimiter:
+        """The one thread of this worker that explanations take turns on."""
+        if self._explain_limiter is None:
+            self._explain_limiter = anyio.CapacityLimiter(1)
+        return self._explain_limiter
+
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(
         self,
@@ -675,7 +686,11 @@ class CreditScoreService:
         )
         if explain:  # by the model that answered, off the event loop (CatBoost frees the GIL)
             (prediction,) = await anyio.to_thread.run_sync(
-                predictor.explain, [features], [prediction], reasons
+                predictor.explain,
+                [features],
+                [prediction],
+                reasons,
+                limiter=self._explanations(),
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         scored = Scored([as_scored(features, prediction)], [prediction])
@@ -738,7 +753,12 @@ class CreditScoreService:
             predictors, features, scored = self._score(champion, challenger, data)
         else:
             predictors, features, scored = await anyio.to_thread.run_sync(
-                self._score, champion, challenger, data, reasons
+                self._score,
+                champion,
+                challenger,
+                data,
+                reasons,
+                limiter=None if reasons is None else self._explanations(),
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logged = await self._record(
