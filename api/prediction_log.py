@@ -90,6 +90,7 @@ class LoggedAnswer:
     prediction: str
     confidence: float
     model_version: str
+    reasons: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class PredictionLogRow:
     model_version: str
     created_at: datetime
     role: str = MODEL_ROLES[0]
+    reasons: dict[str, Any] | None = None  # the explanation answered, if one was asked for
 
     def record(self) -> dict[str, Any]:
         """The row as the table's columns. A shallow copy: `dataclasses.asdict` deep-copies
@@ -125,11 +127,16 @@ class PredictionLogRow:
 
     def same_request(self, other: PredictionLogRow | _StoredRow) -> bool:
         """Whether `other`, logged under this row's request id, was scored from the same
-        input (customer and features); the answer and the model may differ."""
-        return self.customer_id == other.customer_id and self.features == other.features
+        input (customer and features) and asked for the same explanation (none, or as
+        many reasons); the answer and the model may differ."""
+        return (
+            self.customer_id == other.customer_id
+            and self.features == other.features
+            and _reasons_asked(self.reasons) == _reasons_asked(other.reasons)
+        )
 
     def answer(self) -> LoggedAnswer:
-        return LoggedAnswer(self.prediction, self.confidence, self.model_version)
+        return LoggedAnswer(self.prediction, self.confidence, self.model_version, self.reasons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +146,17 @@ class _StoredRow:
     prediction: str
     confidence: float
     model_version: str
+    reasons: Any = None
 
     def answer(self) -> LoggedAnswer:
-        return LoggedAnswer(self.prediction, self.confidence, self.model_version)
+        return LoggedAnswer(self.prediction, self.confidence, self.model_version, self.reasons)
+
+
+def _reasons_asked(reasons: Any) -> int | None:
+    """How many reasons a logged explanation holds (None: no explanation)."""
+    if not isinstance(reasons, dict):
+        return None
+    return len(reasons.get("reasons") or ())
 
 
 _ROW_FIELDS = tuple(field.name for field in fields(PredictionLogRow))
@@ -197,6 +212,18 @@ def features_json(features: dict[str, Any]) -> str:
         raise RowNotEncodable(f"features are not JSON-serializable: {error}") from error
 
 
+def reasons_json(reasons: dict[str, Any] | None) -> str | None:
+    """The reasons column's text (None stays NULL); non-finite numbers are refused."""
+    if reasons is None:
+        return None
+    if not isinstance(reasons, dict):
+        raise RowNotEncodable(f"reasons must be a mapping, not {type(reasons).__name__}")
+    try:
+        return json.dumps(reasons, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise RowNotEncodable(f"reasons cannot be stored as JSON: {error}") from error
+
+
 def mariadb_insert_statements(
     rows: Sequence[PredictionLogRow], *, backslash_escapes: bool = True
 ) -> list[str]:
@@ -230,7 +257,8 @@ def mariadb_insert_statements(
             f"({literal(row.request_id)},{literal(row.customer_id)},"
             f"{literal(features_json(row.features))},{literal(row.prediction)},"
             f"{_number_literal(row.confidence)},{_number_literal(row.elapsed_ms)},"
-            f"{literal(row.model_version)},{stamp},{role})"
+            f"{literal(row.model_version)},{stamp},{role},"
+            f"{'NULL' if row.reasons is None else literal(reasons_json(row.reasons))})"
         )
         if values and size + len(value) > MAX_STATEMENT_BYTES:
             statements.append(head + ",".join(values))
@@ -624,6 +652,7 @@ class PredictionLogger:
             table.c.prediction,
             table.c.confidence,
             table.c.model_version,
+            table.c.reasons,
         )
         found: dict[str, _StoredRow] = {}
         with self._connect().connect() as connection:

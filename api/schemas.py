@@ -27,6 +27,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
+    StrictBool,
     StringConstraints,
     model_serializer,
 )
@@ -52,6 +53,7 @@ from credit_platform.core.features import (
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
+from credit_platform.core.reasons import DEFAULT_REASONS, REASON_CODES
 from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
 
 
@@ -199,12 +201,33 @@ class PredictionFeatures(BaseModel):
         return features
 
 
+ExplainFlag = Annotated[
+    StrictBool,
+    Field(
+        description="true: the answer carries the reasons for its label (CatBoost's SHAP "
+        "values of the served model, in the applicant's terms); costs far more than the "
+        "prediction"
+    ),
+]
+ReasonCount = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=len(REASON_CODES),
+        strict=True,
+        description="how many reasons an explained answer shows, the largest first",
+    ),
+]
+
+
 class PredictRequest(BaseModel):
     """Body of POST /predict."""
 
     model_config = ConfigDict(extra="forbid")
 
     data: PredictionFeatures
+    explain: ExplainFlag = False
+    reasons: ReasonCount = DEFAULT_REASONS
 
 
 class BatchPredictRequest(BaseModel):
@@ -218,6 +241,8 @@ class BatchPredictRequest(BaseModel):
         list[PredictionFeatures],
         Field(min_length=1, max_length=settings.api_max_batch_rows()),
     ]
+    explain: ExplainFlag = False
+    reasons: ReasonCount = DEFAULT_REASONS
 
 
 class BatchJobRequest(BaseModel):
@@ -232,6 +257,33 @@ class BatchJobRequest(BaseModel):
     ]
 
 
+class Reason(BaseModel):
+    """One reason for the label: a feature of the applicant (or a ratio of two, with both
+    in `inputs`), its value, and how much it moved the label's raw score."""
+
+    feature: Literal[REASON_CODES]  # type: ignore[valid-type]
+    value: Any = Field(description="the applicant's value as scored (null: missing or repaired)")
+    direction: Literal["raises", "lowers"] = Field(
+        description="whether it makes the predicted label more or less likely"
+    )
+    contribution: float = Field(description="its SHAP value for the label's raw score")
+    text: str
+    inputs: dict[str, Any] | None = Field(
+        default=None, description="a ratio's two input features and their values"
+    )
+
+
+class Explanation(BaseModel):
+    """Why the model gave the label: base_value + the reasons' contributions +
+    other_reasons = raw_score, the model's raw score of the label."""
+
+    label: Label
+    raw_score: float
+    base_value: float = Field(description="the model's expected raw score of the label")
+    reasons: list[Reason]
+    other_reasons: float = Field(description="the contributions of the reasons not shown")
+
+
 class PredictionResponse(BaseModel):
     """The answer: the customer, the predicted label and its probability, and, only when
     the predictor made implausible values missing, which fields those were."""
@@ -244,6 +296,9 @@ class PredictionResponse(BaseModel):
         description="features whose value was outside its plausible range (or a filler) and "
         "was scored as missing, as in training; absent when there were none",
     )
+    explanation: Explanation | None = Field(
+        default=None, description='the reasons, when the request said "explain": true'
+    )
 
     @model_serializer(mode="wrap")
     def _without_empty_repaired(self, handler: SerializerFunctionWrapHandler):
@@ -251,6 +306,8 @@ class PredictionResponse(BaseModel):
         answer = handler(self)
         if not answer.get("repaired"):
             answer.pop("repaired", None)
+        if answer.get("explanation") is None:
+            answer.pop("explanation", None)
         return answer
 
 

@@ -49,6 +49,7 @@ from credit_platform.core import settings
 
 settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
 
+import anyio  # noqa: E402
 import anyio.to_thread  # noqa: E402
 import bentoml  # noqa: E402
 import orjson  # noqa: E402
@@ -120,6 +121,7 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
+from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
 
 cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
 install_request_limits()  # header, body and header-time limits: 431, 413, 408
@@ -205,6 +207,7 @@ def log_rows(
             predictor.tag,
             now,
             predictor.role,
+            prediction.explanation,
         )
         for position, (row, row_features, prediction, predictor) in enumerate(
             zip(rows, scored.features, scored.predictions, predictors, strict=True)
@@ -241,7 +244,10 @@ def logged_again(scored: Scored, answers: list[LoggedAnswer]) -> Scored:
         scored.features,
         [
             Prediction(
-                label=answer.prediction, confidence=answer.confidence, repaired=fresh.repaired
+                label=answer.prediction,
+                confidence=answer.confidence,
+                repaired=fresh.repaired,
+                explanation=answer.reasons,
             )
             for answer, fresh in zip(answers, scored.predictions, strict=True)
         ],
@@ -263,6 +269,8 @@ def batch_response(rows: list[PredictionFeatures], scored: Scored) -> Response:
     for answer, prediction in zip(answers, scored.predictions, strict=True):
         if prediction.repaired:
             answer["repaired"] = prediction.repaired
+        if prediction.explanation is not None:
+            answer["explanation"] = prediction.explanation
     return Response(orjson.dumps(answers), media_type="application/json")
 
 
@@ -494,6 +502,10 @@ class CreditScoreService:
         self.served_model = ServedModel(predictor, load_predictor)
         self.challengers = ChallengerSlot(load_predictor, lambda: self.served_model.current.tag)
         self.scorer = CoalescingScorer(self.served_model)
+        # Explanations run on worker threads one at a time per worker (made on first use,
+        # in the event loop): a burst of explained requests then queues for that thread
+        # instead of taking every core share from the unexplained requests.
+        self._explain_limiter: anyio.CapacityLimiter | None = None
         self.canary_scorer = CoalescingScorer(
             CanaryView(self.challengers, lambda: self.served_model.current)
         )
@@ -624,10 +636,14 @@ class CreditScoreService:
 
     @staticmethod
     def _score(
-        champion: Predictor, challenger: Challenger | None, rows: list[PredictionFeatures]
+        champion: Predictor,
+        challenger: Challenger | None,
+        rows: list[PredictionFeatures],
+        reasons: int | None = None,
     ) -> tuple[list[Predictor], list[dict[str, Any]], Scored]:
         """Each row scored by its model (the canary's customers by the canary), one model
-        call per model; returns the model of each row, the raw features, and the scores."""
+        call per model, and explained by that model when `reasons` is given; returns the
+        model of each row, the raw features, and the scores."""
         features = [row.features() for row in rows]
         predictors = [
             challenger.predictor if routes_to_canary(challenger, row.customer_id) else champion
@@ -637,14 +653,28 @@ class CreditScoreService:
         for predictor in {id(p): p for p in predictors}.values():
             positions = [i for i, p in enumerate(predictors) if p is predictor]
             scored = predictor.predict([features[i] for i in positions])
+            if reasons is not None:
+                scored = predictor.explain([features[i] for i in positions], scored, reasons)
             for position, prediction in zip(positions, scored, strict=True):
                 predictions[position] = prediction
         done: list[Prediction] = predictions  # type: ignore[assignment]
         return predictors, features, Scored(list(map(as_scored, features, done)), done)
 
+    def _explanations(self) -> anyio.CapacityLimiter:
+        """The one thread of this worker that explanations take turns on."""
+        if self._explain_limiter is None:
+            self._explain_limiter = anyio.CapacityLimiter(1)
+        return self._explain_limiter
+
     @bentoml.api(route="/predict", input_spec=PredictRequest)
-    async def predict(self, data: PredictionFeatures, ctx: bentoml.Context) -> PredictionResponse:
-        """Score one applicant."""
+    async def predict(
+        self,
+        data: PredictionFeatures,
+        ctx: bentoml.Context,
+        explain: bool = False,
+        reasons: int = DEFAULT_REASONS,
+    ) -> PredictionResponse:
+        """Score one applicant; with "explain": true, give the reasons for its label."""
         started = time.perf_counter()
         request_id = request_id_for(ctx)
         features = data.features()
@@ -654,6 +684,14 @@ class CreditScoreService:
         predictor, prediction = await (self.canary_scorer if canary else self.scorer).score(
             features
         )
+        if explain:  # by the model that answered, off the event loop (CatBoost frees the GIL)
+            (prediction,) = await anyio.to_thread.run_sync(
+                predictor.explain,
+                [features],
+                [prediction],
+                reasons,
+                limiter=self._explanations(),
+            )
         elapsed_ms = (time.perf_counter() - started) * 1000
         scored = Scored([as_scored(features, prediction)], [prediction])
         logged = await self._record(
@@ -669,16 +707,22 @@ class CreditScoreService:
             predict=prediction.label,
             confidence=prediction.confidence,
             repaired=list(prediction.repaired),
+            explanation=prediction.explanation,
         )
 
     @bentoml.api(route="/predict_batch", input_spec=BatchPredictRequest)
     async def predict_batch(
-        self, data: list[PredictionFeatures], ctx: bentoml.Context
+        self,
+        data: list[PredictionFeatures],
+        ctx: bentoml.Context,
+        explain: bool = False,
+        reasons: int = DEFAULT_REASONS,
     ) -> list[PredictionResponse]:
-        """Score many applicants in one model call; answers keep the request's order."""
+        """Score many applicants in one model call; answers keep the request's order. With
+        "explain": true, each answer gives the reasons for its label."""
         started = time.perf_counter()
         request_id = request_id_for(ctx)
-        answer = await self._answer_rows(request_id, data, started)
+        answer = await self._answer_rows(request_id, data, started, reasons if explain else None)
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return answer  # type: ignore[return-value]
 
@@ -694,18 +738,27 @@ class CreditScoreService:
         return await self._answer_rows(job_request_id(task_id), data, started)  # type: ignore[return-value]
 
     async def _answer_rows(
-        self, request_id: str, data: list[PredictionFeatures], started: float
+        self,
+        request_id: str,
+        data: list[PredictionFeatures],
+        started: float,
+        reasons: int | None = None,
     ) -> Response:
         """A batch's rows scored (off the event loop when many), logged under
         "<request id>#<position>" before the answer leaves (or the logged answers of a
         request sent before), offered to a shadow, and answered in order."""
         champion = self.served_model.current
         challenger = self.challengers.current
-        if len(data) <= INLINE_ROWS:
+        if len(data) <= INLINE_ROWS and reasons is None:
             predictors, features, scored = self._score(champion, challenger, data)
         else:
             predictors, features, scored = await anyio.to_thread.run_sync(
-                self._score, champion, challenger, data
+                self._score,
+                champion,
+                challenger,
+                data,
+                reasons,
+                limiter=None if reasons is None else self._explanations(),
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logged = await self._record(

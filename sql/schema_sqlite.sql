@@ -46,6 +46,7 @@ CREATE TABLE credit_predictions_api_log (
 	model_version VARCHAR(128) NOT NULL,
 	role VARCHAR(16) DEFAULT 'champion' NOT NULL,
 	created_at DATETIME DEFAULT CURRENT_TIMESTAMP NOT NULL,
+	reasons JSON,
 	PRIMARY KEY (id),
 	CONSTRAINT ck_credit_predictions_api_log_role CHECK (role IN ('champion', 'shadow', 'canary')),
 	UNIQUE (request_id)
@@ -139,6 +140,9 @@ CREATE TABLE credit_score_predictions (
 	confidence_standard FLOAT NOT NULL,
 	confidence_poor FLOAT NOT NULL,
 	model_version VARCHAR(128) NOT NULL,
+	reason_1 VARCHAR(64),
+	reason_2 VARCHAR(64),
+	reason_3 VARCHAR(64),
 	PRIMARY KEY (score_dt, customer_id)
 );
 

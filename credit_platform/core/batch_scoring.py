@@ -44,14 +44,17 @@ from credit_platform.core.json_lines import (
     parse_lines,
     rows_per_value,
 )
-from credit_platform.core.model_input import prepare_model_input
+from credit_platform.core.model_input import prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import ModelBundle
 from credit_platform.core.prefetch import prefetched
+from credit_platform.core.reasons import ReasonMap, class_shap
 from credit_platform.core.schema import (
     PREDICTION_CONFIDENCE_COLUMNS,
+    PREDICTION_REASON_COLUMNS,
     credit_score_features,
     credit_score_predictions,
 )
+from credit_platform.core.training import make_pool
 
 DEFAULT_CHUNK_ROWS = 100_000
 PREDICTIONS_TABLE = credit_score_predictions.name
@@ -255,16 +258,21 @@ def _whole_customer_pages(
         yield whole
 
 
-def score_frame(bundle: ModelBundle, rows: pd.DataFrame) -> tuple[np.ndarray, int]:
-    """Class probabilities (columns in `LABELS` order) for feature rows, and how many
-    numeric values the data contract made missing first."""
+def score_frame(
+    bundle: ModelBundle, rows: pd.DataFrame, *, reasons: bool = False
+) -> tuple[np.ndarray, int, list[tuple[str | None, ...]] | None]:
+    """Class probabilities (columns in `LABELS` order) for feature rows, how many numeric
+    values the data contract made missing first, and with `reasons` each row's top reason
+    codes for its predicted class (`reason_codes`; else None)."""
     rows = rows.copy()
     numbers = rows[list(NUMERIC_FEATURES)].apply(pd.to_numeric, errors="coerce")
     numbers = numbers.to_numpy(dtype="float64", copy=True)
     made_missing = make_implausible_missing(NUMERIC_FEATURES, numbers)
     for position, name in enumerate(NUMERIC_FEATURES):
         rows[name] = numbers[:, position]
-    model_input = prepare_model_input(rows, bundle.scalers)
+    model_input = prepare_model_input(
+        rows, bundle.scalers, derived=uses_derived_features(bundle.model)
+    )
     probabilities = np.asarray(bundle.model.predict_proba(model_input), dtype="float64")
     classes = [str(label) for label in bundle.model.classes_]
     unknown = sorted(set(classes) - set(LABELS))
@@ -273,17 +281,42 @@ def score_frame(bundle: ModelBundle, rows: pd.DataFrame) -> tuple[np.ndarray, in
     by_label = np.zeros((len(rows), len(LABELS)), dtype="float64")
     for position, label in enumerate(classes):
         by_label[:, LABELS.index(label)] = probabilities[:, position]
-    return by_label, int(made_missing.sum())
+    codes = reason_codes(bundle, model_input, probabilities.argmax(axis=1)) if reasons else None
+    return by_label, int(made_missing.sum()), codes
+
+
+def reason_codes(
+    bundle: ModelBundle, model_input: pd.DataFrame, class_index: np.ndarray
+) -> list[tuple[str | None, ...]]:
+    """Per row, the codes of its top reasons for the class given (by the model's class
+    order), the largest SHAP contribution first: CatBoost's SHAP values of the model's
+    columns summed into reasons as the API's explanations sum them (`core.reasons`)."""
+    shap_values = bundle.model.get_feature_importance(make_pool(model_input), type="ShapValues")
+    reason_map = ReasonMap(list(model_input.columns))
+    by_reason = reason_map.contributions(class_shap(shap_values, class_index)[:, :-1])
+    count = len(PREDICTION_REASON_COLUMNS)
+    top = np.argsort(-np.abs(by_reason), axis=1, kind="stable")[:, :count]
+    codes = np.asarray(reason_map.codes, dtype=object)[top]
+    return [tuple(row) for row in codes.tolist()]
 
 
 def prediction_columns(
-    score_dt: date, customer_ids: list[str], probabilities: np.ndarray, model_tag: str
+    score_dt: date,
+    customer_ids: list[str],
+    probabilities: np.ndarray,
+    model_tag: str,
+    reasons: list[tuple[str | None, ...]] | None = None,
 ) -> dict[str, list]:
     """Columns of credit_score_predictions as plain Python values: the label with the
     highest probability, each class's probability, the model's tag, the day as ISO text
-    (what the Date column stores on SQLite and what MariaDB's DATE reads)."""
+    (what the Date column stores on SQLite and what MariaDB's DATE reads), and the top
+    reason codes (None without `reasons`)."""
     count = len(customer_ids)
     best = probabilities.argmax(axis=1)
+    if reasons is None:
+        reason_values: list[list] = [[None] * count for _ in PREDICTION_REASON_COLUMNS]
+    else:
+        reason_values = [list(column) for column in zip(*reasons, strict=True)]
     return {
         "score_dt": [score_dt.isoformat()] * count,
         "customer_id": customer_ids,
@@ -293,6 +326,7 @@ def prediction_columns(
             for position, label in enumerate(LABELS)
         },
         "model_version": [model_tag] * count,
+        **dict(zip(PREDICTION_REASON_COLUMNS, reason_values, strict=True)),
     }
 
 
@@ -326,7 +360,12 @@ def insert_predictions(connection: Connection, columns: dict[str, list]) -> None
 # a label, three doubles): a statement's document stays well under the packet limit.
 ESTIMATED_PREDICTION_ROW_BYTES = 400
 # Columns that vary per row; score_dt and model_version are one value per statement.
-_PER_ROW = ("customer_id", "prediction", *PREDICTION_CONFIDENCE_COLUMNS.values())
+_PER_ROW = (
+    "customer_id",
+    "prediction",
+    *PREDICTION_CONFIDENCE_COLUMNS.values(),
+    *PREDICTION_REASON_COLUMNS,
+)
 
 
 def _json_table_insert(connection: Connection):
@@ -394,6 +433,7 @@ def score_day(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
+    reasons: bool = False,
 ) -> ScoringResult:
     """Replace the predictions of `day` with `bundle`'s scores of every customer with
     features that day. Run it inside one transaction (`engine.begin()`): the delete and
@@ -415,10 +455,10 @@ def score_day(
         for chunk in chunks:
             unique = chunk.drop_duplicates("customer_id", keep="last")
             result.duplicate_feature_rows += len(chunk) - len(unique)
-            probabilities, repaired = score_frame(bundle, unique)
+            probabilities, repaired, codes = score_frame(bundle, unique, reasons=reasons)
             result.repaired_values += repaired
             customers = unique["customer_id"].tolist()
-            columns = prediction_columns(day, customers, probabilities, bundle.tag)
+            columns = prediction_columns(day, customers, probabilities, bundle.tag, codes)
             insert_predictions(connection, columns)
             result.rows += len(unique)
             result.label_counts.update(columns["prediction"])

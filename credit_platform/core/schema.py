@@ -150,6 +150,9 @@ credit_predictions_api_log = Table(
     Column("model_version", String(128), nullable=False),
     Column("role", String(16), nullable=False, server_default=MODEL_ROLES[0]),
     Column("created_at", TIMESTAMP, nullable=False, server_default=func.now()),
+    # The reasons given with the answer when the request asked for them ("explain": true;
+    # `core.reasons`), else NULL.
+    Column("reasons", JSON(none_as_null=True), nullable=True),
     Index("ix_credit_predictions_api_log_created_at", "created_at"),
     CheckConstraint(
         "role IN (" + ", ".join(f"'{role}'" for role in MODEL_ROLES) + ")",
@@ -163,6 +166,7 @@ credit_predictions_api_log = Table(
 PREDICTION_CONFIDENCE_COLUMNS: dict[str, str] = {
     label: f"confidence_{label.lower()}" for label in LABELS
 }
+PREDICTION_REASON_COLUMNS: tuple[str, ...] = ("reason_1", "reason_2", "reason_3")
 credit_score_predictions = Table(
     "credit_score_predictions",
     metadata,
@@ -171,6 +175,9 @@ credit_score_predictions = Table(
     Column("prediction", String(16), nullable=False),
     *[Column(name, DOUBLE, nullable=False) for name in PREDICTION_CONFIDENCE_COLUMNS.values()],
     Column("model_version", String(128), nullable=False),
+    # The top reasons for the prediction (`core.reasons` codes, the largest SHAP
+    # contribution first), when the day was scored with reason codes; else NULL.
+    *[Column(name, String(64), nullable=True) for name in PREDICTION_REASON_COLUMNS],
     **TABLE_OPTIONS,
 )
 

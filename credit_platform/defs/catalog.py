@@ -28,6 +28,7 @@ from credit_platform.core.schema import (
     MODEL_ROLES,
     MONITORING_ALL_ROLES,
     PREDICTION_CONFIDENCE_COLUMNS,
+    PREDICTION_REASON_COLUMNS,
     credit_model_monitoring,
 )
 
@@ -61,6 +62,13 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "elapsed_ms": "time the model took to answer, in milliseconds",
     "role": f"which model answered: {', '.join(MODEL_ROLES)}",
     "created_at": "when the answer was logged (UTC)",
+    **{
+        column: f"the {rank} reason code for the prediction (its feature, or ratio of two; "
+        "NULL when the day was scored without reason codes)"
+        for rank, column in zip(("top", "second", "third"), PREDICTION_REASON_COLUMNS, strict=True)
+    },
+    "reasons": "the reasons answered with the label when the request asked for them "
+    "(JSON: the top reasons' SHAP contributions, values and texts; NULL when not asked)",
     "day": "the monitored day (predictions logged on it, UTC)",
     "metric": "what was measured, e.g. "
     + ", ".join((REQUESTS, LABELLED, LIVE_ACCURACY, FEATURE_PSI, PREDICTION_MIX_PSI)),

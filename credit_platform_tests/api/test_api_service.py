@@ -802,6 +802,165 @@ def test_serve_waits_for_a_first_model(tags: ModelTags, tmp_path: Path) -> None:
         stop(process)
 
 
+# --- reasons ("explain": true) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corrected_tag(sample: pd.DataFrame) -> str:
+    """A model of the tuned preset's kind: derived features and a prior correction stored
+    as its bias."""
+    from credit_platform.core.training import apply_class_offsets
+
+    model, scalers = train_tiny_model(sample, iterations=15, derived=True, seed=2)
+    apply_class_offsets(model, [0.35, -0.2, 0.15])
+    return save_model_bundle(
+        model,
+        scalers,
+        partition="2025-01-17",
+        metrics={"test_accuracy": 0.6, "test_macro_f1": 0.5},
+        params={"iterations": 15, "derived": True},
+    )
+
+
+def served_raw_scores(tag: str, rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """The raw scores of the model `tag` for rows as the service scores them (in-process)."""
+    from api.predictor import load_predictor
+
+    predictor = load_predictor(tag)
+    model = predictor.bundle.model
+    raw = model.predict(predictor.encode(rows), prediction_type="RawFormulaVal")
+    return [str(label) for label in model.classes_], raw
+
+
+def test_explained_answers_equal_the_unexplained_and_sum_to_the_raw_score(
+    server: Server, tags: ModelTags, corrected_tag: str, payloads: list[dict]
+) -> None:
+    """For the plain model and for one with derived features and a bias: same class and
+    confidence with and without "explain"; the reasons (all of them asked for) plus the
+    base value are the served model's raw score of the class; both answers are logged, the
+    explained one with its reasons."""
+    before = server.served_tag()
+    rows = payloads[20:30]
+    try:
+        # every reason asked for: the 22 inputs, and the 5 ratios of a derived model
+        for tag, count in ((tags.first, 22), (corrected_tag, 27)):
+            assert server.reload(tag).status_code == 200
+            classes, raw = served_raw_scores(tag, [features_of(row) for row in rows])
+            for position, row in enumerate(rows):
+                plain = server.post("/predict", {"data": row})
+                explained = server.post("/predict", {"data": row, "explain": True, "reasons": 27})
+                assert plain.status_code == explained.status_code == 200, explained.text
+                body, answer = plain.json(), explained.json()
+                assert "explanation" not in body
+                assert answer["predict"] == body["predict"]
+                assert answer["confidence"] == body["confidence"]
+                assert answer.get("repaired") == body.get("repaired")
+                explanation = answer["explanation"]
+                assert explanation["label"] == answer["predict"]
+                assert len(explanation["reasons"]) == count
+                assert explanation["other_reasons"] == 0
+                expected = raw[position, classes.index(answer["predict"])]
+                total = explanation["base_value"] + sum(
+                    reason["contribution"] for reason in explanation["reasons"]
+                )
+                assert total == pytest.approx(expected, abs=1e-9)
+                assert explanation["raw_score"] == pytest.approx(expected, abs=1e-9)
+
+                (plain_row,) = server.log_rows(request_id=plain.headers["X-Request-ID"])
+                (explained_row,) = server.log_rows(request_id=explained.headers["X-Request-ID"])
+                assert plain_row["reasons"] is None
+                assert explained_row["reasons"] == explanation
+                assert explained_row["model_version"] == tag
+    finally:
+        assert server.reload(before).status_code == 200
+
+
+def test_the_default_explanation_shows_three_reasons_in_words(
+    server: Server, payloads: list[dict]
+) -> None:
+    answer = server.post("/predict", {"data": payloads[31], "explain": True})
+    assert answer.status_code == 200, answer.text
+    explanation = answer.json()["explanation"]
+    reasons = explanation["reasons"]
+    assert len(reasons) == 3
+    assert [abs(r["contribution"]) for r in reasons] == sorted(
+        (abs(r["contribution"]) for r in reasons), reverse=True
+    )
+    for reason in reasons:
+        assert reason["feature"] in MODEL_FEATURES  # this model has no derived features
+        assert reason["value"] == (payloads[31][reason["feature"]])
+        assert reason["direction"] == ("raises" if reason["contribution"] > 0 else "lowers")
+        assert explanation["label"] in reason["text"]
+    shown = sum(r["contribution"] for r in reasons)
+    assert explanation["base_value"] + shown + explanation["other_reasons"] == pytest.approx(
+        explanation["raw_score"], abs=1e-9
+    )
+
+
+def test_an_explained_batch_equals_the_unexplained_batch(
+    server: Server, payloads: list[dict]
+) -> None:
+    rows = payloads[:BATCH_LIMIT]
+    plain = server.post("/predict_batch", {"data": rows})
+    explained = server.post("/predict_batch", {"data": rows, "explain": True})
+    assert plain.status_code == explained.status_code == 200, explained.text
+    for body, answer in zip(plain.json(), explained.json(), strict=True):
+        assert "explanation" not in body
+        assert (answer["customer_id"], answer["predict"], answer["confidence"]) == (
+            body["customer_id"],
+            body["predict"],
+            body["confidence"],
+        )
+        assert answer["explanation"]["label"] == answer["predict"]
+        assert len(answer["explanation"]["reasons"]) == 3
+    request_id = explained.headers["X-Request-ID"]
+    logged = server.log_rows(request_id=f"{request_id}#7")
+    assert logged[0]["reasons"] == explained.json()[7]["explanation"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"explain": "yes"}, "explain"),
+        ({"explain": 1}, "explain"),
+        ({"explain": True, "reasons": 0}, "reasons"),
+        ({"explain": True, "reasons": 28}, "reasons"),
+        ({"explain": True, "reasons": "3"}, "reasons"),
+    ],
+)
+def test_a_bad_explain_request_is_refused_naming_the_field(
+    server: Server, payloads: list[dict], extra: dict, field: str
+) -> None:
+    for route, data in (("/predict", payloads[3]), ("/predict_batch", [payloads[3]])):
+        response = server.post(route, {"data": data, **extra})
+        assert response.status_code == 400, response.text
+        assert field in response.text
+
+
+def test_a_retried_explained_request_gets_the_logged_reasons(
+    server: Server, tags: ModelTags, payloads: list[dict]
+) -> None:
+    """The same key and body: the first answer with its reasons, even after a reload; the
+    same key without "explain" (another body): 409."""
+    before = server.served_tag()
+    headers = {"X-Request-ID": "explained-retry-1"}
+    body = {"data": payloads[33], "explain": True}
+    first = server.post("/predict", body, headers=headers)
+    assert first.status_code == 200, first.text
+    other = tags.second if before != tags.second else tags.first
+    assert server.reload(other).status_code == 200
+    try:
+        again = server.post("/predict", body, headers=headers)
+    finally:
+        assert server.reload(before).status_code == 200
+    assert again.status_code == 200 and again.json() == first.json()
+    plain = server.post("/predict", {"data": payloads[33]}, headers=headers)
+    assert plain.status_code == 409, plain.text
+    more = server.post("/predict", {**body, "reasons": 5}, headers=headers)
+    assert more.status_code == 409, more.text
+    assert len(server.log_rows(request_id="explained-retry-1")) == 1
+
+
 # --- shutdown (last: it stops the module's server) --------------------------------------
 
 

@@ -333,6 +333,61 @@ def test_logged_row_keeps_every_column(log_store: str, tmp_path: Path) -> None:
     assert stored["created_at"] == row.created_at  # the request's time, not the insert's
 
 
+REASONS = {
+    "label": "Poor",
+    "raw_score": 1.25,
+    "base_value": -0.5,
+    "reasons": [
+        {
+            "feature": "delay_from_due_date",
+            "value": 45,
+            "direction": "raises",
+            "contribution": 1.0,
+            "text": "Payments 45 days late on average (makes Poor more likely) \\ 'quoted'",
+            "inputs": None,
+        }
+    ],
+    "other_reasons": 0.75,
+}
+
+
+def test_reasons_are_logged_with_the_row_and_null_without(log_store: str, tmp_path: Path) -> None:
+    explained = make_row("explained", 0.7)
+    explained.reasons = REASONS
+    plain = make_row("plain", 0.7)
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    assert log.write([explained, plain]) is None
+    log.close()
+    engine = make_engine(log_store)
+    with engine.connect() as connection:
+        stored = dict(connection.execute(select(log_table.c.request_id, log_table.c.reasons)).all())
+        nulls = connection.execute(
+            select(log_table.c.request_id).where(log_table.c.reasons.is_(None))
+        ).scalars()
+        assert list(nulls) == ["plain"]  # SQL NULL, not the JSON text null
+    engine.dispose()
+    assert stored == {"explained": REASONS, "plain": None}
+    assert PredictionLogRow.from_json(explained.to_json()) == explained
+
+
+def test_a_retry_must_ask_for_the_same_explanation(log_store: str, tmp_path: Path) -> None:
+    explained = make_row("retry-explained", 0.7)
+    explained.reasons = REASONS
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        assert log.write([explained]) is None
+        (answer,) = log.write([explained])  # the same request again: the logged answer
+        assert answer.reasons == REASONS and answer.prediction == "Standard"
+        with pytest.raises(RequestConflict):
+            log.write([make_row("retry-explained", 0.7)])  # without the explanation
+        fewer = make_row("retry-explained", 0.7)
+        fewer.reasons = {**REASONS, "reasons": []}
+        with pytest.raises(RequestConflict):
+            log.write([fewer])
+    finally:
+        log.close()
+
+
 def test_a_row_the_database_refuses_fails_alone_and_logging_goes_on(
     log_store: str, tmp_path: Path
 ) -> None:

@@ -197,3 +197,64 @@ def test_implausible_values_are_scored_as_missing_and_named(
     # Values at the edges of the plausible range are kept.
     edges = {**row, "age": 14, "num_of_loan": 12, "monthly_balance": -50_000.0}
     assert predictor.predict([edges])[0].repaired == ()
+
+
+# --- reasons ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corrected_predictor(sample: pd.DataFrame) -> Predictor:
+    """The tuned preset's kind of model: derived features and a prior correction stored as
+    the model's bias."""
+    from credit_platform.core.training import apply_class_offsets
+
+    model, scalers = train_tiny_model(sample, iterations=15, derived=True)
+    apply_class_offsets(model, [0.35, -0.2, 0.15])
+    return Predictor(bundle_of(model, scalers, "credit_score_classifier:corrected"))
+
+
+@pytest.mark.parametrize("which", ["predictor", "corrected_predictor"])
+def test_an_explained_answer_equals_the_unexplained_one(
+    which: str, request: pytest.FixtureRequest, records: list[dict]
+) -> None:
+    served: Predictor = request.getfixturevalue(which)
+    rows = [*records[:120], {**records[0], "annual_income": 23_800_000.0}]  # one repaired
+    plain = served.predict(rows)
+    explained = served.explain(rows, plain, reasons=3)
+    assert [(p.label, p.confidence, p.repaired) for p in explained] == [
+        (p.label, p.confidence, p.repaired) for p in plain
+    ]
+    assert all(p.explanation is None for p in plain)
+    for prediction in explained:
+        document = prediction.explanation
+        assert document is not None and document["label"] == prediction.label
+        assert len(document["reasons"]) == 3
+    # the repaired income is explained as missing, as it was scored
+    (income,) = [
+        reason
+        for reason in served.explain(rows[-1:], plain[-1:], reasons=27)[0].explanation["reasons"]
+        if reason["feature"] == "annual_income"
+    ]
+    assert income["value"] is None and income["text"].startswith("Annual income not given")
+
+
+@pytest.mark.parametrize("which", ["predictor", "corrected_predictor"])
+def test_reasons_sum_to_the_served_models_raw_score(
+    which: str, request: pytest.FixtureRequest, records: list[dict]
+) -> None:
+    """SHAP's identity against the model as served: its raw score (bias included) of the
+    predicted class, computed from the served input of each row."""
+    served: Predictor = request.getfixturevalue(which)
+    rows = records[:150]
+    explained = served.explain(rows, served.predict(rows), reasons=27)
+    raw = served.bundle.model.predict(served.encode(rows), prediction_type="RawFormulaVal")
+    classes = [str(label) for label in served.bundle.model.classes_]
+    for row, prediction in enumerate(explained):
+        document = prediction.explanation
+        assert document["other_reasons"] == 0.0
+        total = document["base_value"] + sum(r["contribution"] for r in document["reasons"])
+        expected = raw[row, classes.index(prediction.label)]
+        assert total == pytest.approx(expected, abs=1e-9)
+        assert document["raw_score"] == pytest.approx(expected, abs=1e-9)
+        # the predicted class has the largest raw score: the answer and the reasons agree
+        assert expected == pytest.approx(raw[row].max())

@@ -302,7 +302,7 @@ def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
     with engine.begin() as connection:
         result = score_day(connection, busiest, bundle, chunk_rows=500)
     unique = fast[busiest].drop_duplicates("customer_id", keep="last")
-    probabilities, _ = batch_scoring.score_frame(bundle, unique)
+    probabilities, _, _ = batch_scoring.score_frame(bundle, unique)
     written = _predictions(engine, busiest)
     engine.dispose()
     assert result.rows == len(unique) == len(written)
@@ -315,3 +315,52 @@ def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
 def _read_all(connection, day) -> pd.DataFrame:
     chunks = list(read_feature_chunks(connection, day, chunk_rows=300))
     return pd.concat(chunks, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def corrected_bundle(kaggle_sample):
+    """A model of the tuned preset's kind: derived features, a prior correction as bias."""
+    from credit_platform.core.model_store import save_model_bundle
+    from credit_platform.core.training import apply_class_offsets
+    from credit_platform_tests.model_fixtures import train_tiny_model
+
+    model, scalers = train_tiny_model(
+        load_sample(kaggle_sample, rows=600), iterations=12, derived=True, seed=4
+    )
+    apply_class_offsets(model, [0.3, -0.1, 0.2])
+    tag = save_model_bundle(
+        model, scalers, partition="2025-02-26", metrics={"test_accuracy": 0.5}, params={}
+    )
+    return load_model_bundle(tag)
+
+
+@pytest.mark.parametrize("which", ["plain", "corrected"])
+def test_reason_codes_are_the_top_reasons_the_api_gives(store, models, corrected_bundle, which):
+    """With reason codes, each customer's reason_1..3 are the three reasons the API's
+    explanation of the same row shows first; without them the columns are NULL. The
+    predictions are the API's either way (a model with derived features included)."""
+    bundle = models[0] if which == "plain" else corrected_bundle
+    with store.begin() as connection:
+        result = score_day(connection, DAY_ONE, bundle, chunk_rows=7, reasons=True)
+    written = _predictions(store, DAY_ONE)
+    features = _feature_rows(store, DAY_ONE)
+    customers = sorted(features)
+    assert result.rows == len(written) == len(customers)
+    predictor = Predictor(bundle)
+    rows = [{name: features[c][name] for name in MODEL_FEATURES} for c in customers]
+    answers = predictor.explain(rows, predictor.predict(rows), reasons=3)
+    for customer, answer in zip(customers, answers, strict=True):
+        row = written[customer]
+        assert row["prediction"] == answer.label
+        assert row[PREDICTION_CONFIDENCE_COLUMNS[answer.label]] == pytest.approx(
+            answer.confidence, abs=1e-9
+        )
+        shown = [reason["feature"] for reason in answer.explanation["reasons"]]
+        assert [row["reason_1"], row["reason_2"], row["reason_3"]] == shown
+
+    with store.begin() as connection:
+        score_day(connection, DAY_ONE, bundle, chunk_rows=7)
+    assert all(
+        row["reason_1"] is None and row["reason_2"] is None and row["reason_3"] is None
+        for row in _predictions(store, DAY_ONE).values()
+    )

@@ -61,6 +61,7 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
             "model_version",
             "role",
             "created_at",
+            "reasons",
         }
         uniques = inspect(engine).get_unique_constraints("credit_predictions_api_log")
         unique_indexes = [
@@ -78,6 +79,9 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
             "confidence_standard",
             "confidence_poor",
             "model_version",
+            "reason_1",
+            "reason_2",
+            "reason_3",
         ]
         primary = inspect(engine).get_pk_constraint("credit_score_predictions")
         assert primary["constrained_columns"] == ["score_dt", "customer_id"]

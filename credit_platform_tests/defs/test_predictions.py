@@ -10,6 +10,7 @@ from sqlalchemy import select
 from api.sample_requests import load_sample
 from credit_platform.core.batch_scoring import ModelChoice, ServedModelRecord
 from credit_platform.core.db import init_schema
+from credit_platform.core.reasons import REASON_CODES
 from credit_platform.core.schema import credit_score_predictions as table
 from credit_platform.defs.assets.deploy import DEPLOYED_BENTO_ASSET
 from credit_platform.defs.assets.predictions import (
@@ -120,6 +121,40 @@ def test_the_run_config_may_name_the_model(resources, tags):
         result = _score(resources, instance, DAY_ONE, {"model_tag": second})
         assert result.success
         assert _versions(resources, DAY_ONE) == {second}
+
+
+def test_reason_codes_are_opt_in_run_config(resources, tags):
+    first, _ = tags
+
+    def reasons_of(day: str) -> list[tuple]:
+        engine = init_schema(resources["feature_store"].url)
+        try:
+            with engine.connect() as connection:
+                return list(
+                    connection.execute(
+                        select(table.c.reason_1, table.c.reason_2, table.c.reason_3).where(
+                            table.c.score_dt == date.fromisoformat(day)
+                        )
+                    )
+                )
+        finally:
+            engine.dispose()
+
+    with instance_for_test() as instance:
+        _deployed(instance, first, datetime(2025, 2, 28, tzinfo=UTC))
+        plain = _score(resources, instance, DAY_ONE)
+        assert plain.success
+        metadata = plain.asset_materializations_for_node("credit_score_predictions")[0].metadata
+        assert metadata["reason_codes"].value is False
+        assert set(reasons_of(DAY_ONE)) == {(None, None, None)}
+        explained = _score(resources, instance, DAY_ONE, {"reason_codes": True})
+        assert explained.success
+        metadata = explained.asset_materializations_for_node("credit_score_predictions")[0].metadata
+        assert metadata["reason_codes"].value is True
+        codes = reasons_of(DAY_ONE)
+        assert len(codes) == 30
+        for row in codes:
+            assert all(code in REASON_CODES for code in row) and len(set(row)) == 3
 
 
 def test_the_champion_scores_a_day_before_any_deployment():

@@ -70,6 +70,13 @@ class PredictionsConfig(Config):
         ge=1000,
         description="Feature rows read, scored and written at a time.",
     )
+    reason_codes: bool = Field(
+        default=False,
+        description="Also store each customer's top three reason codes (reason_1..3: "
+        "CatBoost's SHAP values of the model, summed into the applicant's features as the "
+        "API explains an answer). Off by default: it multiplies the asset's time (see "
+        "BENCHMARKS.md); without it the columns are NULL.",
+    )
 
 
 def deployments_until(instance: DagsterInstance, day: date) -> list[ServedModelRecord]:
@@ -200,7 +207,13 @@ def credit_score_predictions(
         create_tables(engine)
         try:
             with engine.begin() as connection:
-                result = score_day(connection, day, bundle, chunk_rows=config.chunk_rows)
+                result = score_day(
+                    connection,
+                    day,
+                    bundle,
+                    chunk_rows=config.chunk_rows,
+                    reasons=config.reason_codes,
+                )
         except NoFeaturesForDay as error:
             raise Failure(
                 description=str(error),
@@ -229,6 +242,7 @@ def credit_score_predictions(
             "replaced_rows": result.replaced_rows,
             "duplicate_feature_rows": result.duplicate_feature_rows,
             "repaired_values": result.repaired_values,
+            "reason_codes": config.reason_codes,
             "seconds": MetadataValue.float(round(result.seconds, 3)),
             "feature_store": feature_store.display_url,
         }
