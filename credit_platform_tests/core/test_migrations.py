@@ -379,7 +379,11 @@ def test_before_the_upgrade_ids_differing_in_case_collided(mariadb_url):
     """The defect the migration removes, shown on the last release's own tables."""
     make_release_database(mariadb_url, "last_unversioned_release")
     engine = make_engine(mariadb_url)
-    row = "INSERT INTO credit_score_predictions VALUES ('2025-03-01', '{}', 'Good', 1, 0, 0, 'm')"
+    row = (
+        "INSERT INTO credit_score_predictions (score_dt, customer_id, prediction, confidence_good,"
+        " confidence_standard, confidence_poor, model_version)"
+        " VALUES ('2025-03-01', '{}', 'Good', 1, 0, 0, 'm')"
+    )
     try:
         with engine.begin() as connection:
             connection.execute(text(row.format("c_a")))
@@ -476,8 +480,9 @@ def test_the_collation_migration_goes_back_and_forth(mariadb_url):
             assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
             connection.execute(
                 text(
-                    "INSERT INTO credit_score_predictions VALUES "
-                    "('2025-03-01', 'c_a', 'Good', 0.7, 0.2, 0.1, 'm:1'), "
+                    "INSERT INTO credit_score_predictions (score_dt, customer_id, prediction,"
+                    " confidence_good, confidence_standard, confidence_poor, model_version)"
+                    " VALUES ('2025-03-01', 'c_a', 'Good', 0.7, 0.2, 0.1, 'm:1'), "
                     "('2025-03-01', 'C_A', 'Good', 0.7, 0.2, 0.1, 'm:1')"
                 )
             )
@@ -520,23 +525,25 @@ def test_db_revision_writes_the_migration_of_a_new_column(
         if table.name == credit_predictions_api_log.name:
             added.append_column(Column("reasons_added_later", Integer, nullable=True))
     monkeypatch.setattr("credit_platform.core.schema.metadata", grown)
+    head = migrations.head_revision()
+    expected = f"{int(head[:4]) + 1:04d}_log_reasons_added_later"
     try:
         init_schema(sqlite_url).dispose()
         assert [diff[0] for diff in _differences(sqlite_url)] == ["add_column"]
 
         result = cli_runner.invoke(main, ["db", "revision", "-m", "log: reasons added later"])
         assert result.exit_code == 0, result.output
-        written = copy / "versions" / "0003_log_reasons_added_later.py"
+        written = copy / "versions" / f"{expected}.py"
         assert f"wrote {written}" in result.output
         source = written.read_text()
-        assert re.search(r"down_revision: str \| None = .0002_customer_id_binary.", source)
+        assert re.search(rf"down_revision: str \| None = .{head}.", source)
         assert "reasons_added_later" in source
 
         migrations.head_revision.cache_clear()
         migrations.known_revisions.cache_clear()
-        assert migrations.head_revision() == "0003_log_reasons_added_later"
+        assert migrations.head_revision() == expected
         init_schema(sqlite_url).dispose()
-        assert _revision(sqlite_url) == "0003_log_reasons_added_later"
+        assert _revision(sqlite_url) == expected
         assert _differences(sqlite_url) == []
     finally:
         migrations.head_revision.cache_clear()
