@@ -135,20 +135,23 @@ def test_an_unknown_version_of_a_fall_back_patch_leaves_the_library_alone(
             library_patches.CLIENT_ERROR_LOG,
         ),
     )
-    with caplog.at_level(logging.WARNING, logger=library_patches.__name__):
-        decided = apply_library_patches(_versions_with("bentoml", "1.5.0"))
-    assert decided == {"bentoml-timeout-timers": False, "bentoml-client-error-log": False}
-    assert calls == []
-    lines = [record.getMessage() for record in caplog.records]
-    assert len(lines) == 2
-    assert "bentoml-timeout-timers" in lines[0] and "bentoml 1.5.0" in lines[0]
-    assert FALL_BACK in lines[0]
-    # Nothing attached to BentoML's logger: its own logging stays.
-    logger = logging.getLogger(library_patches.BENTOML_HTTP_APP_LOGGER)
-    before = list(logger.filters)
-    assert not library_patches.filter_client_errors(logging.Filter())
-    assert logger.filters == before
-    apply_library_patches()  # back to this process's real decision
+    try:
+        with caplog.at_level(logging.WARNING, logger=library_patches.__name__):
+            decided = apply_library_patches(_versions_with("bentoml", "1.5.0"))
+        assert decided == {"bentoml-timeout-timers": False, "bentoml-client-error-log": False}
+        assert calls == []
+        lines = [record.getMessage() for record in caplog.records]
+        assert len(lines) == 2
+        assert "bentoml-timeout-timers" in lines[0] and "bentoml 1.5.0" in lines[0]
+        assert FALL_BACK in lines[0]
+        # Nothing attached to BentoML's logger: its own logging stays.
+        logger = logging.getLogger(library_patches.BENTOML_HTTP_APP_LOGGER)
+        before = list(logger.filters)
+        assert not library_patches.filter_client_errors(logging.Filter())
+        assert logger.filters == before
+    finally:
+        monkeypatch.undo()
+        apply_library_patches()  # back to this process's real decision
 
 
 def test_the_service_itself_refuses_an_unknown_uvicorn(tmp_path: Path) -> None:
