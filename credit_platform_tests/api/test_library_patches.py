@@ -178,3 +178,42 @@ def test_the_service_itself_refuses_an_unknown_uvicorn(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("api.library_patches.UnsupportedLibraryVersion: ")
     assert "uvicorn-request-limits" in last and "uvicorn 0.99.0" in last
+
+
+def test_the_client_error_filter_turns_a_refused_request_into_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The entry the table names for BentoML's request-error logger: attached through the
+    table, a client's bad field that BentoML logs (its own `log_exception`, at ERROR with a
+    traceback) becomes one WARNING line naming the field; a server error stays an ERROR
+    with its traceback."""
+    from bentoml._internal.server.http_app import log_exception
+    from pydantic import BaseModel, ValidationError
+    from starlette.requests import Request
+
+    from api.service import ClientErrorLogFilter
+
+    class Body(BaseModel):
+        age: int
+
+    request = Request({"type": "http", "path": "/predict", "method": "POST", "headers": []})
+    apply_library_patches()
+    logger = logging.getLogger(library_patches.BENTOML_HTTP_APP_LOGGER)
+    log_filter = ClientErrorLogFilter()
+    assert library_patches.filter_client_errors(log_filter)
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            try:
+                Body.model_validate({"age": "old"})
+            except ValidationError:
+                log_exception(request)
+            try:
+                raise RuntimeError("the model broke")
+            except RuntimeError:
+                log_exception(request)
+    finally:
+        logger.removeFilter(log_filter)
+    client, server = caplog.records
+    assert client.levelname == "WARNING" and client.exc_info is None
+    assert client.getMessage().startswith("Request to /predict [POST] refused: age: ")
+    assert server.levelname == "ERROR" and server.exc_info is not None
