@@ -123,7 +123,10 @@ CLIENT_ERROR_LOG = LibraryPatch(
     "a traceback; one WARNING line naming the field keeps real errors visible",
     supported_alternative="none: BentoML's logging configuration sets levels and the "
     "access log, not how a refused request is logged",
-    tests=("credit_platform_tests/api/test_api_service.py",),
+    tests=(
+        "credit_platform_tests/api/test_library_patches.py::"
+        "test_the_client_error_filter_turns_a_refused_request_into_one_warning",
+    ),
 )
 
 BATCH_JOB_STORE = LibraryPatch(
