@@ -29,6 +29,7 @@ from pathlib import Path
 
 from api.challengers import ChallengerSlot, ChallengerSpec, add_shadow_stats
 from api.predictor import ModelNotFound, ModelRefused, Predictor, ServedModel
+from credit_platform.core.processes import pid_alive, process_identity
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ class WorkerState:
     challenger_error: str | None = None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def write_json(path: Path, payload: dict) -> None:
     """Write-then-rename, so a reader sees the old content or the new, never a part."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -82,17 +73,6 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def process_identity(pid: int) -> str:
-    """ "<pid>-<start time>": unique even when a pid is reused (a container restart gives the
-    server the same pid, and a stale agreement must not be adopted)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        start = stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
-    except (OSError, IndexError):
-        start = "0"
-    return f"{pid}-{start}"
-
-
 def remove_dead_state_dirs(run_dir: Path) -> None:
     """State directories of servers that are gone (their identity is in the name)."""
     if not run_dir.is_dir():
@@ -101,7 +81,7 @@ def remove_dead_state_dirs(run_dir: Path) -> None:
         match = _STATE_DIR.match(path.name)
         if match:
             pid = int(match.group(1).split("-")[0])
-            if not _pid_alive(pid) or process_identity(pid) != match.group(1):
+            if not pid_alive(pid) or process_identity(pid) != match.group(1):
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -193,7 +173,7 @@ class ModelSync:
         found = []
         for path in sorted(self.state_dir.iterdir()):
             match = _WORKER_FILE.match(path.name)
-            if not match or not _pid_alive(int(match.group(1))):
+            if not match or not pid_alive(int(match.group(1))):
                 continue
             state = read_json(path)
             if state:

@@ -57,6 +57,7 @@ from credit_platform.core.db import (
     permanent_problem,
     redacted,
 )
+from credit_platform.core.processes import pid_alive
 from credit_platform.core.schema import MODEL_ROLES, credit_predictions_api_log
 
 logger = logging.getLogger(__name__)
@@ -372,16 +373,6 @@ def _rows_refused(error: BaseException) -> bool:
         args = getattr(error.orig, "args", ())
         return bool(args) and args[0] in _ROW_ERRORS
     return isinstance(error, StatementError)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 class PredictionLogger:
@@ -832,7 +823,7 @@ class PredictionLogger:
             if not match or path == self.spool_path:
                 continue
             pid = int(match.group(1))
-            if pid == os.getpid() or not _pid_alive(pid):
+            if pid == os.getpid() or not pid_alive(pid):
                 found.append(path)
         return found
 

@@ -66,7 +66,6 @@ from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
 from api.batch_jobs import JobClaimMiddleware, job_request_id  # noqa: E402
-from api.bentoml_patches import cancel_request_timers  # noqa: E402
 from api.challengers import (  # noqa: E402
     SHADOW,
     CanaryView,
@@ -77,6 +76,7 @@ from api.challengers import (  # noqa: E402
     ShadowScorer,
     routes_to_canary,
 )
+from api.library_patches import apply_library_patches, filter_client_errors  # noqa: E402
 from api.model_sync import (  # noqa: E402
     ModelSync,
     ReloadNotPropagated,
@@ -109,7 +109,6 @@ from api.replica_sync import (  # noqa: E402
     ReplicaReadiness,
     describe_replica,
 )
-from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
     BatchJobRequest,
     BatchPredictRequest,
@@ -123,8 +122,9 @@ from api.schemas import (  # noqa: E402
 )
 from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
 
-cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
-install_request_limits()  # header, body and header-time limits: 431, 413, 408
+# The request limits (431, 413, 408) and BentoML's per-request timers, each checked against
+# the library versions it was tested with: api/library_patches.py lists every such patch.
+apply_library_patches()
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ class CreditScoreService:
 
     def __init__(self) -> None:
         exit_with_server()
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+        filter_client_errors(ClientErrorLogFilter())
         # Shared by the workers of this server (their parent process).
         state_dir = settings.api_worker_state_dir(process_identity(os.getppid()))
         remove_dead_state_dirs(state_dir.parent)

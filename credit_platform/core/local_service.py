@@ -2,17 +2,19 @@
 deploy or the demo starts it on a built Bento, `credit-platform stop` stops it.
 
 Its pid and log live under the platform home (`run/api-<port>.pid`, `.log`), so a later
-command can stop or restart the process an earlier one started."""
+command can stop or restart the process an earlier one started. The pid file is that record
+of ownership: a service on the port may be one a user runs by hand, which a deploy must not
+restart. A pid in the file counts only while its process was created before the file was
+written (psutil's start time), so a pid reused by an unrelated process is never signalled."""
 
-import os
-import secrets
-import signal
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
+
 from credit_platform.core import settings
 from credit_platform.core.bento import serve_bento_command, serve_bento_environment
+from credit_platform.core.processes import pid_alive, terminate_tree
 from credit_platform.core.service_client import ServiceError
 from credit_platform.core.service_process import ServiceNotReady, ServiceProcess
 
@@ -41,19 +43,33 @@ def log_file(port: int) -> Path:
     return run_dir() / f"api-{port}.log"
 
 
+# A process's start time (clock ticks since a boot time counted in whole seconds) may read
+# up to a second late against the file's modification time.
+_START_TIME_SLACK_SECONDS = 1.0
+
+
+def recorded_pid(port: int) -> int | None:
+    """The pid of the service `start_service` started on `port`, while it runs; None when
+    there is none, it exited, or its pid now belongs to a process started after it."""
+    path = pid_file(port)
+    try:
+        pid = int(path.read_text().strip() or 0)
+        written = path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return pid if created <= written + _START_TIME_SLACK_SECONDS else None
+
+
 def started_here(api_url: str) -> bool:
     """Whether the service at `api_url` is a background process this machine's commands
     started (and so may stop and start again)."""
-    if not is_local(api_url):
-        return False
-    path = pid_file(api_port(api_url))
-    if not path.exists():
-        return False
-    try:
-        os.kill(int(path.read_text().strip() or 0), 0)
-    except (ValueError, ProcessLookupError, PermissionError):
-        return False
-    return True
+    return is_local(api_url) and recorded_pid(api_port(api_url)) is not None
 
 
 def start_service(
@@ -86,44 +102,12 @@ def start_service(
     return process.process.pid
 
 
-def _has_exited(pid: int) -> bool:
-    """True once `pid` is gone; reaps it when it is our own child (else it stays a zombie)."""
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        return reaped == pid
-    except ChildProcessError:  # not our child: ask the kernel whether it still exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-
 def stop_service(port: int, *, wait_seconds: float = 30.0) -> bool:
     """Stop a service started by `start_service`: SIGTERM to the server, which drains its
-    prediction log and stops its workers; SIGKILL to the whole group only if it hangs.
-    Returns whether one was running."""
-    path = pid_file(port)
-    if not path.exists():
+    prediction log and stops its workers; SIGKILL to the server and its workers only if
+    they are not gone after `wait_seconds`. Returns whether one was running."""
+    pid = recorded_pid(port)
+    pid_file(port).unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid = int(path.read_text().strip() or 0)
-    path.unlink(missing_ok=True)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + wait_seconds
-    while not _has_exited(pid):
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    return True
-
-    path = run_dir() / "admin_token"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    token = path.read_text().strip()
-    os.environ[settings.ADMIN_TOKEN_ENV] = token
-    return token
+    return terminate_tree(pid, wait_seconds=wait_seconds)

@@ -26,6 +26,7 @@ from typing import Any
 import requests
 
 from credit_platform.core import settings
+from credit_platform.core.processes import descendants, kill_tree
 
 REPO_ROOT = settings.REPO_ROOT
 
@@ -98,26 +99,6 @@ def pin_isolated_environment(home: Path, api_url: str) -> dict[str, str]:
 # --- the service ---------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (BentoML starts each worker in a session of its own, so a
-    process group does not reach them)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 class ServiceNotReady(RuntimeError):
     """The service process exited, or did not answer /readyz in time."""
 
@@ -180,9 +161,7 @@ class ServiceProcess:
     def kill(self) -> None:
         """SIGKILL to the server and every worker at once: no drain, no cleanup, as when
         the machine loses power."""
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(self.process.pid)
         self.process.wait(10)
 
     def stop(self, timeout: float = 30.0) -> None:

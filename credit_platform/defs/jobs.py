@@ -4,7 +4,7 @@ scoring of one day, monitoring one day of the prediction log, and pruning the Be
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """
 
-from dagster import AssetSelection, define_asset_job, job
+from dagster import AssetSelection, Backoff, RetryPolicy, define_asset_job, job
 
 from credit_platform.defs.assets.challenger import challenger_decision
 from credit_platform.defs.assets.deploy import deployed_bento
@@ -29,10 +29,21 @@ continuous_training_job = define_asset_job(
     description="Continuous training for one base day: build, check, split, scale, tune, check.",
 )
 
+# A failed deploy (a service that did not start or follow in time, an unreachable MLflow or
+# feature store) is retried by Dagster inside its run, after 5 s and then 10 s; a refusal no
+# retry can change (`Failure(allow_retries=False)`, e.g. a model whose check did not pass)
+# fails at once. The job's policy, not the asset's: `materialize` in tests stays single-shot.
+DEPLOY_ATTEMPTS = 3
+DEPLOY_RETRY_POLICY = RetryPolicy(
+    max_retries=DEPLOY_ATTEMPTS - 1, delay=5, backoff=Backoff.EXPONENTIAL
+)
+
 deploy_job = define_asset_job(
     "deploy_model",
     selection=AssetSelection.assets(deployed_bento),
-    description="Deploy one partition's checked model to the prediction service.",
+    description="Deploy one partition's checked model to the prediction service "
+    f"({DEPLOY_ATTEMPTS} attempts, backoff 5 s then 10 s).",
+    op_retry_policy=DEPLOY_RETRY_POLICY,
 )
 
 challenger_decision_job = define_asset_job(

@@ -27,15 +27,15 @@ from credit_platform.core.db import FeatureStoreUnavailable
 from credit_platform.core.model_store import ModelNotFound, missing_test_metrics, model_metadata
 from credit_platform.core.schema import credit_score
 from credit_platform.core.service_client import ReportedModel
-from credit_platform.defs.jobs import continuous_training_job, deploy_job
+from credit_platform.defs.jobs import DEPLOY_ATTEMPTS, continuous_training_job, deploy_job
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 
-# A deploy run that fails is requested again, under a new run key, up to this many attempts
-# in all for one model (and one outage); then the sensor waits for a newer model.
-MAX_DEPLOY_ATTEMPTS = 3
+# One deploy run per model (and per outage): Dagster retries a failed deploy inside that run
+# (`deploy_job`'s RetryPolicy, DEPLOY_ATTEMPTS attempts in all); a run that failed anyway is
+# not requested again, and the sensor waits for a newer model or a deploy by hand.
 DEPLOY_KEY_TAG = "credit_platform/deploy_key"
 # More new days than this in one tick means a bulk load: request the newest days only
 # and leave the rest to a backfill, instead of flooding the run queue.
@@ -149,8 +149,8 @@ def deploy_decision(champion_tag: str, served: ReportedModel | None) -> tuple[bo
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests deployed_bento for the MLflow champion (the passing model of the "
-    "newest data partition) when the API serves another model at /metadata, or is down; a "
-    f"failed deploy is requested again, up to {MAX_DEPLOY_ATTEMPTS} attempts per model.",
+    "newest data partition) when the API serves another model at /metadata, or is down; one "
+    f"run per model, which Dagster retries ({DEPLOY_ATTEMPTS} attempts in all).",
 )
 def deploy_sensor(
     context: SensorEvaluationContext,
@@ -186,22 +186,20 @@ def deploy_sensor(
         + (f":outage:{outage}" if served is None else "")
     )
     failed = _failed_deploys(context, deploy_key)
-    if failed >= MAX_DEPLOY_ATTEMPTS:
+    if failed:
         return SensorResult(
             skip_reason=SkipReason(
-                f"{reason}, but its deploy failed {failed} times: see the failed "
-                f"{deploy_job.name} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a newer model, "
-                "or a deploy started by hand, goes on"
+                f"{reason}, but its deploy run failed after {DEPLOY_ATTEMPTS} attempts: see "
+                f"the failed {deploy_job.name} runs tagged {DEPLOY_KEY_TAG}={deploy_key}; a "
+                "newer model, or a deploy started by hand, goes on"
             ),
             cursor=cursor,
         )
-    # The same key while an attempt is queued or running (Dagster launches a key once).
-    run_key = deploy_key if failed == 0 else f"{deploy_key}:retry:{failed}"
-    context.log.info(reason + (f" (attempt {failed + 1})" if failed else ""))
+    context.log.info(reason)
     return SensorResult(
         run_requests=[
             RunRequest(
-                run_key=run_key,
+                run_key=deploy_key,
                 partition_key=partition,
                 tags={
                     "credit_platform/model_tag": candidate,
@@ -227,7 +225,7 @@ def _successful_deploys(context: SensorEvaluationContext, model_tag: str) -> int
 
 
 def _failed_deploys(context: SensorEvaluationContext, deploy_key: str) -> int:
-    """How many deploy runs for this key failed or were cancelled."""
+    """How many deploy runs for this key failed (each after its retries) or were cancelled."""
     return context.instance.get_runs_count(
         filters=RunsFilter(
             tags={DEPLOY_KEY_TAG: deploy_key},

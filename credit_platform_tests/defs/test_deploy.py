@@ -15,6 +15,7 @@ from dagster import (
     AssetMaterialization,
     DagsterRun,
     DagsterRunStatus,
+    Definitions,
     build_sensor_context,
     instance_for_test,
     materialize,
@@ -42,12 +43,16 @@ from credit_platform.defs.assets.deploy import (
     deployed_bento,
     rollout,
 )
-from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS, deploy_job
+from credit_platform.defs.jobs import (
+    CONTINUOUS_TRAINING_ASSETS,
+    DEPLOY_ATTEMPTS,
+    DEPLOY_RETRY_POLICY,
+    deploy_job,
+)
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.defs.sensors import (
     DEPLOY_KEY_TAG,
-    MAX_DEPLOY_ATTEMPTS,
     deploy_sensor,
     new_data_sensor,
 )
@@ -191,21 +196,20 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     assert json.loads(newer.cursor) == {}
     assert newer.run_requests[0].tags[DEPLOY_KEY_TAG] == f"deploy:{tags[SECOND]}"
 
-    # 3b. A failed deploy is requested again under a new key (the same key while that
-    # attempt runs), up to MAX_DEPLOY_ATTEMPTS; then the sensor says why it waits.
+    # 3b. While its run is queued or running, the same key (Dagster launches a key once);
+    # once that run failed (after Dagster's own retries inside it), the sensor requests
+    # nothing more for the model and says why it waits.
     request = newer.run_requests[0]
-    for attempt in range(1, MAX_DEPLOY_ATTEMPTS):
-        _record_failed_deploy(platform, request)
-        retry = _tick(platform, cursor=newer.cursor)
-        assert [r.run_key for r in retry.run_requests] == [f"deploy:{tags[SECOND]}:retry:{attempt}"]
-        assert [r.run_key for r in _tick(platform, cursor=newer.cursor).run_requests] == [
-            retry.run_requests[0].run_key
-        ]
-        request = retry.run_requests[0]
+    assert [r.run_key for r in _tick(platform, cursor=newer.cursor).run_requests] == [
+        request.run_key
+    ]
     _record_failed_deploy(platform, request)
-    given_up = _tick(platform, cursor=newer.cursor)
-    assert given_up.run_requests == []
-    assert f"failed {MAX_DEPLOY_ATTEMPTS} times" in given_up.skip_reason.skip_message
+    for _ in range(3):
+        given_up = _tick(platform, cursor=newer.cursor)
+        assert given_up.run_requests == []
+        message = given_up.skip_reason.skip_message
+        assert f"failed after {DEPLOY_ATTEMPTS} attempts" in message
+        assert f"{DEPLOY_KEY_TAG}=deploy:{tags[SECOND]}" in message
 
     # 4. Deploying it, code unchanged, hot-swaps the model into the running Bento under load:
     # the same process, the same Bento, no failed request.
@@ -421,3 +425,67 @@ def test_new_data_sensor_caps_a_bulk_load(sqlite_url):
 def test_new_data_sensor_skips_when_the_store_is_down():
     result = _new_data_tick(f"mysql+pymysql://root:pw@127.0.0.1:{free_port()}/mlops")
     assert "feature store unavailable" in result.skip_message
+
+
+# --- Dagster's retries of a failed deploy (deploy_model's RetryPolicy) ----------------------
+
+# Failures the flaky service resource still has to give before it behaves.
+_FLAKY = {"left": 0}
+
+
+class FlakyPredictionService(PredictionServiceResource):
+    """The platform's service resource whose client fails while `_FLAKY["left"]` > 0, as a
+    service that is restarting or unreachable for a moment does."""
+
+    def client(self) -> ServiceClient:
+        if _FLAKY["left"] > 0:
+            _FLAKY["left"] -= 1
+            raise ServiceError(f"{self.api_url} is restarting (a failure this test makes)")
+        return super().client()
+
+
+def _run_deploy_job(platform, partition: str, failures: int):
+    """`deploy_model` itself (the job the sensors launch, with its retry policy), in
+    process, with a service resource that fails `failures` times first."""
+    real = platform["resources"]["prediction_service"]
+    flaky = FlakyPredictionService(
+        api_url=real.api_url, admin_token=real.admin_token, timeout_seconds=real.timeout_seconds
+    )
+    job = Definitions(
+        assets=[*CONTINUOUS_TRAINING_ASSETS, deployed_bento],
+        jobs=[deploy_job],
+        resources={**platform["resources"], "prediction_service": flaky},
+    ).resolve_job_def(deploy_job.name)
+    _FLAKY["left"] = failures
+    started = time.monotonic()
+    result = job.execute_in_process(
+        partition_key=partition, instance=platform["instance"], raise_on_error=False
+    )
+    retries = [
+        event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"
+    ]
+    return result, len(retries), time.monotonic() - started
+
+
+def test_dagster_retries_a_failed_deploy_inside_its_run(platform):
+    assert deploy_job.op_retry_policy == DEPLOY_RETRY_POLICY
+    assert DEPLOY_RETRY_POLICY.max_retries == DEPLOY_ATTEMPTS - 1
+
+    # One transient failure: the second attempt, 5 s later, deploys; one run, one success.
+    result, retries, seconds = _run_deploy_job(platform, SECOND, failures=1)
+    assert result.success and retries == 1
+    assert seconds >= DEPLOY_RETRY_POLICY.delay
+    assert _served_tag(platform) == platform["tags"][SECOND]
+
+    # Failing every attempt: three attempts (5 s, then 10 s apart), then the run fails.
+    result, retries, seconds = _run_deploy_job(platform, FIRST, failures=99)
+    assert not result.success and retries == DEPLOY_ATTEMPTS - 1
+    assert seconds >= 15
+    assert "is restarting" in str(result.failure_data_for_node("deployed_bento").error)
+    assert _served_tag(platform) == platform["tags"][SECOND]  # unchanged
+
+    # A refusal no retry can change (the model's check failed) fails at the first attempt.
+    result, retries, seconds = _run_deploy_job(platform, REJECTED, failures=0)
+    assert not result.success and retries == 0
+    assert "'failed'" in str(result.failure_data_for_node("deployed_bento").error)
+    assert seconds < DEPLOY_RETRY_POLICY.delay

@@ -110,6 +110,7 @@ def deployed_bento(
                 f"check is {verdict!r}, not 'passed'"
             ),
             metadata={"model_tag": model_tag, "quality_check": verdict},
+            allow_retries=False,  # no retry changes a check result: fail at once
         )
 
     api_url = prediction_service.api_url
