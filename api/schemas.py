@@ -220,18 +220,6 @@ class BatchPredictRequest(BaseModel):
     ]
 
 
-class BatchJobRequest(BaseModel):
-    """Body of POST /predict_batch_job/submit: a batch too large to wait for
-    (CREDIT_API_MAX_JOB_ROWS rows at most)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Annotated[
-        list[PredictionFeatures],
-        Field(min_length=1, max_length=settings.api_max_job_rows()),
-    ]
-
-
 class PredictionResponse(BaseModel):
     """The answer: the customer, the predicted label and its probability, and, only when
     the predictor made implausible values missing, which fields those were."""
