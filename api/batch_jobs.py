@@ -22,9 +22,11 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import orjson
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,6 +39,7 @@ from api.job_store import (
     Job,
     JobRefused,
     JobStore,
+    NotJson,
     RequestKeyConflict,
     process_owner,
 )
@@ -57,7 +60,7 @@ SWEEP_SECONDS = 60.0  # expired jobs are removed at most this often by status an
 _ROWS: TypeAdapter[list[PredictionFeatures]] = TypeAdapter(list[PredictionFeatures])
 
 # (request id, rows, position of the first row) -> the rows' answers as a JSON array.
-AnswerChunk = Callable[[str, list[PredictionFeatures], int], Awaitable[bytes]]
+AnswerChunk = Callable[[str, list[Any], int], Awaitable[bytes]]
 
 
 def job_request_id(task_id: str) -> str:
@@ -75,10 +78,13 @@ def job_store_from_settings() -> JobStore:
 
 def check_rows(chunk: str, first: int) -> list[PredictionFeatures]:
     """A chunk of rows (a JSON array) as /predict_batch validates them; BadJobBody naming
-    each bad row by its position in the job."""
+    each bad row by its position in the job, NotJson when the text is not JSON."""
     try:
         return _ROWS.validate_json(chunk)
     except ValidationError as error:
+        invalid = [item for item in error.errors() if item["type"] == "json_invalid"]
+        if invalid:
+            raise NotJson(invalid[0]["msg"]) from error
         problems = []
         for item in error.errors(include_url=False, include_context=False):
             location = list(item["loc"])
@@ -91,6 +97,30 @@ def check_rows(chunk: str, first: int) -> list[PredictionFeatures]:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         detail = [{"loc": p["loc"], "msg": p["msg"], "type": p["type"]} for p in problems[:50]]
         raise BadJobBody(f"invalid rows: {shown}{more}", detail=detail) from error
+
+
+class StoredRow:
+    """A job's row as checked at submit and stored (`stored_rows`): what the scorer and the
+    log read of a PredictionFeatures (the customer id and `features()`), without validating
+    the row a second time."""
+
+    __slots__ = ("customer_id", "_features")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.customer_id: str = values.pop("customer_id")
+        self._features = values
+
+    def features(self) -> dict[str, Any]:
+        return self._features.copy()
+
+
+def store_rows(rows: list[PredictionFeatures]) -> bytes:
+    """Validated rows as one line of JSON: each row's fields, in the model's order."""
+    return orjson.dumps([row.__dict__ for row in rows])
+
+
+def stored_rows(line: bytes) -> list[StoredRow]:
+    return [StoredRow(values) for values in orjson.loads(line)]
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -123,7 +153,9 @@ class JobService:
 
     def start(self) -> None:
         """At worker start: jobs cut short by a stop or a crash are failed with the reason,
-        and expired ones removed."""
+        expired ones removed, and BentoML's task store left by an older release (every job's
+        rows and answers, readable by anyone) deleted."""
+        remove_bentoml_task_store()
         for task_id in self.store.settle_orphans():
             logger.error("job %s was in flight when its worker stopped: marked failed", task_id)
         self.store.remove_expired()
@@ -134,7 +166,7 @@ class JobService:
         for task_id in self.store.abandon_own("the service shut down while it ran"):
             logger.error("job %s cut short by the shutdown: marked failed", task_id)
         for task in list(self._running.values()):
-            task.cancel()
+            task.get_loop().call_soon_threadsafe(task.cancel)
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -158,7 +190,7 @@ class JobService:
         try:
             digest = await self._receive(request, task_id)
             rows = await anyio.to_thread.run_sync(
-                self.store.split_body, task_id, check_rows, self.max_rows
+                self.store.split_body, task_id, check_rows, store_rows, self.max_rows
             )
             earlier = await anyio.to_thread.run_sync(self.store.accept, task_id, rows, digest, key)
         except BadJobBody as bad:
@@ -278,7 +310,7 @@ class JobService:
         with self.store.result_file(task_id) as sink:
             sink.write(b"[")
             while True:
-                chunk = await anyio.to_thread.run_sync(_next_rows, chunks, done)
+                chunk = await anyio.to_thread.run_sync(_next_rows, chunks)
                 if chunk is None:
                     break
                 answers = await self.answer_chunk(request_id, chunk, done)
@@ -292,9 +324,29 @@ class JobService:
             await anyio.to_thread.run_sync(_sync, sink)
 
 
-def _next_rows(chunks: Iterator[str], first: int) -> list[PredictionFeatures] | None:
+def remove_bentoml_task_store() -> list[Path]:
+    """BentoML's task database and its journal files, when an older release left them."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    database = Path(BentoMLContainer.result_store_file.get())
+    removed = []
+    for path in database.parent.glob(database.name + "*"):
+        if path.name in (
+            database.name,
+            f"{database.name}-wal",
+            f"{database.name}-shm",
+            f"{database.name}-journal",
+        ):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed BentoML's task store of an older release: %s", database)
+    return removed
+
+
+def _next_rows(chunks: Iterator[bytes]) -> list[StoredRow] | None:
     line = next(chunks, None)
-    return None if line is None else check_rows(line, first)
+    return None if line is None else stored_rows(line)
 
 
 def _sync(sink: Any) -> None:

@@ -44,7 +44,9 @@ IN_FLIGHT = (RECEIVING, IN_PROGRESS)
 
 # Task ids are uuid4 hex; anything else names no job and is answered 404 without a lookup.
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
-DEFAULT_CHUNK_ROWS = 2000
+# A job's rows are checked, stored, scored and logged this many characters at a time
+# (about 1,500 real rows).
+DEFAULT_CHUNK_CHARS = 1 << 20
 # A single row may take this many characters (real rows take about 1,000).
 MAX_ROW_CHARS = 1 << 20
 READ_CHARS = 1 << 20
@@ -189,13 +191,13 @@ class JobStore:
         quota_bytes: int,
         in_flight: int,
         retention_seconds: float,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_chars: int = DEFAULT_CHUNK_CHARS,
     ) -> None:
         self.root = Path(root)
         self.quota_bytes = quota_bytes
         self.in_flight = in_flight
         self.retention_seconds = retention_seconds
-        self.chunk_rows = chunk_rows
+        self.chunk_chars = chunk_chars
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, DIR_MODE)
         self.index = self.root / "jobs.db"
@@ -427,37 +429,39 @@ class JobStore:
     def body_file(self, task_id: str) -> BinaryIO:
         return _create_private(self.job_dir(task_id) / "body.json")
 
-    def split_body(self, task_id: str, validate: Callable[[str, int], Any], max_rows: int) -> int:
-        """Reads the received body in chunks, checks every row (`validate(chunk as a JSON
-        array, position of its first row)` raises BadJobBody naming the row), writes the rows
-        a chunk a line to `rows.jsonl` and removes the body; the number of rows."""
+    def split_body(
+        self,
+        task_id: str,
+        validate: Validate,
+        encode: Callable[[list[Any]], bytes],
+        max_rows: int,
+    ) -> int:
+        """Reads the received body a chunk at a time (`read_chunks`: `validate` raises
+        BadJobBody naming a bad row), writes each chunk's validated rows as one line
+        (`encode(rows)`, no newline in it) to `rows.jsonl` and removes the body; the number
+        of rows."""
         directory = self.job_dir(task_id)
         body = directory / "body.json"
         count = 0
         with body.open("rb") as source, _create_private(directory / "rows.jsonl") as sink:
-            chunk: list[str] = []
-            for raw in iter_rows(source):
-                chunk.append(raw)
-                count += 1
+            for _, rows in read_chunks(source, self.chunk_chars, validate):
+                count += len(rows)
                 if count > max_rows:
                     raise BadJobBody(
                         f"a job takes at most {max_rows} rows (CREDIT_API_MAX_JOB_ROWS); "
                         "split the rows into smaller jobs",
                         status=413,
                     )
-                if len(chunk) == self.chunk_rows:
-                    _write_chunk(sink, chunk, count - len(chunk), validate)
-                    chunk = []
-            if chunk:
-                _write_chunk(sink, chunk, count - len(chunk), validate)
+                sink.write(encode(rows))
+                sink.write(b"\n")
             sink.flush()
             os.fsync(sink.fileno())
         body.unlink()
         return count
 
-    def chunks(self, task_id: str) -> Iterator[str]:
-        """The job's rows, a chunk at a time (each a JSON array)."""
-        with (self.job_dir(task_id) / "rows.jsonl").open(encoding="utf-8") as source:
+    def chunks(self, task_id: str) -> Iterator[bytes]:
+        """The job's rows, a chunk at a time (each line `split_body` wrote)."""
+        with (self.job_dir(task_id) / "rows.jsonl").open("rb") as source:
             yield from source
 
     def result_file(self, task_id: str) -> BinaryIO:
@@ -468,16 +472,6 @@ class JobStore:
             return (self.job_dir(task_id) / "result.json").open("rb")
         except FileNotFoundError:
             return None
-
-
-def _write_chunk(
-    sink: BinaryIO, chunk: list[str], first: int, validate: Callable[[str, int], Any]
-) -> None:
-    # JSON strings hold no raw newline: any newline in a row is whitespace between tokens.
-    line = ("[" + ",".join(chunk) + "]").replace("\n", " ").replace("\r", " ")
-    validate(line, first)
-    sink.write(line.encode("utf-8"))
-    sink.write(b"\n")
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -571,10 +565,8 @@ class _Text:
             return parsed, text
 
 
-def iter_rows(source: BinaryIO) -> Iterator[str]:
-    """The texts of the rows of a `{"data": [rows]}` body read from `source`, one at a
-    time: the body is never held whole. Raises BadJobBody saying what is wrong and where."""
-    text = _Text(source)
+def _open_array(text: _Text) -> None:
+    """Reads `{"data": [` and stops at the first row."""
     text.expect("{", "'{'")
     if text.skip_whitespace() != '"':
         text.expect('"', 'the key "data"')
@@ -583,9 +575,13 @@ def iter_rows(source: BinaryIO) -> Iterator[str]:
         raise BadJobBody(f'the body must be {{"data": [rows]}}: unexpected key {key!r}')
     text.expect(":", "':'")
     text.expect("[", "'[' (data must be a list of rows)")
-    position = 0
     if text.skip_whitespace() == "]":
         raise BadJobBody("data must hold at least one row")
+
+
+def _exact_rows(text: _Text, position: int) -> Iterator[str]:
+    """The texts of the rows from here (row `position`) to the end of the body, each parsed
+    to find where it ends; then the body's end is checked."""
     while True:
         if text.skip_whitespace() != "{":
             at = text.consumed + text.position
@@ -604,3 +600,88 @@ def iter_rows(source: BinaryIO) -> Iterator[str]:
     text.expect("}", "'}'")
     if text.skip_whitespace() is not None:
         raise BadJobBody('the body must be {"data": [rows]}: something follows it')
+
+
+def iter_rows(source: BinaryIO) -> Iterator[str]:
+    """The texts of the rows of a `{"data": [rows]}` body read from `source`, one at a
+    time: the body is never held whole. Raises BadJobBody saying what is wrong and where."""
+    text = _Text(source)
+    _open_array(text)
+    yield from _exact_rows(text, 0)
+
+
+class NotJson(ValueError):
+    """A chunk's text is not JSON (a chunk boundary was guessed wrong, or the body is
+    malformed)."""
+
+
+# Between two rows: the end of one object, a comma, the start of the next.
+_BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
+_SPACE = " \t\n\r"
+Validate = Callable[[str, int], list[Any]]
+
+
+def read_chunks(
+    source: BinaryIO, chunk_chars: int, validate: Validate
+) -> Iterator[tuple[int, list[Any]]]:
+    """The rows of a `{"data": [rows]}` body, about `chunk_chars` characters of them at a
+    time, each chunk checked by `validate(its rows as a JSON array, position of its first
+    row)`: (position of the first row, the validated rows). The body is never held whole.
+
+    A chunk ends at the first "}, {" after `chunk_chars` characters, a guess that needs no
+    parsing in Python; a wrong guess (inside a string, or a nested object) leaves an
+    unclosed string or object, which `validate` refuses as NotJson. From there on (and for
+    a malformed body) rows are found by parsing each, which names what is wrong and where.
+    """
+    text = _Text(source)
+    _open_array(text)
+    first = 0
+    while True:
+        while not text.ended and len(text.buffer) - text.position < chunk_chars + MAX_ROW_CHARS:
+            text.more()
+        found = _BOUNDARY.search(text.buffer, text.position + chunk_chars)
+        if found is not None:
+            segment, resume = text.buffer[text.position : found.start() + 1], found.end() - 1
+        elif text.ended:
+            tail = text.buffer.rstrip(_SPACE)
+            if not tail.endswith("}"):
+                break
+            tail = tail[:-1].rstrip(_SPACE)
+            if not tail.endswith("]") or len(tail) - 1 <= text.position:
+                break
+            segment, resume = tail[text.position : -1], None
+        else:
+            break  # a row longer than MAX_ROW_CHARS, or no rows: parsed below, which says
+        try:
+            rows = validate("[" + segment + "]", first)
+        except NotJson:
+            break
+        yield first, rows
+        first += len(rows)
+        if resume is None:
+            return
+        text.position = resume
+    yield from _exact_chunks(text, first, chunk_chars, validate)
+
+
+def _exact_chunks(
+    text: _Text, first: int, chunk_chars: int, validate: Validate
+) -> Iterator[tuple[int, list[Any]]]:
+    chunk: list[str] = []
+    size = 0
+    for raw in _exact_rows(text, first):
+        chunk.append(raw)
+        size += len(raw)
+        if size >= chunk_chars:
+            yield first, _validate_exact(chunk, first, validate)
+            first += len(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield first, _validate_exact(chunk, first, validate)
+
+
+def _validate_exact(chunk: list[str], first: int, validate: Validate) -> list[Any]:
+    try:
+        return validate("[" + ",".join(chunk) + "]", first)
+    except NotJson as error:
+        raise BadJobBody(f"data[{first}] to data[{first + len(chunk) - 1}]: {error}") from error

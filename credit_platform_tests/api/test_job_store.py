@@ -21,11 +21,13 @@ from api.job_store import (
     BadJobBody,
     JobStore,
     JobTooLarge,
+    NotJson,
     RequestKeyConflict,
     StoreFull,
     TooManyJobs,
     iter_rows,
     process_owner,
+    read_chunks,
 )
 
 
@@ -35,12 +37,28 @@ def _store(root: Path, **limits: float) -> JobStore:
         quota_bytes=int(limits.get("quota", 10_000_000)),
         in_flight=int(limits.get("in_flight", 4)),
         retention_seconds=limits.get("retention", 3600),
-        chunk_rows=int(limits.get("chunk_rows", 3)),
+        chunk_chars=int(limits.get("chunk_chars", 20)),
     )
 
 
 def _rows(text: str) -> list[str]:
     return list(iter_rows(io.BytesIO(text.encode())))
+
+
+def _parse(chunk: str, first: int) -> list:
+    """A validator that only parses (the service's also checks every field)."""
+    try:
+        rows = json.loads(chunk)
+    except json.JSONDecodeError as error:
+        raise NotJson(str(error)) from error
+    for position, row in enumerate(rows, start=first):
+        if not isinstance(row, dict):  # as the service's validator names a row that is not
+            raise BadJobBody(f"data[{position}] must be an object")
+    return rows
+
+
+def _chunks(body: bytes, chunk_chars: int = 20) -> list[tuple[int, list]]:
+    return list(read_chunks(io.BytesIO(body), chunk_chars, _parse))
 
 
 class _Trickle(io.RawIOBase):
@@ -63,6 +81,28 @@ def test_rows_are_read_one_at_a_time_across_any_read_boundary() -> None:
         assert found == rows, size
 
 
+@pytest.mark.parametrize("chunk_chars", [1, 20, 45, 1000])
+def test_chunks_hold_every_row_once_in_order_even_when_a_boundary_is_guessed_wrong(
+    chunk_chars: int,
+) -> None:
+    # "}, {" inside a string and between nested objects: where a chunk may not end.
+    rows = [
+        {"customer_id": f"C{n}", "note": "a}, {b" if n % 3 == 0 else "x", "n": n} for n in range(12)
+    ]
+    rows[5]["nested"] = [{"a": 1}, {"b": 2}]
+    for body in (
+        json.dumps({"data": rows}).encode(),
+        json.dumps({"data": rows}, indent=3).encode(),
+    ):
+        chunks = _chunks(body, chunk_chars)
+        assert [row for _, chunk in chunks for row in chunk] == rows
+        assert [first for first, _ in chunks] == [
+            sum(len(chunk) for _, chunk in chunks[:number]) for number in range(len(chunks))
+        ]
+    plain = [{"customer_id": f"C{n}", "n": n} for n in range(12)]
+    assert len(_chunks(json.dumps({"data": plain}).encode(), 40)) > 1
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [
@@ -83,16 +123,25 @@ def test_a_malformed_body_is_refused_saying_where(body: str, named: str) -> None
     with pytest.raises(BadJobBody) as refused:
         _rows(body)
     assert named in str(refused.value)
+    for chunk_chars in (1, 1000):  # chunked the same way the service reads a job
+        with pytest.raises(BadJobBody) as refused:
+            _chunks(body.encode(), chunk_chars)
+        assert named in str(refused.value)
 
 
 def test_a_body_is_split_into_chunks_on_disk_and_checked(tmp_path: Path) -> None:
-    store = _store(tmp_path / "jobs", chunk_rows=3)
+    store = _store(tmp_path / "jobs", chunk_chars=20)
     task_id = store.reserve(1000)
     with store.body_file(task_id) as sink:
         sink.write(json.dumps({"data": [{"n": n} for n in range(8)]}).encode())
     seen: list[int] = []
-    rows = store.split_body(task_id, lambda chunk, first: seen.append(first), max_rows=10)
-    assert rows == 8 and seen == [0, 3, 6]
+
+    def validate(chunk: str, first: int) -> list:
+        seen.append(first)
+        return _parse(chunk, first)
+
+    rows = store.split_body(task_id, validate, lambda rows: json.dumps(rows).encode(), 10)
+    assert rows == 8 and seen == [0, 3, 6]  # '{"n": 0}, ' is 10 characters: 3 a chunk
     chunks = [json.loads(line) for line in store.chunks(task_id)]
     assert [len(chunk) for chunk in chunks] == [3, 3, 2]
     assert [row["n"] for chunk in chunks for row in chunk] == list(range(8))
@@ -102,7 +151,7 @@ def test_a_body_is_split_into_chunks_on_disk_and_checked(tmp_path: Path) -> None
     with store.body_file(too_many) as sink:
         sink.write(json.dumps({"data": [{"n": n} for n in range(11)]}).encode())
     with pytest.raises(BadJobBody) as refused:
-        store.split_body(too_many, lambda chunk, first: None, max_rows=10)
+        store.split_body(too_many, _parse, lambda rows: b"[]", max_rows=10)
     assert refused.value.status == 413 and "at most 10 rows" in str(refused.value)
 
 
@@ -111,7 +160,7 @@ def test_files_are_private(tmp_path: Path) -> None:
     task_id = store.reserve(100)
     with store.body_file(task_id) as sink:
         sink.write(b'{"data": [{"n": 1}]}')
-    store.split_body(task_id, lambda chunk, first: None, max_rows=10)
+    store.split_body(task_id, _parse, lambda rows: b"[]", max_rows=10)
     with store.result_file(task_id) as sink:
         sink.write(b"[]")
     for path in (store.index, *store.job_dir(task_id).iterdir()):
@@ -210,3 +259,20 @@ def test_a_store_made_before_keeps_its_jobs(tmp_path: Path) -> None:
     with reopened.open_result(task_id) as result:
         assert result.read() == b"[1]"
     assert reopened.get("../" + task_id) is None and reopened.get("a" * 300) is None
+
+
+def test_stored_rows_give_the_scorer_what_the_checked_rows_give(kaggle_sample: Path) -> None:
+    from api.batch_jobs import check_rows, store_rows, stored_rows
+    from api.sample_requests import load_sample, valid_request_payloads
+
+    payloads = valid_request_payloads(load_sample(kaggle_sample), 300)
+    checked = check_rows(json.dumps(payloads), 0)
+    stored = stored_rows(store_rows(checked))
+    assert [(row.customer_id, row.features()) for row in stored] == [
+        (row.customer_id, row.features()) for row in checked
+    ]
+    bad = [*payloads[:3], {**payloads[3], "age": "old"}]
+    with pytest.raises(BadJobBody, match=r"data\[1003\]\.age"):
+        check_rows(json.dumps(bad), 1000)  # named by its position in the job
+    with pytest.raises(NotJson):
+        check_rows('[{"customer_id": "a}', 0)
