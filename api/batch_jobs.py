@@ -188,11 +188,13 @@ class JobService:
                 response.headers["Retry-After"] = str(refused.retry_after)
             return response
         try:
-            digest = await self._receive(request, task_id)
+            digest, size = await self._receive(request, task_id)
             rows = await anyio.to_thread.run_sync(
                 self.store.split_body, task_id, check_rows, store_rows, self.max_rows
             )
-            earlier = await anyio.to_thread.run_sync(self.store.accept, task_id, rows, digest, key)
+            earlier = await anyio.to_thread.run_sync(
+                self.store.accept, task_id, rows, digest, key, size
+            )
         except BadJobBody as bad:
             await anyio.to_thread.run_sync(self.store.drop, task_id)
             extra = {"detail": bad.detail} if bad.detail is not None else {}
@@ -262,8 +264,8 @@ class JobService:
             return None
         return self.store.settle(job)
 
-    async def _receive(self, request: Request, task_id: str) -> str:
-        """Writes the body to the job's directory as it arrives; its SHA-256."""
+    async def _receive(self, request: Request, task_id: str) -> tuple[str, int]:
+        """Writes the body to the job's directory as it arrives; its SHA-256 and size."""
         digest = hashlib.sha256()
         size = 0
         pending = bytearray()
@@ -284,7 +286,7 @@ class JobService:
             await anyio.to_thread.run_sync(sink.write, bytes(pending))
         if size == 0:
             raise BadJobBody('the body is empty: it must be {"data": [rows]}')
-        return digest.hexdigest()
+        return digest.hexdigest(), size
 
     # --- running a job ------------------------------------------------------------------
 

@@ -277,11 +277,17 @@ class JobStore:
         return task_id
 
     def accept(
-        self, task_id: str, rows: int, body_digest: str, request_key: str | None
+        self,
+        task_id: str,
+        rows: int,
+        body_digest: str,
+        request_key: str | None,
+        body_bytes: int | None = None,
     ) -> str | None:
-        """Turns a received, checked body into a running job. With a request key already
-        used for the same body, the earlier job's id instead (this one is dropped); with
-        another body, RequestKeyConflict."""
+        """Turns a received, checked body into a running job (its reservation cut to twice
+        `body_bytes`, when a streamed body reserved room for the largest). With a request
+        key already used for the same body, the earlier job's id instead (this one is
+        dropped); with another body, RequestKeyConflict."""
         with self._connect(write=True) as connection:
             if request_key is not None:
                 earlier = connection.execute(
@@ -298,8 +304,19 @@ class JobStore:
                     return earlier["task_id"]
             connection.execute(
                 "UPDATE jobs SET status = ?, rows = ?, body_digest = ?, request_key = ?, "
-                "executed_at = ?, heartbeat_at = ? WHERE task_id = ?",
-                (IN_PROGRESS, rows, body_digest, request_key, time.time(), time.time(), task_id),
+                "executed_at = ?, heartbeat_at = ?, "
+                "reserved_bytes = MIN(reserved_bytes, COALESCE(?, reserved_bytes)) "
+                "WHERE task_id = ?",
+                (
+                    IN_PROGRESS,
+                    rows,
+                    body_digest,
+                    request_key,
+                    time.time(),
+                    time.time(),
+                    None if body_bytes is None else 2 * body_bytes,
+                    task_id,
+                ),
             )
         return None
 

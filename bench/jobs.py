@@ -184,6 +184,7 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
     """Submits the body (streamed from disk), waits for the job, fetches its answers;
     times, the job worker's memory and the stores' growth."""
     before = server.workers()
+    log_lines = len(server.log.read_text(errors="replace").splitlines())
     store_before = _tree_bytes(server.job_dir) + _task_store_bytes()
     started = time.perf_counter()
     with body.open("rb") as source:
@@ -233,6 +234,13 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
             worker_rss_after_mb=after[owner]["VmRSS"],
             worker_rss_growth_mb=after[owner]["VmHWM"] - before[owner]["VmRSS"],
         )
+    # The log database not answering in time sends rows to the spool, and its replay reads a
+    # whole spool file into memory: a worker's peak then says more about the outage than
+    # about the job.
+    figures["log_spool_warnings"] = sum(
+        "spooling to" in line
+        for line in server.log.read_text(errors="replace").splitlines()[log_lines:]
+    )
     if status["status"] != "completed":
         figures["error"] = str(status.get("error") or answer.text[:300])
     return figures

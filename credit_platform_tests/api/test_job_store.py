@@ -191,6 +191,11 @@ def test_jobs_in_flight_and_bytes_are_bounded(tmp_path: Path) -> None:
     store.drop(second)
     assert store.held_bytes() == 40
     store.reserve(480)
+    # A streamed body reserves room for the largest; accepted, it holds twice its size.
+    streamed = _store(tmp_path / "streamed", quota=1000)
+    task_id = streamed.reserve(500)
+    streamed.accept(task_id, 1, "digest", None, body_bytes=100)
+    assert streamed.held_bytes() == 200
 
 
 def test_ended_jobs_expire_and_their_files_go(tmp_path: Path) -> None:
