@@ -85,6 +85,10 @@ class Server:
                 cwd=tree,
                 env={
                     **env,
+                    # A spool of its own: a server replays the spool files a stopped one
+                    # left, reading each whole, which would count against this server's
+                    # memory.
+                    "CREDIT_PREDICTION_SPOOL_DIR": str(work / f"spool-{name}"),
                     "PYTHONPATH": str(tree),
                     "CREDIT_API_JOB_DIR": str(self.job_dir),
                     "BENTOML_DO_NOT_TRACK": "true",
@@ -200,9 +204,13 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
     task_id = submitted.json()["task_id"]
     owner = server.job_owner(task_id)
     while True:
-        status = requests.get(
+        polled = requests.get(
             f"{server.url}/predict_batch_job/status", params={"task_id": task_id}, timeout=120
-        ).json()
+        )
+        if polled.status_code != 200:  # the code before the change answered 500 at times
+            status = {"status": f"status answered {polled.status_code}", "error": polled.text}
+            break
+        status = polled.json()
         if status["status"] != "in_progress":
             break
         time.sleep(0.25)
@@ -300,7 +308,6 @@ def main(argv: list[str] | None = None) -> int:
                 **os.environ,
                 "FEATURE_STORE_URL": db_url,
                 "CREDIT_API_MODEL_TAG": model_tag,
-                "CREDIT_PREDICTION_SPOOL_DIR": str(work / "spool"),
                 "CREDIT_API_ADMIN_TOKEN": uuid.uuid4().hex,
             }
             sides = [("after", REPO_ROOT)]
