@@ -130,19 +130,22 @@ CLIENT_ERROR_LOG = LibraryPatch(
 )
 
 BATCH_JOB_STORE = LibraryPatch(
-    name="bentoml-task-result-store",
-    where="api/batch_jobs.py (mark_failed, job_status)",
-    needle="from _bentoml_impl.tasks import",
-    touches="_bentoml_impl.tasks.Sqlite3Store, ResultStatus and "
-    "bentoml._internal.configuration.containers.BentoMLContainer.result_store_file",
+    name="bentoml-task-store-removal",
+    where="api/batch_jobs.py (remove_bentoml_task_store)",
+    needle="from bentoml._internal.configuration.containers import BentoMLContainer",
+    touches="bentoml._internal.configuration.containers.BentoMLContainer.result_store_file",
     tested=BENTOML,
-    on_unknown=REFUSE,
-    why="a job whose worker died is written as failed into BentoML's own result store, so "
-    "/status and /get report it; against another store layout jobs would hang in progress",
-    supported_alternative="none in BentoML 1.4: tasks have no public API to fail a task "
-    "from outside its worker",
+    on_unknown=FALL_BACK,
+    why="jobs live in the platform's own store (api/job_store.py); BentoML's task database "
+    "left by an older release held every job's rows and answers readable by all (0644), so "
+    "it is deleted at start, found where BentoML keeps it",
+    supported_alternative="none in BentoML 1.4: the result store's path is configuration "
+    "internal to BentoML; on another version the old file is left in place (it is no longer "
+    "written)",
     tests=("credit_platform_tests/api/test_batch_jobs.py",),
+    install=None,
 )
+
 
 PATCHES: tuple[LibraryPatch, ...] = (
     TIMEOUT_TIMERS,

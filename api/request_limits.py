@@ -82,6 +82,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._body_since: float | None = None  # when the current body's headers ended
         self._chunked = False
+        self._streamed = False  # a job body: the application writes it to disk as it arrives
         self._held: tuple[Any, Any] | None = None  # a chunked request waiting for its body
         self._refused = False
         self._watch: asyncio.TimerHandle | None = None
@@ -205,14 +206,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_rows = rows
         self._body_bytes = 0
         self._chunked = chunked
+        self._streamed = _is_route(url, JOB_ROUTE)
         if chunked or (declared is not None and declared > 0):
             self._body_since = self.loop.time()
         HttpToolsProtocol.on_headers_complete(self)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        if self._chunked and cycle is self.cycle and cycle.more_body:
+        if self._chunked and not self._streamed and cycle is self.cycle and cycle.more_body:
             # A streamed body of unknown size: the application starts once it is complete
-            # and within the limit (on_message_complete), never on part of it.
+            # and within the limit (on_message_complete), never on part of it. A job's body
+            # (up to the job limit, 819 MB by default) is not held: the job routes write it
+            # to disk as it arrives and read it back in chunks; a body over the limit is
+            # still refused here, and the application sees the client disconnect.
             self._held = (cycle, app)
             if cycle.waiting_for_100_continue:  # the client waits for this before sending
                 cycle.waiting_for_100_continue = False

@@ -245,18 +245,6 @@ class BatchPredictRequest(BaseModel):
     reasons: ReasonCount = DEFAULT_REASONS
 
 
-class BatchJobRequest(BaseModel):
-    """Body of POST /predict_batch_job/submit: a batch too large to wait for
-    (CREDIT_API_MAX_JOB_ROWS rows at most)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Annotated[
-        list[PredictionFeatures],
-        Field(min_length=1, max_length=settings.api_max_job_rows()),
-    ]
-
-
 class Reason(BaseModel):
     """One reason for the label: a feature of the applicant (or a ratio of two, with both
     in `inputs`), its value, and how much it moved the label's raw score."""

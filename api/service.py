@@ -65,7 +65,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
-from api.batch_jobs import JobClaimMiddleware, job_request_id  # noqa: E402
+from api.batch_jobs import JobService, job_routes, job_store_from_settings  # noqa: E402
 from api.challengers import (  # noqa: E402
     SHADOW,
     CanaryView,
@@ -109,8 +109,8 @@ from api.replica_sync import (  # noqa: E402
     ReplicaReadiness,
     describe_replica,
 )
+from api.request_limits import job_body_limit  # noqa: E402
 from api.schemas import (  # noqa: E402
-    BatchJobRequest,
     BatchPredictRequest,
     ChallengerMetadata,
     ChallengerRequest,
@@ -193,12 +193,14 @@ def log_rows(
     elapsed_ms: float,
     *,
     batch: bool,
+    first_position: int = 0,
 ) -> list[PredictionLogRow]:
-    """One log row per answered row, with the model (and its role) that answered it."""
+    """One log row per answered row, with the model (and its role) that answered it; a
+    job's chunk numbers its rows from `first_position`."""
     now = utc_now()
     return [
         PredictionLogRow(
-            row_id(request_id, position, batch=batch),
+            row_id(request_id, first_position + position, batch=batch),
             row.customer_id,
             row_features,
             prediction.label,
@@ -463,8 +465,13 @@ async def challenger_endpoint(request: Request) -> JSONResponse:
     )
 
 
+def _jobs() -> JobService:
+    return bentoml.get_current_service().jobs
+
+
 admin_app = Starlette(
     routes=[
+        *job_routes(_jobs),
         Route("/metadata", metadata_endpoint, methods=["GET", "POST"]),
         Route("/admin/reload", reload_endpoint, methods=["POST"]),
         Route("/admin/challenger", challenger_endpoint, methods=["POST", "DELETE"]),
@@ -531,6 +538,14 @@ class CreditScoreService:
             bento_tag=running_bento(),
         )
         self.replica.start()
+        self.jobs = JobService(
+            job_store_from_settings(),
+            self.answer_job_chunk,
+            request_key=_CLIENT_REQUEST_ID,
+            max_rows=settings.api_max_job_rows(),
+            max_body_bytes=job_body_limit(),
+        )
+        self.jobs.start()
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
@@ -560,6 +575,7 @@ class CreditScoreService:
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
+        self.jobs.stop()
         self.replica.stop()
         self.model_sync.stop()
         self.shadow.close()  # its queued rows go to the log before the log closes
@@ -610,13 +626,18 @@ class CreditScoreService:
         features: list[dict[str, Any]],
         *,
         batch: bool,
+        first_position: int = 0,
     ) -> None:
         """Answered rows to the shadow, if one is attached: queued, never awaited."""
         if challenger is None or challenger.spec.role != SHADOW:
             return
         self.shadow.offer(
             [
-                ShadowRow(row_id(request_id, position, batch=batch), row.customer_id, row_features)
+                ShadowRow(
+                    row_id(request_id, first_position + position, batch=batch),
+                    row.customer_id,
+                    row_features,
+                )
                 for position, (row, row_features) in enumerate(zip(rows, features, strict=True))
             ]
         )
@@ -726,16 +747,14 @@ class CreditScoreService:
         ctx.response.headers[REQUEST_ID_HEADER] = request_id
         return answer  # type: ignore[return-value]
 
-    @bentoml.task(route="/predict_batch_job", input_spec=BatchJobRequest)
-    async def predict_batch_job(
-        self, data: list[PredictionFeatures], ctx: bentoml.Context
-    ) -> list[PredictionResponse]:
-        """Score a large batch as a job: submit, then poll its status and get its answers
-        (the same answers and log rows as /predict_batch). Completed only once every row
-        is logged; a job whose worker died reports failed."""
+    async def answer_job_chunk(
+        self, request_id: str, data: list[PredictionFeatures], first_position: int
+    ) -> bytes:
+        """A chunk of an asynchronous job's rows (`api.batch_jobs`), answered and logged as
+        /predict_batch does, its rows numbered from `first_position`: the answers' JSON."""
         started = time.perf_counter()
-        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
-        return await self._answer_rows(job_request_id(task_id), data, started)  # type: ignore[return-value]
+        response = await self._answer_rows(request_id, data, started, first_position=first_position)
+        return bytes(response.body)
 
     async def _answer_rows(
         self,
@@ -743,6 +762,8 @@ class CreditScoreService:
         data: list[PredictionFeatures],
         started: float,
         reasons: int | None = None,
+        *,
+        first_position: int = 0,
     ) -> Response:
         """A batch's rows scored (off the event loop when many), logged under
         "<request id>#<position>" before the answer leaves (or the logged answers of a
@@ -762,15 +783,24 @@ class CreditScoreService:
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logged = await self._record(
-            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
+            log_rows(
+                request_id,
+                data,
+                scored,
+                predictors,
+                elapsed_ms,
+                batch=True,
+                first_position=first_position,
+            )
         )
         if logged is not None:
             scored = logged_again(scored, logged)
         else:
-            self._offer_shadow(challenger, request_id, data, features, batch=True)
+            self._offer_shadow(
+                challenger, request_id, data, features, batch=True, first_position=first_position
+            )
         return batch_response(data, scored)
 
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
-CreditScoreService.add_asgi_middleware(JobClaimMiddleware)
 CreditScoreService.add_asgi_middleware(ReplicaReadiness)

@@ -217,10 +217,38 @@ def api_max_job_rows() -> int:
     return _positive_int(API_MAX_JOB_ROWS_ENV, DEFAULT_API_MAX_JOB_ROWS)
 
 
-def api_jobs_dir() -> Path:
-    """Which worker process runs each asynchronous job (a job whose worker is gone is
-    reported failed, not left in progress)."""
-    return platform_home() / "run" / "api-jobs"
+API_JOB_DIR_ENV = "CREDIT_API_JOB_DIR"
+API_JOB_STORE_BYTES_ENV = "CREDIT_API_JOB_STORE_BYTES"
+API_JOBS_IN_FLIGHT_ENV = "CREDIT_API_JOBS_IN_FLIGHT"
+API_JOB_RETENTION_ENV = "CREDIT_API_JOB_RETENTION_SECONDS"
+DEFAULT_API_JOB_STORE_BYTES = 2 * 1024**3
+DEFAULT_API_JOBS_IN_FLIGHT = 4
+DEFAULT_API_JOB_RETENTION_SECONDS = 24 * 3600.0
+
+
+def api_job_dir() -> Path:
+    """The store of asynchronous batch jobs (`api/job_store.py`): their rows while they run,
+    their answers for the retention period, and an index of every job. Replicas that share
+    it (the stack's shared volume) answer for each other's jobs."""
+    raw = os.environ.get(API_JOB_DIR_ENV)
+    return Path(raw).expanduser() if raw else platform_home() / "api-jobs"
+
+
+def api_job_store_bytes() -> int:
+    """Bytes the job store may hold: running jobs count twice their body (rows and answers),
+    ended ones their answers."""
+    return _positive_int(API_JOB_STORE_BYTES_ENV, DEFAULT_API_JOB_STORE_BYTES)
+
+
+def api_jobs_in_flight() -> int:
+    """Jobs that may be receiving or running at once, over every worker and replica sharing
+    the job store (429 beyond)."""
+    return _positive_int(API_JOBS_IN_FLIGHT_ENV, DEFAULT_API_JOBS_IN_FLIGHT)
+
+
+def api_job_retention_seconds() -> float:
+    """How long an ended job's answers (or failure) are kept."""
+    return _positive_seconds(API_JOB_RETENTION_ENV, DEFAULT_API_JOB_RETENTION_SECONDS)
 
 
 def api_workers() -> int:
@@ -663,6 +691,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(API_MODEL_STALE_SECONDS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_JOB_ROWS_ENV, _read_by(API_PROCESS)),
+    Setting(API_JOB_DIR_ENV, _read_by(API_PROCESS)),
+    Setting(API_JOB_STORE_BYTES_ENV, _read_by(API_PROCESS)),
+    Setting(API_JOBS_IN_FLIGHT_ENV, _read_by(API_PROCESS)),
+    Setting(API_JOB_RETENTION_ENV, _read_by(API_PROCESS)),
     Setting(PREDICTION_SPOOL_DIR_ENV, _read_by(API_PROCESS)),
     Setting(PREDICTION_LOG_TIMEOUT_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_HEADER_BYTES_ENV, _read_by(API_PROCESS)),
