@@ -76,6 +76,7 @@ from api.challengers import (  # noqa: E402
     ShadowScorer,
     routes_to_canary,
 )
+from api.metrics_labels import bound_endpoint_labels  # noqa: E402
 from api.model_sync import (  # noqa: E402
     ModelSync,
     ReloadNotPropagated,
@@ -84,6 +85,7 @@ from api.model_sync import (  # noqa: E402
     remove_dead_state_dirs,
 )
 from api.prediction_log import (  # noqa: E402
+    BULK_LANE,
     LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
@@ -123,6 +125,7 @@ from api.schemas import (  # noqa: E402
 
 cancel_request_timers()  # BentoML's per-request timeout timers otherwise live 60 s each
 install_request_limits()  # header, body and header-time limits: 431, 413, 408
+bound_endpoint_labels()  # a path no route serves is labelled <unmatched> in /metrics
 
 logger = logging.getLogger(__name__)
 
@@ -505,9 +508,17 @@ class CreditScoreService:
             settings.prediction_spool_dir(),
             timeout_seconds=settings.prediction_log_timeout(),
         )
+        # A shadow's rows and a batch job's go through a writer of their own: a slow or
+        # refused bulk insert never holds the answers of /predict and /predict_batch.
+        self.bulk_log = PredictionLogger(
+            settings.feature_store_url(),
+            settings.prediction_spool_dir(),
+            timeout_seconds=settings.prediction_log_timeout(),
+            lane=BULK_LANE,
+        )
         self.shadow = ShadowScorer(
             lambda: self.challengers.current,
-            self.prediction_log.submit,
+            self.bulk_log.submit,
             shadow_log_row,
             stats_path=self.model_sync.shadow_stats_path,
         )
@@ -538,19 +549,21 @@ class CreditScoreService:
             raise RuntimeError(f"the prediction service cannot start: {error}") from error
 
     def __is_alive__(self) -> bool:
-        return self.prediction_log.alive
+        return self.prediction_log.alive and self.bulk_log.alive
 
     def __is_ready__(self) -> bool:
         """Ready once the log has tried its table; not while the log database refuses the
-        service for good (bad password, missing database or privilege): answers still go
-        out then, their rows to the spool."""
-        return self.prediction_log.ready
+        service for good (bad password, missing database or privilege: answers still go
+        out then, their rows to the spool), nor while it refuses every row (its id column
+        is full: requests get 503 then)."""
+        return self.prediction_log.ready and self.bulk_log.ready
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
         self.replica.stop()
         self.model_sync.stop()
         self.shadow.close()  # its queued rows go to the log before the log closes
+        self.bulk_log.close()
         self.prediction_log.close()
 
     def model_metadata(self) -> ModelMetadata:
@@ -609,10 +622,14 @@ class CreditScoreService:
             ]
         )
 
-    async def _record(self, rows: list[PredictionLogRow]) -> list[LoggedAnswer] | None:
-        """Log the rows; the logged answers instead when the request was answered before."""
+    async def _record(
+        self, rows: list[PredictionLogRow], *, bulk: bool = False
+    ) -> list[LoggedAnswer] | None:
+        """Log the rows (a job's through the bulk writer); the logged answers instead when
+        the request was answered before."""
+        log = self.bulk_log if bulk else self.prediction_log
         try:
-            return await asyncio.wrap_future(self.prediction_log.submit(rows))
+            return await asyncio.wrap_future(log.submit(rows))
         except RequestConflict as error:
             raise BentoMLException(
                 f"{REQUEST_ID_HEADER} conflict: {error}; send a new id for a new request",
@@ -691,10 +708,10 @@ class CreditScoreService:
         is logged; a job whose worker died reports failed."""
         started = time.perf_counter()
         task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex
-        return await self._answer_rows(job_request_id(task_id), data, started)  # type: ignore[return-value]
+        return await self._answer_rows(job_request_id(task_id), data, started, bulk=True)  # type: ignore[return-value]
 
     async def _answer_rows(
-        self, request_id: str, data: list[PredictionFeatures], started: float
+        self, request_id: str, data: list[PredictionFeatures], started: float, *, bulk: bool = False
     ) -> Response:
         """A batch's rows scored (off the event loop when many), logged under
         "<request id>#<position>" before the answer leaves (or the logged answers of a
@@ -709,7 +726,7 @@ class CreditScoreService:
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         logged = await self._record(
-            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True)
+            log_rows(request_id, data, scored, predictors, elapsed_ms, batch=True), bulk=bulk
         )
         if logged is not None:
             scored = logged_again(scored, logged)
