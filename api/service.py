@@ -32,7 +32,6 @@ import ctypes
 import functools
 import gc
 import hmac
-import json
 import logging
 import os
 import re
@@ -327,11 +326,47 @@ class KeepAliveRecycler:
         await self.app(scope, receive, send_with_close)
 
 
+class FormBodiesRefused:
+    """415 for a form body (multipart/form-data, application/x-www-form-urlencoded: what
+    `curl -d` sends by default). BentoML hands those to its form parser, which fails with a
+    500 on this service's JSON models; every route here takes JSON."""
+
+    FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "GET":
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    if value.split(b";", 1)[0].strip().lower() in self.FORM_TYPES:
+                        response = _error(
+                            415,
+                            f"Content-Type {value.split(b';', 1)[0].decode('latin-1')!r} is "
+                            "not supported: send the body as JSON with "
+                            "'Content-Type: application/json'",
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
 # --- /metadata and /admin/reload: plain Starlette routes mounted beside the APIs -------
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def validation_detail(error: ValidationError) -> list[dict[str, Any]]:
+    """What failed and where, without the input values: a NaN, an infinity or bytes that are
+    not UTF-8 cannot be written back as JSON."""
+    return [
+        {"loc": list(item["loc"]), "msg": item["msg"], "type": item["type"]}
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
 
 
 def authorization_problem(header: str | None, expected: str | None) -> JSONResponse | None:
@@ -370,7 +405,7 @@ async def reload_endpoint(request: Request) -> JSONResponse:
         return _error(
             400,
             'the body must be empty or {"tag": "credit_score_classifier:<version>"}',
-            detail=json.loads(error.json(include_url=False, include_context=False)),
+            detail=validation_detail(error),
         )
     service = bentoml.get_current_service()
     try:
@@ -414,11 +449,7 @@ async def challenger_endpoint(request: Request) -> JSONResponse:
             asked = ChallengerRequest.model_validate_json(await request.body())
             spec = ChallengerSpec(asked.tag, asked.role, asked.share)
         except (ValidationError, ValueError) as error:
-            detail = (
-                json.loads(error.json(include_url=False, include_context=False))
-                if isinstance(error, ValidationError)
-                else str(error)
-            )
+            detail = validation_detail(error) if isinstance(error, ValidationError) else str(error)
             return _error(
                 400,
                 'the body must be {"tag": "<model tag>", "role": "shadow" or "canary", '
@@ -736,5 +767,6 @@ class CreditScoreService:
 
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
+CreditScoreService.add_asgi_middleware(FormBodiesRefused)
 CreditScoreService.add_asgi_middleware(JobClaimMiddleware)
 CreditScoreService.add_asgi_middleware(ReplicaReadiness)

@@ -855,3 +855,66 @@ def test_unknown_paths_share_one_metrics_label(server: Server, payloads: list[di
     labels = _endpoint_labels(after)
     assert "<unmatched>" in labels and "/predict" in labels
     assert not any(label.startswith(("/scan", "/warm-up", "/after")) for label in labels)
+
+
+@pytest.mark.parametrize("share", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_a_non_finite_challenger_share_is_a_400(server: Server, share: str) -> None:
+    response = server.post(
+        "/admin/challenger",
+        f'{{"tag": "credit_score_classifier:x", "role": "canary", "share": {share}}}',
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == ["share"]
+    assert "finite" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("path", ["/admin/challenger", "/admin/reload"])
+def test_an_admin_body_that_is_not_utf8_is_a_400(server: Server, path: str) -> None:
+    response = server.post(
+        path,
+        b'\xff\xfe{"tag": "\xc3\x28"}',
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 400, response.text
+    assert "Invalid JSON" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/predict", "multipart/form-data; boundary=xyz"),
+        ("/predict_batch", "Multipart/Form-Data; boundary=xyz"),
+        ("/predict", "application/x-www-form-urlencoded"),
+        ("/admin/challenger", "multipart/form-data; boundary=xyz"),
+    ],
+)
+def test_a_form_body_is_a_415(server: Server, path: str, content_type: str) -> None:
+    body = b'--xyz\r\nContent-Disposition: form-data; name="data"\r\n\r\n{}\r\n--xyz--\r\n'
+    response = requests.post(
+        f"{server.url}{path}",
+        data=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["error"]
+
+
+@pytest.mark.parametrize("customer_id", ["CUS\x00_1", "CUS_\n1", "\x7fCUS"])
+def test_a_control_character_in_customer_id_is_a_400(
+    server: Server, payloads: list[dict], customer_id: str
+) -> None:
+    request_id = f"control-{customer_id.encode().hex()}"
+    response = server.post(
+        "/predict",
+        {"data": {**payloads[20], "customer_id": customer_id}},
+        headers={"X-Request-ID": request_id},
+    )
+    assert response.status_code == 400, response.text
+    assert "customer_id" in response.text and "control character" in response.text
+    batch = server.post(
+        "/predict_batch", {"data": [payloads[20], {**payloads[21], "customer_id": customer_id}]}
+    )
+    assert batch.status_code == 400 and "customer_id" in batch.text
+    assert server.log_rows(request_id=request_id) == []
