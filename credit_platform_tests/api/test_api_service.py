@@ -43,7 +43,7 @@ from credit_platform_tests.model_fixtures import save_tiny_model, train_tiny_mod
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "test-admin-token"
+TOKEN = "api-806b88869d5b87ae2ef7af6f"
 BATCH_LIMIT = 50  # the server's CREDIT_API_MAX_BATCH_ROWS, small to keep the test quick
 STARTUP_TIMEOUT = 90
 
