@@ -624,16 +624,24 @@ class PredictionLogger:
         if not _server_refused(error):
             return False
         try:
-            with self._database_call(batch), self._connect().connect() as connection:
-                connection.execute(select(literal(1))).scalar_one()
+            if self._busy_since is None:  # else already watched: a replay
+                with self._database_call(batch):
+                    self._select_one()
+            else:
+                self._select_one()
         except Exception:
             return False
         return True
 
+    def _select_one(self) -> None:
+        with self._connect().connect() as connection:
+            connection.execute(select(literal(1))).scalar_one()
+
     def _note_ids_exhausted(self, error: BaseException) -> None:
         if ids_exhausted(error) and self._ids_problem is None:
             self._ids_problem = (
-                f"the prediction log's id column is full, every row is refused: {error}; "
+                "the prediction log's id column is full, every row is refused: "
+                f"{getattr(error, 'orig', error)}; "
                 "fix the table (e.g. archive its rows and reset AUTO_INCREMENT)"
             )
             self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
