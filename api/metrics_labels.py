@@ -9,7 +9,7 @@ own label and every other path shares `UNMATCHED_ENDPOINT`, so the number of ser
 bounded by the service's routes whatever clients send.
 
 The routes are read from the Starlette application the request is for (`scope["app"]`,
-set before its middleware runs), once per application.
+set before its middleware runs), once per middleware instance.
 """
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 
 UNMATCHED_ENDPOINT = "<unmatched>"
-# The metrics of the middleware labelled by endpoint (set up by its `_setup`).
-_LABELLED_METRICS = (
-    "metrics_request_duration",
-    "metrics_request_total",
-    "metrics_request_in_progress",
-    "metrics_websocket_connections",
-    "metrics_websocket_data_received",
-    "metrics_websocket_data_sent",
-)
 
 
 class RoutedPaths:
@@ -71,26 +62,18 @@ def _pattern(path: str) -> str:
     return "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
 
 
-class _EndpointBounded:
-    """A labelled metric whose `endpoint` label is the route's, never a client's path."""
-
-    def __init__(self, metric: Any, routed: RoutedPaths) -> None:
-        self._metric = metric
-        self._routed = routed
-
-    def labels(self, *args: Any, **labels: Any) -> Any:
-        endpoint = labels.get("endpoint")
-        if endpoint is not None:
-            labels["endpoint"] = self._routed.label(endpoint)
-        return self._metric.labels(*args, **labels)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._metric, name)
+# Where the request's own scope travels while the metrics middleware reads a relabelled copy.
+_ORIGINAL_SCOPE = "credit_platform.original_scope"
 
 
 def bound_endpoint_labels() -> bool:
     """Install the bound (idempotent); False when this BentoML's middleware has another
-    shape, in which case nothing is changed."""
+    shape, in which case nothing is changed.
+
+    The middleware reads the label from `scope["path"]` and hands the same scope on. For a
+    path no route serves it gets a copy whose path is `UNMATCHED_ENDPOINT`, and the
+    application it wraps is given the request's own scope back; a routed path (every
+    prediction) goes through untouched, at the cost of one set lookup."""
     try:
         from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
     except ImportError:
@@ -103,15 +86,25 @@ def bound_endpoint_labels() -> bool:
     original_call = middleware.__call__
 
     async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if getattr(self, "_routed_paths", None) is None and scope.get("app") is not None:
-            routed = RoutedPaths(getattr(scope["app"], "routes", ()))
-            if not self._is_setup:
-                self._setup()
-            for name in _LABELLED_METRICS:
-                metric = getattr(self, name, None)
-                if metric is not None and not isinstance(metric, _EndpointBounded):
-                    setattr(self, name, _EndpointBounded(metric, routed))
-            self._routed_paths = routed
+        routed = self.__dict__.get("_routed_paths")
+        if routed is None:
+            if scope.get("app") is None:  # not under Starlette: nothing to read routes from
+                await original_call(self, scope, receive, send)
+                return
+            routed = self._routed_paths = RoutedPaths(getattr(scope["app"], "routes", ()))
+            wrapped = self.app
+
+            async def with_original_scope(scope: Any, receive: Any, send: Any) -> None:
+                await wrapped(scope.get(_ORIGINAL_SCOPE, scope), receive, send)
+
+            self.app = with_original_scope
+        path = scope.get("path")
+        if path is None or path in routed.exact:
+            await original_call(self, scope, receive, send)
+            return
+        label = routed.label(path)
+        if label != path:
+            scope = {**scope, "path": label, _ORIGINAL_SCOPE: scope}
         await original_call(self, scope, receive, send)
 
     middleware.__call__ = call  # type: ignore[method-assign]

@@ -492,6 +492,11 @@ class PredictionLogger:
         """Blocking form of `submit`."""
         return self.submit(rows).result(timeout=timeout)
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until the writer's first attempt at its table is over (created, or found
+        unreachable); True when it is."""
+        return self._first_attempt.wait(timeout)
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()

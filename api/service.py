@@ -540,7 +540,9 @@ class CreditScoreService:
             timeout_seconds=settings.prediction_log_timeout(),
         )
         # A shadow's rows and a batch job's go through a writer of their own: a slow or
-        # refused bulk insert never holds the answers of /predict and /predict_batch.
+        # refused bulk insert never holds the answers of /predict and /predict_batch. It
+        # starts once the first has made the table, so the two never contend for it.
+        self.prediction_log.wait_started(timeout=30)
         self.bulk_log = PredictionLogger(
             settings.feature_store_url(),
             settings.prediction_spool_dir(),

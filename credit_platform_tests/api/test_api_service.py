@@ -809,16 +809,6 @@ def test_serve_waits_for_a_first_model(tags: ModelTags, tmp_path: Path) -> None:
 # --- shutdown (last: it stops the module's server) --------------------------------------
 
 
-def test_clean_shutdown_drains_the_log_and_exits(server: Server, payloads: list[dict]) -> None:
-    answered = server.post("/predict", {"data": payloads[5]})
-    assert answered.status_code == 200
-    stop(server.process)
-    assert server.process.returncode == 0
-    output = server.output.read_text()
-    assert "Completed cleanup hook: drain_prediction_log" in output
-    assert server.log_rows(request_id=answered.headers["X-Request-ID"])
-
-
 def _metric_series(server: Server) -> list[str]:
     """The sample lines of /metrics (one per series), without the gauge BentoML labels with
     each worker's pid (it appears when a worker serves its first request)."""
@@ -918,3 +908,14 @@ def test_a_control_character_in_customer_id_is_a_400(
     )
     assert batch.status_code == 400 and "customer_id" in batch.text
     assert server.log_rows(request_id=request_id) == []
+
+
+# Last: it stops the module's server.
+def test_clean_shutdown_drains_the_log_and_exits(server: Server, payloads: list[dict]) -> None:
+    answered = server.post("/predict", {"data": payloads[5]})
+    assert answered.status_code == 200
+    stop(server.process)
+    assert server.process.returncode == 0
+    output = server.output.read_text()
+    assert "Completed cleanup hook: drain_prediction_log" in output
+    assert server.log_rows(request_id=answered.headers["X-Request-ID"])
