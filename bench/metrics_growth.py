@@ -52,7 +52,9 @@ def scrape(url: str, times: int = 5) -> dict:
     }
     if text is not None:
         series = [line for line in text.splitlines() if line and not line.startswith("#")]
-        figures.update(bytes=len(text.encode()), series=len(series))
+        # BentoML labels one gauge with each worker's pid: a series per worker that served.
+        per_worker = sum('pid="' in line for line in series)
+        figures.update(bytes=len(text.encode()), series=len(series), per_worker_series=per_worker)
     return figures
 
 
