@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy import create_engine, delete, event, insert, literal, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
@@ -64,8 +64,21 @@ logger = logging.getLogger(__name__)
 
 SPOOL_PREFIX = "prediction_log-"
 REJECTED_PREFIX = "prediction_log_rejected-"
-# prediction_log-<pid>.jsonl is appended to; prediction_log-<pid>.<n>.jsonl is sealed for replay.
-_SPOOL_NAME = re.compile(rf"^{re.escape(SPOOL_PREFIX)}(\d+)(?:\.\d+)?\.jsonl$")
+# The lane of bulk rows (a shadow's, a batch job's), written by a logger of its own so that
+# a slow or refused bulk insert never holds the answers of single requests.
+BULK_LANE = "bulk"
+# A database call may take this long per row beyond `timeout_seconds` before the watchdog
+# counts the database as hung (a 150,000-row job's insert takes seconds, legitimately).
+MIN_INSERT_ROWS_PER_SECOND = 20_000
+# A batch's rows are logged as "<id>#0" ... "<id>#<n-1>".
+_BATCH_ROW_ID = re.compile(r"^(.*)#(\d+)$")
+
+
+def spool_name_pattern(lane: str = "") -> re.Pattern[str]:
+    """prediction_log-[<lane>-]<pid>.jsonl is appended to; ...-<pid>.<n>.jsonl is sealed for
+    replay. A lane's logger replays its own lane's files only."""
+    part = f"{lane}-" if lane else ""
+    return re.compile(rf"^{re.escape(SPOOL_PREFIX + part)}(\d+)(?:\.\d+)?\.jsonl$")
 
 
 class PredictionLogClosed(RuntimeError):
@@ -148,6 +161,9 @@ class _StoredRow:
     confidence: float
     model_version: str
     reasons: Any = None
+    created_at: datetime | None = None
+    elapsed_ms: float = 0.0
+    role: str = MODEL_ROLES[0]
 
     def answer(self) -> LoggedAnswer:
         return LoggedAnswer(self.prediction, self.confidence, self.model_version, self.reasons)
@@ -363,6 +379,39 @@ def _log_engine(url: str) -> Engine:
 _ROW_ERRORS = frozenset({167, 1048, 1062, 1264, 1292, 1366, 1406, 3140, 4025})
 
 
+# MariaDB errors of a server that answers but cannot take the statement right now (a lock
+# wait, a deadlock, too many connections, a shutdown, a killed or broken connection): an
+# outage, never a refusal of the rows.
+_TRANSIENT_ERRORS = frozenset({1040, 1053, 1152, 1153, 1158, 1159, 1160, 1161, 1184, 1205, 1213})
+_TRANSIENT_ERRORS |= frozenset({1927, 4031})
+# A value out of range for the id column: every later row will be refused too.
+_OUT_OF_RANGE = frozenset({167, 1264, 1467})
+
+
+def _mariadb_code(error: BaseException) -> int | None:
+    args = getattr(getattr(error, "orig", None), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def ids_exhausted(error: BaseException) -> bool:
+    """True when the database refused rows because the log's id column is at the top of
+    its type (AUTO_INCREMENT can give no new id): no row can be logged until it is fixed."""
+    if _mariadb_code(error) not in _OUT_OF_RANGE:
+        return False
+    message = str(getattr(error, "orig", error))
+    return "'id'" in message or "auto-increment" in message.lower()
+
+
+def _server_refused(error: BaseException) -> bool:
+    """True when the error is the server's answer to the statement itself (a trigger's
+    SIGNAL, a constraint the driver does not classify): not a lost connection, not a
+    transient lock, not a problem of the service's access."""
+    code = _mariadb_code(error)
+    if code is None or code in _TRANSIENT_ERRORS or permanent_problem(error):
+        return False
+    return 1000 <= code < 2000 or code >= 3000
+
+
 def _rows_refused(error: BaseException) -> bool:
     """True when the database is up but will not take these rows (a constraint, bad data,
     a value that cannot be bound); anything else (connection lost, table missing, locked)
@@ -370,9 +419,22 @@ def _rows_refused(error: BaseException) -> bool:
     if isinstance(error, IntegrityError | DataError | RowNotEncodable):
         return True
     if isinstance(error, DBAPIError):
-        args = getattr(error.orig, "args", ())
-        return bool(args) and args[0] in _ROW_ERRORS
+        return _mariadb_code(error) in _ROW_ERRORS
     return isinstance(error, StatementError)
+
+
+def _batch_successor(rows: Sequence[PredictionLogRow]) -> str | None:
+    """For a batch's rows ("<id>#0" ... "<id>#<n-1>"), the id a row after its last would
+    have: logged, it means the id was used for a longer batch, so these rows are another
+    request. None for rows of another form."""
+    if not rows:
+        return None
+    last = _BATCH_ROW_ID.match(rows[-1].request_id)
+    if last is None or int(last.group(2)) != len(rows) - 1:
+        return None
+    if rows[0].request_id != f"{last.group(1)}#0":
+        return None
+    return f"{last.group(1)}#{len(rows)}"
 
 
 class PredictionLogger:
@@ -388,11 +450,15 @@ class PredictionLogger:
         idle_gap_seconds: float = 0.0005,
         retry_interval_seconds: float = 2.0,
         timeout_seconds: float = 1.0,
+        lane: str = "",
     ) -> None:
         self.url = url
+        self.lane = lane
         self.spool_dir = Path(spool_dir)
-        self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
-        self.rejected_path = self.spool_dir / f"{REJECTED_PREFIX}{os.getpid()}.jsonl"
+        part = f"{lane}-" if lane else ""
+        self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{part}{os.getpid()}.jsonl"
+        self.rejected_path = self.spool_dir / f"{REJECTED_PREFIX}{part}{os.getpid()}.jsonl"
+        self._spool_name = spool_name_pattern(lane)
         self.max_batch_rows = max_batch_rows
         self.max_wait_seconds = max_wait_seconds
         self.idle_gap_seconds = idle_gap_seconds
@@ -407,6 +473,8 @@ class PredictionLogger:
         self._database_down = False
         self._schema_ready = False
         self._problem: str | None = None
+        self._ids_problem: str | None = None  # the id column is full: every row is refused
+        self._next_ids_probe = 0.0
         self._next_probe = 0.0
         self._spool_pending = True  # at start: look for spools left by dead processes
         self._sealed = 0
@@ -414,6 +482,7 @@ class PredictionLogger:
         # database call, by the watchdog; this lock also guards the fields below.
         self._spool_lock = threading.Lock()
         self._busy_since: float | None = None
+        self._busy_budget = timeout_seconds
         self._in_flight: list[_Pending] = []
         self._taken_over = False
         self._stopped = threading.Event()
@@ -442,6 +511,11 @@ class PredictionLogger:
         """Blocking form of `submit`."""
         return self.submit(rows).result(timeout=timeout)
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until the writer's first attempt at its table is over (created, or found
+        unreachable); True when it is."""
+        return self._first_attempt.wait(timeout)
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -454,14 +528,20 @@ class PredictionLogger:
     def ready(self) -> bool:
         """The writer runs, its first attempt at the table is over (created, or spooling
         while the database is unreachable), and no permanent `problem` stands."""
-        return self.alive and self._first_attempt.is_set() and self._problem is None
+        return (
+            self.alive
+            and self._first_attempt.is_set()
+            and self._problem is None
+            and self._ids_problem is None
+        )
 
     @property
     def problem(self) -> str | None:
         """Why the log cannot reach its table in a way no retry fixes (bad password, missing
-        database or privilege, a table of another layout); None otherwise. The log keeps
-        spooling and retrying meanwhile."""
-        return self._problem
+        database or privilege, a table of another layout; the log keeps spooling and
+        retrying meanwhile), or why it refuses every row (the id column is full: requests
+        fail until it is fixed); None otherwise."""
+        return self._problem or self._ids_problem
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting rows, write every queued row, stop the writer. Idempotent."""
@@ -527,11 +607,12 @@ class PredictionLogger:
                 with self._database_call(batch):
                     outcomes = self._commit_requests([pending.rows for pending in batch])
             except Exception as error:
-                if _rows_refused(error):
+                if self._refused(error, batch):
                     self._write_each_request(batch)
                     return
                 self._mark_database_down(error)
             else:
+                self._ids_problem = None
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     self._resolve([pending], outcome)
                 return
@@ -545,16 +626,50 @@ class PredictionLogger:
                 with self._database_call([pending]):
                     (outcome,) = self._commit_requests([pending.rows])
             except Exception as error:
-                if not _rows_refused(error):
+                if not self._refused(error, [pending]):
                     self._mark_database_down(error)
                     self._spool_batch(batch[position:])
                     return
+                self._note_ids_exhausted(error)
                 logger.error("the database refused a prediction log row: %s", error)
                 self._resolve(
                     [pending], PredictionLogUnavailable(f"the database refused the row: {error}")
                 )
             else:
+                self._ids_problem = None
                 self._resolve([pending], outcome)
+
+    def _refused(self, error: BaseException, batch: list[_Pending]) -> bool:
+        """Whether the database is up and refused these rows (they fail; the log goes on),
+        rather than being down (they are spooled). An error the driver does not classify is
+        a refusal only when it is the server's answer and the server still answers."""
+        if _rows_refused(error):
+            return True
+        if not _server_refused(error):
+            return False
+        try:
+            if self._busy_since is None:  # else already watched: a replay
+                with self._database_call(batch):
+                    self._select_one()
+            else:
+                self._select_one()
+        except Exception:
+            return False
+        return True
+
+    def _select_one(self) -> None:
+        with self._connect().connect() as connection:
+            connection.execute(select(literal(1))).scalar_one()
+
+    def _note_ids_exhausted(self, error: BaseException) -> None:
+        if ids_exhausted(error) and self._ids_problem is None:
+            self._ids_problem = (
+                "the prediction log's id column is full, every row is refused: "
+                f"{getattr(error, 'orig', error)}; "
+                "fix the table (e.g. archive its rows and reset AUTO_INCREMENT)"
+            )
+            self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
+            logger.error("%s", self._ids_problem)
 
     def _spool_batch(self, batch: list[_Pending]) -> None:
         """Append the batch to the spool with one fsync; a request whose rows cannot be
@@ -644,6 +759,9 @@ class PredictionLogger:
             table.c.confidence,
             table.c.model_version,
             table.c.reasons,
+            table.c.created_at,
+            table.c.elapsed_ms,
+            table.c.role,
         )
         found: dict[str, _StoredRow] = {}
         with self._connect().connect() as connection:
@@ -666,17 +784,23 @@ class PredictionLogger:
             failure: IntegrityError = error
         outcomes: list[LogOutcome | RequestConflict] = [None] * len(requests)
         remaining = list(range(len(requests)))
+        successors = [_batch_successor(rows) for rows in requests]
         for _attempt in range(3):  # another process may log the same id meanwhile
-            stored = self._logged([row.request_id for i in remaining for row in requests[i]])
+            stored = self._logged(
+                [row.request_id for i in remaining for row in requests[i]]
+                + [successors[i] for i in remaining if successors[i]]
+            )
             earlier: dict[str, PredictionLogRow] = {}
             to_insert = []
             for i in remaining:
                 rows = requests[i]
                 known = [stored.get(row.request_id) or earlier.get(row.request_id) for row in rows]
-                if not any(known):
+                successor = successors[i]
+                longer = successor is not None and (successor in stored or successor in earlier)
+                if not any(known) and not longer:
                     to_insert.append(i)
                     earlier.update((row.request_id, row) for row in rows)
-                elif all(
+                elif not longer and all(
                     logged is not None and row.same_request(logged)
                     for row, logged in zip(rows, known, strict=True)
                 ):
@@ -732,8 +856,10 @@ class PredictionLogger:
     def _database_call(self, batch: list[_Pending]) -> Iterator[None]:
         """Marks the writer busy in the database with `batch` waiting on it, so the
         watchdog can spool it (and whatever queues meanwhile) should the call hang."""
+        rows = sum(len(pending.rows) for pending in batch)
         with self._spool_lock:
             self._busy_since = time.monotonic()
+            self._busy_budget = self.timeout_seconds + rows / MIN_INSERT_ROWS_PER_SECOND
             self._in_flight = batch
         try:
             yield
@@ -754,7 +880,7 @@ class PredictionLogger:
         while not self._stopped.wait(poll):
             with self._spool_lock:
                 since = self._busy_since
-                stuck = since is not None and time.monotonic() - since > self.timeout_seconds
+                stuck = since is not None and time.monotonic() - since > self._busy_budget
                 if stuck and not self._taken_over:
                     self._taken_over = True
                     self._first_attempt.set()
@@ -819,7 +945,7 @@ class PredictionLogger:
             return []
         found = []
         for path in sorted(self.spool_dir.iterdir()):
-            match = _SPOOL_NAME.match(path.name)
+            match = self._spool_name.match(path.name)
             if not match or path == self.spool_path:
                 continue
             pid = int(match.group(1))
@@ -836,15 +962,40 @@ class PredictionLogger:
                 return
             while True:  # never over a sealed file a crashed process of this pid left
                 self._sealed += 1
-                sealed = self.spool_path.with_name(
-                    f"{SPOOL_PREFIX}{os.getpid()}.{self._sealed}.jsonl"
-                )
+                sealed = self.spool_path.with_name(f"{self.spool_path.stem}.{self._sealed}.jsonl")
                 if not sealed.exists():
                     break
             os.replace(self.spool_path, sealed)
 
+    def _probe_ids(self) -> None:
+        """While the id column is full: whether a row can be inserted again (inserted and
+        rolled back), so readiness returns once the table is fixed."""
+        if self._ids_problem is None or time.monotonic() < self._next_ids_probe:
+            return
+        self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
+        probe = PredictionLogRow(
+            f"ids-probe@{os.getpid()}", "ids-probe", {}, "Standard", 0.0, 0.0, "probe", utc_now()
+        )
+        try:
+            with self._database_call([]), self._connect().connect() as connection:
+                transaction = connection.begin()
+                try:
+                    if self._literal_statements:
+                        execute_literal_inserts(connection, [probe])
+                    else:
+                        connection.execute(insert(credit_predictions_api_log), [probe.record()])
+                finally:
+                    transaction.rollback()
+        except Exception as error:
+            if not ids_exhausted(error):
+                logger.debug("the id column probe failed: %s", error)
+            return
+        logger.warning("the prediction log's id column takes rows again")
+        self._ids_problem = None
+
     def _maybe_recover(self) -> None:
         """Create the schema if needed and replay the spools, when due."""
+        self._probe_ids()
         if not self._spool_pending and self._schema_ready:
             return
         if self._database_down and time.monotonic() < self._next_probe:
@@ -882,27 +1033,67 @@ class PredictionLogger:
 
     def _replay_chunk(self, rows: Sequence[PredictionLogRow]) -> None:
         """Rows already logged are skipped (a repeated replay, a commit that finished after
-        the watchdog spooled it); rows the database refuses, or that conflict with a logged
-        row of another body, go to the rejected file."""
+        the watchdog spooled it); rows the database refuses go to the rejected file. A row
+        that conflicts with a logged row of another body: the earlier request of the two
+        is kept in the table, the later one goes to the rejected file. While the id column
+        is full nothing is set aside: the spool waits."""
         try:
             outcomes = self._commit_requests([[row] for row in rows])
         except Exception as error:
-            if not _rows_refused(error):
+            if ids_exhausted(error) or not self._refused(error, []):
                 raise
             for row in rows:  # find the rows the database refuses
                 try:
                     (outcome,) = self._commit_requests([[row]])
                 except Exception as row_error:
-                    if not _rows_refused(row_error):
+                    if ids_exhausted(row_error) or not self._refused(row_error, []):
                         raise
                     self._set_aside([row], row_error)
                 else:
                     if isinstance(outcome, RequestConflict):
-                        self._set_aside([row], outcome)
+                        self._keep_first(row, outcome)
             return
         for row, outcome in zip(rows, outcomes, strict=True):
             if isinstance(outcome, RequestConflict):
-                self._set_aside([row], outcome)
+                self._keep_first(row, outcome)
+
+    def _keep_first(self, row: PredictionLogRow, conflict: RequestConflict) -> None:
+        """A spooled row whose id the table holds for another body (both were answered while
+        the database was out of reach, perhaps by different workers): the table keeps the
+        one created first, and the other goes to the rejected file, so none is lost."""
+        table = credit_predictions_api_log
+        stored = self._logged([row.request_id]).get(row.request_id)
+        if stored is None or row.same_request(stored):  # replaced meanwhile by this very row
+            if stored is None:
+                self._insert([row])
+            return
+        stored_at = stored.created_at
+        if stored_at is None or stored_at <= row.created_at:
+            self._set_aside([row], conflict)
+            return
+        later = PredictionLogRow(
+            row.request_id,
+            stored.customer_id,
+            stored.features if isinstance(stored.features, dict) else json.loads(stored.features),
+            stored.prediction,
+            stored.confidence,
+            stored.elapsed_ms,
+            stored.model_version,
+            stored_at,
+            stored.role,
+        )
+        self._set_aside(
+            [later],
+            f"request id {row.request_id!r} was answered first for another body "
+            f"(at {row.created_at.isoformat()}, replayed from the spool), which the log keeps",
+        )
+        engine = self._connect()
+        with engine.begin() as connection:
+            connection.execute(delete(table).where(table.c.request_id == row.request_id))
+            if self._literal_statements:
+                execute_literal_inserts(connection, [row])
+            else:
+                connection.execute(insert(table), [row.record()])
 
     @staticmethod
     def _read_spool(path: Path) -> list[PredictionLogRow]:

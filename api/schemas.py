@@ -149,7 +149,18 @@ def _category(name: str, values: tuple[str, ...]) -> Any:
 
 
 CustomerId = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH)
+    str,
+    # No control character (NUL, tab, line break): the id is stored, logged and joined on.
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=ID_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+    ),
+    Allowed(
+        f"must be text of 1 to {ID_LENGTH} characters with no control character "
+        "(NUL, tab, line break)"
+    ),
 ]
 LoanList = Annotated[
     Annotated[
@@ -350,7 +361,7 @@ class ChallengerRequest(BaseModel):
     tag: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     role: Literal["shadow", "canary"]
     # The canary's share of customers (a shadow scores every request and answers none).
-    share: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    share: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = 0.05
 
 
 assert set(NULLABLE_FEATURES) == set(MODEL_FEATURES)

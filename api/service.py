@@ -32,7 +32,6 @@ import ctypes
 import functools
 import gc
 import hmac
-import json
 import logging
 import os
 import re
@@ -85,6 +84,7 @@ from api.model_sync import (  # noqa: E402
     remove_dead_state_dirs,
 )
 from api.prediction_log import (  # noqa: E402
+    BULK_LANE,
     LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
@@ -122,8 +122,9 @@ from api.schemas import (  # noqa: E402
 )
 from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
 
-# The request limits (431, 413, 408) and BentoML's per-request timers, each checked against
-# the library versions it was tested with: api/library_patches.py lists every such patch.
+# The request limits (431, 413, 408), BentoML's per-request timers and the bounded /metrics
+# labels, each checked against the library versions it was tested with:
+# api/library_patches.py lists every such patch.
 apply_library_patches()
 
 logger = logging.getLogger(__name__)
@@ -334,11 +335,47 @@ class KeepAliveRecycler:
         await self.app(scope, receive, send_with_close)
 
 
+class FormBodiesRefused:
+    """415 for a form body (multipart/form-data, application/x-www-form-urlencoded: what
+    `curl -d` sends by default). BentoML hands those to its form parser, which fails with a
+    500 on this service's JSON models; every route here takes JSON."""
+
+    FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "GET":
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    if value.split(b";", 1)[0].strip().lower() in self.FORM_TYPES:
+                        response = _error(
+                            415,
+                            f"Content-Type {value.split(b';', 1)[0].decode('latin-1')!r} is "
+                            "not supported: send the body as JSON with "
+                            "'Content-Type: application/json'",
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
 # --- /metadata and /admin/reload: plain Starlette routes mounted beside the APIs -------
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def validation_detail(error: ValidationError) -> list[dict[str, Any]]:
+    """What failed and where, without the input values: a NaN, an infinity or bytes that are
+    not UTF-8 cannot be written back as JSON."""
+    return [
+        {"loc": list(item["loc"]), "msg": item["msg"], "type": item["type"]}
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
 
 
 def authorization_problem(header: str | None, expected: str | None) -> JSONResponse | None:
@@ -377,7 +414,7 @@ async def reload_endpoint(request: Request) -> JSONResponse:
         return _error(
             400,
             'the body must be empty or {"tag": "credit_score_classifier:<version>"}',
-            detail=json.loads(error.json(include_url=False, include_context=False)),
+            detail=validation_detail(error),
         )
     service = bentoml.get_current_service()
     try:
@@ -421,11 +458,7 @@ async def challenger_endpoint(request: Request) -> JSONResponse:
             asked = ChallengerRequest.model_validate_json(await request.body())
             spec = ChallengerSpec(asked.tag, asked.role, asked.share)
         except (ValidationError, ValueError) as error:
-            detail = (
-                json.loads(error.json(include_url=False, include_context=False))
-                if isinstance(error, ValidationError)
-                else str(error)
-            )
+            detail = validation_detail(error) if isinstance(error, ValidationError) else str(error)
             return _error(
                 400,
                 'the body must be {"tag": "<model tag>", "role": "shadow" or "canary", '
@@ -524,9 +557,19 @@ class CreditScoreService:
             settings.prediction_spool_dir(),
             timeout_seconds=settings.prediction_log_timeout(),
         )
+        # A shadow's rows and a batch job's go through a writer of their own: a slow or
+        # refused bulk insert never holds the answers of /predict and /predict_batch. It
+        # starts once the first has made the table, so the two never contend for it.
+        self.prediction_log.wait_started(timeout=30)
+        self.bulk_log = PredictionLogger(
+            settings.feature_store_url(),
+            settings.prediction_spool_dir(),
+            timeout_seconds=settings.prediction_log_timeout(),
+            lane=BULK_LANE,
+        )
         self.shadow = ShadowScorer(
             lambda: self.challengers.current,
-            self.prediction_log.submit,
+            self.bulk_log.submit,
             shadow_log_row,
             stats_path=self.model_sync.shadow_stats_path,
         )
@@ -565,13 +608,14 @@ class CreditScoreService:
             raise RuntimeError(f"the prediction service cannot start: {error}") from error
 
     def __is_alive__(self) -> bool:
-        return self.prediction_log.alive
+        return self.prediction_log.alive and self.bulk_log.alive
 
     def __is_ready__(self) -> bool:
         """Ready once the log has tried its table; not while the log database refuses the
-        service for good (bad password, missing database or privilege): answers still go
-        out then, their rows to the spool."""
-        return self.prediction_log.ready
+        service for good (bad password, missing database or privilege: answers still go
+        out then, their rows to the spool), nor while it refuses every row (its id column
+        is full: requests get 503 then)."""
+        return self.prediction_log.ready and self.bulk_log.ready
 
     @bentoml.on_shutdown
     def drain_prediction_log(self) -> None:
@@ -579,6 +623,7 @@ class CreditScoreService:
         self.replica.stop()
         self.model_sync.stop()
         self.shadow.close()  # its queued rows go to the log before the log closes
+        self.bulk_log.close()
         self.prediction_log.close()
 
     def model_metadata(self) -> ModelMetadata:
@@ -642,10 +687,14 @@ class CreditScoreService:
             ]
         )
 
-    async def _record(self, rows: list[PredictionLogRow]) -> list[LoggedAnswer] | None:
-        """Log the rows; the logged answers instead when the request was answered before."""
+    async def _record(
+        self, rows: list[PredictionLogRow], *, bulk: bool = False
+    ) -> list[LoggedAnswer] | None:
+        """Log the rows (a job's through the bulk writer); the logged answers instead when
+        the request was answered before."""
+        log = self.bulk_log if bulk else self.prediction_log
         try:
-            return await asyncio.wrap_future(self.prediction_log.submit(rows))
+            return await asyncio.wrap_future(log.submit(rows))
         except RequestConflict as error:
             raise BentoMLException(
                 f"{REQUEST_ID_HEADER} conflict: {error}; send a new id for a new request",
@@ -753,7 +802,9 @@ class CreditScoreService:
         """A chunk of an asynchronous job's rows (`api.batch_jobs`), answered and logged as
         /predict_batch does, its rows numbered from `first_position`: the answers' JSON."""
         started = time.perf_counter()
-        response = await self._answer_rows(request_id, data, started, first_position=first_position)
+        response = await self._answer_rows(
+            request_id, data, started, first_position=first_position, bulk=True
+        )
         return bytes(response.body)
 
     async def _answer_rows(
@@ -764,6 +815,7 @@ class CreditScoreService:
         reasons: int | None = None,
         *,
         first_position: int = 0,
+        bulk: bool = False,
     ) -> Response:
         """A batch's rows scored (off the event loop when many), logged under
         "<request id>#<position>" before the answer leaves (or the logged answers of a
@@ -791,7 +843,8 @@ class CreditScoreService:
                 elapsed_ms,
                 batch=True,
                 first_position=first_position,
-            )
+            ),
+            bulk=bulk,
         )
         if logged is not None:
             scored = logged_again(scored, logged)
@@ -803,4 +856,5 @@ class CreditScoreService:
 
 
 CreditScoreService.add_asgi_middleware(KeepAliveRecycler)
+CreditScoreService.add_asgi_middleware(FormBodiesRefused)
 CreditScoreService.add_asgi_middleware(ReplicaReadiness)

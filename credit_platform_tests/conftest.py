@@ -122,6 +122,6 @@ def cli_runner(tmp_path: Path):
     return CliRunner(
         env={
             "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-            "CREDIT_API_ADMIN_TOKEN": "cli-test-admin-token",
+            "CREDIT_API_ADMIN_TOKEN": "cli-19f2db27966029a21ce22881",
         }
     )

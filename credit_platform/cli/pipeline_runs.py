@@ -1,9 +1,18 @@
 """Running the platform's jobs in-process from the CLI, recorded in the instance
 (DAGSTER_HOME) so the runs, materializations and check results appear in the Dagster UI."""
 
+import logging
 from collections.abc import Callable
 
-from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance, ExecuteInProcessResult
+from dagster import (
+    AssetCheckSeverity,
+    DagsterEventType,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    InitLoggerContext,
+    colored_console_logger,
+    logger,
+)
 
 from credit_platform.core import settings
 from credit_platform.defs.definitions import defs
@@ -24,6 +33,32 @@ def training_run_config(grid: str | None) -> dict:
         return {"loggers": CONSOLE_LOGGING}
     config = settings.training_grid_preset(grid)
     return {"loggers": CONSOLE_LOGGING, "ops": {"credit_score_model": {"config": config}}}
+
+
+class _FailuresSummarized(logging.Filter):
+    """Dagster logs a failed step and the failed run at ERROR, each with the stack traces
+    of the error and its cause, and each step skipped because of them (84 lines for a day
+    without labels). The CLI says why a day failed in one line (`failure_reasons`), so
+    those records stay in the instance, and the UI, only; a step's own log lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if getattr(record, "dagster_event", None) is not None:
+            return False
+        message = record.getMessage()
+        return not ("Dependencies for step" in message and "Not executing" in message)
+
+
+@logger(
+    config_schema=colored_console_logger.config_schema,
+    description="Dagster's console logger without the failure events the CLI summarizes.",
+)
+def cli_console_logger(init_context: InitLoggerContext) -> logging.Logger:
+    console = colored_console_logger.logger_fn(init_context)
+    for handler in console.handlers:
+        handler.addFilter(_FailuresSummarized())
+    return console
 
 
 # Dagster's wrappers around a user error: the cause says what went wrong.
@@ -73,7 +108,8 @@ def _one_line(text: str) -> str:
 def _execute(
     job_name: str, partition: str, run_config: dict, instance: DagsterInstance, echo: Echo
 ) -> ExecuteInProcessResult:
-    result = defs.resolve_job_def(job_name).execute_in_process(
+    job = defs.resolve_job_def(job_name).with_logger_defs({"console": cli_console_logger})
+    result = job.execute_in_process(
         partition_key=partition, run_config=run_config, instance=instance, raise_on_error=False
     )
     if not result.success:

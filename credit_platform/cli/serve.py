@@ -9,7 +9,9 @@ log before it exits.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import click
 
@@ -21,28 +23,43 @@ from credit_platform.core.bento import (
     serve_bento_environment,
 )
 
-# The same rule as deploy/require-secrets.sh, which guards the stack's containers.
-MIN_SECRET_LENGTH = 16
-PLACEHOLDER_WORDS = ("changeme", "placeholder", "replaceme", "example", "yourpassword", "yourtoken")
+# The one rule for secrets: the stack's containers start through this script, and serve
+# runs it on the admin token (it is POSIX sh and awk, as the MariaDB image has no Python).
+REQUIRE_SECRETS = Path(__file__).resolve().parents[2] / "deploy" / "require-secrets.sh"
+REFUSED = 78  # the script's exit status for a weak secret
 
 
 def check_admin_token(token: str | None) -> None:
-    """Refuse to serve with a guessable admin token (a placeholder such as "change-me", or
-    a short one): whoever knows it can swap the served model. No token at all leaves
-    /admin/reload disabled."""
+    """Refuse to serve with a weak admin token (a placeholder such as "change-me", a short
+    one, or a guessable one such as "admin-token-admin"): whoever knows it can swap the
+    served model. No token at all leaves /admin/reload disabled."""
     if not token:
         return
-    normalized = "".join(character for character in token.lower() if character.isalnum())
-    if any(word in normalized for word in PLACEHOLDER_WORDS):
-        problem = "is a placeholder"
-    elif len(token) < MIN_SECRET_LENGTH:
-        problem = f"is shorter than {MIN_SECRET_LENGTH} characters"
-    else:
+    if not REQUIRE_SECRETS.is_file():
+        raise click.ClickException(
+            f"refusing to serve: cannot check {settings.ADMIN_TOKEN_ENV}, {REQUIRE_SECRETS} "
+            "is missing (serve from a checkout or the platform's image)"
+        )
+    done = subprocess.run(
+        ["sh", str(REQUIRE_SECRETS), "true"],
+        env={"PATH": os.environ.get("PATH", os.defpath), settings.ADMIN_TOKEN_ENV: token},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode == 0:
         return
+    problems = [line.strip() for line in done.stderr.splitlines() if line.startswith("  ")]
+    if done.returncode != REFUSED or not problems:
+        raise click.ClickException(
+            f"refusing to serve: the check of {settings.ADMIN_TOKEN_ENV} failed "
+            f"(exit {done.returncode}): {done.stderr.strip()}"
+        )
     raise click.ClickException(
-        f"refusing to serve: {settings.ADMIN_TOKEN_ENV} {problem}; set it to a random value "
-        f"of at least {MIN_SECRET_LENGTH} characters (e.g. openssl rand -hex 24), or unset "
-        "it to serve with /admin/reload disabled"
+        f"refusing to serve: {'; '.join(problems)}; set it to a random value of at least 16 "
+        "characters (e.g. openssl rand -hex 24), or unset it to serve with /admin/reload "
+        "disabled"
     )
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from api.prediction_log import (
+    BULK_LANE,
     SPOOL_PREFIX,
     LoggedAnswer,
     PredictionLogClosed,
@@ -556,7 +557,7 @@ def test_a_full_id_column_fails_requests_instead_of_losing_rows(
         connection.execute(text(f"ALTER TABLE credit_predictions_api_log AUTO_INCREMENT={top - 2}"))
     engine.dispose()
 
-    log = PredictionLogger(mariadb_url, tmp_path / "spool")
+    log = PredictionLogger(mariadb_url, tmp_path / "spool", retry_interval_seconds=0.2)
     answered, refused = [], []
     try:
         for number in range(6):
@@ -566,10 +567,23 @@ def test_a_full_id_column_fails_requests_instead_of_losing_rows(
                 refused.append(str(error))
             else:
                 answered.append(f"near-top-{number}")
+        logged = sorted(logged_ids(mariadb_url))
+        # Every row is refused now: not ready (the service's /readyz fails), saying why ...
+        assert not log.ready and "id column is full" in (log.problem or "")
+        engine = make_engine(mariadb_url)
+        with engine.begin() as connection:
+            connection.execute(text("TRUNCATE TABLE credit_predictions_api_log"))
+        engine.dispose()
+        # ... until the table takes rows again (found by a probe, with no request).
+        deadline = time.monotonic() + 30
+        while not log.ready and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log.ready and log.problem is None
+        assert logged_ids(mariadb_url) == []  # the probe row was rolled back
     finally:
         log.close()
 
-    assert sorted(logged_ids(mariadb_url)) == answered  # every answer has its row
+    assert logged == answered  # every answer has its row
     assert len(answered) == 3 and len(refused) == 3
     assert "Out of range" in refused[0]
     assert column_type == "bigint"  # 2^31 rows is under a day at the batch rate
@@ -794,3 +808,163 @@ def test_a_hung_database_delays_answers_by_the_timeout_only(
     expected = ["after", "before"] + [f"hung-{n}-{p}" for n in range(4) for p in range(5)]
     assert sorted(logged_ids(mariadb_url)) == sorted(expected)
     assert not list((tmp_path / "spool").glob(f"{SPOOL_PREFIX}*"))
+
+
+# --- hardening (issue 22): idempotency, refused and slow writers, a full id column ----------
+
+
+def batch_rows(request_id: str, count: int) -> list[PredictionLogRow]:
+    return [
+        replace(make_row(f"{request_id}#{position}"), customer_id=f"CUS_{position}")
+        for position in range(count)
+    ]
+
+
+def test_a_shorter_batch_under_a_batch_id_is_a_conflict(log_store: str, tmp_path: Path) -> None:
+    """A 1-row batch sent under the id of a 2-row batch is another request: 409, not the
+    first row's logged answer."""
+    log = PredictionLogger(log_store, tmp_path / "spool")
+    try:
+        assert log.write(batch_rows("pair", 2)) is None
+        assert len(log.write(batch_rows("pair", 2))) == 2  # the same batch again
+        with pytest.raises(RequestConflict, match="pair"):
+            log.write(batch_rows("pair", 1))
+        with pytest.raises(RequestConflict, match="pair"):
+            log.write(batch_rows("pair", 3))
+        assert log.write(batch_rows("single", 1)) is None
+        assert len(log.write(batch_rows("single", 1))) == 1
+    finally:
+        log.close()
+    assert sorted(logged_ids(log_store)) == ["pair#0", "pair#1", "single#0"]
+
+
+def test_replay_keeps_the_first_request_under_an_id(sqlite_url: str, tmp_path: Path) -> None:
+    """During an outage bodies A, B, A were answered under one id, B by another worker whose
+    spool was replayed first: the log keeps A (the first request) and B goes to the
+    rejected file, so neither answer is lost."""
+    init_schema(sqlite_url).dispose()
+    first_at = datetime(2025, 1, 15, 12, 0, 0)
+    body_a = replace(make_row("abba"), created_at=first_at)
+    body_b = replace(make_row("abba"), customer_id="CUS_0xB", created_at=first_at.replace(second=1))
+    again_a = replace(body_a, created_at=first_at.replace(second=2), confidence=0.9)
+    log = PredictionLogger(sqlite_url, tmp_path / "other-worker")
+    log.write([body_b])
+    log.close()
+    spool = tmp_path / "spool" / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+    spool.parent.mkdir()
+    spool.write_text("".join(row.to_json() + "\n" for row in (body_a, again_a)))
+
+    log = PredictionLogger(sqlite_url, tmp_path / "spool")
+    log.close()
+    engine = make_engine(sqlite_url)
+    with engine.connect() as connection:
+        kept = connection.execute(select(log_table).where(log_table.c.request_id == "abba")).one()
+    engine.dispose()
+    assert kept.customer_id == body_a.customer_id and kept.confidence == pytest.approx(0.5)
+    (rejected,) = [json.loads(line) for line in log.rejected_path.read_text().splitlines()]
+    assert rejected["row"]["customer_id"] == "CUS_0xB" and "first" in rejected["error"]
+    assert not spool.exists()
+
+
+@pytest.fixture
+def shadow_refused_url(mariadb_url: str) -> str:
+    """A log table whose trigger refuses shadow rows (SIGNAL: MariaDB error 1644, which the
+    driver classifies as neither a constraint nor bad data)."""
+    init_schema(mariadb_url).dispose()
+    engine = make_engine(mariadb_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TRIGGER refuse_shadow BEFORE INSERT ON credit_predictions_api_log "
+                "FOR EACH ROW IF NEW.role = 'shadow' THEN "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no shadow rows here'; END IF"
+            )
+        )
+    engine.dispose()
+    return mariadb_url
+
+
+def test_refused_shadow_rows_never_send_the_log_into_an_outage(
+    shadow_refused_url: str, tmp_path: Path
+) -> None:
+    """Before: the refusal counted as an outage, every later row went to the spool and its
+    replay failed on the shadow rows again (2 of 40 champion rows reached the database in
+    20 s). Now the shadow rows fail alone and the champion rows are committed."""
+    log = PredictionLogger(shadow_refused_url, tmp_path / "spool")
+    try:
+        futures = []
+        for number in range(40):
+            futures.append(log.submit([make_row(f"champion-{number}")]))
+            if number % 10 == 0:
+                shadow = replace(make_row(f"champion-{number}@shadow"), role="shadow")
+                futures.append(log.submit([shadow]))
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result(timeout=30))
+            except PredictionLogUnavailable as error:
+                outcomes.append(error)
+    finally:
+        log.close()
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    assert len(refused) == 4 and all("no shadow rows here" in str(e) for e in refused)
+    assert sorted(logged_ids(shadow_refused_url)) == sorted(f"champion-{n}" for n in range(40))
+    assert log.stats.spooled_rows == 0 and log.stats.database_failures == 0
+
+
+def test_spooled_rows_the_database_refuses_never_block_the_replay(
+    shadow_refused_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool" / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+    spool.parent.mkdir()
+    rows = [make_row(f"spooled-{number}") for number in range(6)]
+    rows.insert(3, replace(make_row("spooled-2@shadow"), role="shadow"))
+    spool.write_text("".join(row.to_json() + "\n" for row in rows))
+
+    log = PredictionLogger(shadow_refused_url, tmp_path / "spool")
+    log.close()
+    assert sorted(logged_ids(shadow_refused_url)) == [f"spooled-{n}" for n in range(6)]
+    (rejected,) = [json.loads(line) for line in log.rejected_path.read_text().splitlines()]
+    assert rejected["row"]["request_id"] == "spooled-2@shadow"
+    assert not spool.exists()
+
+
+def test_a_large_insert_is_not_taken_for_a_hung_database(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 150,000-row job's insert takes longer than the timeout meant for a few rows: the
+    watchdog allows a call time by the rows in flight (1 s per 20,000) instead of spooling
+    it as an outage. Every commit here takes 0.6 s (a stand-in that stores nothing, so the
+    machine's speed cannot move the result); the timeout is 0.2 s."""
+    init_schema(sqlite_url).dispose()
+
+    def slow_commit(self, requests):
+        time.sleep(0.6)
+        return [None] * len(requests)
+
+    monkeypatch.setattr(PredictionLogger, "_commit_requests", slow_commit)
+    log = PredictionLogger(sqlite_url, tmp_path / "spool", timeout_seconds=0.2)
+    try:
+        assert log.write(batch_rows("big-job", 20_000), timeout=120) is None
+        assert log.stats.stalls == 0 and log.stats.spooled_rows == 0
+        log.write([make_row("one-row")])  # a few rows get the short timeout: spooled
+        assert log.stats.stalls == 1 and log.stats.spooled_rows == 1
+    finally:
+        log.close()
+
+
+def test_lanes_keep_spools_of_their_own(sqlite_url: str, tmp_path: Path) -> None:
+    """A bulk lane's spool is replayed by the bulk lane only, and the other way round."""
+    init_schema(sqlite_url).dispose()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / f"{SPOOL_PREFIX}{os.getpid()}.jsonl").write_text(make_row("main").to_json() + "\n")
+    bulk_spool = spool_dir / f"{SPOOL_PREFIX}{BULK_LANE}-{os.getpid()}.jsonl"
+    bulk_spool.write_text(make_row("bulk").to_json() + "\n")
+    main = PredictionLogger(sqlite_url, spool_dir)
+    main.close()
+    assert logged_ids(sqlite_url) == ["main"] and bulk_spool.exists()
+    bulk = PredictionLogger(sqlite_url, spool_dir, lane=BULK_LANE)
+    bulk.close()
+    assert sorted(logged_ids(sqlite_url)) == ["bulk", "main"]
+    assert not list(spool_dir.glob(f"{SPOOL_PREFIX}*"))

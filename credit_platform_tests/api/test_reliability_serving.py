@@ -322,12 +322,69 @@ def test_a_full_log_id_column_never_answers_without_a_row(
                 timeout=30,
             )
             statuses[request_id] = response.status_code
+        # Every prediction gets 503 now: the service says it is not ready (a balancer
+        # routes around it), though alive.
+        assert answers(f"{service.url}/readyz") == 503
+        assert answers(f"{service.url}/livez") == 200
     finally:
         service.stop()
     answered = sorted(request_id for request_id, status in statuses.items() if status == 200)
     assert sorted(logged_ids(mariadb_url, "full")) == answered
     assert len(answered) == 3 and set(statuses.values()) == {200, 503}, statuses
-    assert "Out of range" in service.tail(400)
+    assert "Out of range" in service.tail(400) and "id column is full" in service.tail(400)
+
+
+def test_a_shadow_whose_rows_the_database_refuses_never_holds_the_champions(
+    tmp_path: Path, mariadb_url: str, payloads: list[dict], models: Models
+) -> None:
+    """A trigger refuses the shadow's rows: before, the log went into outage mode and 2 of
+    40 champion rows reached the database in 20 s; now every champion row is committed at
+    once (nothing spooled) and the shadow's failures are counted."""
+    spool = tmp_path / "spool"
+    service = ServiceProcess(service_env(mariadb_url, spool, models.first), tmp_path / "log")
+    try:
+        service.wait_ready()
+        engine = create_engine(mariadb_url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "CREATE TRIGGER refuse_shadow BEFORE INSERT ON credit_predictions_api_log "
+                    "FOR EACH ROW IF NEW.role = 'shadow' THEN "
+                    "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no shadow rows'; END IF"
+                )
+            )
+        engine.dispose()
+        attached = requests.post(
+            f"{service.url}/admin/challenger",
+            json={"tag": models.second, "role": "shadow"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        )
+        assert attached.status_code == 200, attached.text
+        for number in range(40):
+            response = requests.post(
+                f"{service.url}/predict",
+                json={"data": payloads[number]},
+                headers={"X-Request-ID": f"beside-shadow-{number}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+        # Answered after its commit or its spooling: with nothing spooled, every row is in.
+        assert len(logged_ids(mariadb_url, "beside-shadow")) == 40
+        assert not spool_files(spool)
+        wait_for(
+            lambda: (
+                (requests.get(f"{service.url}/metadata", timeout=5).json()["challenger"])["shadow"][
+                    "errors"
+                ]
+                > 0
+            ),
+            30,
+            "the shadow's refused rows to be counted",
+        )
+        assert answers(f"{service.url}/readyz") == 200
+    finally:
+        service.stop()
 
 
 def answers(url: str) -> int | None:

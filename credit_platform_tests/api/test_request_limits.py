@@ -74,7 +74,7 @@ def service(kaggle_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             settings.PREDICTION_SPOOL_DIR_ENV: str(workdir / "spool"),
             settings.API_MODEL_TAG_ENV: tag,
             settings.API_WORKERS_ENV: "1",
-            settings.ADMIN_TOKEN_ENV: "limits-test-admin-token",
+            settings.ADMIN_TOKEN_ENV: "limits-5c0e7a92d4b13f68a9e2",
             settings.API_MAX_BATCH_ROWS_ENV: str(BATCH_ROWS),
             settings.API_MAX_ROW_BYTES_ENV: str(ROW_BYTES),
             settings.API_HEADER_TIMEOUT_ENV: str(HEADER_TIMEOUT),

@@ -35,6 +35,11 @@ def test_a_failed_day_is_reported_with_its_reason_and_the_next_day_still_runs(ru
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # no crash
     assert "Traceback" not in result.output and "CheckError" not in result.output
+    # The failed day is a short message, not Dagster's failure events: each printed a
+    # stack trace of the error and one of its cause (84 lines for the day).
+    assert "Stack Trace" not in result.output and "Not executing" not in result.output
+    day = result.output.split("materializing partition 2025-01-02")[0].splitlines()
+    assert day[0] == "materializing partition 2025-01-01 (small grid) ..." and len(day) == 2, day
     lines = result.stdout.splitlines()
     failed = [line for line in lines if line.startswith("partition 2025-01-01 failed")]
     assert len(failed) == 1, result.stdout

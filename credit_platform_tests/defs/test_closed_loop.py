@@ -42,7 +42,7 @@ from credit_platform_tests.training_fixtures import tiny_grid, training_resource
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "closed-loop-token"
+TOKEN = "loop-43b56d285bb666d33f186da9"
 SEED = 23  # the history's customers
 LIVE_SEED = 24  # the live days' customers: none of them in the first model's training rows
 CUSTOMERS = 1000

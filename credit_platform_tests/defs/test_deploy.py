@@ -65,7 +65,7 @@ from credit_platform_tests.training_fixtures import (
     training_resources,
 )
 
-TOKEN = "deploy-test-token"
+TOKEN = "deploy-6447e5b9f6e40475a1dcf1e4"
 FIRST, SECOND, REJECTED = "2025-02-03", "2025-02-04", "2025-02-05"
 
 

@@ -201,7 +201,7 @@ def ui(tmp_path_factory) -> Iterator[DagsterUi]:
             "CREDIT_TRAINING_GRID": "small",
             # Nothing listens here: no prediction service is part of this test.
             "CREDIT_API_URL": api_url,
-            "CREDIT_API_ADMIN_TOKEN": "browser-test-token",
+            "CREDIT_API_ADMIN_TOKEN": "browser-9a5363807d6cf6856972365b",
         }
     )
     port = free_port()

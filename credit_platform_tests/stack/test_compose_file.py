@@ -455,3 +455,53 @@ def test_serve_refuses_a_placeholder_admin_token(services, tmp_path):
     env["CREDIT_API_ADMIN_TOKEN"] = "short-token"
     done = subprocess.run(native, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "shorter than 16 characters" in done.stderr, done
+
+
+GUESSABLE_SECRETS = ("aaaaaaaaaaaaaaaa", "password12345678", "admin-token-admin")
+
+
+@pytest.mark.parametrize("weak", GUESSABLE_SECRETS)
+@pytest.mark.parametrize("name", ["mariadb", "mlflow", "dagster-webserver", "api"])
+def test_each_service_refuses_guessable_secrets(raw, name, weak):
+    """Long enough, no placeholder word, yet guessable: refused like a placeholder."""
+    refused, _ = _run_check(raw, name, filled_env_file(**dict.fromkeys(SECRET_SETTINGS, weak)))
+    assert refused.returncode == 78, refused
+    assert "is guessable" in refused.stderr and refused.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "--backend-store-uri=mysql+pymysql://mlops:password12345678@mariadb:3306/mlflow",
+        "backend_uri=mysql+pymysql://mlops:admin-token-admin@mariadb:3306/mlflow",
+        "mysql+pymysql://mlops:aaaaaaaaaaaaaaaa@mariadb:3306/mlflow",
+    ],
+)
+def test_a_database_url_in_an_option_is_checked_too(argument):
+    done = subprocess.run(
+        ["sh", str(REQUIRE_SECRETS), "echo", argument],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 78, done
+    assert "the password in the database URL of the command is guessable" in done.stderr
+
+
+def test_serve_refuses_a_guessable_admin_token(services, tmp_path):
+    """serve applies the script's rule itself (it runs the script), so the same tokens are
+    refused however the service is started."""
+    command = list(services["api"]["command"])
+    native = [str(VENV_BIN / command[0]), *command[1:]]
+    native[native.index("--host") + 1] = "127.0.0.1"
+    native[native.index("--port") + 1] = str(free_port())
+    for weak in GUESSABLE_SECRETS:
+        env = {
+            **os.environ,
+            "CREDIT_API_ADMIN_TOKEN": weak,
+            "CREDIT_PLATFORM_HOME": str(tmp_path / "home"),
+        }
+        done = subprocess.run(native, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0, done
+        assert "CREDIT_API_ADMIN_TOKEN is guessable" in done.stderr, done.stderr
