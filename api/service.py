@@ -107,6 +107,7 @@ from api.replica_sync import (  # noqa: E402
     ReplicaFollower,
     ReplicaReadiness,
     describe_replica,
+    drain_on_sigterm,
 )
 from api.request_limits import install_request_limits  # noqa: E402
 from api.schemas import (  # noqa: E402
@@ -519,6 +520,8 @@ class CreditScoreService:
             bento_tag=running_bento(),
         )
         self.replica.start()
+        # Behind a balancer: leave its rotation before the listener closes (SIGTERM).
+        drain_on_sigterm(settings.api_drain_seconds())
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes
