@@ -22,10 +22,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import orjson
@@ -406,19 +408,63 @@ class ReplicaFollower:
 
 # The follower of this worker process, for the readiness middleware (set by `start`).
 _follower: ReplicaFollower | None = None
+# Set once this worker was told to stop and drains (`drain_on_sigterm`).
+_draining = threading.Event()
+DRAINING_REASON = "stopping: out of the balancer's rotation before the worker stops"
+
+
+def drain_on_sigterm(seconds: float) -> bool:
+    """Makes SIGTERM (`docker stop`, a scale-down) stop this worker only after `seconds` in
+    which it serves as before but answers /readyz 503; returns whether it did.
+
+    The workers of a replica accept on one listening socket that BentoML's supervisor
+    (circus) holds open until every worker has exited. A worker that stopped accepting at
+    once would leave a socket the kernel still completes connections on, with nobody to
+    answer them: a balancer that had not yet noticed (its health checks come every few
+    seconds) would send requests there that hang until the supervisor exits or is killed.
+    With `seconds` longer than the balancer takes to mark the replica down, the replica
+    leaves the rotation with every request it was sent answered, and only then does the
+    worker stop accepting, finish what it holds and drain its prediction log.
+
+    Call it in the running server (the service's start-up, on the main thread): uvicorn has
+    installed its SIGTERM handler by then, and it is what this calls when the time is up. 0
+    seconds leaves SIGTERM alone."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return False
+    stop = signal.getsignal(signal.SIGTERM)
+    if not callable(stop):
+        return False
+
+    def drain(signum: int) -> None:
+        logger.warning("told to stop: /readyz answers 503 for %.1f s, then it stops", seconds)
+        time.sleep(seconds)
+        stop(signum, None)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if _draining.is_set():
+            return
+        _draining.set()
+        threading.Thread(target=drain, args=(signum,), name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
 
 
 class ReplicaReadiness:
-    """Answers GET /readyz with 503 and the reason while the replica is past its bound;
-    otherwise BentoML's own readiness answers (the prediction log's)."""
+    """Answers GET /readyz with 503 and the reason while the worker drains before it stops
+    or the replica is past its bound; otherwise BentoML's own readiness answers (the
+    prediction log's)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        follower = _follower
-        if scope["type"] == "http" and scope.get("path") == "/readyz" and follower is not None:
-            problem = follower.readiness_problem()
+        if scope["type"] == "http" and scope.get("path") == "/readyz":
+            follower = _follower
+            if _draining.is_set():
+                problem: str | None = DRAINING_REASON
+            else:
+                problem = follower.readiness_problem() if follower is not None else None
             if problem is not None:
                 body = orjson.dumps({"ready": False, "reason": problem})
                 headers = [(b"content-type", b"application/json")]

@@ -108,6 +108,7 @@ from api.replica_sync import (  # noqa: E402
     ReplicaFollower,
     ReplicaReadiness,
     describe_replica,
+    drain_on_sigterm,
 )
 from api.request_limits import job_body_limit  # noqa: E402
 from api.schemas import (  # noqa: E402
@@ -589,6 +590,8 @@ class CreditScoreService:
             max_body_bytes=job_body_limit(),
         )
         self.jobs.start()
+        # Behind a balancer: leave its rotation before the listener closes (SIGTERM).
+        drain_on_sigterm(settings.api_drain_seconds())
         logger.info("serving %s", predictor.tag)
         gc.collect()
         gc.freeze()  # the loaded model never moves again: keep it out of GC passes

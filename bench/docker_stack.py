@@ -356,6 +356,22 @@ class ComposeStack:
             *(["--tags", json.dumps(dict(tags))] if tags else []),
         )
 
+    def terminate(self, run_id: str) -> str:
+        """Terminates a run as the UI's Terminate button does: the webserver asks the run
+        launcher to stop the run's container. Returns the mutation's result type."""
+        query = """
+        mutation Terminate($runId: String!) {
+          terminateRun(runId: $runId) {
+            __typename
+            ... on TerminateRunFailure { message }
+            ... on PythonError { message }
+          }
+        }"""
+        result = self.graphql(query, {"runId": run_id})["terminateRun"]
+        if result["__typename"] != "TerminateRunSuccess":
+            raise StackError(f"terminateRun answered {result}")
+        return result["__typename"]
+
     def launch_partition(self, job: str, partition: str) -> None:
         self.launch(job, {"dagster/partition": partition})
 

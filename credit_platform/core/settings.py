@@ -319,6 +319,23 @@ def api_model_stale_seconds() -> float:
     return _positive_seconds(API_MODEL_STALE_SECONDS_ENV, DEFAULT_API_MODEL_STALE_SECONDS)
 
 
+# A replica told to stop (SIGTERM: `docker stop`, a scale-down) first answers /readyz 503
+# for this long while it serves as before, so its balancer takes it out of rotation before
+# it stops accepting connections (`api.replica_sync.drain_on_sigterm`). 0 stops at once
+# (a service with no balancer in front).
+API_DRAIN_SECONDS_ENV = "CREDIT_API_DRAIN_SECONDS"
+DEFAULT_API_DRAIN_SECONDS = 0.0
+
+
+def api_drain_seconds() -> float:
+    """Seconds a replica told to stop keeps serving, out of its balancer's rotation, before
+    it stops accepting connections."""
+    raw = os.environ.get(API_DRAIN_SECONDS_ENV)
+    if not raw:
+        return DEFAULT_API_DRAIN_SECONDS
+    return parse_non_negative_number(API_DRAIN_SECONDS_ENV, raw)
+
+
 def api_worker_state_dir(server_identity: str) -> Path:
     """Where the workers of one running service agree on the model to serve (see
     `api.model_sync`); `server_identity` names the server process."""
@@ -689,6 +706,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(API_WORKERS_ENV, _read_by(API_PROCESS)),
     Setting(API_MODEL_POLL_SECONDS_ENV, _read_by(API_PROCESS)),
     Setting(API_MODEL_STALE_SECONDS_ENV, _read_by(API_PROCESS)),
+    Setting(API_DRAIN_SECONDS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_BATCH_ROWS_ENV, _read_by(API_PROCESS)),
     Setting(API_MAX_JOB_ROWS_ENV, _read_by(API_PROCESS)),
     Setting(API_JOB_DIR_ENV, _read_by(API_PROCESS)),

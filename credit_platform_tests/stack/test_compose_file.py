@@ -39,8 +39,10 @@ from credit_platform_tests.stack_fixtures import (
 
 DAGSTER_SERVICES = ("dagster-user-code", "dagster-webserver", "dagster-daemon")
 # Services of third-party images (the project's image runs every other one).
-THIRD_PARTY = ("mariadb", "api-gateway")
+THIRD_PARTY = ("mariadb", "api-gateway", "docker-proxy")
 HAPROXY_CONFIG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+DOCKER_PROXY_CONFIG = REPO_ROOT / "deploy" / "docker-proxy" / "haproxy.cfg"
+DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,7 @@ def test_the_stack_has_every_service_of_the_design(services):
         "dagster-daemon",
         "api",
         "api-gateway",
+        "docker-proxy",
     }
 
 
@@ -91,9 +94,61 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(serv
     assert "mariadb" in dependencies(services["mlflow"])
     assert "mariadb" in dependencies(services["api"])
     assert "dagster-user-code" in dependencies(services["dagster-webserver"])
-    assert {"dagster-user-code", "dagster-webserver", "mlflow"} <= set(
+    assert {"dagster-user-code", "dagster-webserver", "mlflow", "docker-proxy"} <= set(
         dependencies(services["dagster-daemon"])
     )
+    assert "docker-proxy" in dependencies(services["dagster-webserver"])
+
+
+def _networks(service: dict) -> set[str]:
+    return set(service.get("networks") or ["default"])
+
+
+def test_only_the_docker_proxy_holds_the_docker_socket(raw, services):
+    """The socket is root on the host: one container mounts it, HAProxy without any
+    capability, filtering the API down to what DockerRunLauncher calls; the daemon (launch,
+    monitoring) and the webserver (terminate) reach that proxy, on a network nothing else
+    joins; no service of the platform's image runs as root."""
+    holders = {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if volume.split(":", 1)[0] == DOCKER_SOCKET
+    }
+    assert holders == {"docker-proxy"}
+    proxy = services["docker-proxy"]
+    assert f"{DOCKER_SOCKET}:{DOCKER_SOCKET}" in proxy["volumes"]
+    assert proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
+    assert "no-new-privileges:true" in proxy["security_opt"]
+    assert proxy["image"] == services["api-gateway"]["image"]
+    assert (
+        "./deploy/docker-proxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+        in (raw["services"]["docker-proxy"]["volumes"])
+    )
+    # The image a create may name is the one run containers start from.
+    image = services["dagster-user-code"]["environment"]["DAGSTER_CURRENT_IMAGE"]
+    assert proxy["environment"]["CREDIT_PLATFORM_IMAGE"] == image
+    assert "${CREDIT_PLATFORM_IMAGE}" in DOCKER_PROXY_CONFIG.read_text()
+    assert _networks(proxy) == {"docker_api"}
+    assert raw["networks"]["docker_api"]["internal"] is True
+    for name, service in services.items():
+        reaches = "docker_api" in _networks(service)
+        assert reaches == (name in ("docker-proxy", "dagster-daemon", "dagster-webserver")), name
+        if name in ("dagster-daemon", "dagster-webserver"):
+            assert service["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+            assert dependencies(service)["docker-proxy"] == "service_healthy"
+        else:
+            assert "DOCKER_HOST" not in (service.get("environment") or {}), name
+        if name not in THIRD_PARTY:
+            assert "user" not in service, f"{name} overrides the image's unprivileged user"
+    # The proxy listens where DOCKER_HOST points, and its healthcheck asks the engine.
+    assert "bind :2375\n" in DOCKER_PROXY_CONFIG.read_text()
+    assert "/dev/tcp/127.0.0.1/2375" in " ".join(healthcheck_command(proxy))
+    # Run containers do not get DOCKER_HOST (the launcher passes only env_vars).
+    run_env = _stack_dagster_config("dagster.yaml")["run_launcher"]["config"]["env_vars"]
+    assert "DOCKER_HOST" not in run_env
+    dockerfile = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    assert "\nUSER credit\n" in dockerfile
 
 
 def test_every_variable_the_compose_file_uses_is_in_env_example(raw):

@@ -58,8 +58,9 @@ from credit_platform_tests.stack_fixtures import (
 pytestmark = [pytest.mark.slow, pytest.mark.mariadb]
 
 # The local server stands in for the mariadb container; natively there is one API process
-# and no balancer, so the balancer's address leads to it (test_stack_docker.py runs both).
-EXTERNAL = {"mariadb", "api-gateway"}
+# and no balancer, so the balancer's address leads to it, and no Docker API proxy (nothing
+# here launches a run container; test_stack_docker.py runs all three).
+EXTERNAL = {"mariadb", "api-gateway", "docker-proxy"}
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
 # The code server's spawned gRPC server runs in a session of its own and, if its proxy went
@@ -369,6 +370,8 @@ def stack(stack_databases, tmp_path_factory, kaggle_sample) -> Iterator[NativeSt
             "DAGSTER_MYSQL_PORT": str(server.port or 3306),
             "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
             "DAGSTER_CODE_SERVER_PORT": str(ports[4000]),
+            # The engine's own socket, as a native daemon would use it.
+            "DOCKER_HOST": "unix:///var/run/docker.sock",
         },
     )
     services: dict[str, NativeService] = {}
