@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 
 from api.predictor import Predictor
 from api.sample_requests import load_sample
-from credit_platform.core import batch_scoring, migrations
+from credit_platform.core import batch_scoring
 from credit_platform.core.batch_scoring import (
     NoFeaturesForDay,
     ServedModelRecord,
@@ -19,7 +19,7 @@ from credit_platform.core.batch_scoring import (
     score_day,
     served_on,
 )
-from credit_platform.core.db import init_schema
+from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.schema import (
@@ -30,6 +30,7 @@ from credit_platform.core.schema import (
 from credit_platform.ingest.kaggle import load_kaggle_csv
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.json_lines_fixtures import record_parses
+from credit_platform_tests.legacy_stores import make_release_database
 from credit_platform_tests.model_fixtures import save_tiny_model
 
 DAY_ONE, DAY_TWO = date(2025, 3, 1), date(2025, 3, 2)
@@ -187,20 +188,13 @@ def test_a_failure_part_way_keeps_the_previous_predictions(store, models):
 
 
 def test_a_store_made_before_the_scoring_index_gets_it(store_url):
-    """Stores created before batch scoring (and before migrations: no version table) lack
-    the (date, customer_id) index it reads by; opening them adds it."""
-    from sqlalchemy import inspect, text
+    """Stores created before batch scoring (and before migrations: the seed release's tables)
+    lack the (date, customer_id) index it reads by; opening them adds it."""
+    from sqlalchemy import inspect
 
-    engine = init_schema(store_url)
+    make_release_database(store_url, "seed_release")
+    engine = make_engine(store_url)
     try:
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "DROP INDEX ix_credit_score_features_date_customer"
-                    + (" ON credit_score_features" if engine.dialect.name != "sqlite" else "")
-                )
-            )
-            connection.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         names = {index["name"] for index in inspect(engine).get_indexes("credit_score_features")}
         assert "ix_credit_score_features_date_customer" not in names
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import threading
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, create_engine, insert, inspect, select, text
@@ -26,37 +25,15 @@ from credit_platform.core.schema import (
     credit_score_predictions,
     metadata,
 )
+from credit_platform_tests.legacy_stores import (
+    RELEASES,
+    make_release_database,
+    run_sql_file,
+    store_dialect,
+)
 
-LEGACY = Path(__file__).parent / "legacy_schemas"
-# seed_release: the seed's five tables, INT log id, no role, case-insensitive ids (MariaDB).
-# last_unversioned_release: every table as the last release before migrations made them.
-RELEASES = ("seed_release", "last_unversioned_release")
 DAY = date(2025, 3, 1)
 ROLE_CHECK = "ck_credit_predictions_api_log_role"
-
-
-def _dialect(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite") else "mariadb"
-
-
-def run_sql_file(url: str, path_or_text: Path | str) -> None:
-    """Run a DDL file statement by statement, as the MariaDB image's init does."""
-    ddl = path_or_text.read_text() if isinstance(path_or_text, Path) else path_or_text
-    engine = create_engine(url)
-    try:
-        with engine.begin() as connection:
-            for statement in ddl.split(";"):
-                body = "\n".join(
-                    line for line in statement.splitlines() if not line.startswith("--")
-                ).strip()
-                if body:
-                    connection.execute(text(body))
-    finally:
-        engine.dispose()
-
-
-def make_release_database(url: str, release: str) -> None:
-    run_sql_file(url, LEGACY / f"{release}_{_dialect(url)}.sql")
 
 
 def _feature_row(row_id: str, customer: str, day: date = DAY, **values) -> dict:
@@ -229,7 +206,7 @@ def test_the_comparison_finds_a_column_the_migrations_lack(sqlite_url):
 def test_committed_ddl_is_an_empty_database_at_the_head(store_url):
     """sql/schema_<dialect>.sql (the stack's MariaDB runs it on its first start) builds the
     schema and stamps the head, so `init` finds nothing to migrate."""
-    name = f"schema_{_dialect(store_url)}.sql"
+    name = f"schema_{store_dialect(store_url)}.sql"
     ddl = next(text_ for path, text_ in generated_sql_files().items() if path.name == name)
     run_sql_file(store_url, ddl)
     assert _revision(store_url) == migrations.head_revision()
