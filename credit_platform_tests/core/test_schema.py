@@ -9,6 +9,7 @@ from credit_platform.core import migrations
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import TABLE_NAMES
+from credit_platform_tests.legacy_stores import run_sql_file
 
 SEED_TABLES = {
     "customer_info",
@@ -115,15 +116,9 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
     """The compose stack applies sql/schema_mariadb.sql at first start: it must match (and
     stamp the migrations' head: test_migrations.py)."""
     ddl = next(text_ for path, text_ in generated_sql_files().items() if "mariadb" in path.name)
+    run_sql_file(mariadb_url, ddl)
     engine = create_engine(mariadb_url)
     try:
-        with engine.begin() as connection:
-            for statement in ddl.split(";"):
-                body = "\n".join(
-                    line for line in statement.splitlines() if not line.startswith("--")
-                ).strip()
-                if body:
-                    connection.execute(text(body))
         assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES | {VERSION_TABLE}
         assert _columns(engine, "credit_score_features_target")[4:26] == list(MODEL_FEATURES)
     finally:
