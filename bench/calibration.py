@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +80,17 @@ def trained_models(rows, seed: int, threads: int, models: Path | None):
     return sides, pools, best.model, refit, seconds, False
 
 
+def _copy_of(model):
+    """An independent copy through a model file (CatBoost's `copy` of a model with text
+    features is not safe to save)."""
+    from catboost import CatBoostClassifier
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "model.cbm")
+        model.save_model(path)
+        return CatBoostClassifier().load_model(path)
+
+
 def one_seed(rows, seed: int, threads: int, models: Path | None) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
@@ -117,7 +129,7 @@ def one_seed(rows, seed: int, threads: int, models: Path | None) -> dict:
     refit_offsets = class_offsets(pd.concat([train, valid])[TARGET], refit.classes_, fit)
 
     # before: the correction in the bias, the temperature fitted on the corrected scores
-    trial_bias, refit_bias = trial.copy(), refit.copy()
+    trial_bias, refit_bias = _copy_of(trial), _copy_of(refit)
     apply_class_offsets(trial_bias, trial_offsets)
     apply_class_offsets(refit_bias, refit_offsets)
     bias_calibration = calibrate_temperature(trial_bias, valid_pool, valid[TARGET])
