@@ -35,9 +35,10 @@ KNOWN_LIMITS = (
     "figures are noisy.",
     "Calibration is one temperature fitted on the valid rows of the chosen trial; with the "
     "refit on train + valid rows it is carried over to the refit model, whose test-row "
-    "figures show whether it holds. A temperature rescales the class scores; it cannot undo "
-    "the shift the prior correction adds to the rarer classes, so their probabilities can "
-    "stay off (see the class-wise ECE).",
+    "figures show whether it holds. The prior correction only chooses the label (decision "
+    "offsets beside the model): the confidence is the model's own probability of that "
+    "label, so when the correction chose a rarer class it can be below another class's "
+    "probability.",
 )
 
 
