@@ -7,9 +7,13 @@ made missing by the data contract's rule, the one the loader applies for trainin
 `credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
 fields so repaired. A model trained with the derived features gets them from
 `credit_platform.core.derived_features.derived_columns`, the function training uses.
-CatBoost's `predict_proba` runs once per request on the calling
-thread: the label is the argmax over `model.classes_`, the confidence its probability.
-Tests hold this path equal to the reference one, and to loading the same row.
+CatBoost runs once per request on the calling thread, and `core.answers.AnswerRule` (the
+rule batch scoring uses too) makes the answer: the label is the argmax of the class scores
+plus the model's decision offsets (the prior correction, kept in its metadata), the
+confidence the model's own calibrated probability of that label. A model without offsets
+(or saved with its correction in its bias, before they were kept apart) answers the argmax
+of `predict_proba` with its probability, as before. Tests hold this path equal to the
+reference one, and to loading the same row.
 
 `ServedModel` holds the current `Predictor` behind one reference. A reload loads the new
 bundle and smoke-tests it on a fixed row before swapping that reference, so a request that
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from credit_platform.core.answers import AnswerRule
 from credit_platform.core.data_contract import make_implausible_missing
 from credit_platform.core.derived_features import (
     DERIVED_FEATURES,
@@ -189,9 +194,14 @@ class Predictor:
         self._reason_map = ReasonMap(feature_names)
         self._ratio_positions = list(self._reason_map.ratio_positions.values())
         self._classes = [str(label) for label in model.classes_]
+        self._class_names = np.asarray(self._classes, dtype=object)
         unknown = sorted(set(self._classes) - set(LABELS))
         if unknown:
             raise ModelRefused(f"{bundle.tag} predicts unknown labels {unknown}")
+        try:
+            self._rule = AnswerRule.of(model, bundle.metadata)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelRefused(f"{bundle.tag} has unusable decision offsets: {error}") from error
 
     @property
     def tag(self) -> str:
@@ -240,25 +250,25 @@ class Predictor:
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.model_input(rows).matrix
 
-    def _predict_proba(self, matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(
-            self.bundle.model.predict_proba(matrix, thread_count=CATBOOST_THREADS),
-            dtype="float64",
-        )
+    def _answer(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, answered class position) of the model's input rows."""
+        return self._rule.answer(self.bundle.model, matrix, thread_count=CATBOOST_THREADS)
 
     def probabilities(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        return self._predict_proba(self.encode(rows))
+        """Every class's probability (the confidence's), in `model.classes_` order."""
+        return self._answer(self.encode(rows))[0]
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        """Label, confidence and repaired features per row, from one predict_proba call."""
+        """Label, confidence and repaired features per row, from one CatBoost call."""
         if not rows:
             return []
         prepared = self.model_input(rows)
-        probabilities = self._predict_proba(prepared.matrix)
-        best = probabilities.argmax(axis=1)
+        probabilities, answered = self._answer(prepared.matrix)
+        labels = self._class_names[answered].tolist()
+        confidence = probabilities[np.arange(len(answered)), answered].tolist()
         return [
-            Prediction(self._classes[index], float(probabilities[row, index]), repaired)
-            for row, (index, repaired) in enumerate(zip(best, prepared.repaired, strict=True))
+            Prediction(label, value, repaired)
+            for label, value, repaired in zip(labels, confidence, prepared.repaired, strict=True)
         ]
 
     def explain(
@@ -268,10 +278,12 @@ class Predictor:
         reasons: int = DEFAULT_REASONS,
     ) -> list[Prediction]:
         """The predictions with the reasons for their labels: CatBoost's own SHAP values of
-        this model (the exact tree algorithm; the expected value holds the model's bias),
-        for each row's predicted class, summed into reasons (`core.reasons`), the top
-        `reasons` shown. One CatBoost call for all rows, on the calling thread (it releases
-        the GIL); label and confidence are the ones given."""
+        this model (the exact tree algorithm; the expected value holds the model's bias, and
+        the label's decision offset is added to it), for each row's predicted class, summed
+        into reasons (`core.reasons`), the top `reasons` shown: the base value and the
+        contributions sum to the score the label was chosen on. One CatBoost call for all
+        rows, on the calling thread (it releases the GIL); label and confidence are the ones
+        given."""
         if not rows:
             return []
         from catboost import Pool
@@ -286,7 +298,9 @@ class Predictor:
         shap_values = self.bundle.model.get_feature_importance(
             pool, type="ShapValues", thread_count=CATBOOST_THREADS
         )
-        class_index = [self._classes.index(prediction.label) for prediction in predictions]
+        class_index = np.array(
+            [self._classes.index(prediction.label) for prediction in predictions], dtype=int
+        )
         ratios = (
             prepared.matrix[:, self._ratio_positions].astype("float64")
             if self._ratio_positions
@@ -302,6 +316,7 @@ class Predictor:
                 for row, prediction in zip(rows, predictions, strict=True)
             ],
             ratios,
+            self._rule.base_offsets(class_index),
         )
         return [
             Prediction(

@@ -92,9 +92,9 @@ def one_design(name: str, split_rows, scalers, threads: int) -> dict:
     fit = fit_settings(preset, threads)
     started = time.perf_counter()
     best = search_grid(train_pool, valid_pool, valid[TARGET], grid, fit)
-    model = final_model(best, train_valid_pool, len(split_rows[0]), fit)
+    model, offsets = final_model(best, train_valid_pool, len(split_rows[0]), fit)
     seconds = time.perf_counter() - started
-    tested = evaluate(model, test_pool, test[TARGET])
+    tested = evaluate(model, test_pool, test[TARGET], offsets)
     return {
         "trials": len(grid),
         "derived_features": derived,

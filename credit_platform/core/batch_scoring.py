@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -30,6 +31,7 @@ import pyarrow as pa
 from sqlalchemy import Date, String, bindparam, delete, func, insert, select, text
 from sqlalchemy.engine import Connection
 
+from credit_platform.core.answers import AnswerRule
 from credit_platform.core.data_contract import make_implausible_missing
 from credit_platform.core.db import is_mariadb
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES
@@ -258,12 +260,21 @@ def _whole_customer_pages(
         yield whole
 
 
-def score_frame(
-    bundle: ModelBundle, rows: pd.DataFrame, *, reasons: bool = False
-) -> tuple[np.ndarray, int, list[tuple[str | None, ...]] | None]:
-    """Class probabilities (columns in `LABELS` order) for feature rows, how many numeric
-    values the data contract made missing first, and with `reasons` each row's top reason
-    codes for its predicted class (`reason_codes`; else None)."""
+class ScoredFrame(NamedTuple):
+    """Feature rows as scored: class probabilities (columns in `LABELS` order), per row the
+    answered class (a position in `LABELS`), how many numeric values the data contract made
+    missing first, and with `reasons` each row's top reason codes for its answered class."""
+
+    probabilities: np.ndarray
+    answered: np.ndarray
+    repaired_values: int
+    codes: list[tuple[str | None, ...]] | None
+
+
+def score_frame(bundle: ModelBundle, rows: pd.DataFrame, *, reasons: bool = False) -> ScoredFrame:
+    """Score feature rows as the API scores them: the answer rule of `core.answers` (the
+    label chosen with the model's decision offsets, the probabilities its own), after the
+    data contract and `prepare_model_input`."""
     rows = rows.copy()
     numbers = rows[list(NUMERIC_FEATURES)].apply(pd.to_numeric, errors="coerce")
     numbers = numbers.to_numpy(dtype="float64", copy=True)
@@ -273,16 +284,17 @@ def score_frame(
     model_input = prepare_model_input(
         rows, bundle.scalers, derived=uses_derived_features(bundle.model)
     )
-    probabilities = np.asarray(bundle.model.predict_proba(model_input), dtype="float64")
     classes = [str(label) for label in bundle.model.classes_]
     unknown = sorted(set(classes) - set(LABELS))
     if unknown:
         raise ValueError(f"{bundle.tag} predicts unknown labels {unknown}")
+    rule = AnswerRule.of(bundle.model, bundle.metadata)
+    probabilities, answered = rule.answer(bundle.model, model_input)
+    order = np.array([LABELS.index(label) for label in classes])
     by_label = np.zeros((len(rows), len(LABELS)), dtype="float64")
-    for position, label in enumerate(classes):
-        by_label[:, LABELS.index(label)] = probabilities[:, position]
-    codes = reason_codes(bundle, model_input, probabilities.argmax(axis=1)) if reasons else None
-    return by_label, int(made_missing.sum()), codes
+    by_label[:, order] = probabilities
+    codes = reason_codes(bundle, model_input, answered) if reasons else None
+    return ScoredFrame(by_label, order[answered], int(made_missing.sum()), codes)
 
 
 def reason_codes(
@@ -306,13 +318,14 @@ def prediction_columns(
     probabilities: np.ndarray,
     model_tag: str,
     reasons: list[tuple[str | None, ...]] | None = None,
+    answered: np.ndarray | None = None,
 ) -> dict[str, list]:
-    """Columns of credit_score_predictions as plain Python values: the label with the
-    highest probability, each class's probability, the model's tag, the day as ISO text
-    (what the Date column stores on SQLite and what MariaDB's DATE reads), and the top
-    reason codes (None without `reasons`)."""
+    """Columns of credit_score_predictions as plain Python values: the answered label
+    (`answered`, positions in `LABELS`; the highest probability's without it), each class's
+    probability, the model's tag, the day as ISO text (what the Date column stores on SQLite
+    and what MariaDB's DATE reads), and the top reason codes (None without `reasons`)."""
     count = len(customer_ids)
-    best = probabilities.argmax(axis=1)
+    best = probabilities.argmax(axis=1) if answered is None else np.asarray(answered)
     if reasons is None:
         reason_values: list[list] = [[None] * count for _ in PREDICTION_REASON_COLUMNS]
     else:
@@ -455,10 +468,12 @@ def score_day(
         for chunk in chunks:
             unique = chunk.drop_duplicates("customer_id", keep="last")
             result.duplicate_feature_rows += len(chunk) - len(unique)
-            probabilities, repaired, codes = score_frame(bundle, unique, reasons=reasons)
-            result.repaired_values += repaired
+            scored = score_frame(bundle, unique, reasons=reasons)
+            result.repaired_values += scored.repaired_values
             customers = unique["customer_id"].tolist()
-            columns = prediction_columns(day, customers, probabilities, bundle.tag, codes)
+            columns = prediction_columns(
+                day, customers, scored.probabilities, bundle.tag, scored.codes, scored.answered
+            )
             insert_predictions(connection, columns)
             result.rows += len(unique)
             result.label_counts.update(columns["prediction"])

@@ -1,17 +1,22 @@
 """Calibration of the classifier's probabilities: measure it, and fix it by temperature.
 
 A lender reads a confidence of 0.3 as "three in ten". The expected calibration error (ECE)
-measures how far that holds: rows are binned by their confidence (the probability of the
-class the model answers), and each bin's mean confidence is compared with the share of its
-rows answered right, weighted by the bin's rows. The class-wise ECE does the same for every
+measures how far that holds: rows are binned by their confidence (the probability the model
+gives the class it answers), and each bin's mean confidence is compared with the share of
+its rows answered right, weighted by the bin's rows. The answered class is not always the
+most probable one: with a prior correction (`core.answers`) the label is the argmax of the
+corrected scores while the confidence is the uncorrected probability of that label, so every
+function here takes the answered class explicitly where it matters (`answered`), and the
+ECE is always the one of what the API returns. The class-wise ECE does the same for every
 class's probability (not only the answered one) and averages over the classes.
 
 Temperature scaling divides the model's raw class scores by one number T fitted on rows the
-model did not learn from (lowest log loss). It is stored in the CatBoost model itself (its
-scale and bias, like the prior correction of the class scores), so every copy of the model
--- MLflow, BentoML, the API, batch scoring -- answers with the calibrated probabilities.
-Dividing every class score by the same positive T never changes which class scores highest,
-so the answered class, and every accuracy, stays exactly what it was.
+model did not learn from (lowest log loss of its uncorrected probabilities). It is stored
+in the CatBoost model itself (its scale and bias), so every copy of the model -- MLflow,
+BentoML, the API, batch scoring -- gives the calibrated probabilities; the decision offsets
+kept beside the model are divided by the same T (`Calibration.served_offsets`). Dividing
+every score and offset by the same positive T never changes which class wins, so the
+answered class, and every accuracy, stays exactly what it was.
 """
 
 from __future__ import annotations
@@ -39,13 +44,17 @@ _PROBABILITY_FLOOR = 1e-12
 
 
 def top_label(
-    probabilities: np.ndarray, classes: Sequence[Any], truth: Sequence[Any]
+    probabilities: np.ndarray,
+    classes: Sequence[Any],
+    truth: Sequence[Any],
+    answered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, correct) per row: the highest probability, as the API answers it, and
-    whether its class is the true label."""
+    """(confidence, correct) per row as the API answers: the probability of the answered
+    class (position in `classes`; the most probable one when `answered` is None) and whether
+    that class is the true label."""
     probabilities = np.asarray(probabilities, dtype=float)
     names = np.asarray([str(label) for label in classes])
-    best = probabilities.argmax(axis=1)
+    best = probabilities.argmax(axis=1) if answered is None else np.asarray(answered, dtype=int)
     correct = names[best] == np.asarray(truth).astype(str)
     return probabilities[np.arange(len(best)), best], correct
 
@@ -134,11 +143,13 @@ def calibration_figures(
     classes: Sequence[Any],
     truth: Sequence[Any],
     bins: int = CALIBRATION_BINS,
+    answered: np.ndarray | None = None,
 ) -> CalibrationFigures:
     """ECE (top label and class-wise), log loss of the true class (over normalised
-    probabilities) and the reliability bins of `probabilities` against `truth`."""
+    probabilities) and the reliability bins of `probabilities` against `truth`. The top-label
+    figures are those of the `answered` class (see `top_label`)."""
     probabilities = np.asarray(probabilities, dtype=float)
-    confidence, correct = top_label(probabilities, classes, truth)
+    confidence, correct = top_label(probabilities, classes, truth, answered)
     names = [str(label) for label in classes]
     position = {name: k for k, name in enumerate(names)}
     truth_index = np.array([position.get(str(label), -1) for label in truth])
@@ -175,7 +186,8 @@ def probabilities_from_scores(scores: np.ndarray, loss_function: str) -> np.ndar
 
 
 def raw_scores(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
-    """The model's raw class scores with its scale and bias (prior correction) applied."""
+    """The model's raw class scores with its scale and bias (a temperature, and in models
+    saved before the decision offsets were kept apart, the prior correction) applied."""
     return np.asarray(model.predict(pool, prediction_type="RawFormulaVal"), dtype=float)
 
 
@@ -222,8 +234,9 @@ def fit_temperature(
 
 
 def apply_temperature(model: CatBoostClassifier, temperature: float) -> None:
-    """Divide the model's class scores by `temperature`: its scale and its bias (the prior
-    correction included) both, saved with the model. The answered class does not change."""
+    """Divide the model's class scores by `temperature`: its scale and its bias both, saved
+    with the model. Decision offsets kept beside the model must be divided by it too
+    (`Calibration.served_offsets`); then the answered class does not change."""
     if not temperature > 0 or not np.isfinite(temperature):
         raise ValueError(f"a temperature must be a positive number, not {temperature!r}")
     scale, bias = model.get_scale_and_bias()
@@ -236,10 +249,12 @@ class Calibration:
     """What calibration decided for a model, and the figures behind the decision.
 
     `fitted_on` names the rows the temperature was fitted on and the model whose scores it
-    saw; `before` and `after` are that model's figures on those rows without and with the
-    temperature, and `without_prior_correction` without the class-score correction either
-    (None when the model has none), so a reader sees what the correction did to the
-    probabilities and what calibration did after it."""
+    saw. Every figure's top-label ECE is that of the class answered with the decision
+    offsets (`offsets`, in the model's class order; the argmax of the corrected scores) and
+    differs only in the probabilities: `before` and `after` are the model's own (uncorrected)
+    probabilities without and with the temperature, `prior_corrected` the probabilities of
+    the corrected scores, which models saved with the correction in their bias served (None
+    without offsets), so a reader sees what keeping the two apart changed."""
 
     method: str
     applied: bool
@@ -248,22 +263,29 @@ class Calibration:
     fitted_on: str
     before: CalibrationFigures | None
     after: CalibrationFigures | None
-    without_prior_correction: CalibrationFigures | None
+    prior_corrected: CalibrationFigures | None
+    offsets: tuple[float, ...] = ()
+
+    def served_offsets(self, offsets: Sequence[float] | None = None) -> list[float]:
+        """Decision offsets (by default the ones calibrated with) in the units of the served
+        model's scores: divided by the temperature when it is applied, as the scores are."""
+        values = np.asarray(self.offsets if offsets is None else offsets, dtype=float)
+        return (values / (self.temperature if self.applied else 1.0)).tolist()
 
     def document(self) -> dict[str, Any]:
+        def figures(item: CalibrationFigures | None) -> dict[str, Any] | None:
+            return None if item is None else item.as_dict()
+
         return {
             "method": self.method,
             "applied": self.applied,
             "temperature": self.temperature,
             "reason": self.reason,
             "fitted_on": self.fitted_on,
-            "before": None if self.before is None else self.before.as_dict(),
-            "after": None if self.after is None else self.after.as_dict(),
-            "without_prior_correction": (
-                None
-                if self.without_prior_correction is None
-                else self.without_prior_correction.as_dict()
-            ),
+            "decision_offsets": list(self.offsets),
+            "before": figures(self.before),
+            "after": figures(self.after),
+            "prior_corrected": figures(self.prior_corrected),
         }
 
 
@@ -273,16 +295,18 @@ def calibrate_temperature(
     truth: Sequence[Any],
     *,
     method: str = "temperature",
-    prior_offsets: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
     fitted_on: str = "valid rows",
 ) -> Calibration:
     """Fit a temperature for `model` on the rows of `pool` (labels `truth`), which the model
     must not have been fit on, and decide whether to use it: it is applied only when it
-    lowers the ECE on these rows (the log loss it minimises falls with it in practice, but
-    a lender reads the ECE). Nothing is changed on `model`; `apply_temperature` does that.
+    lowers the ECE of the served confidence on these rows (the log loss it minimises falls
+    with it in practice, but a lender reads the ECE). Nothing is changed on `model`;
+    `apply_temperature` does that.
 
-    `prior_offsets` (the class-score correction in the model's bias, in `classes_` order)
-    lets the figures show the probabilities without it too."""
+    `offsets` are the decision offsets (the prior correction, in `classes_` order) kept
+    beside `model`, whose bias must not hold them: they choose the answered class, the
+    temperature is fitted on the uncorrected scores, whose probabilities are served."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(
             f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}"
@@ -291,19 +315,23 @@ def calibrate_temperature(
     classes = [str(label) for label in model.classes_]
     truth = [str(label) for label in truth]
     scores = raw_scores(model, pool)
-    before = calibration_figures(probabilities_from_scores(scores, loss_function), classes, truth)
-    plain = None
-    if prior_offsets is not None and any(prior_offsets):
-        uncorrected = scores - np.asarray(prior_offsets, dtype=float)
-        plain = calibration_figures(
-            probabilities_from_scores(uncorrected, loss_function), classes, truth
-        )
-    if method == "none":
-        return Calibration(method, False, 1.0, "calibration is off", fitted_on, before, None, plain)
-    temperature = fit_temperature(scores, classes, truth, loss_function)
-    after = calibration_figures(
-        probabilities_from_scores(scores / temperature, loss_function), classes, truth
+    kept = tuple(float(value) for value in offsets) if offsets is not None else ()
+    corrected = scores + np.asarray(kept, dtype=float) if any(kept) else scores
+    answered = corrected.argmax(axis=1)
+
+    def figures(probabilities: np.ndarray) -> CalibrationFigures:
+        return calibration_figures(probabilities, classes, truth, answered=answered)
+
+    before = figures(probabilities_from_scores(scores, loss_function))
+    prior_corrected = (
+        figures(probabilities_from_scores(corrected, loss_function)) if any(kept) else None
     )
+    if method == "none":
+        return Calibration(
+            method, False, 1.0, "calibration is off", fitted_on, before, None, prior_corrected, kept
+        )
+    temperature = fit_temperature(scores, classes, truth, loss_function)
+    after = figures(probabilities_from_scores(scores / temperature, loss_function))
     better = after.ece is not None and before.ece is not None and after.ece < before.ece
     reason = (
         f"temperature {temperature:.4f} fitted on the {fitted_on} "
@@ -311,4 +339,6 @@ def calibrate_temperature(
         f"{before.log_loss:.4f} -> {after.log_loss:.4f}): "
         + ("applied" if better else "not applied, it does not lower the ECE")
     )
-    return Calibration(method, better, temperature, reason, fitted_on, before, after, plain)
+    return Calibration(
+        method, better, temperature, reason, fitted_on, before, after, prior_corrected, kept
+    )

@@ -35,9 +35,10 @@ KNOWN_LIMITS = (
     "figures are noisy.",
     "Calibration is one temperature fitted on the valid rows of the chosen trial; with the "
     "refit on train + valid rows it is carried over to the refit model, whose test-row "
-    "figures show whether it holds. A temperature rescales the class scores; it cannot undo "
-    "the shift the prior correction adds to the rarer classes, so their probabilities can "
-    "stay off (see the class-wise ECE).",
+    "figures show whether it holds. The prior correction only chooses the label (decision "
+    "offsets beside the model): the confidence is the model's own probability of that "
+    "label, so when the correction chose a rarer class it can be below another class's "
+    "probability.",
 )
 
 
@@ -139,8 +140,10 @@ def model_card_markdown(facts: ModelCardFacts) -> str:
         "",
         "## Calibration",
         "",
-        f"`confidence` is the probability of the answered class. Method: {calibration.method}; "
-        f"{calibration.reason}.",
+        "`confidence` is the model's own (calibrated) probability of the answered class; "
+        "a prior correction, when the model has one, only chooses that class (decision "
+        "offsets kept beside the model). Every ECE below is that of the class answered. "
+        f"Method: {calibration.method}; {calibration.reason}.",
         "",
         *_table(
             ["rows", "probabilities", "ECE", "class-wise ECE", "log loss"],
@@ -149,18 +152,18 @@ def model_card_markdown(facts: ModelCardFacts) -> str:
                     [
                         [
                             calibration.fitted_on,
-                            "without the prior correction",
-                            calibration.without_prior_correction.ece,
-                            calibration.without_prior_correction.classwise_ece,
-                            calibration.without_prior_correction.log_loss,
+                            "of the prior-corrected scores (not served)",
+                            calibration.prior_corrected.ece,
+                            calibration.prior_corrected.classwise_ece,
+                            calibration.prior_corrected.log_loss,
                         ]
                     ]
-                    if calibration.without_prior_correction is not None
+                    if calibration.prior_corrected is not None
                     else []
                 ),
                 [
                     calibration.fitted_on,
-                    "as trained",
+                    "the model's own, as trained",
                     calibration.before.ece if calibration.before else None,
                     calibration.before.classwise_ece if calibration.before else None,
                     calibration.before.log_loss if calibration.before else None,

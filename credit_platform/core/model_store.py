@@ -5,19 +5,25 @@ A saved `credit_score_classifier` carries everything the service needs: the CatB
 model, the scalers fit with it (custom object), and metadata naming its training
 partition, test metrics (accuracy, macro F1, per-label recall, confusion matrix), the
 chosen trial's validation metrics, params and MLflow run. The service never reads a
-date-named folder. Monitoring finds there the drift reference (`DRIFT_REFERENCE_KEY`):
-the distributions of the model's own training rows, fixed when it was trained, so the
-drift of a model on a day does not depend on what arrived in the source tables since.
+date-named folder. The decision offsets of a model trained with a prior correction are
+there too (`core.answers.OFFSETS_KEY`): the label is chosen with them, the confidence is the
+model's own probability; a model saved before they were kept apart has none (its bias holds
+the correction) and is answered as it always was. Monitoring finds there the drift
+reference (`DRIFT_REFERENCE_KEY`): the distributions of the model's own training rows,
+fixed when it was trained, so the drift of a model on a day does not depend on what arrived
+in the source tables since.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from catboost import CatBoostClassifier
 
+from credit_platform.core.answers import OFFSETS_KEY, offsets_document
 from credit_platform.core.model_input import Scalers
 from credit_platform.core.settings import MODEL_NAME, export_bentoml_home
 
@@ -63,13 +69,16 @@ def save_model_bundle(
     validation_metrics: dict[str, float] | None = None,
     drift_reference: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    decision_offsets: Sequence[float] | None = None,
 ) -> str:
     """Save the model with its scalers; returns the tag "credit_score_classifier:<version>".
 
     `metrics` are the test metrics ("test_accuracy", ...); the confusion matrix goes beside
     them as "test_confusion_matrix", so whatever reports the metrics reports it too.
     `drift_reference` (plain JSON, `core.monitoring.profile_document`) is stored in the
-    metadata under DRIFT_REFERENCE_KEY, readable without loading the model."""
+    metadata under DRIFT_REFERENCE_KEY, readable without loading the model.
+    `decision_offsets` (model class order, in the units of the saved model's raw scores)
+    are stored under `OFFSETS_KEY`."""
     export_bentoml_home()
     import bentoml
 
@@ -87,6 +96,9 @@ def save_model_bundle(
         **({DRIFT_REFERENCE_KEY: drift_reference} if drift_reference is not None else {}),
         **(extra or {}),
     }
+    offsets = offsets_document(model.classes_, decision_offsets)
+    if offsets is not None:
+        metadata[OFFSETS_KEY] = offsets
     saved = bentoml.catboost.save_model(
         MODEL_NAME,
         model,

@@ -2,8 +2,12 @@
 
 CatBoost computes exact SHAP values for its own trees (`get_feature_importance(type=
 "ShapValues")`): per row and class, one contribution per model column plus the expected
-value, summing to the model's raw score of that class (the bias the prior correction stores
-in the model included, in the expected value). Reasons are stated in the applicant's terms:
+value, summing to the model's raw score of that class (the model's bias included, in the
+expected value). A model whose prior correction is kept beside it as decision offsets
+(`core.answers`) is explained with the class's offset added to the expected value, so the
+sum is the score the class was chosen on, as for a model holding the correction in its bias
+(the contributions are the same either way: an offset is a constant of the class).
+Reasons are stated in the applicant's terms:
 
 - each of the 22 input features is a reason of its own;
 - a derived feature made from one input counts toward that input (the loan counts toward
@@ -296,13 +300,17 @@ def explain_rows(
     labels: Sequence[str],
     features: Sequence[Mapping[str, Any]],
     ratio_values: np.ndarray | None = None,
+    base_offsets: np.ndarray | None = None,
 ) -> list[RowExplanation]:
     """Every row's explanation for its class. `features` are the rows' input values as
     scored (repaired ones None); `ratio_values` the model input's ratio columns, in
-    `reason_map.ratio_positions` order, when the model has them."""
+    `reason_map.ratio_positions` order, when the model has them; `base_offsets` per row the
+    decision offset of its class, added to the expected value (and so to the raw score)."""
     chosen = class_shap(np.asarray(shap_values, dtype="float64"), np.asarray(class_index))
     by_reason = reason_map.contributions(chosen[:, :-1])
     base = chosen[:, -1]
+    if base_offsets is not None:
+        base = base + np.asarray(base_offsets, dtype="float64")
     raw = base + chosen[:, :-1].sum(axis=1)
     ratio_codes = list(reason_map.ratio_positions)
     explanations = []

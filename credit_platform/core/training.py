@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier, Pool
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from credit_platform.core.answers import OFFSETS_KEY, answered_labels, offsets_document
 from credit_platform.core.derived_features import DERIVED_CATEGORICAL_FEATURES
 from credit_platform.core.features import CATEGORICAL_FEATURES, LABELS, TEXT_FEATURES
 
@@ -65,9 +66,11 @@ class FitSettings:
     eval_metric: str = "Accuracy"
     class_weights: str = "none"
     selection_metric: str = "accuracy"
-    # Prior correction: every model's raw scores get `strength * log(largest class count /
-    # class count)` added per class (counted on its training rows), raising the rarer
-    # classes after training instead of through weights; 0 leaves the scores alone.
+    # Prior correction: the label is chosen on raw scores with `strength * log(largest
+    # class count / class count)` added per class (counted on the model's training rows),
+    # raising the rarer classes after training instead of through weights; 0 leaves the
+    # scores alone. The offsets are kept beside the model (`core.answers`), never in it, so
+    # the probabilities (the confidence) stay the model's own.
     class_offset_strength: float = 0.0
     # Refit the chosen trial on train + valid rows (its best round count scaled by the row
     # ratio) as the final model; the valid rows still chose the trial and its rounds.
@@ -137,6 +140,8 @@ class TrialResult:
     model: CatBoostClassifier
     evaluation: Evaluation
     best_iteration: int
+    # The decision offsets the trial was evaluated with (model class order; empty: none).
+    offsets: tuple[float, ...] = ()
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -193,14 +198,14 @@ def fit_trial(
         verbose=False,
     )
     model.fit(train, eval_set=valid, use_best_model=True)
-    if fit.class_offset_strength:
-        apply_class_offsets(model, class_offsets(train.get_label(), model.classes_, fit))
+    offsets = tuple(class_offsets(train.get_label(), model.classes_, fit))
     best = model.get_best_iteration()
     return TrialResult(
         params=params,
         model=model,
-        evaluation=evaluate(model, valid, valid_labels),
+        evaluation=evaluate(model, valid, valid_labels, offsets),
         best_iteration=int(best if best is not None else model.tree_count_ - 1),
+        offsets=offsets if any(offsets) else (),
     )
 
 
@@ -221,8 +226,9 @@ def class_offsets(labels: Sequence[Any], classes: Sequence[Any], fit: FitSetting
 
 
 def apply_class_offsets(model: CatBoostClassifier, offsets: Sequence[float]) -> None:
-    """Add `offsets` to the model's raw score of each class (its bias, saved with it, so
-    every copy of the model -- MLflow, BentoML, the API -- predicts with them)."""
+    """Add `offsets` to the model's raw score of each class, in its bias. Training no longer
+    does this (the offsets are kept beside the model, see `core.answers`); it makes a model
+    as they were saved before, whose probabilities carry the correction."""
     if not any(offsets):
         return
     scale, bias = model.get_scale_and_bias()
@@ -230,25 +236,33 @@ def apply_class_offsets(model: CatBoostClassifier, offsets: Sequence[float]) -> 
     model.set_scale_and_bias(scale, [b + o for b, o in zip(current, offsets, strict=True)])
 
 
+class FinalModel(NamedTuple):
+    """The model to report and serve, and its decision offsets (empty: none)."""
+
+    model: CatBoostClassifier
+    offsets: tuple[float, ...]
+
+
 def final_model(
     chosen: TrialResult,
     train_valid: Callable[[], Pool],
     train_rows: int,
     fit: FitSettings,
-) -> CatBoostClassifier:
-    """The model to report and serve: the chosen trial's, or with `refit_on_train_valid` the
-    same settings refit on the train + valid rows (`train_valid` builds their pool, only
-    then) for (best rounds x row ratio) rounds."""
+) -> FinalModel:
+    """The model to report and serve with its offsets: the chosen trial's, or with
+    `refit_on_train_valid` the same settings refit on the train + valid rows (`train_valid`
+    builds their pool, only then) for (best rounds x row ratio) rounds, its offsets counted
+    on the rows it was fit on."""
     if not fit.refit_on_train_valid:
-        return chosen.model
+        return FinalModel(chosen.model, chosen.offsets)
     pool = train_valid()
     params = chosen.model.get_params()
     params.pop("early_stopping_rounds", None)
     params["iterations"] = max(1, round((chosen.best_iteration + 1) * pool.num_row() / train_rows))
     model = CatBoostClassifier(**params)
     model.fit(pool)
-    apply_class_offsets(model, class_offsets(pool.get_label(), model.classes_, fit))
-    return model
+    offsets = tuple(class_offsets(pool.get_label(), model.classes_, fit))
+    return FinalModel(model, offsets if any(offsets) else ())
 
 
 def search_grid(
@@ -266,15 +280,22 @@ def search_grid(
     )
 
 
-def predict_labels(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
-    """Class names of the most likely class (one predict_proba call, no predict)."""
-    probabilities = model.predict_proba(pool)
-    return np.asarray(model.classes_)[probabilities.argmax(axis=1)].astype(str)
+def predict_labels(
+    model: CatBoostClassifier, pool: Pool, offsets: Sequence[float] | None = None
+) -> np.ndarray:
+    """Class names of the answered class: the most likely one, or with decision `offsets`
+    (model class order) the highest corrected score, as `core.answers` answers."""
+    return answered_labels(model, {OFFSETS_KEY: offsets_document(model.classes_, offsets)}, pool)
 
 
-def evaluate(model: CatBoostClassifier, pool: Pool, labels: pd.Series) -> Evaluation:
+def evaluate(
+    model: CatBoostClassifier,
+    pool: Pool,
+    labels: pd.Series,
+    offsets: Sequence[float] | None = None,
+) -> Evaluation:
     truth = labels.astype(str).to_numpy()
-    predicted = predict_labels(model, pool)
+    predicted = predict_labels(model, pool, offsets)
     return Evaluation(
         accuracy=float(accuracy_score(truth, predicted)),
         macro_f1=float(

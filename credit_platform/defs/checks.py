@@ -29,6 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from credit_platform.core.answers import answered_labels, offsets_from_metadata
 from credit_platform.core.fairness import (
     describe_findings,
     flagged,
@@ -39,7 +40,7 @@ from credit_platform.core.fairness import (
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import prepare_model_input, uses_derived_features
 from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
-from credit_platform.core.training import evaluate, make_pool, predict_labels
+from credit_platform.core.training import evaluate, make_pool
 from credit_platform.defs.assets.model import credit_score_model
 from credit_platform.defs.assets.split import TEST, side_rows
 from credit_platform.defs.partitions import daily_partitions
@@ -141,7 +142,8 @@ def score_champion(
     try:
         derived = uses_derived_features(bundle.model)
         pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
-        evaluation = evaluate(bundle.model, pool, test_rows[TARGET])
+        offsets = offsets_from_metadata(bundle.metadata, bundle.model.classes_)
+        evaluation = evaluate(bundle.model, pool, test_rows[TARGET], offsets)
     except Exception as error:
         raise ChampionUnusable(f"{where}: {tag} cannot score the test rows: {error}") from error
     partition = tags.get(PARTITION_TAG, "unknown")
@@ -247,7 +249,7 @@ def credit_score_model_fairness(
     bundle = load_model_bundle(tag)
     derived = uses_derived_features(bundle.model)
     pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
-    predicted = predict_labels(bundle.model, pool)
+    predicted = answered_labels(bundle.model, bundle.metadata, pool)
     table = segment_table(
         segment_confusions(test_rows, test_rows[TARGET], predicted, policy), policy
     )

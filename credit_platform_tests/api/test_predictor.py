@@ -7,21 +7,48 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from catboost import CatBoostClassifier
 
-from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel, as_scored
+from api.predictor import (
+    CoalescingScorer,
+    ModelRefused,
+    Predictor,
+    ServedModel,
+    as_scored,
+    load_predictor,
+)
 from api.sample_requests import load_sample, request_payload
-from credit_platform.core.features import MODEL_FEATURES
-from credit_platform.core.model_input import model_columns, prepare_model_input
-from credit_platform.core.model_store import ModelBundle
+from credit_platform.core.answers import OFFSETS_KEY, offsets_document, offsets_from_metadata
+from credit_platform.core.calibration import (
+    apply_temperature,
+    calibrate_temperature,
+    expected_calibration_error,
+    raw_scores,
+)
+from credit_platform.core.features import MODEL_FEATURES, TARGET
+from credit_platform.core.model_input import fit_scalers, model_columns, prepare_model_input
+from credit_platform.core.model_store import ModelBundle, save_model_bundle
+from credit_platform.core.training import (
+    FitSettings,
+    TrialParams,
+    apply_class_offsets,
+    fit_trial,
+    make_pool,
+)
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
 from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import train_tiny_model
+from credit_platform_tests.training_fixtures import synthetic_partition
+
+_NOW = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +240,17 @@ def corrected_predictor(sample: pd.DataFrame) -> Predictor:
     return Predictor(bundle_of(model, scalers, "credit_score_classifier:corrected"))
 
 
-@pytest.mark.parametrize("which", ["predictor", "corrected_predictor"])
+@pytest.fixture(scope="module")
+def apart_predictor(sample: pd.DataFrame) -> Predictor:
+    """The same model as `corrected_predictor`, trained now: the correction kept beside it
+    as decision offsets in its metadata, its bias untouched."""
+    model, scalers = train_tiny_model(sample, iterations=15, derived=True)
+    bundle = bundle_of(model, scalers, "credit_score_classifier:apart")
+    offsets = offsets_document(model.classes_, [0.35, -0.2, 0.15])
+    return Predictor(replace(bundle, metadata={**bundle.metadata, OFFSETS_KEY: offsets}))
+
+
+@pytest.mark.parametrize("which", ["predictor", "corrected_predictor", "apart_predictor"])
 def test_an_explained_answer_equals_the_unexplained_one(
     which: str, request: pytest.FixtureRequest, records: list[dict]
 ) -> None:
@@ -238,16 +275,21 @@ def test_an_explained_answer_equals_the_unexplained_one(
     assert income["value"] is None and income["text"].startswith("Annual income not given")
 
 
-@pytest.mark.parametrize("which", ["predictor", "corrected_predictor"])
+@pytest.mark.parametrize("which", ["predictor", "corrected_predictor", "apart_predictor"])
 def test_reasons_sum_to_the_served_models_raw_score(
     which: str, request: pytest.FixtureRequest, records: list[dict]
 ) -> None:
-    """SHAP's identity against the model as served: its raw score (bias included) of the
-    predicted class, computed from the served input of each row."""
+    """SHAP's identity against the model as served: its raw score (bias included, and the
+    decision offset of a correction kept beside the model) of the predicted class, computed
+    from the served input of each row."""
     served: Predictor = request.getfixturevalue(which)
     rows = records[:150]
     explained = served.explain(rows, served.predict(rows), reasons=27)
     raw = served.bundle.model.predict(served.encode(rows), prediction_type="RawFormulaVal")
+    offsets = offsets_from_metadata(served.bundle.metadata, served.bundle.model.classes_)
+    assert (offsets is not None) == (which == "apart_predictor")
+    if offsets is not None:
+        raw = raw + offsets
     classes = [str(label) for label in served.bundle.model.classes_]
     for row, prediction in enumerate(explained):
         document = prediction.explanation
@@ -258,3 +300,173 @@ def test_reasons_sum_to_the_served_models_raw_score(
         assert document["raw_score"] == pytest.approx(expected, abs=1e-9)
         # the predicted class has the largest raw score: the answer and the reasons agree
         assert expected == pytest.approx(raw[row].max())
+
+
+def test_a_correction_kept_apart_answers_and_explains_as_in_the_bias_with_its_own_confidence(
+    corrected_predictor: Predictor, apart_predictor: Predictor, records: list[dict]
+) -> None:
+    """The same model with the same correction, in its bias (saved before) or beside it (now):
+    the same labels and the same explanations; the confidence is the model's own probability
+    of the label instead of the corrected one."""
+    rows = records[:200]
+    before = corrected_predictor.predict(rows)
+    after = apart_predictor.predict(rows)
+    assert [p.label for p in after] == [p.label for p in before]
+    own = apart_predictor.bundle.model.predict_proba(apart_predictor.encode(rows))
+    classes = [str(label) for label in apart_predictor.bundle.model.classes_]
+    np.testing.assert_allclose(
+        [p.confidence for p in after],
+        [own[row, classes.index(p.label)] for row, p in enumerate(after)],
+        rtol=0,
+        atol=1e-12,
+    )
+    assert [p.confidence for p in after] != pytest.approx([p.confidence for p in before])
+    for old, new in zip(
+        corrected_predictor.explain(rows, before), apart_predictor.explain(rows, after), strict=True
+    ):
+        for key in ("raw_score", "base_value", "other_reasons"):
+            assert new.explanation[key] == pytest.approx(old.explanation[key], abs=1e-9)
+        assert [r["feature"] for r in new.explanation["reasons"]] == [
+            r["feature"] for r in old.explanation["reasons"]
+        ]
+
+
+@pytest.fixture(scope="module")
+def corrected_split():
+    """A MultiClass model fit as training fits it, with a strong prior correction, and the
+    rows it did not learn from."""
+    split = grouped_split(
+        synthetic_partition(date(2025, 2, 1), rows=3000, seed=11), valid_fraction=0.2, seed=42
+    )
+    sides = {side: split[split[SPLIT_COLUMN] == side] for side in (TRAIN, VALID, TEST)}
+    scalers = fit_scalers(sides[TRAIN])
+    pools = {
+        side: make_pool(prepare_model_input(rows, scalers, derived=True), rows[TARGET])
+        for side, rows in sides.items()
+    }
+    fit = FitSettings(
+        iterations=300,
+        learning_rate=0.1,
+        early_stopping_rounds=40,
+        loss_function="MultiClass",
+        eval_metric="MultiClass",
+        thread_count=2,
+        class_offset_strength=2.0,
+    )
+    trial = fit_trial(
+        pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
+    )
+    return sides, pools, scalers, trial
+
+
+def _served_ece(predictor: Predictor, rows: pd.DataFrame) -> tuple[float, list[str]]:
+    """Top-label ECE of what the predictor answers for `rows`, and the labels answered."""
+    records = [
+        {name: None if pd.isna(value) else value for name, value in row.items()}
+        for row in rows[list(MODEL_FEATURES)].to_dict(orient="records")
+    ]
+    answers = predictor.predict(records)
+    labels = [answer.label for answer in answers]
+    ece = expected_calibration_error(
+        np.array([answer.confidence for answer in answers]),
+        np.array(labels) == rows[TARGET].astype(str).to_numpy(),
+    )
+    return ece, labels
+
+
+def _copy_of(model: CatBoostClassifier, folder: Path) -> CatBoostClassifier:
+    """An independent copy through the model file (CatBoost's own `copy` of a model with text
+    features saves a file that crashes the process when loaded)."""
+    path = folder / "copy.cbm"
+    model.save_model(str(path))
+    return CatBoostClassifier().load_model(str(path))
+
+
+def test_with_a_prior_correction_the_served_confidence_is_calibrated(
+    corrected_split, tmp_path: Path
+) -> None:
+    """Calibration improves the ECE on the valid rows where applied, and with a prior
+    correction the API's confidence is no worse calibrated there than the uncorrected
+    model's, while the label is the argmax of the corrected scores."""
+    sides, pools, scalers, trial = corrected_split
+    valid = sides[VALID]
+    offsets = np.asarray(trial.offsets)
+    assert offsets.max() > 0
+    scores = raw_scores(trial.model, pools[VALID])
+    classes = np.asarray([str(label) for label in trial.model.classes_])
+    corrected_labels = classes[(scores + offsets).argmax(axis=1)].tolist()
+
+    # now: offsets beside the model, the temperature fitted on its own scores
+    model = _copy_of(trial.model, tmp_path)
+    calibration = calibrate_temperature(model, pools[VALID], valid[TARGET], offsets=offsets)
+    if calibration.applied:
+        assert calibration.after.ece < calibration.before.ece
+        apply_temperature(model, calibration.temperature)
+    metadata = {OFFSETS_KEY: offsets_document(classes, calibration.served_offsets())}
+    apart = Predictor(ModelBundle("credit_score_classifier:apart", model, scalers, metadata, _NOW))
+    apart_ece, apart_labels = _served_ece(apart, valid)
+    assert apart_labels == corrected_labels
+
+    # the model without any correction, answering its own most probable class
+    plain = Predictor(bundle_of(trial.model, scalers, "credit_score_classifier:plain"))
+    plain_ece, plain_labels = _served_ece(plain, valid)
+    assert plain_labels != corrected_labels  # the correction does change answers
+    assert apart_ece <= plain_ece
+
+    # before: the correction in the bias, a temperature fitted on the corrected scores
+    biased = _copy_of(trial.model, tmp_path)
+    apply_class_offsets(biased, offsets)
+    old = calibrate_temperature(biased, pools[VALID], valid[TARGET])
+    if old.applied:
+        apply_temperature(biased, old.temperature)
+    before = Predictor(bundle_of(biased, scalers, "credit_score_classifier:biased"))
+    before_ece, before_labels = _served_ece(before, valid)
+    assert before_labels == corrected_labels  # the same answers ...
+    assert apart_ece < before_ece  # ... with a better calibrated confidence
+
+
+def test_a_model_saved_with_the_correction_in_its_bias_loads_and_scores_as_before(
+    corrected_split, tmp_path: Path
+) -> None:
+    """A bundle saved before the offsets were kept apart (the correction in the model's bias,
+    no offsets in its metadata) answers the argmax of predict_proba with that probability; a
+    bundle saved now carries its offsets in its metadata through the store."""
+    sides, pools, scalers, trial = corrected_split
+    rows = sides[TEST]
+    records = [
+        {name: None if pd.isna(value) else value for name, value in row.items()}
+        for row in rows[list(MODEL_FEATURES)].to_dict(orient="records")
+    ]
+    biased = _copy_of(trial.model, tmp_path)
+    apply_class_offsets(biased, trial.offsets)
+    old_tag = save_model_bundle(
+        biased, scalers, partition="2025-02-01", metrics={"test_accuracy": 0.5}, params={}
+    )
+    old = load_predictor(old_tag)
+    assert OFFSETS_KEY not in old.bundle.metadata
+    probabilities = biased.predict_proba(old.encode(records))
+    classes = [str(label) for label in biased.classes_]
+    answers = old.predict(records)
+    assert [answer.label for answer in answers] == [
+        classes[index] for index in probabilities.argmax(axis=1)
+    ]
+    np.testing.assert_array_equal(
+        [answer.confidence for answer in answers], probabilities.max(axis=1)
+    )
+    np.testing.assert_array_equal(old.probabilities(records), probabilities)
+
+    new_tag = save_model_bundle(
+        trial.model,
+        scalers,
+        partition="2025-02-01",
+        metrics={"test_accuracy": 0.5},
+        params={},
+        decision_offsets=trial.offsets,
+    )
+    new = load_predictor(new_tag)
+    assert new.bundle.metadata[OFFSETS_KEY] == offsets_document(classes, trial.offsets)
+    assert [answer.label for answer in new.predict(records)] == [a.label for a in answers]
+    # offsets for other classes than the model's are refused at load
+    wrong = {OFFSETS_KEY: {"classes": ["Good", "Poor", "Bad"], "offsets": [1.0, 0.5, 0.0]}}
+    with pytest.raises(ModelRefused, match="decision offsets"):
+        Predictor(replace(new.bundle, metadata={**new.bundle.metadata, **wrong}))

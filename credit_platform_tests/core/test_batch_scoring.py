@@ -296,7 +296,7 @@ def test_mariadb_json_lines_read_what_the_ordinary_statement_reads(
     with engine.begin() as connection:
         result = score_day(connection, busiest, bundle, chunk_rows=500)
     unique = fast[busiest].drop_duplicates("customer_id", keep="last")
-    probabilities, _, _ = batch_scoring.score_frame(bundle, unique)
+    probabilities = batch_scoring.score_frame(bundle, unique).probabilities
     written = _predictions(engine, busiest)
     engine.dispose()
     assert result.rows == len(unique) == len(written)
@@ -328,12 +328,36 @@ def corrected_bundle(kaggle_sample):
     return load_model_bundle(tag)
 
 
-@pytest.mark.parametrize("which", ["plain", "corrected"])
-def test_reason_codes_are_the_top_reasons_the_api_gives(store, models, corrected_bundle, which):
+@pytest.fixture(scope="module")
+def offsets_bundle(kaggle_sample):
+    """The same kind of model as trained now: the prior correction kept beside it, in its
+    metadata, choosing the label; large enough to change answers."""
+    from credit_platform.core.model_store import save_model_bundle
+    from credit_platform_tests.model_fixtures import train_tiny_model
+
+    model, scalers = train_tiny_model(
+        load_sample(kaggle_sample, rows=600), iterations=12, derived=True, seed=4
+    )
+    tag = save_model_bundle(
+        model,
+        scalers,
+        partition="2025-02-26",
+        metrics={"test_accuracy": 0.5},
+        params={},
+        decision_offsets=[0.6, -0.4, 0.3],
+    )
+    return load_model_bundle(tag)
+
+
+@pytest.mark.parametrize("which", ["plain", "corrected", "offsets"])
+def test_reason_codes_are_the_top_reasons_the_api_gives(
+    store, models, corrected_bundle, offsets_bundle, which
+):
     """With reason codes, each customer's reason_1..3 are the three reasons the API's
     explanation of the same row shows first; without them the columns are NULL. The
-    predictions are the API's either way (a model with derived features included)."""
-    bundle = models[0] if which == "plain" else corrected_bundle
+    predictions are the API's either way (a model with derived features included, one with
+    its prior correction in its bias, one with it kept beside as decision offsets)."""
+    bundle = {"plain": models[0], "corrected": corrected_bundle, "offsets": offsets_bundle}[which]
     with store.begin() as connection:
         result = score_day(connection, DAY_ONE, bundle, chunk_rows=7, reasons=True)
     written = _predictions(store, DAY_ONE)
@@ -351,6 +375,12 @@ def test_reason_codes_are_the_top_reasons_the_api_gives(store, models, corrected
         )
         shown = [reason["feature"] for reason in answer.explanation["reasons"]]
         assert [row["reason_1"], row["reason_2"], row["reason_3"]] == shown
+    if which == "offsets":  # the offsets chose labels other than the most probable
+        most_probable = [
+            max(LABELS, key=lambda label: row[PREDICTION_CONFIDENCE_COLUMNS[label]])
+            for row in written.values()
+        ]
+        assert [row["prediction"] for row in written.values()] != most_probable
 
     with store.begin() as connection:
         score_day(connection, DAY_ONE, bundle, chunk_rows=7)

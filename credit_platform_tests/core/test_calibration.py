@@ -71,6 +71,19 @@ def test_top_label_and_classwise_ece():
     ) == pytest.approx(expected)
     figures = calibration_figures(probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3)
     assert figures.rows == 3
+    # an answered class other than the most probable one (a prior correction chose it):
+    # its probability is the confidence, and it is right when it is the true class
+    answered = np.array([0, 0, 2])
+    confidence, correct = top_label(
+        probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3, answered
+    )
+    np.testing.assert_allclose(confidence, [0.7, 0.1, 0.6])
+    assert correct.tolist() == [True, True, False]
+    chosen = calibration_figures(
+        probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3, answered=answered
+    )
+    assert chosen.ece == pytest.approx(expected_calibration_error(confidence, correct))
+    assert chosen.classwise_ece == pytest.approx(figures.classwise_ece)
     assert figures.log_loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.2])))
 
 
@@ -87,7 +100,9 @@ def _split(rows: int = 3000, seed: int = 11):
     return sides, pools
 
 
-def test_calibration_improves_the_ece_on_the_valid_rows_where_the_prior_correction_hurt(tmp_path):
+def test_calibration_improves_the_ece_on_the_valid_rows_and_the_correction_only_decides(
+    tmp_path,
+):
     sides, pools = _split()
     fit = FitSettings(
         iterations=300,
@@ -96,69 +111,76 @@ def test_calibration_improves_the_ece_on_the_valid_rows_where_the_prior_correcti
         loss_function="MultiClass",
         eval_metric="MultiClass",
         thread_count=2,
-        class_offset_strength=2.0,  # a strong prior correction: probabilities pushed off
+        class_offset_strength=2.0,  # a strong prior correction
     )
     trial = fit_trial(
         pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
     )
     model = trial.model
     offsets = class_offsets(sides[TRAIN][TARGET], model.classes_, fit)
+    assert trial.offsets == pytest.approx(offsets) and max(offsets) > 0
+    # the offsets are kept beside the model, not in it
+    _, bias = model.get_scale_and_bias()
+    assert not np.any(np.asarray(bias) == pytest.approx(offsets))
     calibration = calibrate_temperature(
-        model, pools[VALID], sides[VALID][TARGET], prior_offsets=offsets
+        model, pools[VALID], sides[VALID][TARGET], offsets=trial.offsets
     )
-
-    # the correction made the valid rows' class probabilities worse (every class's, and the
-    # log loss of the true one); the temperature mends the answered class's
-    plain, before = calibration.without_prior_correction, calibration.before
-    assert plain.classwise_ece < before.classwise_ece
-    assert plain.log_loss < before.log_loss
+    valid_truth = sides[VALID][TARGET]
+    scores = raw_scores(model, pools[VALID])
+    answered = (scores + np.asarray(offsets)).argmax(axis=1)
+    own = model.predict_proba(pools[VALID])
+    # every figure is of the answered class, the argmax of the corrected scores
+    assert calibration.before.ece == pytest.approx(
+        calibration_figures(own, model.classes_, valid_truth, answered=answered).ece
+    )
+    assert (answered != own.argmax(axis=1)).any()  # the correction does change answers
+    # the probabilities of the corrected scores are worse than the model's own
+    corrected = calibration.prior_corrected
+    assert corrected is not None
+    assert calibration.before.classwise_ece < corrected.classwise_ece
+    assert calibration.before.log_loss < corrected.log_loss
+    # the temperature is applied only where it lowers the valid rows' ECE, and it does here
     assert calibration.applied
     assert calibration.after.ece < calibration.before.ece - 0.01
     assert calibration.after.log_loss < calibration.before.log_loss
-    assert calibration.temperature != pytest.approx(1.0, abs=0.05)
+    # the served confidence is no worse calibrated than the uncorrected model's answers,
+    # and better than the corrected probabilities (what the bias-held correction served)
+    uncorrected = calibration_figures(own, model.classes_, valid_truth)
+    assert calibration.after.ece <= uncorrected.ece
+    assert calibration.after.ece < corrected.ece
 
-    valid_before = model.predict_proba(pools[VALID])
+    test_answers = (raw_scores(model, pools[TEST]) + np.asarray(offsets)).argmax(axis=1)
     test_before = model.predict_proba(pools[TEST])
     apply_temperature(model, calibration.temperature)
+    served = calibration.served_offsets()
+    assert served == pytest.approx(np.asarray(offsets) / calibration.temperature)
     valid_after = model.predict_proba(pools[VALID])
-    # the model itself now answers with the calibrated probabilities ...
+    # the model itself now gives the calibrated probabilities ...
     np.testing.assert_allclose(
         valid_after,
-        probabilities_from_scores(
-            raw_scores_without_temperature(valid_before) / calibration.temperature, "MultiClass"
-        ),
+        probabilities_from_scores(scores / calibration.temperature, "MultiClass"),
         atol=1e-9,
     )
     assert calibration_figures(
-        valid_after, model.classes_, sides[VALID][TARGET]
+        valid_after, model.classes_, valid_truth, answered=answered
     ).ece == pytest.approx(calibration.after.ece)
-    # ... with the same answered class on every row
-    assert (valid_after.argmax(axis=1) == valid_before.argmax(axis=1)).all()
-    test_after = model.predict_proba(pools[TEST])
-    assert (test_after.argmax(axis=1) == test_before.argmax(axis=1)).all()
+    # ... and with the offsets over T, the same answered class on every row
+    np.testing.assert_array_equal(
+        (raw_scores(model, pools[VALID]) + np.asarray(served)).argmax(axis=1), answered
+    )
+    test_scores = raw_scores(model, pools[TEST])
+    np.testing.assert_array_equal((test_scores + np.asarray(served)).argmax(axis=1), test_answers)
     # rows no choice touched agree: the test rows' ECE falls too
     truth = sides[TEST][TARGET]
+    test_after = model.predict_proba(pools[TEST])
     assert (
-        calibration_figures(test_after, model.classes_, truth).ece
-        < calibration_figures(test_before, model.classes_, truth).ece
+        calibration_figures(test_after, model.classes_, truth, answered=test_answers).ece
+        < calibration_figures(test_before, model.classes_, truth, answered=test_answers).ece
     )
     # and the temperature is part of the model file
     model.save_model(str(tmp_path / "calibrated.cbm"))
     loaded = CatBoostClassifier().load_model(str(tmp_path / "calibrated.cbm"))
     np.testing.assert_array_equal(loaded.predict_proba(pools[VALID]), valid_after)
-    # (its raw scores are the uncalibrated ones over T, up to a constant per row)
-    scores = raw_scores(loaded, pools[VALID])
-    expected = raw_scores_without_temperature(valid_before) / calibration.temperature
-    np.testing.assert_allclose(
-        scores - scores.mean(axis=1, keepdims=True),
-        expected - expected.mean(axis=1, keepdims=True),
-        atol=1e-6,
-    )
-
-
-def raw_scores_without_temperature(probabilities: np.ndarray) -> np.ndarray:
-    """Softmax scores up to a constant per row: enough to apply a temperature to."""
-    return np.log(probabilities)
 
 
 def test_a_one_vs_all_model_is_calibrated_by_its_sigmoids():
@@ -174,7 +196,7 @@ def test_a_one_vs_all_model_is_calibrated_by_its_sigmoids():
         atol=1e-12,
     )
     calibration = calibrate_temperature(trial.model, pools[VALID], sides[VALID][TARGET])
-    assert calibration.without_prior_correction is None  # the seed fit has no correction
+    assert calibration.prior_corrected is None  # the seed fit has no correction
     if calibration.applied:
         assert calibration.after.ece < calibration.before.ece
     before = trial.model.predict_proba(pools[VALID]).argmax(axis=1)

@@ -119,6 +119,25 @@ def test_reasons_sum_with_the_base_value_to_the_raw_score(
             assert document["base_value"] + shown + document["other_reasons"] == pytest.approx(
                 raw[row, class_index], abs=1e-9
             )
+    # a correction kept beside the model (decision offsets): the answered class's offset
+    # joins the expected value, and the sum is the score that class was chosen on
+    offsets = np.array([0.25, -0.5, 0.125])
+    answered = (raw + offsets).argmax(axis=1)
+    kept = explain_rows(
+        reason_map,
+        shap_values,
+        answered,
+        [classes[k] for k in answered],
+        records,
+        ratios,
+        offsets[answered],
+    )
+    for row, explanation in enumerate(kept):
+        chosen = raw[row, answered[row]] + offsets[answered[row]]
+        assert explanation.base_value + explanation.contributions.sum() == pytest.approx(
+            chosen, abs=1e-9
+        )
+        assert explanation.raw_score == pytest.approx(chosen, abs=1e-9)
     # the bias is in the expected value: without it every base value moves by the offset
     biased_base = shap_values[:, :, -1]
     apply_class_offsets(model, [-0.4, 0.3, -0.1])

@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, asset, materialize
 
 from credit_platform.cli.pipeline_runs import failure_reasons
+from credit_platform.core.answers import answered_labels
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import TARGET
 from credit_platform.core.model_input import prepare_model_input, uses_derived_features
@@ -177,10 +178,12 @@ def test_the_champion_is_scored_on_the_candidates_own_test_rows(training_setup, 
     test = _stored_test_rows(tmp_path)
     bundle = load_model_bundle(champion_tag)
     derived = uses_derived_features(bundle.model)
-    probabilities = bundle.model.predict_proba(
-        prepare_model_input(test, bundle.scalers, derived=derived)
+    answered = answered_labels(
+        bundle.model,
+        bundle.metadata,
+        prepare_model_input(test, bundle.scalers, derived=derived),
     )
-    expected = (bundle.model.classes_[probabilities.argmax(axis=1)] == test[TARGET]).mean()
+    expected = (answered == test[TARGET].astype(str).to_numpy()).mean()
     assert evaluation.metadata["champion_accuracy"].value == pytest.approx(expected)
     assert evaluation.metadata["test_rows"].value == len(test)
     assert evaluation.metadata["champion_source"].value.startswith(champion_tag)

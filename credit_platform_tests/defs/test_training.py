@@ -14,6 +14,7 @@ from dagster import materialize
 
 from api.predictor import Predictor
 from credit_platform.core import settings
+from credit_platform.core.answers import OFFSETS_KEY, AnswerRule
 from credit_platform.core.calibration import calibration_figures
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
@@ -25,6 +26,7 @@ from credit_platform.core.training import (
     FitSettings,
     TrialParams,
     TrialResult,
+    apply_class_offsets,
     best_trial,
     class_offsets,
     final_model,
@@ -33,10 +35,12 @@ from credit_platform.core.training import (
     make_pool,
     markdown_table,
     parameter_grid,
+    predict_labels,
 )
 from credit_platform.defs.assets.model import (
     CALIBRATION_ARTIFACT,
     CONFUSION_MATRIX_IMAGE,
+    DECISION_OFFSETS_ARTIFACT,
     MODEL_CARD_ARTIFACT,
     RELIABILITY_DIAGRAM_IMAGE,
     SEGMENTS_ARTIFACT,
@@ -244,26 +248,44 @@ def test_class_offsets_raise_rarer_classes_by_their_prior():
         FitSettings(class_offset_strength=-0.5)
 
 
-def test_a_trial_with_class_offsets_predicts_the_shifted_softmax_and_keeps_it_when_saved(tmp_path):
+def test_a_trial_with_class_offsets_answers_the_shifted_scores_with_its_own_probabilities(
+    tmp_path,
+):
     train, valid, train_pool, valid_pool, _ = _synthetic_pools()
     params = TrialParams(depth=4, rsm=1.0, l2_leaf_reg=3.0)
     plain_fit = FitSettings(
         iterations=40, loss_function="MultiClass", eval_metric="MultiClass", thread_count=2
     )
     shifted_fit = FitSettings(**{**plain_fit.__dict__, "class_offset_strength": 1.0})
-    plain = fit_trial(train_pool, valid_pool, valid[TARGET], params, plain_fit).model
-    shifted = fit_trial(train_pool, valid_pool, valid[TARGET], params, shifted_fit).model
+    plain = fit_trial(train_pool, valid_pool, valid[TARGET], params, plain_fit)
+    shifted = fit_trial(train_pool, valid_pool, valid[TARGET], params, shifted_fit)
 
-    offsets = np.array(class_offsets(train[TARGET], shifted.classes_, shifted_fit))
-    assert offsets.max() > 0
-    expected = plain.predict_proba(valid_pool) * np.exp(offsets)
-    expected /= expected.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(shifted.predict_proba(valid_pool), expected, rtol=1e-9)
-    # The offsets are part of the model file, so every copy predicts with them.
-    shifted.save_model(str(tmp_path / "shifted.cbm"))
-    loaded = type(shifted)().load_model(str(tmp_path / "shifted.cbm"))
+    offsets = np.array(class_offsets(train[TARGET], shifted.model.classes_, shifted_fit))
+    assert offsets.max() > 0 and plain.offsets == ()
+    assert shifted.offsets == pytest.approx(offsets)
+    # the model is the plain one: the correction is not in its probabilities ...
+    np.testing.assert_allclose(
+        shifted.model.predict_proba(valid_pool), plain.model.predict_proba(valid_pool)
+    )
+    # ... it chooses the label: the trial is evaluated on argmax(scores + offsets)
+    scores = shifted.model.predict(valid_pool, prediction_type="RawFormulaVal")
+    answered = np.asarray(shifted.model.classes_)[(scores + offsets).argmax(axis=1)]
     np.testing.assert_array_equal(
-        loaded.predict_proba(valid_pool), shifted.predict_proba(valid_pool)
+        predict_labels(shifted.model, valid_pool, shifted.offsets), answered
+    )
+    assert shifted.evaluation.accuracy == pytest.approx(
+        (answered == valid[TARGET].to_numpy()).mean()
+    )
+    # Put in the bias (as models were saved before), the offsets shift the softmax and
+    # travel in the model file.
+    apply_class_offsets(shifted.model, offsets)
+    expected = plain.model.predict_proba(valid_pool) * np.exp(offsets)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(shifted.model.predict_proba(valid_pool), expected, rtol=1e-9)
+    shifted.model.save_model(str(tmp_path / "shifted.cbm"))
+    loaded = type(shifted.model)().load_model(str(tmp_path / "shifted.cbm"))
+    np.testing.assert_array_equal(
+        loaded.predict_proba(valid_pool), shifted.model.predict_proba(valid_pool)
     )
 
 
@@ -280,16 +302,19 @@ def test_the_final_model_is_the_chosen_trial_refit_on_train_and_valid_rows():
         refit_on_train_valid=True,
     )
     chosen = fit_trial(train_pool, valid_pool, valid[TARGET], TrialParams(4, 1.0, 3.0), fit)
-    assert final_model(chosen, lambda: both, len(train), FitSettings()) is chosen.model
+    kept = final_model(chosen, lambda: both, len(train), FitSettings())
+    assert kept.model is chosen.model and kept.offsets == chosen.offsets
 
-    refit = final_model(chosen, lambda: both, len(train), fit)
+    refit, offsets = final_model(chosen, lambda: both, len(train), fit)
     assert refit is not chosen.model
     rounds = round((chosen.best_iteration + 1) * (len(train) + len(valid)) / len(train))
     assert refit.tree_count_ == rounds > chosen.best_iteration + 1
     assert refit.get_params()["depth"] == 4
     assert list(refit.feature_names_) == list(chosen.model.feature_names_)
+    # its offsets are counted on the rows it was fit on, and kept out of its bias
+    assert offsets == pytest.approx(class_offsets(both.get_label(), refit.classes_, fit))
     _, bias = refit.get_scale_and_bias()
-    assert bias == pytest.approx(class_offsets(both.get_label(), refit.classes_, fit))
+    assert np.asarray(bias) != pytest.approx(offsets)
 
 
 def _materialize_partition(tmp_path, sqlite_url, partition: str, seed: int):
@@ -399,10 +424,19 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
     test = stored[stored[SPLIT_COLUMN] == TEST]
     assert sum(confusion["rows"], []) and sum(map(sum, confusion["rows"])) == len(test)
     derived = uses_derived_features(bundle.model)
-    probabilities = bundle.model.predict_proba(
-        prepare_model_input(test, bundle.scalers, derived=derived)
-    )
-    predicted = np.asarray(bundle.model.classes_)[probabilities.argmax(axis=1)]
+    test_input = prepare_model_input(test, bundle.scalers, derived=derived)
+    # A prior correction is kept beside the model (its metadata), in the saved model's score
+    # units; the label is chosen with it, the probabilities are the model's own.
+    rule = AnswerRule.of(bundle.model, bundle.metadata)
+    assert (rule.offsets is not None) == bool(preset["class_offset_strength"])
+    probabilities, answered = rule.answer(bundle.model, test_input)
+    if rule.offsets is None:
+        np.testing.assert_array_equal(probabilities, bundle.model.predict_proba(test_input))
+    else:
+        np.testing.assert_allclose(probabilities, bundle.model.predict_proba(test_input))
+        scores = bundle.model.predict(test_input, prediction_type="RawFormulaVal")
+        np.testing.assert_array_equal(answered, (scores + rule.offsets).argmax(axis=1))
+    predicted = np.asarray(bundle.model.classes_)[answered]
     assert (predicted == test[TARGET].to_numpy()).mean() == pytest.approx(
         summary["metrics"]["test_accuracy"]
     )
@@ -412,13 +446,15 @@ def test_training_tracks_every_trial_and_hands_the_best_to_bentoml(tmp_path, sql
         {name: None if pd.isna(row[name]) else row[name] for name in MODEL_FEATURES}
         for row in test.to_dict(orient="records")
     ]
-    np.testing.assert_array_equal(Predictor(bundle).probabilities(records), probabilities)
+    served = Predictor(bundle)
+    np.testing.assert_allclose(served.probabilities(records), probabilities, rtol=0, atol=1e-12)
+    assert [answer.label for answer in served.predict(records)] == predicted.tolist()
 
     (materialization,) = result.asset_materializations_for_node("credit_score_model")
     metadata = materialization.metadata
     assert set(metadata) >= MODEL_METADATA_KEYS
     _assert_calibrated_and_carded(
-        metadata, summary, parent, client, tmp_path, bundle, test, probabilities
+        metadata, summary, parent, client, tmp_path, bundle, test, probabilities, answered
     )
     assert metadata["model_tag"].value == summary["bento_tag"]
     assert "bento_tag" not in metadata  # it holds a model's tag, not a Bento's
@@ -517,7 +553,7 @@ def test_the_experiment_is_marked_as_model_training_and_curves_are_step_metrics(
 
 
 def _assert_calibrated_and_carded(
-    metadata, summary, parent, client, tmp_path, bundle, test, served
+    metadata, summary, parent, client, tmp_path, bundle, test, served, answered
 ):
     """Calibration travels in the saved model, its figures are in the metadata and MLflow,
     and the model card is an artifact of the parent run linked from the asset."""
@@ -534,13 +570,24 @@ def _assert_calibrated_and_carded(
         )
     else:
         assert metadata["calibration_temperature"].value == 1.0
-    # the served probabilities are the calibrated ones the test ECE reports
-    served_ece = calibration_figures(served, bundle.model.classes_, test[TARGET]).ece
+    # the served probabilities of the answered labels are the ones the test ECE reports
+    served_ece = calibration_figures(
+        served, bundle.model.classes_, test[TARGET], answered=answered
+    ).ece
     assert metadata["test_ece"].value == pytest.approx(served_ece)
     assert parent.data.metrics["test_ece"] == pytest.approx(served_ece)
     assert calibration["test"]["ece"] == pytest.approx(served_ece)
     if not applied:
         assert metadata["test_ece_uncalibrated"].value == pytest.approx(served_ece)
+    offsets = bundle.metadata.get(OFFSETS_KEY)
+    if offsets is not None:
+        # the correction's own probabilities are reported beside, never served
+        assert {"val_ece_prior_corrected", "test_ece_prior_corrected"} <= set(metadata)
+        assert calibration["served_decision_offsets"] == offsets
+        logged = mlflow.artifacts.load_dict(
+            f"{parent.info.artifact_uri}/{DECISION_OFFSETS_ARTIFACT}"
+        )
+        assert logged == offsets
     image = client.download_artifacts(parent.info.run_id, RELIABILITY_DIAGRAM_IMAGE, str(tmp_path))
     assert Path(image).read_bytes()[:8] == PNG_SIGNATURE
     segments = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{SEGMENTS_ARTIFACT}")

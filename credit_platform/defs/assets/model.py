@@ -6,11 +6,15 @@ scored once on the test rows, and those test metrics are what the parent run,
 the new registered model version, the `credit_score_classifier` in the BentoML store (saved
 with its scalers) and the asset's metadata report.
 
-Calibration (`core/calibration.py`): a temperature is fitted on the valid rows as the chosen
-trial (fit on train rows only) scores them, and kept when it lowers their ECE; it is stored
-in the served model's scale and bias, so the API's `confidence` is the calibrated probability
-and the answered class is unchanged. The test rows only report: ECE before and after, a
-reliability diagram, the segment table (`core/fairness.py`) and the model card.
+Decision and probability are kept apart (`core/answers.py`): the prior correction of the
+`tuned` preset is saved beside the model as decision offsets (BentoML metadata, MLflow
+`decision_offsets.json`), which choose the label; the model's own probabilities give the
+confidence. Calibration (`core/calibration.py`): a temperature is fitted on the valid rows as
+the chosen trial (fit on train rows only) scores them, and kept when it lowers the ECE of
+the confidence served on them; it is stored in the served model's scale and bias (the
+offsets divided by it too), so the API's `confidence` is the calibrated probability of the
+answered class, and the answered class is unchanged. The test rows only report: ECE before
+and after, a reliability diagram, the segment table (`core/fairness.py`) and the model card.
 
 The drift reference is computed here, once, from the rows the served model was fit on (train,
 plus valid when it was refit on both) and its predictions on the test rows, and stored with
@@ -27,11 +31,11 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from credit_platform.core import settings
+from credit_platform.core.answers import answer_figures, offsets_document
 from credit_platform.core.calibration import (
     CALIBRATION_METHODS,
     apply_temperature,
     calibrate_temperature,
-    calibration_figures,
 )
 from credit_platform.core.charts import confusion_matrix_png, reliability_diagram_png
 from credit_platform.core.fairness import segment_confusions, segment_markdown, segment_table
@@ -49,7 +53,6 @@ from credit_platform.core.training import (
     FitSettings,
     TrialResult,
     best_trial,
-    class_offsets,
     confusion_document,
     confusion_markdown,
     evaluate,
@@ -74,6 +77,7 @@ MODEL_ARTIFACT = "model"
 CONFUSION_MATRIX_IMAGE = "test_confusion_matrix.png"
 DRIFT_REFERENCE_ARTIFACT = "drift_reference.json"
 RELIABILITY_DIAGRAM_IMAGE = "test_reliability_diagram.png"
+DECISION_OFFSETS_ARTIFACT = "decision_offsets.json"
 CALIBRATION_ARTIFACT = "calibration.json"
 SEGMENTS_ARTIFACT = "test_segments.json"
 MODEL_CARD_ARTIFACT = "model_card.md"
@@ -294,10 +298,10 @@ def credit_score_model(
             valid_pool,
             valid[TARGET],
             method=config.calibration,
-            prior_offsets=class_offsets(train[TARGET], best.model.classes_, fit),
+            offsets=best.offsets,
             fitted_on="valid rows (chosen trial)",
         )
-        model = final_model(
+        model, offsets = final_model(
             best,
             lambda: make_pool(
                 pd.concat([train_input, valid_input]), pd.concat([train[TARGET], valid[TARGET]])
@@ -308,12 +312,12 @@ def credit_score_model(
         refit = model is not best.model
         test_input = prepare_model_input(test, scalers, derived=derived)
         test_pool = make_pool(test_input)
-        classes = [str(label) for label in model.classes_]
-        test_uncalibrated = calibration_figures(
-            model.predict_proba(test_pool), classes, test[TARGET].astype(str)
+        test_uncalibrated, test_prior_corrected = answer_figures(
+            model, test_pool, test[TARGET], offsets
         )
         if calibration.applied:
             apply_temperature(model, calibration.temperature)
+        served_offsets = calibration.served_offsets(offsets)
         if refit or calibration.applied:
             best_model_uri = mlflow.catboost.log_model(
                 model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=requirements
@@ -323,16 +327,14 @@ def credit_score_model(
             mlflow_tracking.log_step_metrics(parent.info.run_id, learning_curves(model))
 
         # The one use of the test rows: report the chosen model.
-        tested = evaluate(model, test_pool, test[TARGET])
-        test_calibrated = calibration_figures(
-            model.predict_proba(test_pool), classes, test[TARGET].astype(str)
-        )
+        tested = evaluate(model, test_pool, test[TARGET], served_offsets)
+        test_calibrated, _ = answer_figures(model, test_pool, test[TARGET], served_offsets)
         metrics = tested.metrics("test")
-        calibration_metrics = _calibration_metrics(calibration, test_uncalibrated, test_calibrated)
-        segments = segment_table(
-            segment_confusions(test, test[TARGET], predict_labels(model, test_pool), policy),
-            policy,
+        calibration_metrics = _calibration_metrics(
+            calibration, test_uncalibrated, test_calibrated, test_prior_corrected
         )
+        predicted = predict_labels(model, test_pool, served_offsets)
+        segments = segment_table(segment_confusions(test, test[TARGET], predicted, policy), policy)
         shap_top = mean_abs_shap(model, test_pool)
         params = {**best.params.as_dict(), **fixed, "calibration": config.calibration}
         confusion = confusion_markdown(tested)
@@ -342,14 +344,21 @@ def credit_score_model(
             reference_profile(fit_rows, confusion_prediction_mix(confusion_document(tested)))
         )
         mlflow.log_metrics({**metrics, **best.metrics, **calibration_metrics})
+        offsets_entry = offsets_document(model.classes_, served_offsets)
         mlflow.log_dict(
             {
                 **calibration.document(),
+                "served_decision_offsets": offsets_entry,
                 "test_uncalibrated": test_uncalibrated.as_dict(),
+                "test_prior_corrected": (
+                    None if test_prior_corrected is None else test_prior_corrected.as_dict()
+                ),
                 "test": test_calibrated.as_dict(),
             },
             CALIBRATION_ARTIFACT,
         )
+        if offsets_entry is not None:
+            mlflow.log_dict(offsets_entry, DECISION_OFFSETS_ARTIFACT)
         mlflow_tracking.log_png(
             parent.info.run_id,
             reliability_diagram_png(
@@ -401,6 +410,7 @@ def credit_score_model(
             confusion=confusion_document(tested),
             validation_metrics=best.metrics,
             drift_reference=drift_reference,
+            decision_offsets=served_offsets,
             extra={
                 "mlflow_run_id": best_run_id,
                 "mlflow_parent_run_id": parent.info.run_id,
@@ -494,10 +504,13 @@ def credit_score_model(
     )
 
 
-def _calibration_metrics(calibration, test_uncalibrated, test_calibrated) -> dict[str, float]:
+def _calibration_metrics(
+    calibration, test_uncalibrated, test_calibrated, test_prior_corrected
+) -> dict[str, float]:
     """The calibration's figures as MLflow metrics and float metadata (absent ones left
-    out): the ECE on the test rows as served and uncalibrated, on the valid rows before and
-    after the temperature, and the temperature."""
+    out): the ECE of the served confidence on the test rows with and without the
+    temperature, on the valid rows before and after it, the ECE had the probabilities of
+    the prior-corrected scores been served (valid and test rows), and the temperature."""
     figures = {
         "test_ece": test_calibrated.ece,
         "test_classwise_ece": test_calibrated.classwise_ece,
@@ -506,11 +519,10 @@ def _calibration_metrics(calibration, test_uncalibrated, test_calibrated) -> dic
         "test_log_loss_uncalibrated": test_uncalibrated.log_loss,
         "val_ece_before_calibration": calibration.before.ece if calibration.before else None,
         "val_ece_after_calibration": calibration.after.ece if calibration.after else None,
-        "val_ece_without_prior_correction": (
-            calibration.without_prior_correction.ece
-            if calibration.without_prior_correction
-            else None
+        "val_ece_prior_corrected": (
+            calibration.prior_corrected.ece if calibration.prior_corrected else None
         ),
+        "test_ece_prior_corrected": test_prior_corrected.ece if test_prior_corrected else None,
         "calibration_temperature": calibration.temperature if calibration.applied else 1.0,
     }
     return {name: float(value) for name, value in figures.items() if value is not None}
