@@ -44,7 +44,7 @@ from credit_platform.core.json_lines import (
     parse_lines,
     rows_per_value,
 )
-from credit_platform.core.model_input import prepare_model_input, uses_derived_features
+from credit_platform.core.model_input import prepare_model_input, trained_columns
 from credit_platform.core.model_store import ModelBundle
 from credit_platform.core.prefetch import prefetched
 from credit_platform.core.reasons import ReasonMap, class_shap
@@ -270,9 +270,7 @@ def score_frame(
     made_missing = make_implausible_missing(NUMERIC_FEATURES, numbers)
     for position, name in enumerate(NUMERIC_FEATURES):
         rows[name] = numbers[:, position]
-    model_input = prepare_model_input(
-        rows, bundle.scalers, derived=uses_derived_features(bundle.model)
-    )
+    model_input = prepare_model_input(rows, bundle.scalers, columns=trained_columns(bundle.model))
     probabilities = np.asarray(bundle.model.predict_proba(model_input), dtype="float64")
     classes = [str(label) for label in bundle.model.classes_]
     unknown = sorted(set(classes) - set(LABELS))
