@@ -13,6 +13,11 @@ Standard 53 %, Poor 29 %, Good 18 %. Afterwards about 4 % of each feature is bla
 few values are corrupted the way Kaggle's are (-500 ages, -100 loans, the 10000 and
 -3.33e26 sentinels, bad SSNs, ...), so the shared cleaning rules null and count them.
 
+The seed's features are drawn by the code below, tied to each other (salary from income,
+instalments from loans and salary, history capped by age). A feature declared later draws
+as its declaration says (`NormalDraw`, `ChoiceDraw` in `core.features`), from random
+streams named after it, so declaring one leaves every other column's values as they were.
+
 A drift knob (`Drift`) changes the world from a chosen day on, for simulations that must
 show a served model going stale; rows before that day are exactly those of a run without
 drift. Each kind changes one thing, seeded like everything else:
