@@ -235,6 +235,14 @@ DERIVED_PLACES = """
     from credit_platform.ingest import kaggle
     assert not set(added) & set(kaggle.REQUIRED_COLUMNS)
     assert set(added) <= set(kaggle.OPTIONAL_COLUMNS)
+    import pandas as pd
+    raw = pd.read_csv(sys.argv[1], nrows=40, dtype=str)
+    loaded = kaggle.clean_kaggle_frame(raw, 2025)[0].credit_score_features
+    assert loaded["housing"].isna().all() and loaded["num_savings_accounts"].isna().all()
+    raw["Num_Savings_Accounts"], raw["housing"] = "3", "Owned"
+    loaded = kaggle.clean_kaggle_frame(raw, 2025)[0].credit_score_features
+    assert set(loaded["housing"]) == {"Owned"}
+    assert (loaded["num_savings_accounts"] == 3).all()
     from api.sample_requests import load_sample
     sample = load_sample(Path(sys.argv[1]), rows=50)
     assert sample["housing"].isna().all()
