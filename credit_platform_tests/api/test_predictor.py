@@ -20,6 +20,7 @@ from api.sample_requests import load_sample, request_payload
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.model_input import model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle
+from credit_platform.core.reasons import REASON_CODES
 from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import train_tiny_model
 
@@ -232,7 +233,9 @@ def test_an_explained_answer_equals_the_unexplained_one(
     # the repaired income is explained as missing, as it was scored
     (income,) = [
         reason
-        for reason in served.explain(rows[-1:], plain[-1:], reasons=27)[0].explanation["reasons"]
+        for reason in served.explain(rows[-1:], plain[-1:], reasons=len(REASON_CODES))[
+            0
+        ].explanation["reasons"]
         if reason["feature"] == "annual_income"
     ]
     assert income["value"] is None and income["text"].startswith("Annual income not given")
@@ -246,7 +249,7 @@ def test_reasons_sum_to_the_served_models_raw_score(
     predicted class, computed from the served input of each row."""
     served: Predictor = request.getfixturevalue(which)
     rows = records[:150]
-    explained = served.explain(rows, served.predict(rows), reasons=27)
+    explained = served.explain(rows, served.predict(rows), reasons=len(REASON_CODES))
     raw = served.bundle.model.predict(served.encode(rows), prediction_type="RawFormulaVal")
     classes = [str(label) for label in served.bundle.model.classes_]
     for row, prediction in enumerate(explained):
