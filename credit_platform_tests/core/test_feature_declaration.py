@@ -4,7 +4,8 @@ The declaration itself is checked in-process: records that cannot work are refus
 every declared feature's example is a value the API takes. Then a feature is added the way
 README "Adding a feature" says, in a scratch copy of the code (its `core/features.py`
 gains two records), and a fresh interpreter on that copy shows every derived place follows:
-the data contract, the store's tables and the generated SQL, the API's request model and
+the data contract, the store's tables, the generated SQL and the migration `db revision`
+writes (migrating a store to it leaves the schema's layout), the API's request model and
 its JSON schema, the smoke row, the synthetic generator, the Kaggle loader, the reasons,
 the load-test bodies and the training fixture. Last, a model saved before the feature was
 added keeps loading and answers exactly as before, through the API's predictor and
@@ -194,6 +195,24 @@ DERIVED_PLACES = """
         assert all(name in text for name in added), path.name
         assert text != path.read_text(), f"{path.name} would not change"
 
+    # the migration `db revision` writes adds the columns in their place
+    from click.testing import CliRunner
+    from sqlalchemy import inspect
+    from credit_platform.cli.main import main
+    from credit_platform.core import migrations
+    from credit_platform.core.db import init_schema
+    written = CliRunner().invoke(main, ["db", "revision", "-m", "features: savings, housing"])
+    assert written.exit_code == 0, written.output
+    (migration,) = Path("credit_platform/core/migrations/versions").glob("*_features_*.py")
+    assert migration.read_text().count("op.add_column_after(") == 4
+    engine = init_schema(f"sqlite:///{Path(sys.argv[2]) / 'store.db'}")
+    with engine.connect() as connection:
+        assert migrations.current_revision(connection) == migration.stem
+        assert migrations.schema_differences(connection) == []
+    columns = [column["name"] for column in inspect(engine).get_columns("credit_score_features")]
+    assert columns[-4:] == [*added, "name", "ssn"], columns
+    engine.dispose()
+
     # the API: request model, its JSON schema, the smoke row, the validation messages
     from api.predictor import SMOKE_ROW
     from api.schemas import BatchPredictRequest, PredictionFeatures, PredictRequest
@@ -273,8 +292,10 @@ DERIVED_PLACES = """
 
 
 @pytest.mark.slow
-def test_an_added_feature_reaches_every_derived_place(scratch_copy: Path, kaggle_sample: Path):
-    run_in_copy(scratch_copy, DERIVED_PLACES, str(kaggle_sample))
+def test_an_added_feature_reaches_every_derived_place(
+    scratch_copy: Path, kaggle_sample: Path, tmp_path: Path
+):
+    run_in_copy(scratch_copy, DERIVED_PLACES, str(kaggle_sample), str(tmp_path))
 
 
 OLD_MODEL_SCORES = """
