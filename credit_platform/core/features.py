@@ -171,6 +171,20 @@ class Feature:
                 problems.append("only a text feature is a listing")
             if not self.listing and max(map(len, self.values), default=0) > CATEGORY_LENGTH:
                 problems.append(f"a value longer than {CATEGORY_LENGTH} characters")
+        if self.numeric and self.plausible is not None:
+            low, high = self.plausible
+            if isinstance(self.example, bool) or not isinstance(self.example, int | float):
+                problems.append("the example must be a number")
+            elif not low <= self.example <= high:
+                problems.append("the example must be a plausible value")
+            filler = self.filler
+            if filler is not None and (
+                (filler.equal is not None and low <= filler.equal <= high)
+                or (filler.at_or_below is not None and filler.at_or_below >= low)
+            ):
+                problems.append("a filler must lie outside the plausible range")
+        if not self.numeric and not self.listing and self.example not in self.values:
+            problems.append("the example must be one of the values")
         draw = self.synthetic
         shares = draw.shares if isinstance(draw, ChoiceDraw) else None
         if shares is not None and len(shares) != len(self.values):

@@ -36,6 +36,7 @@ from credit_platform.core.features import (
     MODEL_FEATURES,
     ChoiceDraw,
     Feature,
+    Filler,
     NormalDraw,
 )
 from credit_platform.core.model_input import prepare_model_input, trained_columns
@@ -83,6 +84,9 @@ def test_every_example_is_a_plausible_value_the_api_takes():
         ({"synthetic": ChoiceDraw()}, "NormalDraw"),
         ({"synthetic": NormalDraw(0, 1, low=-5, high=5)}, "inside the plausible range"),
         ({"name": "Savings"}, "lower-case"),
+        ({"example": 11}, "example must be a plausible value"),
+        ({"example": "1"}, "example must be a number"),
+        ({"filler": Filler("-1 means unknown", equal=5)}, "outside the plausible range"),
     ],
 )
 def test_a_number_declared_wrongly_is_refused_naming_it(arguments, message):
@@ -108,7 +112,8 @@ def test_a_number_declared_wrongly_is_refused_naming_it(arguments, message):
         ({"synthetic": NormalDraw(0, 1, low=0, high=1)}, "ChoiceDraw"),
         ({"synthetic": ChoiceDraw((1.0,))}, "one share per value"),
         ({"listing": True}, "only a text feature"),
-        ({"values": ("x" * 65,)}, "longer than 64"),
+        ({"values": ("x" * 65, "Rent")}, "longer than 64"),
+        ({"example": "Tent"}, "example must be one of the values"),
     ],
 )
 def test_a_category_declared_wrongly_is_refused(arguments, message):
