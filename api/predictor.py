@@ -42,6 +42,7 @@ from credit_platform.core.derived_features import (
 )
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
+    FEATURES,
     LABELS,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
@@ -55,31 +56,9 @@ from credit_platform.core.model_store import (
 )
 from credit_platform.core.reasons import DEFAULT_REASONS, ReasonMap, explain_rows
 
-# A plausible applicant every model must score before it may serve.
-SMOKE_ROW: dict[str, Any] = {
-    "age": 35,
-    "occupation": "Scientist",
-    "annual_income": 42_000.0,
-    "monthly_inhand_salary": 3_400.0,
-    "num_bank_accounts": 4,
-    "num_credit_card": 4,
-    "interest_rate": 11,
-    "num_of_loan": 2,
-    "type_of_loan": "Auto Loan, and Personal Loan",
-    "delay_from_due_date": 12,
-    "num_of_delayed_payment": 8,
-    "changed_credit_limit": 6.5,
-    "num_credit_inquiries": 4,
-    "credit_mix": "Standard",
-    "outstanding_debt": 1_250.0,
-    "credit_utilization_ratio": 31.5,
-    "credit_history_age": 220,
-    "payment_of_min_amount": "No",
-    "total_emi_per_month": 80.0,
-    "amount_invested_monthly": 150.0,
-    "payment_behaviour": "Low_spent_Small_value_payments",
-    "monthly_balance": 320.0,
-}
+# A plausible applicant every model must score before it may serve: each declared
+# feature's example value (`core.features`).
+SMOKE_ROW: dict[str, Any] = {feature.name: feature.example for feature in FEATURES}
 
 
 # CatBoost scores on one thread: each worker process has a core of its own, and spreading
@@ -134,17 +113,27 @@ class Predictor:
         self.loaded_at = datetime.now(UTC)
         self.role = "champion"  # "shadow" or "canary" once attached as a challenger
         model = bundle.model
+        # The model scores with the features it was trained on, in its own order: a feature
+        # declared after it was trained is not among them and is left out of its input.
         feature_names = list(getattr(model, "feature_names_", None) or MODEL_FEATURES)
         derived = set(feature_names) - set(MODEL_FEATURES)
-        if sorted(set(feature_names) - derived) != sorted(MODEL_FEATURES) or derived not in (
-            set(),
-            set(DERIVED_FEATURES),
-        ):
+        unknown = sorted(derived - set(DERIVED_FEATURES))
+        if unknown or derived not in (set(), set(DERIVED_FEATURES)):
             raise ModelRefused(
-                f"{bundle.tag} expects features {feature_names}, not the 22 model features "
-                "(with or without the derived ones)"
+                f"{bundle.tag} expects features {feature_names}: "
+                + (
+                    f"{', '.join(unknown)} are neither declared features nor derived ones"
+                    if unknown
+                    else "some of the derived features but not all"
+                )
             )
-        missing = [name for name in NUMERIC_FEATURES if name not in bundle.scalers]
+        model_numeric = [name for name in feature_names if name in NUMERIC_FEATURES]
+        if derived and not set(DERIVED_INPUTS) <= set(model_numeric):
+            raise ModelRefused(
+                f"{bundle.tag} takes the derived features without all of their inputs "
+                f"({', '.join(DERIVED_INPUTS)})"
+            )
+        missing = [name for name in model_numeric if name not in bundle.scalers]
         if missing:
             raise ModelRefused(f"{bundle.tag} has no scaler for: {', '.join(missing)}")
         # The input plan, mirroring `prepare_model_input`: numeric columns are scaled with the

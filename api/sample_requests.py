@@ -32,8 +32,12 @@ def _history_months(value: Any) -> float:
 
 
 def load_sample(path: Path, rows: int = 3000) -> pd.DataFrame:
-    """The first `rows` rows: customer_id, the 22 features with numbers coerced, the label."""
+    """The first `rows` rows: customer_id, the model features with numbers coerced (a
+    declared feature the file lacks is missing throughout), the label."""
     frame = pd.read_csv(path, nrows=rows)
+    for name in MODEL_FEATURES:
+        if name not in frame.columns:
+            frame[name] = None
     frame["credit_history_age"] = frame["credit_history_age"].map(_history_months)
     for name in NUMERIC_FEATURES:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")

@@ -29,6 +29,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictBool,
     StringConstraints,
+    create_model,
     model_serializer,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -43,15 +44,13 @@ from credit_platform.core.data_contract import (
     unknown_loan_types,
 )
 from credit_platform.core.features import (
-    CREDIT_MIX_VALUES,
+    FEATURES,
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
-    OCCUPATION_VALUES,
-    PAYMENT_BEHAVIOUR_VALUES,
-    PAYMENT_OF_MIN_AMOUNT_VALUES,
+    Feature,
 )
 from credit_platform.core.reasons import DEFAULT_REASONS, REASON_CODES
 from credit_platform.core.schema import ID_LENGTH, TEXT_LENGTH
@@ -175,41 +174,39 @@ LoanList = Annotated[
 Label = Literal[LABELS]  # type: ignore[valid-type]
 
 
-class PredictionFeatures(BaseModel):
-    """One applicant: the customer id and the 22 model features."""
+def _feature_field(feature: Feature) -> Any:
+    """The request field of a declared feature (`core.features`)."""
+    if feature.numeric:
+        return _number(feature.name, feature.unit)
+    if feature.listing:
+        return LoanList
+    return _category(feature.name, feature.values)
+
+
+class _Applicant(BaseModel):
+    """What every applicant body has beyond its fields (which `PredictionFeatures` gets
+    from the feature declaration)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    customer_id: CustomerId
-    age: _number("age", "years")
-    occupation: _category("occupation", OCCUPATION_VALUES)
-    annual_income: _number("annual_income", "per year")
-    monthly_inhand_salary: _number("monthly_inhand_salary", "per month")
-    num_bank_accounts: _number("num_bank_accounts", "count")
-    num_credit_card: _number("num_credit_card", "count")
-    interest_rate: _number("interest_rate", "percent")
-    num_of_loan: _number("num_of_loan", "count")
-    type_of_loan: LoanList
-    delay_from_due_date: _number("delay_from_due_date", "days; negative means paid early")
-    num_of_delayed_payment: _number("num_of_delayed_payment", "count")
-    changed_credit_limit: _number("changed_credit_limit", "percent change")
-    num_credit_inquiries: _number("num_credit_inquiries", "count")
-    credit_mix: _category("credit_mix", CREDIT_MIX_VALUES)
-    outstanding_debt: _number("outstanding_debt", "amount")
-    credit_utilization_ratio: _number("credit_utilization_ratio", "percent")
-    credit_history_age: _number("credit_history_age", "months")
-    payment_of_min_amount: _category("payment_of_min_amount", PAYMENT_OF_MIN_AMOUNT_VALUES)
-    total_emi_per_month: _number("total_emi_per_month", "per month")
-    amount_invested_monthly: _number("amount_invested_monthly", "per month")
-    payment_behaviour: _category("payment_behaviour", PAYMENT_BEHAVIOUR_VALUES)
-    monthly_balance: _number("monthly_balance", "per month")
-
     def features(self) -> dict[str, Any]:
-        """The 22 model features in model order (no customer id): a copy of the instance
+        """The model features in model order (no customer id): a copy of the instance
         dict, the fields being declared in that order (checked below)."""
         features = self.__dict__.copy()
         del features["customer_id"]
         return features
+
+
+# One applicant: the customer id, then one required field per declared feature, in model
+# order. Built once at import; validation runs in pydantic-core as for a written class.
+PredictionFeatures = create_model(
+    "PredictionFeatures",
+    __base__=_Applicant,
+    __doc__="One applicant: the customer id and the model features.",
+    __module__=__name__,
+    customer_id=(CustomerId, ...),
+    **{feature.name: (_feature_field(feature), ...) for feature in FEATURES},
+)
 
 
 ExplainFlag = Annotated[

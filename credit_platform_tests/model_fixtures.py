@@ -46,7 +46,7 @@ def train_tiny_model(
     derived: bool = False,
 ) -> tuple[CatBoostClassifier, Scalers]:
     """A CatBoost model in seconds (iterations <= 30), with categorical and text features
-    (and the derived features after the 22 inputs, with `derived`)."""
+    (and the derived features after the inputs, with `derived`)."""
     if iterations > 30:
         raise ValueError("the test model is meant to be tiny: at most 30 iterations")
     scalers = fit_scalers(frame)

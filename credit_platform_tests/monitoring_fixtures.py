@@ -40,7 +40,7 @@ TRAINING_PARTITION = "2025-01-31"
 
 
 def day_rows(engine, day: date) -> pd.DataFrame:
-    """Every customer's features and label of `day` (customer_id, the 22 features, label)."""
+    """Every customer's features and label of `day` (customer_id, the model features, label)."""
     feats, labels = credit_score_features, credit_score
     statement = (
         select(feats.c.customer_id, *[feats.c[name] for name in MODEL_FEATURES], labels.c[TARGET])

@@ -21,11 +21,13 @@ from sqlalchemy.engine import Engine
 from credit_platform.core.db import init_schema
 from credit_platform.core.features import (
     CREDIT_MIX_VALUES,
+    FEATURES,
     LOAN_TYPES,
     MODEL_FEATURES,
     OCCUPATION_VALUES,
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
+    Feature,
 )
 from credit_platform.core.local_service import stop_service
 from credit_platform.core.schema import credit_score_features_target
@@ -40,6 +42,19 @@ from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResourc
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.ingest.synthetic import seed_synthetic
+
+
+def declared_column(feature: Feature, rng: np.random.Generator, rows: int) -> list:
+    """Random values of a declared feature the fixture's own columns do not cover: evenly
+    over the range real data holds, or evenly among the values (no value in a listing)."""
+    if feature.numeric:
+        low, high = feature.typical_range
+        if feature.kind == "integer":
+            return rng.integers(int(low), int(high) + 1, rows).tolist()
+        return rng.uniform(low, high, rows).round(2).tolist()
+    if feature.listing:
+        return [None] * rows
+    return rng.choice(feature.values, rows).tolist()
 
 
 def synthetic_partition(base_dt: date, rows: int = 300, seed: int = 7) -> pd.DataFrame:
@@ -92,6 +107,14 @@ def synthetic_partition(base_dt: date, rows: int = 300, seed: int = 7) -> pd.Dat
             "credit_score": label,
         }
     )
+    # Declared features beyond the ones above follow the declaration (from a generator of
+    # their own, so the columns above stay the same whatever is declared).
+    extra = np.random.default_rng(seed + 1)
+    for feature in FEATURES:
+        if feature.name not in frame:
+            frame.insert(
+                len(frame.columns) - 1, feature.name, declared_column(feature, extra, rows)
+            )
     # Dirty data the store really holds: a few missing numbers and categories.
     frame = frame.astype({name: "object" for name in MODEL_FEATURES})
     for name in ("annual_income", "num_of_delayed_payment", "occupation", "type_of_loan"):

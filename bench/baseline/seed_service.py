@@ -26,11 +26,15 @@ settings.export_bentoml_home()
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
+from pydantic import BaseModel, create_model  # noqa: E402
 from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, create_engine  # noqa: E402
 from sqlalchemy.orm import Session, declarative_base  # noqa: E402
 
-from credit_platform.core.features import CATEGORICAL_FEATURES, TEXT_FEATURES  # noqa: E402
+from credit_platform.core.features import (  # noqa: E402
+    CATEGORICAL_FEATURES,
+    FEATURES,
+    TEXT_FEATURES,
+)
 from credit_platform.core.model_input import MISSING_CATEGORY, MISSING_TEXT  # noqa: E402
 from credit_platform.core.model_store import load_model_bundle  # noqa: E402
 
@@ -52,32 +56,14 @@ class PredictionLog(Base):
     created_at = Column(DateTime, nullable=False)
 
 
-class Features(BaseModel):
-    """Seed-style body: plain types, no ranges, no category checks."""
-
-    customer_id: str
-    age: int
-    occupation: str | None
-    annual_income: float
-    monthly_inhand_salary: float | None
-    num_bank_accounts: int
-    num_credit_card: int
-    interest_rate: int
-    num_of_loan: int
-    type_of_loan: str | None
-    delay_from_due_date: int
-    num_of_delayed_payment: int | None
-    changed_credit_limit: float | None
-    num_credit_inquiries: int | None
-    credit_mix: str | None
-    outstanding_debt: float
-    credit_utilization_ratio: float
-    credit_history_age: int | None
-    payment_of_min_amount: str
-    total_emi_per_month: float
-    amount_invested_monthly: float | None
-    payment_behaviour: str | None
-    monthly_balance: float | None
+# Seed-style body: plain types, no ranges, no category checks; one field per declared
+# feature (`core.features`), each nullable.
+_PLAIN_TYPES = {"integer": int, "float": float, "category": str, "text": str}
+Features = create_model(
+    "Features",
+    customer_id=(str, ...),
+    **{feature.name: (_PLAIN_TYPES[feature.kind] | None, ...) for feature in FEATURES},
+)
 
 
 class Answer(BaseModel):
@@ -98,7 +84,7 @@ class SeedBaselineService:
         self.db_lock = threading.Lock()  # ... made safe for BentoML's thread pool
 
     @bentoml.api
-    def predict(self, data: Features, ctx: bentoml.Context) -> Answer:
+    def predict(self, data: Features, ctx: bentoml.Context) -> Answer:  # type: ignore[valid-type]
         started = time.time()
         frame = pd.DataFrame([data.model_dump()])
         customer_id = frame.pop("customer_id")

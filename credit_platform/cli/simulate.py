@@ -144,7 +144,7 @@ def _plain(value):
 
 
 def request_rows(features: pd.DataFrame) -> list[dict]:
-    """The API's request rows (customer_id and the 22 features, null when missing)."""
+    """The API's request rows (customer_id and the model features, null when missing)."""
     columns = ["customer_id", *MODEL_FEATURES]
     return [
         {name: _plain(value) for name, value in zip(columns, values, strict=True)}

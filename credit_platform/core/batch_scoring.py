@@ -46,7 +46,7 @@ from credit_platform.core.json_lines import (
     parse_lines,
     rows_per_value,
 )
-from credit_platform.core.model_input import prepare_model_input, uses_derived_features
+from credit_platform.core.model_input import prepare_model_input, trained_columns
 from credit_platform.core.model_store import ModelBundle
 from credit_platform.core.prefetch import prefetched
 from credit_platform.core.reasons import ReasonMap, class_shap
@@ -281,9 +281,7 @@ def score_frame(bundle: ModelBundle, rows: pd.DataFrame, *, reasons: bool = Fals
     made_missing = make_implausible_missing(NUMERIC_FEATURES, numbers)
     for position, name in enumerate(NUMERIC_FEATURES):
         rows[name] = numbers[:, position]
-    model_input = prepare_model_input(
-        rows, bundle.scalers, derived=uses_derived_features(bundle.model)
-    )
+    model_input = prepare_model_input(rows, bundle.scalers, columns=trained_columns(bundle.model))
     classes = [str(label) for label in bundle.model.classes_]
     unknown = sorted(set(classes) - set(LABELS))
     if unknown:

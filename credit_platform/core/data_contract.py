@@ -16,71 +16,27 @@ from typing import NamedTuple
 import numpy as np
 
 from credit_platform.core.features import (
-    CREDIT_MIX_VALUES,
+    FEATURES,
     INTEGER_FEATURES,
     LOAN_TYPES,
     MODEL_FEATURES,
     NUMERIC_FEATURES,
-    OCCUPATION_VALUES,
-    PAYMENT_BEHAVIOUR_VALUES,
-    PAYMENT_OF_MIN_AMOUNT_VALUES,
 )
 
-# Plausible ranges (inclusive). They come from the real Kaggle data: the true values sit
-# well inside them and the corrupted ones (injected by the dataset's author) far outside.
-#
-# | column                   | min     | max     | real Kaggle values | corrupted values seen   |
-# | ------------------------ | ------- | ------- | ------------------ | ----------------------- |
-# | age                      | 14      | 100     | 14 .. 56           | -500, 169 .. 8,678      |
-# | annual_income            | 0       | 200,000 | 7,006 .. 179,987   | up to 23.8 million      |
-# | monthly_inhand_salary    | 0       | 20,000  | 303 .. 15,205      |                         |
-# | num_bank_accounts        | 0       | 20      | 0 .. 11            | -1, 26 .. 1,747         |
-# | num_credit_card          | 0       | 20      | 0 .. 11            | 21 .. 1,499             |
-# | interest_rate            | 0       | 50      | 1 .. 34 (percent)  | 99 .. 5,773             |
-# | num_of_loan              | 0       | 12      | 0 .. 9             | -100, 18 .. 1,495       |
-# | delay_from_due_date      | -30     | 180     | -5 .. 67 (days)    |                         |
-# | num_of_delayed_payment   | 0       | 40      | 0 .. 28            | -3 .. -1, 47 .. 4,281   |
-# | changed_credit_limit     | -50     | 100     | -6.5 .. 35         |                         |
-# | num_credit_inquiries     | 0       | 30      | 0 .. 17            | 46 .. 2,554             |
-# | outstanding_debt         | 0       | 100,000 | 0.2 .. 5,000       |                         |
-# | credit_utilization_ratio | 0       | 100     | 20 .. 50 (percent) |                         |
-# | credit_history_age       | 0       | 1,200   | 1 .. 404 (months)  |                         |
-# | total_emi_per_month      | 0       | 2,000   | 0 .. 1,779         | whole numbers 2,004 ..  |
-# |                          |         |         |                    | 81,971 (above salary)   |
-# | amount_invested_monthly  | 0       | 5,000   | 0 .. 1,888         | sentinel 10,000         |
-# | monthly_balance          | -50,000 | 50,000  | 0.7 .. 1,602       | sentinel -3.33e26       |
+# Plausible ranges (inclusive), from each feature's declaration in `core.features`, which
+# also notes the real and the corrupted values the ranges were chosen between.
 PLAUSIBLE_RANGES = MappingProxyType(
-    {
-        "age": (14, 100),
-        "annual_income": (0, 200_000),
-        "monthly_inhand_salary": (0, 20_000),
-        "num_bank_accounts": (0, 20),
-        "num_credit_card": (0, 20),
-        "interest_rate": (0, 50),
-        "num_of_loan": (0, 12),
-        "delay_from_due_date": (-30, 180),
-        "num_of_delayed_payment": (0, 40),
-        "changed_credit_limit": (-50, 100),
-        "num_credit_inquiries": (0, 30),
-        "outstanding_debt": (0, 100_000),
-        "credit_utilization_ratio": (0, 100),
-        "credit_history_age": (0, 1_200),
-        "total_emi_per_month": (0, 2_000),
-        "amount_invested_monthly": (0, 5_000),
-        "monthly_balance": (-50_000, 50_000),
-    }
+    {feature.name: feature.plausible for feature in FEATURES if feature.numeric}
 )
 
-# Kaggle's fillers for a missing number, checked before the ranges:
+# Fillers for a missing number, checked before the ranges: Kaggle writes
 # amount_invested_monthly == 10,000 ("__10000__") and monthly_balance <= -1e9
 # ("__-333333333333333333333333333__").
-AMOUNT_INVESTED_SENTINEL = 10_000.0
-MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW = -1e9
+FILLERS = MappingProxyType({feature.name: feature.filler for feature in FEATURES if feature.filler})
+AMOUNT_INVESTED_SENTINEL = FILLERS["amount_invested_monthly"].equal
+MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW = FILLERS["monthly_balance"].at_or_below
 SENTINEL_DESCRIPTIONS = MappingProxyType(
-    {
-        "amount_invested_monthly": "10000 is Kaggle's filler",
-        "monthly_balance": "<= -1e9 (Kaggle's -3.33e26 filler)",
-    }
+    {name: filler.description for name, filler in FILLERS.items()}
 )
 
 # What a request may send at all. Inside these limits an implausible value is made
@@ -98,15 +54,17 @@ ACCEPTED_RANGES = MappingProxyType(
     }
 )
 
-# Closed categories and their allowed values (from the feature contract; NM is allowed).
+# Closed categories (and closed single-valued texts) and their allowed values.
 CATEGORY_VALUES = MappingProxyType(
     {
-        "occupation": OCCUPATION_VALUES,
-        "credit_mix": CREDIT_MIX_VALUES,
-        "payment_of_min_amount": PAYMENT_OF_MIN_AMOUNT_VALUES,
-        "payment_behaviour": PAYMENT_BEHAVIOUR_VALUES,
+        feature.name: feature.values
+        for feature in FEATURES
+        if not feature.numeric and not feature.listing
     }
 )
+# Texts listing several values at once (Kaggle's loan list); loan types are the only such
+# list the rules below know how to read.
+LISTING_FEATURES: tuple[str, ...] = tuple(feature.name for feature in FEATURES if feature.listing)
 
 # Every feature can be missing in the stored data (blank, filler, implausible or unknown
 # values are nulled there) and the model learns from those gaps, so a request may send
@@ -135,10 +93,11 @@ def _bounds(names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     equal = np.full(len(names), np.nan)
     at_or_below = np.full(len(names), np.nan)
     for position, name in enumerate(names):
-        if name == "amount_invested_monthly":
-            equal[position] = AMOUNT_INVESTED_SENTINEL
-        elif name == "monthly_balance":
-            at_or_below[position] = MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW
+        filler = FILLERS.get(name)
+        if filler is not None and filler.equal is not None:
+            equal[position] = filler.equal
+        if filler is not None and filler.at_or_below is not None:
+            at_or_below[position] = filler.at_or_below
     for array in (lows, highs, equal, at_or_below):
         array.setflags(write=False)
     return lows, highs, equal, at_or_below
@@ -212,7 +171,7 @@ def allowed_values(name: str) -> str:
         )
     if name in CATEGORY_VALUES:
         return f"one of {', '.join(CATEGORY_VALUES[name])}, or null (missing)"
-    if name == "type_of_loan":
+    if name in LISTING_FEATURES:
         return (
             'a comma list of loan types, e.g. "Auto Loan, and Payday Loan", each one of '
             f"{', '.join(LOAN_TYPES)}; empty or null when none is listed"
@@ -221,8 +180,11 @@ def allowed_values(name: str) -> str:
 
 
 assert set(PLAUSIBLE_RANGES) == set(NUMERIC_FEATURES)
+assert set(CATEGORY_VALUES) | set(NUMERIC_FEATURES) | set(LISTING_FEATURES) == set(MODEL_FEATURES)
+# A listing is read as a loan list (`loan_list_items`, `unknown_loan_types`).
+assert all(FEATURES[MODEL_FEATURES.index(name)].values == LOAN_TYPES for name in LISTING_FEATURES)
 # Fillers are implausible values too, which lets `make_implausible_missing` test ranges only.
-_invested_low, _invested_high = PLAUSIBLE_RANGES["amount_invested_monthly"]
-assert not _invested_low <= AMOUNT_INVESTED_SENTINEL <= _invested_high
-assert PLAUSIBLE_RANGES["monthly_balance"][0] > MONTHLY_BALANCE_SENTINEL_AT_OR_BELOW
-assert set(CATEGORY_VALUES) | set(NUMERIC_FEATURES) | {"type_of_loan"} == set(MODEL_FEATURES)
+for _name, _filler in FILLERS.items():
+    _low, _high = PLAUSIBLE_RANGES[_name]
+    assert _filler.equal is None or not _low <= _filler.equal <= _high, _name
+    assert _filler.at_or_below is None or _filler.at_or_below < _low, _name

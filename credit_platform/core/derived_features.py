@@ -1,4 +1,4 @@
-"""Features derived from the 22 inputs, computed by one function for training and serving.
+"""Features derived from the declared inputs, computed by one function for training and serving.
 
 The trees see ratios they cannot build from thresholds on single columns (debt and
 instalments against income), how many loans of each kind a customer lists (the text

@@ -18,7 +18,7 @@ from credit_platform.core.fairness import FairnessPolicy, describe_findings, seg
 from credit_platform.core.features import LABELS
 
 INTENDED_USE = (
-    "Scores a customer's credit standing as Good, Standard or Poor from the 22 features of "
+    "Scores a customer's credit standing as Good, Standard or Poor from the input features of "
     "the feature store (`POST /predict`), with `confidence`, the probability of the answered "
     "class. It supports a credit officer's decision and the platform's batch scores; it is "
     "not meant to decide alone on credit, and not for customers or products unlike those of "

@@ -7,7 +7,7 @@ scaling, the column order and the handling of missing values cannot differ betwe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,8 @@ MISSING_CATEGORY = "missing"
 MISSING_TEXT = "none"
 
 Scalers = dict[str, RobustScaler]
+# The texts `derived_columns` reads, in its argument order.
+DERIVED_TEXTS = ("type_of_loan", "payment_behaviour")
 
 
 def fit_scalers(train: pd.DataFrame) -> Scalers:
@@ -44,8 +46,16 @@ def fit_scalers(train: pd.DataFrame) -> Scalers:
 
 
 def model_columns(derived: bool) -> tuple[str, ...]:
-    """The model's input columns: the 22 features, then the derived ones if it uses them."""
+    """The input columns of a model trained now: the declared features, then the derived
+    ones if it uses them."""
     return MODEL_FEATURES + (DERIVED_FEATURES if derived else ())
+
+
+def trained_columns(model: Any) -> tuple[str, ...]:
+    """The input columns a trained model takes, in its order: the feature names it was
+    trained with, which stay its own when features are declared later (the declared
+    features for a model that names none)."""
+    return tuple(getattr(model, "feature_names_", None) or MODEL_FEATURES)
 
 
 def uses_derived_features(model: Any) -> bool:
@@ -54,20 +64,39 @@ def uses_derived_features(model: Any) -> bool:
 
 
 def prepare_model_input(
-    rows: pd.DataFrame, scalers: Mapping[str, RobustScaler], *, derived: bool = False
+    rows: pd.DataFrame,
+    scalers: Mapping[str, RobustScaler],
+    *,
+    derived: bool = False,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The 22 model features in model order: numerics scaled (NaN kept, CatBoost handles it),
+    """The model features in model order: numerics scaled (NaN kept, CatBoost handles it),
     categories and texts as strings with explicit placeholders for missing values; with
-    `derived`, the derived features after them (from the unscaled values)."""
-    missing = [name for name in MODEL_FEATURES if name not in rows.columns]
+    `derived`, the derived features after them (from the unscaled values).
+
+    `columns` (a saved model's `trained_columns`) gives exactly those columns in that order
+    instead: a model trained before a feature was declared scores without it."""
+    if columns is None:
+        columns = model_columns(derived)
+    else:
+        columns = tuple(columns)
+        derived = bool(set(columns) & set(DERIVED_FEATURES))
+        unknown = [
+            name for name in columns if name not in MODEL_FEATURES and name not in DERIVED_FEATURES
+        ]
+        if unknown:
+            raise KeyError(f"not declared features nor derived ones: {', '.join(unknown)}")
+    inputs = [name for name in columns if name in MODEL_FEATURES]
+    needed = [*inputs, *((*DERIVED_INPUTS, *DERIVED_TEXTS) if derived else ())]
+    missing = [name for name in dict.fromkeys(needed) if name not in rows.columns]
     if missing:
         raise KeyError(f"feature rows lack columns: {', '.join(missing)}")
-    absent_scalers = [name for name in NUMERIC_FEATURES if name not in scalers]
+    absent_scalers = [name for name in inputs if name in NUMERIC_FEATURES and name not in scalers]
     if absent_scalers:
         raise KeyError(f"no scaler for numeric features: {', '.join(absent_scalers)}")
 
     prepared: dict[str, object] = {}
-    for name in MODEL_FEATURES:
+    for name in inputs:
         values = rows[name]
         if name in NUMERIC_FEATURES:
             scaler = scalers[name]
@@ -84,10 +113,12 @@ def prepare_model_input(
         }
         texts = {
             name: rows[name].astype("object").where(rows[name].notna(), None).tolist()
-            for name in ("type_of_loan", "payment_behaviour")
+            for name in DERIVED_TEXTS
         }
-        prepared.update(derived_columns(numbers, texts["type_of_loan"], texts["payment_behaviour"]))
-    return pd.DataFrame(prepared, index=rows.index, columns=list(model_columns(derived)))
+        prepared.update(derived_columns(numbers, *(texts[name] for name in DERIVED_TEXTS)))
+    return pd.DataFrame(
+        {name: prepared[name] for name in columns}, index=rows.index, columns=list(columns)
+    )
 
 
 def _strings(values: pd.Series, placeholder: str) -> np.ndarray:

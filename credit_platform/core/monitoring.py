@@ -243,33 +243,53 @@ PROFILE_FORMAT = 1
 def profile_document(profile: ReferenceProfile) -> dict[str, Any]:
     """The profile as plain JSON types, to be stored with the model it describes (MLflow
     artifact, BentoML metadata): bin keys become text, edges lists of floats."""
+    numeric, categories = _profiled(profile)
     return {
         "format": PROFILE_FORMAT,
         "rows": int(profile.rows),
+        # The features profiled (those declared when the model was trained); a reference
+        # without this list holds the features of its sections.
+        "features": [*numeric, *categories],
         "numeric": {
             name: {
                 "edges": [float(edge) for edge in profile.edges[name]],
                 "counts": {str(key): int(count) for key, count in profile.counts[name].items()},
             }
-            for name in NUMERIC_FEATURES
+            for name in numeric
         },
         "categories": {
             name: {str(key): int(count) for key, count in profile.counts[name].items()}
-            for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES)
+            for name in categories
         },
         "prediction_mix": {str(k): float(v) for k, v in profile.prediction_mix.items()},
     }
 
 
+def _profiled(profile: ReferenceProfile) -> tuple[list[str], list[str]]:
+    """The declared numeric and the other features a profile holds, in model order: a
+    model's reference covers the features of its training, not those declared since."""
+    numeric = [name for name in NUMERIC_FEATURES if name in profile.edges]
+    others = [name for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES) if name in profile.counts]
+    return numeric, others
+
+
 def profile_from_document(document: Mapping[str, Any]) -> ReferenceProfile:
     """The profile a `profile_document` holds; ValueError naming what is wrong otherwise
-    (another format, a feature missing, a count that is no number)."""
+    (another format, a listed feature missing, a count that is no number). Features
+    declared after the reference was stored are not in it, and need not be; one no longer
+    declared is left out."""
     if not isinstance(document, Mapping) or document.get("format") != PROFILE_FORMAT:
         found = document.get("format") if isinstance(document, Mapping) else type(document)
         raise ValueError(f"not a drift reference of format {PROFILE_FORMAT} (found {found!r})")
     try:
+        listed = document.get("features")
+        if listed is None:
+            listed = [*document["numeric"], *document["categories"]]
+        listed = set(listed)
         edges, counts = {}, {}
         for name in NUMERIC_FEATURES:
+            if name not in listed:
+                continue
             stored = document["numeric"][name]
             edges[name] = np.asarray([float(edge) for edge in stored["edges"]], dtype=float)
             counts[name] = {
@@ -277,6 +297,8 @@ def profile_from_document(document: Mapping[str, Any]) -> ReferenceProfile:
                 for key, count in stored["counts"].items()
             }
         for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES):
+            if name not in listed:
+                continue
             counts[name] = {
                 str(key): int(count) for key, count in document["categories"][name].items()
             }
@@ -550,6 +572,8 @@ class DayMonitor:
         rows.append(self._row(version, role, PREDICTION_MIX_PSI, mix))
         values = []
         for name in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES, *TEXT_FEATURES):
+            if name not in reference.profile.counts:
+                continue  # declared after the model was trained
             value = psi(reference.profile.counts[name], tally.feature_counts.get(name, {}))
             rows.append(self._row(version, role, FEATURE_PSI, value, name))
             if value is not None:
@@ -605,9 +629,10 @@ def ece_from_counts(counts: np.ndarray) -> float | None:
 
 def _feature_counts(features: pd.DataFrame, profile: ReferenceProfile) -> dict[str, dict]:
     counts = {}
-    for name in NUMERIC_FEATURES:
+    numeric, others = _profiled(profile)
+    for name in numeric:
         counts[name] = numeric_bin_counts(features[name].to_numpy(dtype=float), profile.edges[name])
-    for name in (*CATEGORICAL_FEATURES, *TEXT_FEATURES):
+    for name in others:
         counts[name] = category_counts(name, features[name])
     return counts
 

@@ -9,7 +9,7 @@ sum is the score the class was chosen on, as for a model holding the correction 
 (the contributions are the same either way: an offset is a constant of the class).
 Reasons are stated in the applicant's terms:
 
-- each of the 22 input features is a reason of its own;
+- each declared input feature is a reason of its own;
 - a derived feature made from one input counts toward that input (the loan counts toward
   `type_of_loan`, the two halves of `payment_behaviour` toward it): their contributions
   are summed, which keeps the sum exact;
@@ -41,11 +41,12 @@ from credit_platform.core.derived_features import (
 )
 from credit_platform.core.features import (
     CATEGORICAL_FEATURES,
+    FEATURES,
     MODEL_FEATURES,
     TEXT_FEATURES,
 )
 
-# The reasons a model can give: the 22 inputs, then the ratios of two inputs.
+# The reasons a model can give: the declared inputs, then the ratios of two inputs.
 REASON_CODES: tuple[str, ...] = MODEL_FEATURES + tuple(RATIO_FEATURES)
 # How many reasons an explained answer and a batch score carry unless asked otherwise.
 DEFAULT_REASONS = 3
@@ -117,8 +118,17 @@ def _fixed(template: str) -> Callable[[Any], str]:
     return template.format
 
 
-# The one table of reason texts: one entry per code in REASON_CODES, nothing else.
-REASON_TEXTS: dict[str, ReasonText] = {
+def _plain(title: str) -> ReasonText:
+    """How a declared feature without a phrasing of its own reads: "Title: value"."""
+    return ReasonText(
+        lambda value: f"{title}: {value:,.6g}" if isinstance(value, float) else f"{title}: {value}",
+        f"{title} not given",
+    )
+
+
+# Phrasings of the reasons, by code; a declared feature missing here reads as `_plain`
+# makes it from the feature's title.
+_PHRASED: dict[str, ReasonText] = {
     "age": ReasonText(_fixed("Age of {:.0f} years"), "Age not given"),
     "occupation": ReasonText(
         lambda value: f"Occupation {value.replace('_', ' ')}", "Occupation not given"
@@ -186,7 +196,13 @@ REASON_TEXTS: dict[str, ReasonText] = {
     ),
 }
 
-assert tuple(REASON_TEXTS) == REASON_CODES, "one text per reason code, in REASON_CODES order"
+# The one table of reason texts: one entry per code in REASON_CODES, in that order.
+REASON_TEXTS: dict[str, ReasonText] = {
+    code: _PHRASED.get(code) or _plain(FEATURES[MODEL_FEATURES.index(code)].title)
+    for code in REASON_CODES
+}
+
+assert set(_PHRASED) <= set(REASON_CODES), "a phrasing for no reason code"
 assert all(reason_of(name) in REASON_CODES for name in DERIVED_FEATURES)
 
 

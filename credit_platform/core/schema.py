@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from credit_platform.core.features import INTEGER_FEATURES, LABELS, MODEL_FEATURES, TARGET
+from credit_platform.core.features import CATEGORY_LENGTH, FEATURES, LABELS, TARGET, Feature
 
 # DOUBLE on MariaDB (FLOAT there is single precision and would round money values).
 DOUBLE = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
@@ -69,19 +69,21 @@ MODEL_ROLES = ("champion", "shadow", "canary")
 SHADOW_ROW_SUFFIX = "@shadow"
 
 
-def _feature_column(name: str) -> Column:
-    if name in INTEGER_FEATURES:
-        return Column(name, Integer, nullable=True)
-    if name in ("occupation", "credit_mix", "payment_of_min_amount", "payment_behaviour"):
-        return Column(name, String(64), nullable=True)
-    if name == "type_of_loan":
-        return Column(name, String(TEXT_LENGTH), nullable=True)
-    return Column(name, DOUBLE, nullable=True)
+def _feature_column(feature: Feature) -> Column:
+    """A feature's store column, from its declaration: whole numbers as INTEGER, amounts as
+    DOUBLE, a closed category as a short string, a listing as a long one."""
+    if feature.kind == "integer":
+        return Column(feature.name, Integer, nullable=True)
+    if feature.kind == "float":
+        return Column(feature.name, DOUBLE, nullable=True)
+    if feature.listing:
+        return Column(feature.name, String(TEXT_LENGTH), nullable=True)
+    return Column(feature.name, String(CATEGORY_LENGTH), nullable=True)
 
 
 def feature_columns() -> list[Column]:
-    """Fresh Column objects for the 22 model features (a Column belongs to one Table)."""
-    return [_feature_column(name) for name in MODEL_FEATURES]
+    """Fresh Column objects for the model features (a Column belongs to one Table)."""
+    return [_feature_column(feature) for feature in FEATURES]
 
 
 metadata = MetaData()

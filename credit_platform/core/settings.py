@@ -74,7 +74,7 @@ TRAINING_GRIDS: dict[str, dict[str, Any]] = {
         **SEED_FIT,
     },
     # Measured better than the seed design on held-out rows (BENCHMARKS.md, model quality):
-    # the 22 inputs plus the derived features, a softmax loss at a lower learning rate with
+    # the seed's inputs plus the derived features, a softmax loss at a lower learning rate with
     # early stopping on valid log loss, a prior correction of the class scores instead of
     # class weights (strength 0.375: the best valid accuracy + macro F1 of 0 .. 0.625), depth
     # 6 (better than 4 and 8 on valid rows pooled over splits; choosing per partition between

@@ -173,7 +173,7 @@ def make_pool(features: pd.DataFrame, labels: pd.Series | None = None) -> Pool:
         features,
         label=None if labels is None else labels.to_numpy(),
         cat_features=[name for name in features.columns if name in categorical],
-        text_features=list(TEXT_FEATURES),
+        text_features=[name for name in features.columns if name in TEXT_FEATURES],
     )
 
 

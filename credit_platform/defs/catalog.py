@@ -57,7 +57,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "model_version": "BentoML tag of the model that answered (credit_score_classifier:<version>)",
     "request_id": "X-Request-ID of the answered request (#<position> for a batch row, "
     "@shadow for a shadow's score)",
-    "features": "the request's 22 features as scored (JSON; a repaired value is null)",
+    "features": "the request's model features as scored (JSON; a repaired value is null)",
     "confidence": "probability of the predicted label",
     "elapsed_ms": "time the model took to answer, in milliseconds",
     "role": f"which model answered: {', '.join(MODEL_ROLES)}",

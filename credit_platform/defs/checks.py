@@ -38,7 +38,7 @@ from credit_platform.core.fairness import (
     segment_table,
 )
 from credit_platform.core.features import TARGET
-from credit_platform.core.model_input import prepare_model_input, uses_derived_features
+from credit_platform.core.model_input import prepare_model_input, trained_columns
 from credit_platform.core.model_store import ModelNotFound, load_model_bundle, model_metadata
 from credit_platform.core.training import evaluate, make_pool
 from credit_platform.defs.assets.model import credit_score_model
@@ -140,8 +140,8 @@ def score_champion(
     except Exception as error:  # a corrupt or incompatible saved model
         raise ChampionUnusable(f"{where}: cannot load {tag}: {error}") from error
     try:
-        derived = uses_derived_features(bundle.model)
-        pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
+        columns = trained_columns(bundle.model)
+        pool = make_pool(prepare_model_input(test_rows, bundle.scalers, columns=columns))
         offsets = offsets_from_metadata(bundle.metadata, bundle.model.classes_)
         evaluation = evaluate(bundle.model, pool, test_rows[TARGET], offsets)
     except Exception as error:
@@ -247,8 +247,8 @@ def credit_score_model_fairness(
     tag = credit_score_model["bento_tag"]
     test_rows = side_rows(train_valid_split, TEST)
     bundle = load_model_bundle(tag)
-    derived = uses_derived_features(bundle.model)
-    pool = make_pool(prepare_model_input(test_rows, bundle.scalers, derived=derived))
+    columns = trained_columns(bundle.model)
+    pool = make_pool(prepare_model_input(test_rows, bundle.scalers, columns=columns))
     predicted = answered_labels(bundle.model, bundle.metadata, pool)
     table = segment_table(
         segment_confusions(test_rows, test_rows[TARGET], predicted, policy), policy

@@ -26,11 +26,12 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
+from credit_platform.core.data_contract import LISTING_FEATURES
 from credit_platform.core.features import (
+    FEATURES,
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,
-    MODEL_FEATURES,
     TARGET,
 )
 from credit_platform.ingest.cleaning import (
@@ -55,8 +56,12 @@ from credit_platform.ingest.writer import (
 
 # Records read, cleaned and written together (one transaction): memory is bounded by this.
 DEFAULT_READ_CHUNK_ROWS = 10_000
-REQUIRED_COLUMNS: tuple[str, ...] = ("id", "customer_id", "month", *MODEL_FEATURES, TARGET)
-OPTIONAL_COLUMNS: tuple[str, ...] = ("name", "ssn")
+# Kaggle's own features are required; a feature declared beyond them (`kaggle=False` in
+# `core.features`) is read when a file has its column and is missing otherwise.
+KAGGLE_FEATURES: tuple[str, ...] = tuple(feature.name for feature in FEATURES if feature.kaggle)
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "customer_id", "month", *KAGGLE_FEATURES, TARGET)
+OTHER_FEATURES: tuple[str, ...] = tuple(feature.name for feature in FEATURES if not feature.kaggle)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("name", "ssn", *OTHER_FEATURES)
 _KEY_COLUMNS = ("id", "customer_id", TARGET, "month")
 # Month names Kaggle uses ("August"), their abbreviations and numbers, in lower case.
 _MONTHS = MappingProxyType(
@@ -132,6 +137,9 @@ def clean_kaggle_frame(
     keys["date"] = spread_dates(keys["id"], keys["month"], year)
     keep = storable_rows(keys, LABELS, log, seen_ids=seen_ids)
     frame, clean = frame.loc[keep], keys.loc[keep, ["id", "customer_id", "date", TARGET]].copy()
+    for name in OTHER_FEATURES:
+        if name not in frame.columns:
+            frame[name] = pd.Series(None, index=frame.index, dtype="object")
     for name in INTEGER_FEATURES + FLOAT_FEATURES:
         if name == "credit_history_age":
             clean[name] = history_months_from_text(frame[name], log)
@@ -139,10 +147,9 @@ def clean_kaggle_frame(
             clean[name] = numbers_from_text(name, frame[name], log)
     for name, allowed in CATEGORY_VALUES.items():
         clean[name] = apply_category_rule(name, text_or_null(name, frame[name], log), allowed, log)
-    clean["type_of_loan"] = apply_loan_list_rule(
-        text_or_null("type_of_loan", frame["type_of_loan"], log), log
-    )
-    for name in OPTIONAL_COLUMNS:
+    for name in LISTING_FEATURES:
+        clean[name] = apply_loan_list_rule(text_or_null(name, frame[name], log), log)
+    for name in ("name", "ssn"):
         if name not in frame.columns:
             clean[name] = pd.Series(None, index=frame.index, dtype="object")
             continue

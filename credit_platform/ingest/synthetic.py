@@ -13,6 +13,11 @@ Standard 53 %, Poor 29 %, Good 18 %. Afterwards about 4 % of each feature is bla
 few values are corrupted the way Kaggle's are (-500 ages, -100 loans, the 10000 and
 -3.33e26 sentinels, bad SSNs, ...), so the shared cleaning rules null and count them.
 
+The seed's features are drawn by the code below, tied to each other (salary from income,
+instalments from loans and salary, history capped by age). A feature declared later draws
+as its declaration says (`NormalDraw`, `ChoiceDraw` in `core.features`), from random
+streams named after it, so declaring one leaves every other column's values as they were.
+
 A drift knob (`Drift`) changes the world from a chosen day on, for simulations that must
 show a served model going stale; rows before that day are exactly those of a run without
 drift. Each kind changes one thing, seeded like everything else:
@@ -38,7 +43,9 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from credit_platform.core.data_contract import LISTING_FEATURES
 from credit_platform.core.features import (
+    FEATURES,
     FLOAT_FEATURES,
     INTEGER_FEATURES,
     LABELS,
@@ -47,6 +54,9 @@ from credit_platform.core.features import (
     OCCUPATION_VALUES,
     PAYMENT_BEHAVIOUR_VALUES,
     TARGET,
+    ChoiceDraw,
+    HandWritten,
+    NormalDraw,
 )
 from credit_platform.ingest.cleaning import (
     CATEGORY_VALUES,
@@ -107,6 +117,18 @@ DRIFTED_OCCUPATION_SHARES = tuple(
     for name in OCCUPATION_VALUES
 )
 LABEL_RULE_SHIFT = 0.8
+
+# The features this module's own code draws (the seed's, tied to each other), and those
+# drawn as their declaration says (`NormalDraw`, `ChoiceDraw` in `core.features`), each
+# from random streams of its own, so declaring one changes no other column's values.
+HAND_WRITTEN_FEATURES: tuple[str, ...] = tuple(
+    feature.name for feature in FEATURES if isinstance(feature.synthetic, HandWritten)
+)
+DECLARED_DRAWS = {
+    feature.name: feature
+    for feature in FEATURES
+    if isinstance(feature.synthetic, NormalDraw | ChoiceDraw)
+}
 
 
 @dataclass(frozen=True)
@@ -271,8 +293,40 @@ def customer_profiles(customers: np.ndarray, seed: int) -> pd.DataFrame:
             ),
             "name": names,
             "ssn": ssn,
+            **{
+                _profile_column(name): _declared_profile(feature, draw, risk)
+                for name, feature in DECLARED_DRAWS.items()
+            },
         }
     )
+
+
+def _profile_column(name: str) -> str:
+    """A declared draw's stable part in the profiles (apart from the day's value)."""
+    return f"declared/{name}"
+
+
+def _declared_profile(feature, draw: _Draws, risk: np.ndarray) -> np.ndarray:
+    """The customer's own part of a declared draw: the number before its daily move, or
+    the category."""
+    spec = feature.synthetic
+    if isinstance(spec, ChoiceDraw):
+        return draw.choice(f"declared/{feature.name}", feature.values, spec.shares)
+    return spec.mean + spec.sd * draw.normal(f"declared/{feature.name}") + spec.risk * risk
+
+
+def _declared_values(feature, profile: np.ndarray, draw: _Draws) -> np.ndarray:
+    """A declared feature's value on each row's day, within its draw's bounds."""
+    spec = feature.synthetic
+    if isinstance(spec, ChoiceDraw):
+        return profile
+    values = profile.astype(float)
+    if spec.daily_sd:
+        values = values + spec.daily_sd * draw.normal(f"declared/{feature.name}/day")
+    values = np.clip(values, spec.low, spec.high)
+    if feature.kind == "integer":
+        return np.round(values).astype(int)
+    return np.round(values, spec.digits)
 
 
 def _drifted_profiles(
@@ -325,7 +379,7 @@ def _true_values(
         draw.choice("behaviour_today", PAYMENT_BEHAVIOUR_VALUES, PAYMENT_BEHAVIOUR_SHARES),
         profiles["payment_behaviour"].to_numpy(),
     )
-    values = pd.DataFrame(
+    columns = dict(
         {
             "age": profiles["age"].to_numpy(),
             "occupation": profiles["occupation"].to_numpy(),
@@ -362,8 +416,12 @@ def _true_values(
             "payment_behaviour": behaviour,
             "monthly_balance": balance,
         },
-        index=range(rows),
+        **{
+            name: _declared_values(feature, profiles[_profile_column(name)].to_numpy(), draw)
+            for name, feature in DECLARED_DRAWS.items()
+        },
     )
+    values = pd.DataFrame({name: columns[name] for name in MODEL_FEATURES}, index=range(rows))
     shifted = drift.rows("label_rule", days) if drift else np.zeros(rows, dtype=bool)
     values[TARGET] = _labels(
         values, profiles["noise"].to_numpy(), draw.normal("label_day"), shifted
@@ -445,8 +503,9 @@ def _clean(values: pd.DataFrame, log: CleaningLog) -> pd.DataFrame:
     for name, options in CATEGORY_VALUES.items():
         log.count_missing(name, values[name])
         clean[name] = apply_category_rule(name, values[name], options, log)
-    log.count_missing("type_of_loan", values["type_of_loan"])
-    clean["type_of_loan"] = apply_loan_list_rule(values["type_of_loan"], log)
+    for name in LISTING_FEATURES:
+        log.count_missing(name, values[name])
+        clean[name] = apply_loan_list_rule(values[name], log)
     log.count_missing("name", values["name"])
     clean["name"] = apply_length_rule("name", values["name"], NAME_LENGTH, log)
     log.count_missing("ssn", values["ssn"])
@@ -559,3 +618,7 @@ def seed_synthetic(
     summary.rows_written = dict(writer.written)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+# Every declared feature is drawn, by this module's code or by its declaration.
+assert set(HAND_WRITTEN_FEATURES) | set(DECLARED_DRAWS) == set(MODEL_FEATURES)

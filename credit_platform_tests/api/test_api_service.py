@@ -31,9 +31,11 @@ from sqlalchemy import select
 from api.sample_requests import load_sample, request_payload, valid_request_payloads
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.db import init_schema, make_engine
+from credit_platform.core.derived_features import RATIO_FEATURES
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.model_input import prepare_model_input
 from credit_platform.core.model_store import list_model_tags, save_model_bundle
+from credit_platform.core.reasons import REASON_CODES
 from credit_platform.core.schema import credit_predictions_api_log as log_table
 from credit_platform.core.service_process import free_port
 from credit_platform.ingest.kaggle import load_kaggle_csv
@@ -846,13 +848,16 @@ def test_explained_answers_equal_the_unexplained_and_sum_to_the_raw_score(
     before = server.served_tag()
     rows = payloads[20:30]
     try:
-        # every reason asked for: the 22 inputs, and the 5 ratios of a derived model
-        for tag, count in ((tags.first, 22), (corrected_tag, 27)):
+        # every reason asked for: the inputs, and also the ratios of a derived model
+        inputs = len(MODEL_FEATURES)
+        for tag, count in ((tags.first, inputs), (corrected_tag, inputs + len(RATIO_FEATURES))):
             assert server.reload(tag).status_code == 200
             classes, raw = served_raw_scores(tag, [features_of(row) for row in rows])
             for position, row in enumerate(rows):
                 plain = server.post("/predict", {"data": row})
-                explained = server.post("/predict", {"data": row, "explain": True, "reasons": 27})
+                explained = server.post(
+                    "/predict", {"data": row, "explain": True, "reasons": len(REASON_CODES)}
+                )
                 assert plain.status_code == explained.status_code == 200, explained.text
                 body, answer = plain.json(), explained.json()
                 assert "explanation" not in body

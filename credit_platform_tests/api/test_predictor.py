@@ -36,6 +36,7 @@ from credit_platform.core.calibration import (
 from credit_platform.core.features import MODEL_FEATURES, TARGET
 from credit_platform.core.model_input import fit_scalers, model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle, save_model_bundle
+from credit_platform.core.reasons import REASON_CODES
 from credit_platform.core.training import (
     FitSettings,
     TrialParams,
@@ -269,7 +270,9 @@ def test_an_explained_answer_equals_the_unexplained_one(
     # the repaired income is explained as missing, as it was scored
     (income,) = [
         reason
-        for reason in served.explain(rows[-1:], plain[-1:], reasons=27)[0].explanation["reasons"]
+        for reason in served.explain(rows[-1:], plain[-1:], reasons=len(REASON_CODES))[
+            0
+        ].explanation["reasons"]
         if reason["feature"] == "annual_income"
     ]
     assert income["value"] is None and income["text"].startswith("Annual income not given")
@@ -284,7 +287,7 @@ def test_reasons_sum_to_the_served_models_raw_score(
     from the served input of each row."""
     served: Predictor = request.getfixturevalue(which)
     rows = records[:150]
-    explained = served.explain(rows, served.predict(rows), reasons=27)
+    explained = served.explain(rows, served.predict(rows), reasons=len(REASON_CODES))
     raw = served.bundle.model.predict(served.encode(rows), prediction_type="RawFormulaVal")
     offsets = offsets_from_metadata(served.bundle.metadata, served.bundle.model.classes_)
     assert (offsets is not None) == (which == "apart_predictor")

@@ -1,5 +1,5 @@
 """The derived features: what each one holds for real-looking and missing values, and the
-training transform placing them after the 22 inputs."""
+training transform placing them after the inputs."""
 
 from __future__ import annotations
 

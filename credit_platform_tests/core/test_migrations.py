@@ -61,8 +61,11 @@ def fill_release_database(url: str) -> dict[str, list[tuple]]:
     would; returns each table's rows (the columns it had) to compare after the upgrade."""
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
-    feature_names = ", ".join(MODEL_FEATURES)
-    feature_marks = ", ".join(f":{name}" for name in MODEL_FEATURES)
+    # The features that release stored (features declared since are not in its tables).
+    stored = {column["name"] for column in inspect(engine).get_columns("credit_score_features")}
+    released = [name for name in MODEL_FEATURES if name in stored]
+    feature_names = ", ".join(released)
+    feature_marks = ", ".join(f":{name}" for name in released)
     try:
         with engine.begin() as connection:
             connection.execute(

@@ -215,6 +215,21 @@ def test_a_stored_profile_missing_a_feature_is_refused():
         profile_from_document(document)
 
 
+def test_a_reference_stored_before_a_feature_was_declared_reads_without_it():
+    """A model trained before a feature was declared has a reference without it (and, from
+    before references listed their features, no list): it reads, and drift is measured
+    on the features it holds."""
+    document = profile_document(reference_profile(_training_frame()))
+    assert sorted(document["features"]) == sorted(MODEL_FEATURES)
+    del document["features"]
+    del document["numeric"]["monthly_balance"]
+    del document["categories"]["payment_behaviour"]
+    profile = profile_from_document(document)
+    assert "monthly_balance" not in profile.edges
+    assert set(profile.counts) == set(MODEL_FEATURES) - {"monthly_balance", "payment_behaviour"}
+    assert sorted(profile_document(profile)["features"]) == sorted(profile.counts)
+
+
 def _log_chunk(features: pd.DataFrame, version: str, role: str, predictions, customers):
     records = features[list(MODEL_FEATURES)].to_dict(orient="records")
     return pd.DataFrame(

@@ -44,7 +44,7 @@ def test_schema_has_the_seed_tables_and_columns(store_url):
         assert primary["constrained_columns"] == monitoring[:5]
         features = _columns(engine, "credit_score_features")
         assert features[:3] == ["id", "customer_id", "date"]
-        assert features[3:25] == list(MODEL_FEATURES)
+        assert features[3 : 3 + len(MODEL_FEATURES)] == list(MODEL_FEATURES)
         assert {"name", "ssn"} <= set(features)
         target = _columns(engine, "credit_score_features_target")
         assert target == ["base_dt", "id", "customer_id", "date", *MODEL_FEATURES, "credit_score"]
@@ -120,7 +120,8 @@ def test_committed_mariadb_ddl_builds_the_same_schema(mariadb_url):
     engine = create_engine(mariadb_url)
     try:
         assert set(inspect(engine).get_table_names()) == PLATFORM_TABLES | {VERSION_TABLE}
-        assert _columns(engine, "credit_score_features_target")[4:26] == list(MODEL_FEATURES)
+        target = _columns(engine, "credit_score_features_target")
+        assert target[4 : 4 + len(MODEL_FEATURES)] == list(MODEL_FEATURES)
     finally:
         engine.dispose()
 

@@ -20,6 +20,7 @@ from dagster import (
 
 from credit_platform.core import settings
 from credit_platform.core.db import init_schema
+from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.model_store import DRIFT_REFERENCE_KEY, model_metadata
 from credit_platform.core.monitoring import (
     ALL_VERSIONS,
@@ -456,7 +457,7 @@ def test_a_models_psi_for_a_day_is_the_same_whatever_arrives_later(tmp_path):
     assert f"{PINNED_REFERENCE}: {len(fit_rows)} training rows" in note["drift_reference"].value
     psi_first = _psi_rows(url, GOOD_DAY, tag)
     # every feature, their maximum and the prediction mix: measured, nothing skipped
-    assert psi_first["value"].notna().sum() == 22 + 1 + 1
+    assert psi_first["value"].notna().sum() == len(MODEL_FEATURES) + 1 + 1
     assert (psi_first["metric"] == PREDICTION_MIX_PSI).sum() == 1
 
     training_day = date.fromisoformat(TRAINING_PARTITION)

@@ -166,7 +166,7 @@ def test_the_seed_grid_stays_selectable():
     )
     assert seed["learning_rate"] == 0.3 and seed["loss_function"] == "MultiClassOneVsAll"
     assert seed["early_stopping_rounds"] == 50 and seed["selection_metric"] == "accuracy"
-    # the seed design takes the 22 inputs as they are, and serves its train-only model
+    # the seed design takes the inputs as they are, and serves its train-only model
     assert not seed["derived_features"] and not seed["refit_on_train_valid"]
     assert seed["class_offset_strength"] == 0 and seed["class_weights"] == "none"
     assert set(settings.TRAINING_GRIDS) == set(settings.TRAINING_GRIDS)

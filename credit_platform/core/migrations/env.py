@@ -9,6 +9,7 @@ own, so an interrupted upgrade resumes at the revision that failed.
 from alembic import context
 
 from credit_platform.core.migrations import VERSION_TABLE, compare_server_default
+from credit_platform.core.migrations.columns import place_added_columns
 from credit_platform.core.schema import metadata
 
 if context.is_offline_mode():
@@ -32,6 +33,8 @@ context.configure(
     compare_type=True,
     compare_server_default=compare_server_default,
     transaction_per_migration=True,
+    # A column added among others is written as `op.add_column_after` (columns.py).
+    process_revision_directives=place_added_columns,
 )
 with context.begin_transaction():
     context.run_migrations()

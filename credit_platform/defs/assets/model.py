@@ -146,7 +146,7 @@ class TrainingConfig(Config):
     )
     derived_features: bool = Field(
         default=_grid_default("derived_features"),
-        description="Add the features derived from the 22 inputs (ratios, loan counts, the "
+        description="Add the features derived from the inputs (ratios, loan counts, the "
         "parts of payment_behaviour); the API computes them the same way.",
     )
     calibration: str = Field(

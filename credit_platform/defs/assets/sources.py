@@ -87,7 +87,7 @@ features_source = _table_spec(
     group=SOURCES_GROUP,
     kinds={"sql"},
     description=(
-        "The 22 features per customer and day, loaded beside the labels. Training joins them "
+        "The model features per customer and day, loaded beside the labels. Training joins them "
         "to the labels; batch scoring scores each day's rows."
     ),
     writer=code_reference("credit_platform/ingest/writer.py", "class SourceWriter"),
