@@ -121,7 +121,9 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
+from credit_platform.core import routes  # noqa: E402
 from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
+from credit_platform.core.routes import REQUEST_ID_HEADER  # noqa: E402
 
 # The request limits (431, 413, 408), BentoML's per-request timers and the bounded /metrics
 # labels, each checked against the library versions it was tested with:
@@ -130,7 +132,6 @@ apply_library_patches()
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
 # Joins a batch's request id and a row's position: outside the client key alphabet, so a
 # batch row's id is never a key some other request may send.
@@ -506,9 +507,9 @@ def _jobs() -> JobService:
 admin_app = Starlette(
     routes=[
         *job_routes(_jobs),
-        Route("/metadata", metadata_endpoint, methods=["GET", "POST"]),
-        Route("/admin/reload", reload_endpoint, methods=["POST"]),
-        Route("/admin/challenger", challenger_endpoint, methods=["POST", "DELETE"]),
+        Route(routes.METADATA, metadata_endpoint, methods=["GET", "POST"]),
+        Route(routes.ADMIN_RELOAD, reload_endpoint, methods=["POST"]),
+        Route(routes.ADMIN_CHALLENGER, challenger_endpoint, methods=["POST", "DELETE"]),
     ]
 )
 
@@ -519,7 +520,7 @@ admin_app = Starlette(
     workers=settings.api_workers(),
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ["/predict$", "/predict_batch$"]},
+    tracing={"excluded_urls": [f"{routes.PREDICT}$", f"{routes.PREDICT_BATCH}$"]},
 )
 class CreditScoreService:
     """Serves `credit_score_classifier` models from the BentoML store."""
@@ -739,7 +740,7 @@ class CreditScoreService:
             self._explain_limiter = anyio.CapacityLimiter(1)
         return self._explain_limiter
 
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    @bentoml.api(route=routes.PREDICT, input_spec=PredictRequest)
     async def predict(
         self,
         data: PredictionFeatures,
@@ -783,7 +784,7 @@ class CreditScoreService:
             explanation=prediction.explanation,
         )
 
-    @bentoml.api(route="/predict_batch", input_spec=BatchPredictRequest)
+    @bentoml.api(route=routes.PREDICT_BATCH, input_spec=BatchPredictRequest)
     async def predict_batch(
         self,
         data: list[PredictionFeatures],

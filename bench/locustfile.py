@@ -26,6 +26,7 @@ from locust import HttpUser, between, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
+from credit_platform.core import routes  # noqa: E402
 from credit_platform.core.features import (  # noqa: E402
     CREDIT_MIX_VALUES,
     LOAN_TYPES,
@@ -70,4 +71,4 @@ class CreditScoreUser(HttpUser):
 
     @task
     def predict(self) -> None:
-        self.client.post("/predict", json={"data": random_applicant()})
+        self.client.post(routes.PREDICT, json={"data": random_applicant()})

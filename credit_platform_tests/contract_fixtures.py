@@ -8,6 +8,7 @@ import pandas as pd
 
 from credit_platform.core.features import NUMERIC_FEATURES
 from credit_platform.ingest.cleaning import CleaningLog, apply_numeric_rules
+from credit_platform.ingest.writer import IngestSummary
 
 
 def as_loaded(frame: pd.DataFrame) -> pd.DataFrame:
@@ -18,3 +19,9 @@ def as_loaded(frame: pd.DataFrame) -> pd.DataFrame:
     for name in NUMERIC_FEATURES:
         loaded[name] = apply_numeric_rules(name, frame[name], log)
     return loaded
+
+
+def nulled_in(summary: IngestSummary, column: str) -> int:
+    """Values of `column` a load nulled, whatever the reason (`summary.nulled` counts them per
+    column and reason)."""
+    return sum(count for (name, _), count in summary.nulled.items() if name == column)

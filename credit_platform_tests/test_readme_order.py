@@ -27,8 +27,8 @@ import psutil
 import pytest
 import requests
 
+from bench.isolation import pin_isolated_environment, platform_variables
 from credit_platform.core import settings
-from credit_platform.core.service_process import pin_isolated_environment, platform_variables
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = settings.DEFAULT_API_PORT

@@ -47,10 +47,6 @@ class ModelBundle:
     def partition(self) -> str | None:
         return self.metadata.get("partition")
 
-    @property
-    def test_metrics(self) -> dict[str, Any]:
-        return dict(self.metadata.get("metrics") or {})
-
 
 def save_model_bundle(
     model: CatBoostClassifier,

@@ -33,12 +33,8 @@ from credit_platform.core.bento import bento_tag
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import credit_predictions_api_log as log_table
-from credit_platform.core.service_process import (
-    LoadGenerator,
-    Outcome,
-    ServiceProcess,
-    TcpProxy,
-)
+from credit_platform.core.service_process import ServiceProcess
+from credit_platform_tests.harness import LoadGenerator, Outcome, TcpProxy, worker_pids
 from credit_platform_tests.model_fixtures import save_tiny_model
 from credit_platform_tests.openapi_strategies import from_openapi
 
@@ -145,7 +141,7 @@ def test_sigkill_under_load_loses_no_answered_row(
     def serve_then_kill(prefix: str, min_requests: int, *, server_only: bool) -> list[Outcome]:
         service = ServiceProcess(env, output)
         service.wait_ready()
-        workers = service.worker_pids()
+        workers = worker_pids(service)
         load = LoadGenerator(service.url, payloads, threads=4, prefix=prefix).start()
         try:
             wait_for(lambda: load.count() >= min_requests, 30, f"{min_requests} requests")
@@ -405,7 +401,7 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
         service_env(db_url, tmp_path / "spool", models.first), tmp_path / "service.log"
     )
     service.wait_ready()
-    assert len(service.worker_pids()) >= 2, "the swap must reach every worker"
+    assert len(worker_pids(service)) >= 2, "the swap must reach every worker"
     bento = requests.get(f"{service.url}/metadata", timeout=10).json()["bento_tag"]
     assert bento == bento_tag()  # models are swapped into the running Bento
     load = LoadGenerator(service.url, payloads, threads=3, max_seconds=50).start()
@@ -478,7 +474,7 @@ def test_fuzzed_requests_never_break_the_service(
         tmp_path / "service.log",
     )
     service.wait_ready()
-    workers = service.worker_pids()
+    workers = worker_pids(service)
     session = requests.Session()
     try:
         openapi = session.get(f"{service.url}/docs.json", timeout=10).json()
@@ -546,7 +542,7 @@ def test_fuzzed_requests_never_break_the_service(
 
         assert statuses[200] > 0 and sum(statuses.values()) >= 300, statuses
         # No worker died or was replaced, and the service still answers correctly.
-        assert service.process.poll() is None and service.worker_pids() == workers
+        assert service.process.poll() is None and worker_pids(service) == workers
         answer = session.post(f"{service.url}/predict", json={"data": payloads[0]}, timeout=10)
         assert answer.status_code == 200
         features = {name: payloads[0][name] for name in MODEL_FEATURES}

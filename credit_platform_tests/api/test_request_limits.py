@@ -23,6 +23,7 @@ import requests
 from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core import settings
 from credit_platform.core.service_process import ServiceProcess
+from credit_platform_tests.harness import worker_pids
 from credit_platform_tests.model_fixtures import save_tiny_model
 
 pytestmark = [pytest.mark.slow]
@@ -56,7 +57,7 @@ class Service:
 
     def worker_peak_rss(self) -> int:
         """The worker's peak resident memory so far (VmHWM), in bytes."""
-        (worker,) = self.process.worker_pids()
+        (worker,) = worker_pids(self.process)
         for line in Path(f"/proc/{worker}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024

@@ -25,13 +25,9 @@ from api.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
 from credit_platform.core.local_service import log_file, pid_file, start_service, stop_service
+from credit_platform.core.processes import descendants
 from credit_platform.core.service_client import ReportedModel, ServiceClient, ServiceError
-from credit_platform.core.service_process import (
-    LoadGenerator,
-    ServiceProcess,
-    descendants,
-    free_port,
-)
+from credit_platform.core.service_process import ServiceProcess, free_port
 from credit_platform.core.settings import ADMIN_TOKEN_ENV, MODEL_NAME
 from credit_platform.defs.assets.deploy import (
     HOT_SWAP,
@@ -58,6 +54,7 @@ from credit_platform.defs.sensors import (
 )
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.core.test_bento import copy_service_code
+from credit_platform_tests.harness import LoadGenerator
 from credit_platform_tests.training_fixtures import (
     deploy_platform,
     tiny_grid,

@@ -21,12 +21,13 @@ from credit_platform.core import settings
 from credit_platform.core.bento import build_bento, serve_bento_command
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.model_record import replicas
-from credit_platform.core.service_process import LoadGenerator, ServiceProcess, TcpProxy, free_port
+from credit_platform.core.service_process import ServiceProcess, free_port
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.api.test_reliability_serving import assert_logged_exactly_once, wait_for
 from credit_platform_tests.defs.test_deploy import _deploy
+from credit_platform_tests.harness import LoadGenerator, TcpProxy
 from credit_platform_tests.training_fixtures import tiny_grid, train_and_check, training_resources
 
 pytestmark = [pytest.mark.slow]
