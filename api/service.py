@@ -44,28 +44,24 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from credit_platform.core import settings
-
-settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
-
-import anyio  # noqa: E402
-import anyio.to_thread  # noqa: E402
-import bentoml  # noqa: E402
-import orjson  # noqa: E402
-from bentoml.exceptions import (  # noqa: E402
+import anyio
+import anyio.to_thread
+import bentoml
+import orjson
+from bentoml.exceptions import (
     BentoMLException,
     InvalidArgument,
     ServiceUnavailable,
 )
-from pydantic import ValidationError  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
-from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.batch_jobs import JobService, job_routes, job_store_from_settings  # noqa: E402
-from api.challengers import (  # noqa: E402
+from api.batch_jobs import JobService, job_routes, job_store_from_settings
+from api.challengers import (
     SHADOW,
     CanaryView,
     Challenger,
@@ -75,15 +71,15 @@ from api.challengers import (  # noqa: E402
     ShadowScorer,
     routes_to_canary,
 )
-from api.library_patches import apply_library_patches, filter_client_errors  # noqa: E402
-from api.model_sync import (  # noqa: E402
+from api.library_patches import apply_library_patches, filter_client_errors
+from api.model_sync import (
     ModelSync,
     ReloadNotPropagated,
     ReloadSuperseded,
     process_identity,
     remove_dead_state_dirs,
 )
-from api.prediction_log import (  # noqa: E402
+from api.prediction_log import (
     BULK_LANE,
     LoggedAnswer,
     PredictionLogClosed,
@@ -93,7 +89,7 @@ from api.prediction_log import (  # noqa: E402
     RequestConflict,
     utc_now,
 )
-from api.predictor import (  # noqa: E402
+from api.predictor import (
     CoalescingScorer,
     ModelNotFound,
     ModelRefused,
@@ -103,15 +99,15 @@ from api.predictor import (  # noqa: E402
     as_scored,
     load_predictor,
 )
-from api.replica_sync import (  # noqa: E402
+from api.replica_sync import (
     RecordUnavailable,
     ReplicaFollower,
     ReplicaReadiness,
     describe_replica,
     drain_on_sigterm,
 )
-from api.request_limits import job_body_limit  # noqa: E402
-from api.schemas import (  # noqa: E402
+from api.request_limits import job_body_limit
+from api.schemas import (
     BatchPredictRequest,
     ChallengerMetadata,
     ChallengerRequest,
@@ -121,9 +117,9 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
-from credit_platform.core import routes  # noqa: E402
-from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
-from credit_platform.core.routes import REQUEST_ID_HEADER  # noqa: E402
+from credit_platform.core import routes, settings
+from credit_platform.core.reasons import DEFAULT_REASONS
+from credit_platform.core.routes import REQUEST_ID_HEADER
 
 # The request limits (431, 413, 408), BentoML's per-request timers and the bounded /metrics
 # labels, each checked against the library versions it was tested with:
