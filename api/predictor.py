@@ -7,9 +7,13 @@ made missing by the data contract's rule, the one the loader applies for trainin
 `credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
 fields so repaired. A model trained with the derived features gets them from
 `credit_platform.core.derived_features.derived_columns`, the function training uses.
-CatBoost's `predict_proba` runs once per request on the calling
-thread: the label is the argmax over `model.classes_`, the confidence its probability.
-Tests hold this path equal to the reference one, and to loading the same row.
+One `predict_proba` call scores a whole list of rows: the label is the argmax over
+`model.classes_`, the confidence its probability. Tests hold this path equal to the
+reference one, and to loading the same row.
+
+`CoalescingScorer` gathers the single rows of concurrent /predict requests into one such
+call on the worker's event loop; the service scores a large batch, and any rows with
+reasons, on a thread off that loop instead.
 
 `ServedModel` holds the current `Predictor` behind one reference. A reload loads the new
 bundle and smoke-tests it on a fixed row before swapping that reference, so a request that

@@ -1,9 +1,11 @@
 """The credit-score prediction service (BentoML 1.4, port 3000 by default).
 
-Endpoints: POST /predict and /predict_batch (pydantic bodies, 400 naming the failing
-field), GET /metadata (what is served), POST /admin/reload (bearer token; hot swap or
-rollback to any saved tag), and BentoML's own /livez, /readyz, /healthz and /metrics
-(/healthz and /livez answer 200 only while a model is loaded and the log writer runs).
+Endpoints (paths in `core/routes.py`): POST /predict and /predict_batch (pydantic bodies,
+400 naming the failing field), the asynchronous jobs under /predict_batch_job
+(`api.batch_jobs`), GET /metadata (what is served), POST /admin/reload (bearer token; hot
+swap or rollback to any saved tag), POST and DELETE /admin/challenger (a shadow or canary,
+`api.challengers`), and BentoML's own /livez, /readyz, /healthz and /metrics (/healthz and
+/livez answer 200 only while a model is loaded and the log writer runs).
 
 Every answered prediction is in `credit_predictions_api_log` before its 2xx leaves: rows go
 through the group-commit `PredictionLogger` (spooled to disk while the database is down,

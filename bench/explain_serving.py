@@ -45,7 +45,7 @@ REASONS = 3
 
 def write_bodies(directory: Path) -> tuple[Path, Path, list[dict]]:
     """The same 500 valid sample rows as single-row bodies, without and with "explain"."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     plain = directory / "single.jsonl"

@@ -157,7 +157,7 @@ def write_job_body(path: Path, rows: int, *, pad_to: int | None = None) -> int:
     """A job body of `rows` real rows (cycled from the Kaggle sample under new customer
     ids); with `pad_to`, each row padded with whitespace to that many bytes (a pretty-
     printing client). Its size in bytes."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     with path.open("w") as sink:

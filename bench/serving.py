@@ -98,7 +98,7 @@ class WrkRun:
 def write_bodies(directory: Path) -> tuple[Path, Path]:
     """Request bodies from valid rows of the shared Kaggle sample: single rows, and
     1,000-row batches."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     single = directory / "single.jsonl"

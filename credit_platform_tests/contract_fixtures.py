@@ -1,5 +1,5 @@
 """Rows as training sees them: the loader's numeric rules applied to a frame of sample
-rows read the way a client reads them (`api.sample_requests.load_sample`), the reference
+rows read the way a client reads them (`bench.sample_requests.load_sample`), the reference
 the served model's input is compared with."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`credit-platform simulate`: live days ending today, sent through the running prediction
-API, with labels arriving a day late and an optional drift from a chosen day.
+"""`credit-platform simulate`: replay days of live traffic through the running service.
+
+The days end today; their labels arrive a day late, and a drift may begin on a chosen day.
 
 Each simulated day D, in order:
 

@@ -1,6 +1,7 @@
-"""HTTP client of the running prediction service: what it serves (the one reader of
-GET /metadata), the hot swap of its model (POST /admin/reload) and its challenger
-(POST/DELETE /admin/challenger)."""
+"""HTTP client of the running prediction service, for deploys, sensors and the CLI.
+
+It reads what the service serves (the one reader of GET /metadata), hot-swaps its model
+(POST /admin/reload) and attaches or detaches its challenger (/admin/challenger)."""
 
 from dataclasses import dataclass
 from datetime import datetime

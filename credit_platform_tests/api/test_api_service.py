@@ -28,7 +28,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from api.sample_requests import load_sample, request_payload, valid_request_payloads
+from bench.sample_requests import load_sample, request_payload, valid_request_payloads
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.features import LABELS, MODEL_FEATURES

@@ -436,7 +436,7 @@ def test_metadata_says_why_a_shadow_could_not_be_loaded(
 
 
 def _any_payload(sample) -> dict:
-    from api.sample_requests import valid_request_payloads
+    from bench.sample_requests import valid_request_payloads
 
     return valid_request_payloads(sample, 1)[0]
 

@@ -268,7 +268,7 @@ def test_a_store_made_before_keeps_its_jobs(tmp_path: Path) -> None:
 
 def test_stored_rows_give_the_scorer_what_the_checked_rows_give(kaggle_sample: Path) -> None:
     from api.batch_jobs import check_rows, store_rows, stored_rows
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(kaggle_sample), 300)
     checked = check_rows(json.dumps(payloads), 0)

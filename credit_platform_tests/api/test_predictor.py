@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from api.predictor import CoalescingScorer, ModelRefused, Predictor, ServedModel, as_scored
-from api.sample_requests import load_sample, request_payload
+from bench.sample_requests import load_sample, request_payload
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.model_input import model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle

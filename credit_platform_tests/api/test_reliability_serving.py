@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.features import LABELS, MODEL_FEATURES

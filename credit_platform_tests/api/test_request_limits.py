@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core import settings
 from credit_platform.core.service_process import ServiceProcess
 from credit_platform_tests.harness import worker_pids

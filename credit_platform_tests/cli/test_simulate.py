@@ -9,7 +9,7 @@ from datetime import date
 import pytest
 from sqlalchemy import func, select
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.cli.main import main
 from credit_platform.cli.simulate import drift_start, run_simulation, simulated_days
 from credit_platform.core import settings

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from dagster import DagsterRun, DagsterRunStatus, build_sensor_context, instance_for_test
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.cli.rollback import roll_back_champion, rollback
 from credit_platform.core.db import init_schema
 from credit_platform.core.model_store import save_model_bundle

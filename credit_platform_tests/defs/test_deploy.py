@@ -21,7 +21,7 @@ from dagster import (
     materialize,
 )
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
 from credit_platform.core.local_service import log_file, pid_file, start_service, stop_service

@@ -16,7 +16,7 @@ import requests
 from dagster import instance_for_test
 from sqlalchemy.engine import make_url
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core import settings
 from credit_platform.core.bento import build_bento, serve_bento_command
 from credit_platform.core.db import init_schema, make_engine

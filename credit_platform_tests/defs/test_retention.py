@@ -14,7 +14,7 @@ import requests
 from bentoml.exceptions import NotFound
 from dagster import AssetKey, instance_for_test, materialize
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from credit_platform.core.bento import bento_tag, build_bento
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.retention import (

@@ -31,8 +31,6 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import requests
 
-from api.sample_requests import load_sample
-from api.sample_requests import valid_request_payloads as sample_payloads
 from bench.docker_stack import (
     NAMED_VOLUMES,
     TEST_IMAGE,
@@ -43,6 +41,8 @@ from bench.docker_stack import (
     prepare_images,
     run,
 )
+from bench.sample_requests import load_sample
+from bench.sample_requests import valid_request_payloads as sample_payloads
 from credit_platform.core.service_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

@@ -32,8 +32,8 @@ import requests
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import URL, make_url
 
-from api.sample_requests import load_sample
-from api.sample_requests import valid_request_payloads as sample_payloads
+from bench.sample_requests import load_sample
+from bench.sample_requests import valid_request_payloads as sample_payloads
 from credit_platform.core import settings
 from credit_platform.core.bento import bento_tag
 from credit_platform.core.db import make_engine

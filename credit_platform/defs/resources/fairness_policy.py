@@ -1,5 +1,7 @@
-"""The fairness rules as a Dagster resource: the check on `credit_score_model`, the model
-card and `model_monitoring` compare the same segments with the same thresholds.
+"""The fairness rules as a Dagster resource.
+
+The check on `credit_score_model`, the model card and `model_monitoring` compare the same
+segments with the same thresholds.
 
 Each field takes its variable through `EnvVar` (names and defaults in `core.settings`), kept
 as text and parsed when read, like `MonitoringPolicyResource`; a malformed value fails

@@ -1,5 +1,7 @@
-"""The monitoring's thresholds as a Dagster resource, so the drift and accuracy checks and
-the retrain, rollback and challenger sensors judge by the same values.
+"""The monitoring's thresholds as a Dagster resource.
+
+The drift and accuracy checks and the retrain, rollback and challenger sensors judge by
+the same values.
 
 Each field takes its variable through `EnvVar` (names and defaults in `core.settings`) and
 holds its text, since `EnvVar` fills text fields only; `policy` gives the parsed numbers
