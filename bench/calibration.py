@@ -22,7 +22,7 @@ import time
 import pandas as pd
 
 from bench.common import KAGGLE_SAMPLE, machine, print_figures, write_results
-from bench.model_quality import design_pools, fit_settings, sample_rows
+from bench.model_quality import design_pools, fit_settings, sample_rows, search_grid
 
 
 def one_seed(rows, seed: int, threads: int) -> dict:
@@ -49,7 +49,6 @@ def one_seed(rows, seed: int, threads: int) -> dict:
         mean_abs_shap,
         parameter_grid,
         predict_labels,
-        search_grid,
     )
     from credit_platform.defs.assets.split import TEST, TRAIN, VALID, grouped_split, side_rows
 

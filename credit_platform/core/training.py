@@ -251,21 +251,6 @@ def final_model(
     return model
 
 
-def search_grid(
-    train: Pool,
-    valid: Pool,
-    valid_labels: pd.Series,
-    grid: Sequence[TrialParams],
-    fit: FitSettings,
-) -> TrialResult:
-    """Every grid point fit on train and early-stopped on valid; the best by the fit's
-    selection metric on valid (the test rows play no part)."""
-    return best_trial(
-        (fit_trial(train, valid, valid_labels, params, fit) for params in grid),
-        fit.selection_metric,
-    )
-
-
 def predict_labels(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
     """Class names of the most likely class (one predict_proba call, no predict)."""
     probabilities = model.predict_proba(pool)

@@ -9,12 +9,14 @@ import threading
 from datetime import date
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, create_engine, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from credit_platform.cli.db import next_revision_id
 from credit_platform.cli.main import generated_sql_files, main
-from credit_platform.core import migrations
+from credit_platform.core import migrations, schema
 from credit_platform.core.db import SchemaMismatch, init_schema, make_engine, render_ddl
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import (
@@ -31,6 +33,30 @@ from credit_platform_tests.legacy_stores import (
     run_sql_file,
     store_dialect,
 )
+
+# Where MLflow's and Dagster's SQL stores record their migrations (a shared database).
+OTHER_VERSION_TABLE = "alembic_version"
+
+
+def schema_differences(connection, target=None) -> list:
+    """What Alembic's autogenerate finds between the database and `target` (default: the
+    platform schema as `core.schema` holds it now), compared as the migrations compare:
+    tables, columns, types, nullability, server defaults, indexes, unique keys. Empty when
+    the database is what the schema describes; another tool's version table in the same
+    database is no difference."""
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "compare_server_default": migrations.compare_server_default,
+            "version_table": migrations.VERSION_TABLE,
+            "include_name": lambda name, type_, _parents: (
+                not (type_ == "table" and name == OTHER_VERSION_TABLE)
+            ),
+        },
+    )
+    return list(compare_metadata(context, target or schema.metadata))
+
 
 DAY = date(2025, 3, 1)
 ROLE_CHECK = "ck_credit_predictions_api_log_role"
@@ -144,7 +170,7 @@ def _differences(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            return migrations.schema_differences(connection)
+            return schema_differences(connection)
     finally:
         engine.dispose()
 
@@ -195,7 +221,7 @@ def test_the_comparison_finds_a_column_the_migrations_lack(sqlite_url):
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as connection:
-            found = migrations.schema_differences(connection, grown)
+            found = schema_differences(connection, grown)
     finally:
         engine.dispose()
     assert [(diff[0], diff[2], diff[3].name) for diff in found] == [

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from credit_platform.core.calibration import expected_calibration_error
+from credit_platform.core.calibration import ece_from_bins, reliability_bins
 from credit_platform.core.fairness import FairnessPolicy
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
 from credit_platform.core.monitoring import (
@@ -340,7 +340,7 @@ def test_live_calibration_and_segments_of_labelled_predictions():
     report = monitor.rows()
 
     labelled = np.arange(rows) < 150
-    expected = expected_calibration_error(confidence[labelled], (predicted == truth)[labelled])
+    expected = ece_from_bins(reliability_bins(confidence[labelled], (predicted == truth)[labelled]))
     assert _value(report, "m", "champion", LIVE_ECE) == pytest.approx(expected)
     assert _value(report, "m", "all", LIVE_ECE) == pytest.approx(expected)
     young = segment_feature_name("age", "under 25")
