@@ -65,6 +65,7 @@ from credit_platform.core.monitoring_store import (
     replace_day,
 )
 from credit_platform.core.monitoring_view import (
+    SERVED_ROLE,
     VIEW_DAYS,
     VIEW_HEADERS,
     html_report,
@@ -93,9 +94,8 @@ MODEL_MONITORING_ASSET = "model_monitoring"
 DRIFT_CHECK = "model_monitoring_drift"
 LIVE_ACCURACY_CHECK = "model_monitoring_live_accuracy"
 FAIRNESS_CHECK = "model_monitoring_fairness"
-# The role whose model serves the traffic; the checks judge it (shadow and canary models
-# are reported, for a later comparison of challengers, but fail nothing).
-SERVED_ROLE = MODEL_ROLES[0]
+# The checks judge the model of SERVED_ROLE, the one serving the traffic: shadow and canary
+# models are reported, for a later comparison of challengers, but fail nothing.
 TOP_DRIFTING = 10
 # Check metadata naming the model versions that failed (the retrain sensor reads it).
 FAILED_VERSIONS = "failed_model_versions"
