@@ -20,8 +20,6 @@ import requests
 from credit_platform.core import routes, settings
 from credit_platform.core.processes import kill_tree
 
-REPO_ROOT = settings.REPO_ROOT
-
 
 def free_port() -> int:
     """A port nothing listens on right now (for a service, a stub API, or a URL that must not
@@ -56,7 +54,7 @@ class ServiceProcess:
         with output.open("a") as sink:
             self.process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=settings.REPO_ROOT,
                 env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
