@@ -325,7 +325,7 @@ def test_live_calibration_and_segments_of_labelled_predictions():
     confidence = generator.uniform(0.4, 1.0, rows)
     customers = [f"c{index}" for index in range(rows)]
     labels = pd.Series(truth[:150], index=customers[:150])  # the last 50 not labelled yet
-    policy = FairnessPolicy(segments=("age", "occupation"), min_rows=20)
+    policy = FairnessPolicy(segments=("age", "occupation"), min_segment_rows=20)
     monitor = DayMonitor(DAY, labels, {"m": reference}.__getitem__, policy)
     for start in (0, 120):  # two chunks: the tallies add up
         chunk = _log_chunk(

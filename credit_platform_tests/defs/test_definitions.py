@@ -135,7 +135,7 @@ def test_the_fairness_policy_reads_its_segments_and_thresholds_from_the_environm
     policy = build_resources()["fairness_policy"].process_config_and_initialize().policy
     assert policy.segments == ("occupation", "credit_mix")
     assert policy.age_bands == (30.0, 50.0)
-    assert policy.min_rate_ratio == 0.9 and policy.min_rows == 80
+    assert policy.min_rate_ratio == 0.9 and policy.min_segment_rows == 80
     assert policy.max_accuracy_gap == settings.DEFAULT_FAIRNESS_MAX_ACCURACY_GAP
     assert policy.max_p_value == settings.DEFAULT_FAIRNESS_MAX_P_VALUE
 

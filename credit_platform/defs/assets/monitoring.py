@@ -596,7 +596,9 @@ def model_monitoring_fairness(
             + ", ".join(flagged)
         )
     elif not judged:
-        description = f"no segment has {policy.min_rows} labelled predictions yet: nothing judged"
+        description = (
+            f"no segment has {policy.min_segment_rows} labelled predictions yet: nothing judged"
+        )
     else:
         description = f"{judged} segment(s) judged, none flagged"
     headers = ("model version", "feature", "segment", "labelled", "accuracy", "rate of Good")

@@ -60,7 +60,7 @@ class FairnessPolicyResource(ConfigurableResource):
             max_accuracy_gap=settings.parse_non_negative_number(
                 settings.FAIRNESS_MAX_ACCURACY_GAP_ENV, self.max_accuracy_gap
             ),
-            min_rows=settings.parse_positive_int(
+            min_segment_rows=settings.parse_positive_int(
                 settings.FAIRNESS_MIN_SEGMENT_ROWS_ENV, self.min_segment_rows
             ),
             max_p_value=settings.parse_ratio(settings.FAIRNESS_MAX_P_VALUE_ENV, self.max_p_value),
