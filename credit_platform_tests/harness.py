@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from credit_platform.core import routes
 from credit_platform.core.processes import descendants
 from credit_platform.core.service_process import ServiceProcess, free_port
 
@@ -135,7 +136,7 @@ class LoadGenerator:
     timeout: float = 30.0
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     outcomes: list[Outcome] = field(default_factory=list)
-    path: str = "/predict"
+    path: str = routes.PREDICT
     body: Callable[[dict], dict] = lambda payload: {"data": payload}
     resends: int = 2  # times a request with no answer is sent again (same X-Request-ID)
     resent: list[tuple[str, str]] = field(default_factory=list)  # (request id, why)
