@@ -1,7 +1,9 @@
-"""The service's paths come from `core/routes.py` alone: the service declares each of them,
-a route with a larger body limit is one the service has, and no module of the package or
-the benchmarks spells a path out again (a route renamed in one place only would otherwise
-fall back silently to the general body limit, or send its clients to a 404)."""
+"""The service's paths are named once, in `core/routes.py`.
+
+The service declares each of them, a route with a larger body limit is one the service has,
+and no module of the package, the benchmarks or the tests spells a path out again: a route
+renamed in one place only would otherwise fall back silently to the general body limit, or
+send its clients to a 404."""
 
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def test_no_module_spells_out_a_path_of_the_service() -> None:
         *(REPO_ROOT / "credit_platform").rglob("*.py"),
         *(REPO_ROOT / "api").glob("*.py"),
         *(REPO_ROOT / "bench").glob("*.py"),  # not bench/baseline: the seed's own service
+        *(REPO_ROOT / "credit_platform_tests").rglob("*.py"),
     ]
     found = []
     for path in sources:
