@@ -45,14 +45,13 @@ from api.job_store import (
 )
 from api.schemas import PredictionFeatures
 from credit_platform.core import settings
+from credit_platform.core.routes import JOB_GET, JOB_STATUS, JOB_SUBMIT, REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
-JOB_ROUTE = "/predict_batch_job"
 # A job's rows are logged as "job/<task id>#<position>": "/" is outside the client key
 # alphabet, so no client request id can take one.
 JOB_ROW_PREFIX = "job/"
-REQUEST_ID_HEADER = "X-Request-ID"
 WRITE_BYTES = 1 << 20  # a submitted body goes to disk in pieces of this size
 READ_BYTES = 1 << 16  # a result is sent in pieces of this size
 SWEEP_SECONDS = 60.0  # expired jobs are removed at most this often by status and get
@@ -386,7 +385,7 @@ def job_routes(jobs: Callable[[], JobService]) -> list[Route]:
         return await jobs().get(request)
 
     return [
-        Route(f"{JOB_ROUTE}/submit", submit, methods=["POST"]),
-        Route(f"{JOB_ROUTE}/status", status, methods=["GET"]),
-        Route(f"{JOB_ROUTE}/get", get, methods=["GET"]),
+        Route(JOB_SUBMIT, submit, methods=["POST"]),
+        Route(JOB_STATUS, status, methods=["GET"]),
+        Route(JOB_GET, get, methods=["GET"]),
     ]

@@ -435,12 +435,6 @@ class JobStore:
                 shutil.rmtree(path, ignore_errors=True)
         return expired
 
-    def held_bytes(self) -> int:
-        with self._connect() as connection:
-            return connection.execute(
-                "SELECT COALESCE(SUM(reserved_bytes + stored_bytes), 0) FROM jobs"
-            ).fetchone()[0]
-
     # --- a job's files ----------------------------------------------------------------------
 
     def body_file(self, task_id: str) -> BinaryIO:
@@ -617,14 +611,6 @@ def _exact_rows(text: _Text, position: int) -> Iterator[str]:
     text.expect("}", "'}'")
     if text.skip_whitespace() is not None:
         raise BadJobBody('the body must be {"data": [rows]}: something follows it')
-
-
-def iter_rows(source: BinaryIO) -> Iterator[str]:
-    """The texts of the rows of a `{"data": [rows]}` body read from `source`, one at a
-    time: the body is never held whole. Raises BadJobBody saying what is wrong and where."""
-    text = _Text(source)
-    _open_array(text)
-    yield from _exact_rows(text, 0)
 
 
 class NotJson(ValueError):

@@ -521,10 +521,6 @@ class PredictionLogger:
         return self._thread.is_alive()
 
     @property
-    def database_down(self) -> bool:
-        return self._database_down
-
-    @property
     def ready(self) -> bool:
         """The writer runs, its first attempt at the table is over (created, or spooling
         while the database is unreachable), and no permanent `problem` stands."""

@@ -7,13 +7,17 @@ made missing by the data contract's rule, the one the loader applies for trainin
 `credit_platform.core.model_input.prepare_model_input` scales; each answer lists the
 fields so repaired. A model trained with the derived features gets them from
 `credit_platform.core.derived_features.derived_columns`, the function training uses.
-CatBoost runs once per request on the calling thread, and `core.answers.AnswerRule` (the
+One CatBoost call scores a whole list of rows, and `core.answers.AnswerRule` (the
 rule batch scoring uses too) makes the answer: the label is the argmax of the class scores
 plus the model's decision offsets (the prior correction, kept in its metadata), the
 confidence the model's own calibrated probability of that label. A model without offsets
 (or saved with its correction in its bias, before they were kept apart) answers the argmax
 of `predict_proba` with its probability, as before. Tests hold this path equal to the
 reference one, and to loading the same row.
+
+`CoalescingScorer` gathers the single rows of concurrent /predict requests into one such
+call on the worker's event loop; the service scores a large batch, and any rows with
+reasons, on a thread off that loop instead.
 
 `ServedModel` holds the current `Predictor` behind one reference. A reload loads the new
 bundle and smoke-tests it on a fixed row before swapping that reference, so a request that

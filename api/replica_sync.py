@@ -47,6 +47,7 @@ from api.model_sync import (
 from api.predictor import ModelNotFound, ModelRefused
 from credit_platform.core import model_record
 from credit_platform.core.db import FeatureStoreUnavailable, make_engine
+from credit_platform.core.routes import READYZ
 from credit_platform.core.schema import REPLICA_ID_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -459,7 +460,7 @@ class ReplicaReadiness:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/readyz":
+        if scope["type"] == "http" and scope.get("path") == READYZ:
             follower = _follower
             if _draining.is_set():
                 problem: str | None = DRAINING_REASON

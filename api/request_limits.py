@@ -19,20 +19,14 @@ from typing import Any
 import uvicorn.config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 
-BATCH_ROUTE = b"/predict_batch"
-JOB_ROUTE = b"/predict_batch_job/submit"
 # After refusing a request, its remaining bytes are read and dropped for this long before
 # the connection closes, so a client still sending can read the answer (a close with
 # unread data would reset the connection and lose it).
 LINGER_SECONDS = 2.0
 # Timers fire within the loop's clock resolution; a deadline this close counts as reached.
 _DEADLINE_SLACK = 0.05
-
-
-def _is_route(url: bytes, route: bytes) -> bool:
-    return url == route or url.startswith(route + b"?")
 
 
 def job_body_limit() -> int:
@@ -47,6 +41,20 @@ def batch_body_limit() -> int:
     return max(
         settings.api_max_body_bytes(), settings.api_max_batch_rows() * settings.api_max_row_bytes()
     )
+
+
+def large_body_limits() -> dict[str, tuple[int, int]]:
+    """The routes whose body may be larger than CREDIT_API_MAX_BODY_BYTES, each with its own
+    limit in bytes and the rows that limit is made for; every other route keeps the general
+    limit."""
+    return {
+        routes.PREDICT_BATCH: (batch_body_limit(), settings.api_max_batch_rows()),
+        routes.JOB_SUBMIT: (job_body_limit(), settings.api_max_job_rows()),
+    }
+
+
+# A job's body is written to disk as it arrives, never held whole (see _start_asgi_task).
+_STREAMED_PATH = routes.JOB_SUBMIT.encode()
 
 
 def _answer(status: int, message: str) -> bytes:
@@ -70,8 +78,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._max_header_bytes = settings.api_max_header_bytes()
         self._max_body_bytes = settings.api_max_body_bytes()
-        self._max_batch_body_bytes = batch_body_limit()
-        self._max_job_body_bytes = job_body_limit()
+        self._large_body_limits = {
+            path.encode(): limits for path, limits in large_body_limits().items()
+        }
         self._header_timeout = settings.api_header_timeout_seconds()
         self._body_timeout = settings.api_body_timeout_seconds()
         self._reading_headers = True  # the bytes arriving belong to a request line or headers
@@ -185,13 +194,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._reading_headers = False
         self._headers_since = None
-        url = self.url
-        if _is_route(url, BATCH_ROUTE):
-            limit, rows = self._max_batch_body_bytes, settings.api_max_batch_rows()
-        elif _is_route(url, JOB_ROUTE):
-            limit, rows = self._max_job_body_bytes, settings.api_max_job_rows()
-        else:
-            limit, rows = self._max_body_bytes, None
+        path = self.url.split(b"?", 1)[0]
+        limit, rows = self._large_body_limits.get(path, (self._max_body_bytes, None))
         declared = None
         chunked = False
         for name, value in self.headers:
@@ -206,7 +210,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_rows = rows
         self._body_bytes = 0
         self._chunked = chunked
-        self._streamed = _is_route(url, JOB_ROUTE)
+        self._streamed = path == _STREAMED_PATH
         if chunked or (declared is not None and declared > 0):
             self._body_since = self.loop.time()
         HttpToolsProtocol.on_headers_complete(self)

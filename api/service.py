@@ -1,9 +1,11 @@
 """The credit-score prediction service (BentoML 1.4, port 3000 by default).
 
-Endpoints: POST /predict and /predict_batch (pydantic bodies, 400 naming the failing
-field), GET /metadata (what is served), POST /admin/reload (bearer token; hot swap or
-rollback to any saved tag), and BentoML's own /livez, /readyz, /healthz and /metrics
-(/healthz and /livez answer 200 only while a model is loaded and the log writer runs).
+Endpoints (paths in `core/routes.py`): POST /predict and /predict_batch (pydantic bodies,
+400 naming the failing field), the asynchronous jobs under /predict_batch_job
+(`api.batch_jobs`), GET /metadata (what is served), POST /admin/reload (bearer token; hot
+swap or rollback to any saved tag), POST and DELETE /admin/challenger (a shadow or canary,
+`api.challengers`), and BentoML's own /livez, /readyz, /healthz and /metrics (/healthz and
+/livez answer 200 only while a model is loaded and the log writer runs).
 
 Every answered prediction is in `credit_predictions_api_log` before its 2xx leaves: rows go
 through the group-commit `PredictionLogger` (spooled to disk while the database is down,
@@ -44,28 +46,24 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from credit_platform.core import settings
-
-settings.export_bentoml_home()  # BentoML reads BENTOML_HOME once, at import
-
-import anyio  # noqa: E402
-import anyio.to_thread  # noqa: E402
-import bentoml  # noqa: E402
-import orjson  # noqa: E402
-from bentoml.exceptions import (  # noqa: E402
+import anyio
+import anyio.to_thread
+import bentoml
+import orjson
+from bentoml.exceptions import (
     BentoMLException,
     InvalidArgument,
     ServiceUnavailable,
 )
-from pydantic import ValidationError  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
-from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.batch_jobs import JobService, job_routes, job_store_from_settings  # noqa: E402
-from api.challengers import (  # noqa: E402
+from api.batch_jobs import JobService, job_routes, job_store_from_settings
+from api.challengers import (
     SHADOW,
     CanaryView,
     Challenger,
@@ -75,15 +73,15 @@ from api.challengers import (  # noqa: E402
     ShadowScorer,
     routes_to_canary,
 )
-from api.library_patches import apply_library_patches, filter_client_errors  # noqa: E402
-from api.model_sync import (  # noqa: E402
+from api.library_patches import apply_library_patches, filter_client_errors
+from api.model_sync import (
     ModelSync,
     ReloadNotPropagated,
     ReloadSuperseded,
     process_identity,
     remove_dead_state_dirs,
 )
-from api.prediction_log import (  # noqa: E402
+from api.prediction_log import (
     BULK_LANE,
     LoggedAnswer,
     PredictionLogClosed,
@@ -93,7 +91,7 @@ from api.prediction_log import (  # noqa: E402
     RequestConflict,
     utc_now,
 )
-from api.predictor import (  # noqa: E402
+from api.predictor import (
     CoalescingScorer,
     ModelNotFound,
     ModelRefused,
@@ -103,15 +101,15 @@ from api.predictor import (  # noqa: E402
     as_scored,
     load_predictor,
 )
-from api.replica_sync import (  # noqa: E402
+from api.replica_sync import (
     RecordUnavailable,
     ReplicaFollower,
     ReplicaReadiness,
     describe_replica,
     drain_on_sigterm,
 )
-from api.request_limits import job_body_limit  # noqa: E402
-from api.schemas import (  # noqa: E402
+from api.request_limits import job_body_limit
+from api.schemas import (
     BatchPredictRequest,
     ChallengerMetadata,
     ChallengerRequest,
@@ -121,7 +119,9 @@ from api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
 )
-from credit_platform.core.reasons import DEFAULT_REASONS  # noqa: E402
+from credit_platform.core import routes, settings
+from credit_platform.core.reasons import DEFAULT_REASONS
+from credit_platform.core.routes import REQUEST_ID_HEADER
 
 # The request limits (431, 413, 408), BentoML's per-request timers and the bounded /metrics
 # labels, each checked against the library versions it was tested with:
@@ -130,7 +130,6 @@ apply_library_patches()
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
 # Joins a batch's request id and a row's position: outside the client key alphabet, so a
 # batch row's id is never a key some other request may send.
@@ -506,9 +505,9 @@ def _jobs() -> JobService:
 admin_app = Starlette(
     routes=[
         *job_routes(_jobs),
-        Route("/metadata", metadata_endpoint, methods=["GET", "POST"]),
-        Route("/admin/reload", reload_endpoint, methods=["POST"]),
-        Route("/admin/challenger", challenger_endpoint, methods=["POST", "DELETE"]),
+        Route(routes.METADATA, metadata_endpoint, methods=["GET", "POST"]),
+        Route(routes.ADMIN_RELOAD, reload_endpoint, methods=["POST"]),
+        Route(routes.ADMIN_CHALLENGER, challenger_endpoint, methods=["POST", "DELETE"]),
     ]
 )
 
@@ -519,7 +518,7 @@ admin_app = Starlette(
     workers=settings.api_workers(),
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ["/predict$", "/predict_batch$"]},
+    tracing={"excluded_urls": [f"{routes.PREDICT}$", f"{routes.PREDICT_BATCH}$"]},
 )
 class CreditScoreService:
     """Serves `credit_score_classifier` models from the BentoML store."""
@@ -739,7 +738,7 @@ class CreditScoreService:
             self._explain_limiter = anyio.CapacityLimiter(1)
         return self._explain_limiter
 
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    @bentoml.api(route=routes.PREDICT, input_spec=PredictRequest)
     async def predict(
         self,
         data: PredictionFeatures,
@@ -783,7 +782,7 @@ class CreditScoreService:
             explanation=prediction.explanation,
         )
 
-    @bentoml.api(route="/predict_batch", input_spec=BatchPredictRequest)
+    @bentoml.api(route=routes.PREDICT_BATCH, input_spec=BatchPredictRequest)
     async def predict_batch(
         self,
         data: list[PredictionFeatures],

@@ -46,7 +46,7 @@ def answered_rps(run) -> float:
 
 
 def write_bodies(directory: Path) -> dict[str, Path]:
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 500)
     bodies = {

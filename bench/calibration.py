@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.common import KAGGLE_SAMPLE, machine, print_figures, write_results
-from bench.model_quality import design_pools, fit_settings, sample_rows
+from bench.model_quality import design_pools, fit_settings, sample_rows, search_grid
 
 
 def trained_models(rows, seed: int, threads: int, models: Path | None):
@@ -47,7 +47,7 @@ def trained_models(rows, seed: int, threads: int, models: Path | None):
     from credit_platform.core import settings
     from credit_platform.core.features import TARGET
     from credit_platform.core.model_input import fit_scalers
-    from credit_platform.core.training import final_model, parameter_grid, search_grid
+    from credit_platform.core.training import final_model, parameter_grid
     from credit_platform.defs.assets.split import TEST, TRAIN, VALID, grouped_split, side_rows
 
     preset = settings.TRAINING_GRIDS["tuned"]

@@ -43,7 +43,7 @@ def pin_environment() -> dict[str, str]:
     for the subprocesses): variables a user exported are cleared, and the prediction API's
     URL is a port this process holds without listening, so nothing a benchmark runs can
     reach a service it did not start (a demo on port 3000)."""
-    from credit_platform.core.service_process import SilentPort, pin_isolated_environment
+    from bench.isolation import SilentPort, pin_isolated_environment
 
     home = bench_home()
     home.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ _MEASURE = r"""
 import json, statistics, sys, time
 from datetime import datetime
 from pathlib import Path
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
 from api.schemas import PredictRequest, PredictionResponse
 from api.prediction_log import PredictionLogRow, mariadb_insert_statements
 from api.predictor import Prediction, as_scored

@@ -37,6 +37,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import check_log, ensure_wrk, run_wrk, service_env, warm_up
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess, free_port
 
 REASONS = 3
@@ -44,7 +45,7 @@ REASONS = 3
 
 def write_bodies(directory: Path) -> tuple[Path, Path, list[dict]]:
     """The same 500 valid sample rows as single-row bodies, without and with "explain"."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     plain = directory / "single.jsonl"
@@ -124,7 +125,7 @@ def base_command(repo: Path, port: int) -> list[str]:
 
 def measured_run(wrk: str, server: ServiceProcess, bodies: Path, work: Path, load: dict):
     before = children_cpu_seconds(server.process.pid)
-    run = run_wrk(wrk, server.url, "/predict", bodies, work, **load)
+    run = run_wrk(wrk, server.url, routes.PREDICT, bodies, work, **load)
     after = children_cpu_seconds(server.process.pid)
     cpu = sum(after[pid] - before.get(pid, 0.0) for pid in after)
     return run, round(cpu * 1e6 / run.ok, 1) if run.ok else None

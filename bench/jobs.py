@@ -43,6 +43,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import ensure_wrk, run_wrk, write_bodies
+from credit_platform.core import routes
 
 JOB_ROWS = 150_000
 MAX_ROW_BYTES = 4096
@@ -60,7 +61,7 @@ def _status_fields(pid: int) -> dict[str, int]:
 
 
 def _descendants(pid: int) -> list[int]:
-    from credit_platform.core.service_process import descendants
+    from credit_platform.core.processes import descendants
 
     return descendants(pid)
 
@@ -102,7 +103,7 @@ class Server:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}{routes.READYZ}", timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -156,7 +157,7 @@ def write_job_body(path: Path, rows: int, *, pad_to: int | None = None) -> int:
     """A job body of `rows` real rows (cycled from the Kaggle sample under new customer
     ids); with `pad_to`, each row padded with whitespace to that many bytes (a pretty-
     printing client). Its size in bytes."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     with path.open("w") as sink:
@@ -193,7 +194,7 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
     started = time.perf_counter()
     with body.open("rb") as source:
         submitted = requests.post(
-            f"{server.url}/predict_batch_job/submit",
+            f"{server.url}{routes.JOB_SUBMIT}",
             data=source,
             headers={"Content-Type": "application/json"},
             timeout=600,
@@ -205,7 +206,7 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
     owner = server.job_owner(task_id)
     while True:
         polled = requests.get(
-            f"{server.url}/predict_batch_job/status", params={"task_id": task_id}, timeout=120
+            f"{server.url}{routes.JOB_STATUS}", params={"task_id": task_id}, timeout=120
         )
         if polled.status_code != 200:  # the code before the change answered 500 at times
             status = {"status": f"status answered {polled.status_code}", "error": polled.text}
@@ -215,9 +216,7 @@ def run_job(server: Server, body: Path, rows: int) -> dict:
             break
         time.sleep(0.25)
     job_seconds = time.perf_counter() - started
-    answer = requests.get(
-        f"{server.url}/predict_batch_job/get", params={"task_id": task_id}, timeout=600
-    )
+    answer = requests.get(f"{server.url}{routes.JOB_GET}", params={"task_id": task_id}, timeout=600)
     answers = len(answer.json()) if answer.status_code == 200 else 0
     time.sleep(3)  # what the worker keeps once the job is over
     after = server.workers()
@@ -260,7 +259,7 @@ def batch_throughput(
     run = run_wrk(
         wrk,
         server.url,
-        "/predict_batch",
+        routes.PREDICT_BATCH,
         batch_bodies,
         work,
         threads=2,

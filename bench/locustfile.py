@@ -27,6 +27,7 @@ from locust import HttpUser, between, task
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from bench.applicants import random_applicant  # noqa: E402
+from credit_platform.core import routes  # noqa: E402
 
 
 class CreditScoreUser(HttpUser):
@@ -34,4 +35,4 @@ class CreditScoreUser(HttpUser):
 
     @task
     def predict(self) -> None:
-        self.client.post("/predict", json={"data": random_applicant()})
+        self.client.post(routes.PREDICT, json={"data": random_applicant()})

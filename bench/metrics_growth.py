@@ -28,6 +28,7 @@ from bench.common import (
     process_tree_rss_mb,
     write_results,
 )
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess
 
 
@@ -40,7 +41,7 @@ def scrape(url: str, times: int = 5) -> dict:
     text = None
     for _ in range(times):
         started = time.perf_counter()
-        response = requests.get(f"{url}/metrics", timeout=600)
+        response = requests.get(f"{url}{routes.METRICS}", timeout=600)
         seconds.append(time.perf_counter() - started)
         statuses.append(response.status_code)
         if response.status_code == 200:

@@ -74,10 +74,21 @@ def design_pools(split_rows, scalers, derived: bool):
     )
 
 
+def search_grid(train, valid, valid_labels, grid, fit):
+    """Every grid point fit on train and early-stopped on valid, without MLflow; the best by
+    the fit's selection metric on valid (the test rows play no part), as the asset chooses."""
+    from credit_platform.core.training import best_trial, fit_trial
+
+    return best_trial(
+        (fit_trial(train, valid, valid_labels, params, fit) for params in grid),
+        fit.selection_metric,
+    )
+
+
 def one_design(name: str, split_rows, scalers, threads: int) -> dict:
     from credit_platform.core import settings
     from credit_platform.core.features import TARGET
-    from credit_platform.core.training import evaluate, final_model, parameter_grid, search_grid
+    from credit_platform.core.training import evaluate, final_model, parameter_grid
 
     preset = settings.TRAINING_GRIDS[name]
     derived = preset["derived_features"]

@@ -39,6 +39,7 @@ from bench.common import (
     process_tree_rss_mb,
     write_results,
 )
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess, free_port
 
 LUA = REPO_ROOT / "bench" / "wrk" / "load.lua"
@@ -97,7 +98,7 @@ class WrkRun:
 def write_bodies(directory: Path) -> tuple[Path, Path]:
     """Request bodies from valid rows of the shared Kaggle sample: single rows, and
     1,000-row batches."""
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     rows = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=10_000), 2000)
     single = directory / "single.jsonl"
@@ -217,7 +218,7 @@ def service_env(db_url: str, model_tag: str, spool: Path) -> dict[str, str]:
 
 
 def warm_up(wrk: str, url: str, bodies: Path, work: Path) -> None:
-    run_wrk(wrk, url, "/predict", bodies, work, threads=1, connections=16, seconds=3)
+    run_wrk(wrk, url, routes.PREDICT, bodies, work, threads=1, connections=16, seconds=3)
 
 
 def cpu_per_row(
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"connections, {args.seconds}s",
                     flush=True,
                 )
-                capacity_runs.append(run_wrk(wrk, url, "/predict", single, work, **load))
+                capacity_runs.append(run_wrk(wrk, url, routes.PREDICT, single, work, **load))
             capacity = sorted(capacity_runs, key=lambda run: run.rps)[len(capacity_runs) // 2]
             rate = int(capacity.rps * 0.8)
             print(
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             cpu_before = children_cpu_seconds(server.process.pid)
-            latency = run_wrk(wrk, url, "/predict", single, work, **load, rate=rate)
+            latency = run_wrk(wrk, url, routes.PREDICT, single, work, **load, rate=rate)
             cpu_after = children_cpu_seconds(server.process.pid)
             worker_cpu = sorted(
                 round((cpu_after[pid] - cpu_before.get(pid, 0.0)) / latency.seconds, 2)
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             batches = run_wrk(
                 wrk,
                 url,
-                "/predict_batch",
+                routes.PREDICT_BATCH,
                 batch,
                 work,
                 threads=1,
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline.wait_ready()
             warm_up(wrk, url, single, work)
             print("baseline capacity run (seed-style service, same load)", flush=True)
-            base = run_wrk(wrk, url, "/predict", single, work, **load)
+            base = run_wrk(wrk, url, routes.PREDICT, single, work, **load)
         finally:
             baseline.stop()
         checks["baseline"] = check_log(baseline_url, base)

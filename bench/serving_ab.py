@@ -39,7 +39,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import BATCH_ROWS, ensure_wrk, run_wrk, service_env, write_bodies
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 from credit_platform.core.processes import kill_tree
 from credit_platform.core.service_process import ServiceNotReady, free_port
 
@@ -158,7 +158,7 @@ def wait_ready(checkout: Checkout, work: Path, timeout: float = 240.0) -> None:
         if checkout.process is not None and checkout.process.poll() is not None:
             break
         try:
-            if requests.get(f"{checkout.url}/readyz", timeout=2).status_code == 200:
+            if requests.get(checkout.url + routes.READYZ, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -174,7 +174,7 @@ def measure(checkout: Checkout, wrk: str, single: Path, batch: Path, work: Path,
     batches = run_wrk(
         wrk,
         checkout.url,
-        "/predict_batch",
+        routes.PREDICT_BATCH,
         batch,
         work,
         threads=1,
@@ -187,7 +187,7 @@ def measure(checkout: Checkout, wrk: str, single: Path, batch: Path, work: Path,
     worker = sum(value - before.get(key, 0.0) for key, value in after.items())
     before = children_cpu_seconds(pid)
     singles = run_wrk(
-        wrk, checkout.url, "/predict", single, work, threads=2, connections=64, seconds=seconds
+        wrk, checkout.url, routes.PREDICT, single, work, threads=2, connections=64, seconds=seconds
     )
     after = children_cpu_seconds(pid)
     single_cpu = sum(value - before.get(key, 0.0) for key, value in after.items())
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_wrk(
                     wrk,
                     checkout.url,
-                    "/predict",
+                    routes.PREDICT,
                     single,
                     work,
                     threads=1,

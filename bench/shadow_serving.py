@@ -28,6 +28,7 @@ from bench.common import (
     write_results,
 )
 from bench.serving import check_log, ensure_wrk, run_wrk, service_env, warm_up, write_bodies
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess
 
 TARGETS = {"max_capacity_cost": 0.35}  # the shadow may cost at most 35% of capacity
@@ -54,10 +55,10 @@ def shadow_copy(tag: str) -> str:
 def set_shadow(url: str, token: str, tag: str | None) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     if tag is None:
-        response = requests.delete(f"{url}/admin/challenger", headers=headers, timeout=120)
+        response = requests.delete(f"{url}{routes.ADMIN_CHALLENGER}", headers=headers, timeout=120)
     else:
         response = requests.post(
-            f"{url}/admin/challenger",
+            f"{url}{routes.ADMIN_CHALLENGER}",
             json={"tag": tag, "role": "shadow"},
             headers=headers,
             timeout=120,
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in ("without", "with"):
                     set_shadow(server.url, token, shadow if mode == "with" else None)
                     print(f"round {number + 1}/{args.rounds}: {mode} a shadow", flush=True)
-                    runs[mode].append(run_wrk(wrk, server.url, "/predict", single, work, **load))
+                    runs[mode].append(
+                        run_wrk(wrk, server.url, routes.PREDICT, single, work, **load)
+                    )
             set_shadow(server.url, token, None)  # drains nothing: rows are queued per request
         finally:
             server.stop()  # the shadow's queue is scored and logged before the log closes

@@ -36,7 +36,7 @@ BATCH_ROWS = 1_000
 
 def log_rows(batches: int) -> list[list]:
     from api.prediction_log import PredictionLogRow
-    from api.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=3_000), BATCH_ROWS)
     now = datetime.now(UTC).replace(tzinfo=None)

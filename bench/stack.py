@@ -41,6 +41,7 @@ from bench.docker_stack import (
     run,
 )
 from bench.serving import ensure_wrk, run_wrk, service_env, warm_up, write_bodies
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess, free_port
 
 SERVICES = ("mariadb", "mlflow", "dagster-user-code", "dagster-webserver", "dagster-daemon")
@@ -78,7 +79,7 @@ def import_model(stack: ComposeStack, model_tag: str, work: Path) -> None:
 
 
 def wrk_median(wrk: str, url: str, bodies: Path, work: Path, load: dict, runs: int) -> dict:
-    done = [run_wrk(wrk, url, "/predict", bodies, work, **load) for _ in range(runs)]
+    done = [run_wrk(wrk, url, routes.PREDICT, bodies, work, **load) for _ in range(runs)]
     failed = sum(r.non_2xx + r.socket_errors for r in done)
     middle = sorted(done, key=lambda r: r.rps)[len(done) // 2]
     return {

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.isolation import SilentPort, pin_isolated_environment
 from credit_platform.core import settings
-from credit_platform.core.service_process import SilentPort, pin_isolated_environment
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="credit_platform_test_home_"))
 # Held (bound, never listening) for the whole session: the API URL every test inherits.

@@ -27,8 +27,8 @@ import psutil
 import pytest
 import requests
 
-from credit_platform.core import settings
-from credit_platform.core.service_process import pin_isolated_environment, platform_variables
+from bench.isolation import pin_isolated_environment, platform_variables
+from credit_platform.core import routes, settings
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = settings.DEFAULT_API_PORT
@@ -108,10 +108,10 @@ def _handler(record: list[Received]) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             record.append(Received(f"GET {self.path}", _sender_chain(self.client_address)))
-            if self.path == "/metadata":
+            if self.path == routes.METADATA:
                 created = datetime.now(UTC).isoformat()
                 self._answer(200, {**DECOY_METADATA, "creation_time": created})
-            elif self.path in ("/readyz", "/healthz", "/livez"):
+            elif self.path in (routes.READYZ, routes.HEALTHZ, routes.LIVEZ):
                 self._answer(200, {"status": "ok"})
             else:
                 self._answer(404, {"error": "not found"})
@@ -120,7 +120,7 @@ def _handler(record: list[Received]) -> type[BaseHTTPRequestHandler]:
             record.append(Received(f"POST {self.path}", _sender_chain(self.client_address)))
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
-            if self.path == "/admin/reload":
+            if self.path == routes.ADMIN_RELOAD:
                 self._answer(200, {"model_version": DECOY_METADATA["model_version"]})
             else:
                 self._answer(404, {"error": "not found"})
@@ -158,7 +158,9 @@ def demo_on_port_3000() -> Iterator[Decoy]:
 def test_the_suite_stays_green_beside_a_demo_left_on_port_3000(demo_on_port_3000, tmp_path):
     if demo_on_port_3000.server is not None:
         # The decoy answers as a demo would (the test would prove nothing otherwise).
-        reported = requests.get(f"http://{DEMO_HOST}:{DEMO_PORT}/metadata", timeout=5).json()
+        reported = requests.get(
+            f"http://{DEMO_HOST}:{DEMO_PORT}{routes.METADATA}", timeout=5
+        ).json()
         assert reported["metrics"]["val_accuracy"] > 0.99
         demo_on_port_3000.requests.clear()
     user_home = tmp_path / "user_home"

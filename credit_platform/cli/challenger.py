@@ -1,5 +1,7 @@
-"""`credit-platform challenger`: run a second model beside the champion, as a shadow (it
-scores every request, answers none) or a canary (it answers a share of the customers).
+"""`credit-platform challenger`: run a second model beside the champion.
+
+As a shadow it scores every request and answers none; as a canary it answers a share of
+the customers.
 
 Only a model whose blocking quality check passed, as recorded on its MLflow model version,
 may be attached; the service itself refuses unknown tags, models that fail to load, and

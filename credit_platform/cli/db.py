@@ -1,5 +1,7 @@
-"""`credit-platform db`: where a feature store stands among the migrations, and a new
-migration for a change of core/schema.py (README "Changing a table")."""
+"""`credit-platform db`: the feature store's migrations.
+
+It tells where a store stands among them, and writes a new migration for a change of
+core/schema.py (README "Changing a table")."""
 
 from __future__ import annotations
 

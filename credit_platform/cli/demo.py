@@ -7,7 +7,7 @@ import click
 import requests
 from sqlalchemy import select
 
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 from credit_platform.core.db import init_schema, redacted
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import credit_score_features_target
@@ -64,15 +64,16 @@ def run_demo(*, customers: int, days: int, end: date, grid: str) -> None:
     if not run_deploy_partition(partition, echo=click.echo):
         raise RuntimeError(f"deploying the model of {partition} failed (see above)")
 
+    api_url = settings.api_url()
     body = sample_request(url, partition)
-    response = requests.post(f"{settings.api_url()}/predict", json=body, timeout=10)
+    response = requests.post(f"{api_url}{routes.PREDICT}", json=body, timeout=10)
     if response.status_code != 200:
         raise RuntimeError(
             f"the sample prediction failed: HTTP {response.status_code} {response.text}"
         )
-    served = ServiceClient(settings.api_url(), timeout=5).reported_model()
+    served = ServiceClient(api_url, timeout=5).reported_model()
     if served is None:
-        raise RuntimeError(f"{settings.api_url()}/metadata reports no model after the deploy")
+        raise RuntimeError(f"{api_url}{routes.METADATA} reports no model after the deploy")
     click.echo(
         f"\nsample prediction for {body['data']['customer_id']}: {response.json()}\n"
         f"\nDone. Where to look:\n"
@@ -83,7 +84,7 @@ def run_demo(*, customers: int, days: int, end: date, grid: str) -> None:
         f"  Model tag:   {served.tag} (BentoML store {settings.bentoml_home()})\n"
         f"  Bento:       {served.bento_tag} (the service's code; bentoml list)\n"
         f"  Prediction API (running in the background; stop: .venv/bin/credit-platform stop):\n"
-        f"    curl -s -X POST {settings.api_url()}/predict -H 'Content-Type: application/json' "
+        f"    curl -s -X POST {api_url}{routes.PREDICT} -H 'Content-Type: application/json' "
         f"-d '{json.dumps(body)}'\n"
-        f"    curl -s {settings.api_url()}/metadata"
+        f"    curl -s {api_url}{routes.METADATA}"
     )

@@ -10,8 +10,7 @@ import click
 from credit_platform.core import settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted, render_ddl
 
-REPO_ROOT = settings.REPO_ROOT
-SQL_DIR = REPO_ROOT / "sql"
+SQL_DIR = settings.REPO_ROOT / "sql"
 
 
 def generated_sql_files() -> dict[Path, str]:
@@ -115,9 +114,9 @@ def sql(mode: str) -> None:
         if mode == "write":
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            click.echo(f"wrote {path.relative_to(REPO_ROOT)}")
+            click.echo(f"wrote {path.relative_to(settings.REPO_ROOT)}")
         else:
-            stale.append(str(path.relative_to(REPO_ROOT)))
+            stale.append(str(path.relative_to(settings.REPO_ROOT)))
     if stale:
         fail(f"stale generated SQL: {', '.join(stale)}; run `credit-platform sql --write`")
 
@@ -180,14 +179,14 @@ def ui(port: int, host: str) -> None:
         _venv_tool("dagster"),
         "dev",
         "-w",
-        str(REPO_ROOT / "workspace.yaml"),
+        str(settings.REPO_ROOT / "workspace.yaml"),
         "-p",
         str(port),
         "-h",
         host,
     ]
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    os.chdir(REPO_ROOT)
+    os.chdir(settings.REPO_ROOT)
     os.execvp(command[0], command)
 
 

@@ -1,5 +1,7 @@
-"""Running the platform's jobs in-process from the CLI, recorded in the instance
-(DAGSTER_HOME) so the runs, materializations and check results appear in the Dagster UI."""
+"""The CLI's runs of the platform's jobs, in-process.
+
+Each is recorded in the Dagster instance (DAGSTER_HOME), so its run, materializations and
+check results appear in the Dagster UI."""
 
 import logging
 from collections.abc import Callable

@@ -1,5 +1,6 @@
-"""`credit-platform simulate`: live days ending today, sent through the running prediction
-API, with labels arriving a day late and an optional drift from a chosen day.
+"""`credit-platform simulate`: replay days of live traffic through the running service.
+
+The days end today; their labels arrive a day late, and a drift may begin on a chosen day.
 
 Each simulated day D, in order:
 
@@ -38,7 +39,7 @@ import pandas as pd
 import requests
 from sqlalchemy.engine import Engine
 
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 from credit_platform.core.db import FeatureStoreUnavailable, init_schema, redacted
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import (
@@ -154,7 +155,7 @@ def request_rows(features: pd.DataFrame) -> list[dict]:
 
 def _post(session: requests.Session, url: str, request_id: str, rows: list[dict]):
     body = json.dumps({"data": rows})
-    headers = {"Content-Type": "application/json", "X-Request-ID": request_id}
+    headers = {"Content-Type": "application/json", routes.REQUEST_ID_HEADER: request_id}
     try:
         try:
             return session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
@@ -170,7 +171,7 @@ def send_day(
     api_url: str, seed: int, day: date, rows: list[dict], chunk_rows: int, report: SimulatedDay
 ) -> None:
     """Send the day's rows to /predict_batch, `chunk_rows` per request."""
-    url = f"{api_url.rstrip('/')}/predict_batch"
+    url = f"{api_url.rstrip('/')}{routes.PREDICT_BATCH}"
     with requests.Session() as session:
         for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
             part = rows[start : start + chunk_rows]
@@ -204,7 +205,7 @@ SHADOW_WAIT_SECONDS = 60.0
 def runs_a_shadow(api_url: str) -> bool:
     """Whether the service at `api_url` reports a shadow model (GET /metadata)."""
     try:
-        body = requests.get(f"{api_url.rstrip('/')}/metadata", timeout=10).json()
+        body = requests.get(f"{api_url.rstrip('/')}{routes.METADATA}", timeout=10).json()
     except (requests.RequestException, ValueError):
         return False
     return ((body or {}).get("challenger") or {}).get("role") == "shadow"

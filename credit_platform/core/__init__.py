@@ -1,2 +1,4 @@
-"""The domain without Dagster: feature and data contracts, schema, database, model input,
-model store, training, settings. Imports libraries only."""
+"""The platform's domain, without Dagster: what the Bento packs beside api/.
+
+Feature and data contracts, schema, database, model input, model store, training,
+monitoring, settings. Imports libraries only."""

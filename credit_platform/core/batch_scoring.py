@@ -1,5 +1,7 @@
-"""Batch scoring of one day: every customer with features on that day, scored by one model
-and written to `credit_score_predictions`, replacing the day in one transaction.
+"""Batch scoring of one day into `credit_score_predictions`.
+
+Every customer with features on that day is scored by one model, and the day's rows are
+replaced in one transaction.
 
 Rows are read in chunks of whole customers (keyset pages in customer order on the
 `date, customer_id` index), scored a chunk at a time with one CatBoost call on the whole

@@ -98,13 +98,6 @@ def ece_from_bins(bins: Sequence[dict[str, Any]]) -> float | None:
     )
 
 
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
-) -> float | None:
-    """Top-label ECE: how far the answered class's probability is from its hit rate."""
-    return ece_from_bins(reliability_bins(confidence, correct, bins))
-
-
 def classwise_ece(
     probabilities: np.ndarray,
     classes: Sequence[Any],

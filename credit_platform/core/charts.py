@@ -1,5 +1,7 @@
-"""Charts as PNG bytes: the test confusion matrix (logged to MLflow) and the monitoring
-overview of the monitored days (linked from `model_monitoring`).
+"""Charts as PNG bytes, for MLflow and the Dagster catalog.
+
+The test confusion matrix (logged to MLflow) and the overview of the monitored days
+(linked from `model_monitoring`).
 
 Matplotlib's object API with the Agg canvas, never pyplot: no global figure state, safe on
 a run worker's threads and without a display.

@@ -8,7 +8,7 @@ the share of its rows labelled Good (does the model repeat a gap of the labels, 
 it?).
 
 Two rules flag a segment, each among the segments of one feature that have at least
-`min_rows` rows (smaller ones are reported, not judged, and never count as the best):
+`min_segment_rows` rows (smaller ones are reported, not judged, and never count as the best):
 
 - four-fifths: its rate of "Good" is below `min_rate_ratio` (0.8) of the best segment's;
 - accuracy: its accuracy is more than `max_accuracy_gap` (0.05) below the whole's.
@@ -62,7 +62,7 @@ class FairnessPolicy:
     age_bands: tuple[float, ...] = (25.0, 40.0, 60.0)
     min_rate_ratio: float = settings.DEFAULT_FAIRNESS_MIN_RATE_RATIO
     max_accuracy_gap: float = settings.DEFAULT_FAIRNESS_MAX_ACCURACY_GAP
-    min_rows: int = settings.DEFAULT_FAIRNESS_MIN_SEGMENT_ROWS
+    min_segment_rows: int = settings.DEFAULT_FAIRNESS_MIN_SEGMENT_ROWS
     max_p_value: float = settings.DEFAULT_FAIRNESS_MAX_P_VALUE
 
     def __post_init__(self) -> None:
@@ -75,8 +75,8 @@ class FairnessPolicy:
             raise ValueError(f"age bands must be increasing edges, not {list(self.age_bands)}")
         if not 0 < self.min_rate_ratio <= 1:
             raise ValueError(f"min_rate_ratio must be in (0, 1], not {self.min_rate_ratio}")
-        if self.max_accuracy_gap < 0 or self.min_rows < 1:
-            raise ValueError("max_accuracy_gap must be >= 0 and min_rows >= 1")
+        if self.max_accuracy_gap < 0 or self.min_segment_rows < 1:
+            raise ValueError("max_accuracy_gap must be >= 0 and min_segment_rows >= 1")
         if not 0 < self.max_p_value <= 1:
             raise ValueError(f"max_p_value must be in (0, 1], not {self.max_p_value}")
 
@@ -86,7 +86,7 @@ class FairnessPolicy:
             "age_bands": list(self.age_bands),
             "min_rate_ratio": self.min_rate_ratio,
             "max_accuracy_gap": self.max_accuracy_gap,
-            "min_rows": self.min_rows,
+            "min_segment_rows": self.min_segment_rows,
             "max_p_value": self.max_p_value,
         }
 
@@ -198,7 +198,7 @@ def segment_table(
     tests = 2 * sum(
         1
         for key, matrix in confusions.items()
-        if key[0] in policy.segments and matrix.sum() >= policy.min_rows
+        if key[0] in policy.segments and matrix.sum() >= policy.min_segment_rows
     )
     significance = policy.max_p_value / max(1, tests)
     for feature in policy.segments:
@@ -210,7 +210,7 @@ def segment_table(
             continue
         whole = sum(confusions[key] for key in keys)
         overall = _accuracy(whole)
-        judged = [key for key in keys if confusions[key].sum() >= policy.min_rows]
+        judged = [key for key in keys if confusions[key].sum() >= policy.min_segment_rows]
         good = _LABEL_INDEX[FAVOURABLE]
         rates = {
             key: float(confusions[key][:, good].sum() / confusions[key].sum()) for key in judged
@@ -294,7 +294,9 @@ def describe_findings(table: Sequence[Mapping[str, Any]], policy: FairnessPolicy
         )
     small = sum(1 for row in table if not row["judged"])
     tail = (
-        f" ({small} segment(s) under {policy.min_rows} rows reported, not judged)" if small else ""
+        f" ({small} segment(s) under {policy.min_segment_rows} rows reported, not judged)"
+        if small
+        else ""
     )
     if not findings:
         return f"no segment breaks the four-fifths or the accuracy rule{tail}"

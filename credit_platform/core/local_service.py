@@ -1,5 +1,6 @@
-"""The prediction service as a background process on this machine (embedded mode): a
-deploy or the demo starts it on a built Bento, `credit-platform stop` stops it.
+"""The prediction service as a background process of this machine (embedded mode).
+
+A deploy or the demo starts it on a built Bento; `credit-platform stop` stops it.
 
 Its pid and log live under the platform home (`run/api-<port>.pid`, `.log`), so a later
 command can stop or restart the process an earlier one started. The pid file is that record

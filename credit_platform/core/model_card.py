@@ -204,7 +204,7 @@ def model_card_markdown(facts: ModelCardFacts) -> str:
         "",
         f"Policy: segments {', '.join(facts.policy.segments)}; age bands at "
         f"{', '.join(f'{edge:g}' for edge in facts.policy.age_bands)}; a segment of at least "
-        f"{facts.policy.min_rows} rows is flagged when its rate of Good is below "
+        f"{facts.policy.min_segment_rows} rows is flagged when its rate of Good is below "
         f"{facts.policy.min_rate_ratio:g} of the best segment's (four-fifths rule) or its "
         f"accuracy is more than {facts.policy.max_accuracy_gap:g} below the whole's, and the "
         f"shortfall is beyond chance (one-sided z-test against the feature's other rows, "

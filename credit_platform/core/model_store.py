@@ -1,5 +1,4 @@
-"""The trained model as it lives in the BentoML model store: the one seam between
-training and serving.
+"""Saving and loading trained models in the BentoML store, where training meets serving.
 
 A saved `credit_score_classifier` carries everything the service needs: the CatBoost
 model, the scalers fit with it (custom object), and metadata naming its training
@@ -52,10 +51,6 @@ class ModelBundle:
     @property
     def partition(self) -> str | None:
         return self.metadata.get("partition")
-
-    @property
-    def test_metrics(self) -> dict[str, Any]:
-        return dict(self.metadata.get("metrics") or {})
 
 
 def save_model_bundle(

@@ -635,9 +635,3 @@ def _feature_counts(features: pd.DataFrame, profile: ReferenceProfile) -> dict[s
     for name in others:
         counts[name] = category_counts(name, features[name])
     return counts
-
-
-def report_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The report rows as a frame (empty, with the columns, when there are none)."""
-    columns = ["day", "model_version", "role", "metric", "feature", "value"]
-    return pd.DataFrame(rows, columns=columns)

@@ -1,5 +1,7 @@
-"""The monitoring's reads and writes in the feature store: the day's log in chunks, the
-labels that judge it, a model's training rows, and `credit_model_monitoring` itself.
+"""The monitoring's reads and writes in the feature store.
+
+It reads the day's log in chunks, the labels that judge it and a model's training rows,
+and writes `credit_model_monitoring`.
 
 Every statement has bound parameters; the heavy work (the first label per customer, the
 day's slice of the log) is done by the database, the rest by `core.monitoring` on columns.

@@ -43,6 +43,8 @@ VIEW_METRICS = (
     MAX_FEATURE_PSI,
     PREDICTION_MIX_PSI,
 )
+
+# The role whose model serves the traffic (the champion's); shadows and canaries run beside.
 SERVED_ROLE = MODEL_ROLES[0]
 
 

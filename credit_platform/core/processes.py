@@ -1,5 +1,7 @@
-"""Processes of this machine, through psutil: whether one lives, who it is (pid and start
-time, so a reused pid is told apart), what runs below it, and stopping a tree of them.
+"""Processes of this machine, through psutil.
+
+Whether one lives, who it is (pid and start time, so a reused pid is told apart), what
+runs below it, and stopping a tree of them.
 
 The prediction service's workers run in sessions of their own (BentoML starts them so), so
 a process group does not reach them: their parent link does, which psutil follows.

@@ -1,13 +1,14 @@
-"""HTTP client of the running prediction service: what it serves (the one reader of
-GET /metadata), the hot swap of its model (POST /admin/reload) and its challenger
-(POST/DELETE /admin/challenger)."""
+"""HTTP client of the running prediction service, for deploys, sensors and the CLI.
+
+It reads what the service serves (the one reader of GET /metadata), hot-swaps its model
+(POST /admin/reload) and attaches or detaches its challenger (/admin/challenger)."""
 
 from dataclasses import dataclass
 from datetime import datetime
 
 import requests
 
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 
 
 class ServiceError(RuntimeError):
@@ -41,17 +42,11 @@ class ServiceClient:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
 
-    def is_up(self) -> bool:
-        try:
-            return requests.get(f"{self.api_url}/readyz", timeout=self.timeout).status_code == 200
-        except requests.RequestException:
-            return False
-
     def reported_model(self) -> ReportedModel | None:
         """None when the service does not answer or reports no usable model (a body that
         is not JSON, or lacks the version or its creation time)."""
         try:
-            response = requests.get(f"{self.api_url}/metadata", timeout=self.timeout)
+            response = requests.get(f"{self.api_url}{routes.METADATA}", timeout=self.timeout)
         except requests.RequestException:
             return None
         if response.status_code != 200:
@@ -71,7 +66,9 @@ class ServiceClient:
 
     def reload(self, tag: str, token: str | None) -> dict:
         """Hot-swap the served model; raises ServiceError with the service's own reason."""
-        return self._admin("POST", "/admin/reload", token, f"reload {tag}", json_body={"tag": tag})
+        return self._admin(
+            "POST", routes.ADMIN_RELOAD, token, f"reload {tag}", json_body={"tag": tag}
+        )
 
     def set_challenger(
         self, token: str | None, tag: str | None, role: str = "shadow", share: float = 0.0
@@ -79,10 +76,10 @@ class ServiceClient:
         """Attach `tag` as a shadow or canary (None detaches); raises ServiceError with the
         service's own reason."""
         if tag is None:
-            return self._admin("DELETE", "/admin/challenger", token, "detach the challenger")
+            return self._admin("DELETE", routes.ADMIN_CHALLENGER, token, "detach the challenger")
         body = {"tag": tag, "role": role, "share": share}
         return self._admin(
-            "POST", "/admin/challenger", token, f"attach {tag} as {role}", json_body=body
+            "POST", routes.ADMIN_CHALLENGER, token, f"attach {tag} as {role}", json_body=body
         )
 
     def _admin(

@@ -721,8 +721,3 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(API_HEADER_TIMEOUT_ENV, _read_by(API_PROCESS)),
     Setting(API_BODY_TIMEOUT_ENV, _read_by(API_PROCESS)),
 )
-
-
-def settings_read_by(reader: str) -> list[str]:
-    """The variables the processes of kind `reader` read, in table order."""
-    return [setting.name for setting in SETTINGS if reader in setting.readers]

@@ -9,11 +9,9 @@ logging its rows twice.
 
 from __future__ import annotations
 
-import re
 from datetime import date
 
 PREFIX = "sim"
-_PATTERN = re.compile(r"^sim(\d+)-(\d{8})-(\d+)(?:#\d+)?$")
 
 
 def simulation_request_id(seed: int, day: date, chunk: int) -> str:
@@ -26,13 +24,3 @@ def day_id_range(seed: int, day: date) -> tuple[str, str]:
     a shadow's "...@shadow") sorts in it, byte-wise, and no other day's does."""
     low = f"{PREFIX}{seed}-{day:%Y%m%d}-"
     return low, low[:-1] + "."  # "." follows "-" in ASCII
-
-
-def simulated_day(request_id: str) -> date | None:
-    """The simulated day of a request id (or a batch row's "<id>#<position>"); None for
-    ids no simulation sent."""
-    match = _PATTERN.match(request_id)
-    if match is None:
-        return None
-    stamp = match.group(2)
-    return date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))

@@ -265,21 +265,6 @@ def final_model(
     return FinalModel(model, offsets if any(offsets) else ())
 
 
-def search_grid(
-    train: Pool,
-    valid: Pool,
-    valid_labels: pd.Series,
-    grid: Sequence[TrialParams],
-    fit: FitSettings,
-) -> TrialResult:
-    """Every grid point fit on train and early-stopped on valid; the best by the fit's
-    selection metric on valid (the test rows play no part)."""
-    return best_trial(
-        (fit_trial(train, valid, valid_labels, params, fit) for params in grid),
-        fit.selection_metric,
-    )
-
-
 def predict_labels(
     model: CatBoostClassifier, pool: Pool, offsets: Sequence[float] | None = None
 ) -> np.ndarray:

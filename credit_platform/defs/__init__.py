@@ -1,5 +1,6 @@
-"""The Dagster code location: `definitions.defs` and the assets, checks, resources, sensors,
-jobs and schedules it gathers. Imports core and ingest.
+"""The Dagster code location (`definitions.defs`) and what it gathers.
+
+Assets, checks, resources, sensors, jobs and schedules. Imports core and ingest.
 
 Importing it silences four Dagster lifecycle warnings, each by its exact message, because
 they would otherwise print on every load of the code location and in every run:

@@ -1,5 +1,7 @@
-"""What the Dagster catalog shows about the platform's tables and assets: owners, the
-column schema built from `core.schema` (the one source), qualified table names."""
+"""What the Dagster catalog shows about the platform's tables and assets.
+
+Owners, the column schema built from `core.schema` (the one source), qualified table
+names."""
 
 from __future__ import annotations
 

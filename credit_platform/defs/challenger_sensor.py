@@ -54,13 +54,14 @@ def challenger_sensor(
     challenger = str(reported.challenger["model_version"])
     role = str(reported.challenger.get("role"))
     champion = reported.tag
+    thresholds = monitoring_policy.policy
     comparison = compare_or_wait(
-        feature_store, challenger, champion, monitoring_policy.challenger_min_labels
+        feature_store, challenger, champion, thresholds.challenger_min_labelled
     )
     if isinstance(comparison, SkipReason):
         return SkipReason(f"{role} {challenger} vs champion {champion}: {comparison.skip_message}")
     assert comparison.new_accuracy is not None and comparison.old_accuracy is not None
-    margin = monitoring_policy.challenger_gap
+    margin = thresholds.challenger_margin
     gap = comparison.new_accuracy - comparison.old_accuracy
     if abs(gap) <= margin:
         return SkipReason(

@@ -1,5 +1,8 @@
-"""The platform's jobs: continuous training of one day, deploying one day's model, batch
-scoring of one day, monitoring one day of the prediction log, and pruning the BentoML store.
+"""The platform's six jobs.
+
+Continuous training of one day, deploying one day's model, carrying out a challenger
+verdict, batch scoring of one day, monitoring one day of the prediction log, and pruning
+the BentoML store.
 
 Sensors, schedules, the definitions and the CLI import these objects (never their names).
 """

@@ -134,11 +134,12 @@ def retrain_sensor(
     if not failures:
         return SkipReason("no drift or live-accuracy check of the served model failed")
     now = time.time()
-    wait = cooldown_left(context.cursor, monitoring_policy.cooldown_seconds, now)
+    cooldown = monitoring_policy.policy.retrain_cooldown_seconds
+    wait = cooldown_left(context.cursor, cooldown, now)
     if wait > 0:
         return SkipReason(
             f"{', '.join(f.check for f in failures)} failed, but a retraining was requested "
-            f"less than {monitoring_policy.cooldown_seconds} s ago: {wait:.0f} s of cooldown left"
+            f"less than {cooldown} s ago: {wait:.0f} s of cooldown left"
         )
     try:
         latest = latest_label_day(feature_store)
@@ -276,11 +277,12 @@ def rollback_sensor(
     new, old, why_none = deployed
     if old is None:
         return SkipReason(f"{new} has no predecessor to compare with: {why_none}")
-    comparison = compare_or_wait(feature_store, new, old, monitoring_policy.rollback_min_labels)
+    thresholds = monitoring_policy.policy
+    comparison = compare_or_wait(feature_store, new, old, thresholds.rollback_min_labelled)
     if isinstance(comparison, SkipReason):
         return comparison
     assert comparison.new_accuracy is not None and comparison.old_accuracy is not None
-    tolerance = monitoring_policy.rollback_gap
+    tolerance = thresholds.rollback_tolerance
     summary = (
         f"{new}: live accuracy {comparison.new_accuracy:.4f} ({comparison.new_labelled} "
         f"labelled) vs its predecessor {old}: {comparison.old_accuracy:.4f} "

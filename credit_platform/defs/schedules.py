@@ -1,5 +1,7 @@
-"""The nightly schedules: training (stopped by default: the new-data sensor is the usual
-trigger) and monitoring of the day before (running: nothing else triggers it)."""
+"""The nightly schedules: training and the monitoring of the day before.
+
+Training is stopped by default (the new-data sensor is the usual trigger); monitoring runs,
+since nothing else triggers it."""
 
 from dagster import DefaultScheduleStatus, build_schedule_from_partitioned_job
 

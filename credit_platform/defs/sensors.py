@@ -1,5 +1,7 @@
-"""Sensors: train when labels for a new day arrive; deploy when the service does not serve the
-MLflow champion (the passing model of the newest data partition).
+"""The sensors that train on new labels and deploy the champion.
+
+Train when labels for a new day arrive; deploy when the service does not serve the MLflow
+champion (the passing model of the newest data partition).
 
 Both keep their ticks light (one query, one HTTP call with a short timeout), and every
 request has a run key naming what changed, so repeated ticks never start a run twice.

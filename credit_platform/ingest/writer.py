@@ -129,9 +129,6 @@ class IngestSummary:
     def total_dropped(self) -> int:
         return sum(self.rows_dropped.values())
 
-    def nulled_in(self, column: str) -> int:
-        return sum(count for (name, _), count in self.nulled.items() if name == column)
-
     def render(self) -> str:
         lines = [f"source: {self.source}"]
         lines.append(

@@ -28,7 +28,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from api.sample_requests import load_sample, request_payload, valid_request_payloads
+from bench.sample_requests import load_sample, request_payload, valid_request_payloads
+from credit_platform.core import routes
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.derived_features import RATIO_FEATURES
@@ -76,10 +77,12 @@ class Server:
     def reload(self, tag: str | None = None, token: str | None = TOKEN) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         body = json.dumps({"tag": tag}) if tag else ""
-        return requests.post(f"{self.url}/admin/reload", data=body, headers=headers, timeout=60)
+        return requests.post(
+            f"{self.url}{routes.ADMIN_RELOAD}", data=body, headers=headers, timeout=60
+        )
 
     def served_tag(self) -> str:
-        return self.get("/metadata").json()["model_version"]
+        return self.get(routes.METADATA).json()["model_version"]
 
     def log_rows(self, **where: str) -> list[dict[str, Any]]:
         engine = make_engine(self.log_url)
@@ -175,7 +178,7 @@ def server(tags: ModelTags, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             if process.poll() is not None:
                 pytest.fail(f"the server exited with {process.returncode}:\n{output.read_text()}")
             try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{url}{routes.READYZ}", timeout=2).status_code == 200:
                     break
             except requests.RequestException:  # not listening yet, or still starting
                 pass
@@ -235,7 +238,7 @@ def plausible(payloads: list[dict]) -> list[dict]:
 
 def test_predict_answers_and_logs_the_row(server: Server, payloads: list[dict]) -> None:
     payload = plausible(payloads)[0]
-    response = server.post("/predict", {"data": payload})
+    response = server.post(routes.PREDICT, {"data": payload})
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -256,8 +259,8 @@ def test_predict_answers_and_logs_the_row(server: Server, payloads: list[dict]) 
 
 def test_a_retried_request_id_is_logged_once(server: Server, payloads: list[dict]) -> None:
     headers = {"X-Request-ID": "client-retry-0001"}
-    first = server.post("/predict", {"data": payloads[1]}, headers=headers)
-    again = server.post("/predict", {"data": payloads[1]}, headers=headers)
+    first = server.post(routes.PREDICT, {"data": payloads[1]}, headers=headers)
+    again = server.post(routes.PREDICT, {"data": payloads[1]}, headers=headers)
 
     assert first.status_code == again.status_code == 200
     assert first.headers["X-Request-ID"] == "client-retry-0001"
@@ -272,13 +275,13 @@ def test_request_id_is_an_idempotency_key(
     answer otherwise; another body under the key: 409 naming it, and the log keeps the first."""
     before = server.served_tag()
     headers = {"X-Request-ID": "idem-key-1"}
-    first = server.post("/predict", {"data": payloads[6]}, headers=headers)
+    first = server.post(routes.PREDICT, {"data": payloads[6]}, headers=headers)
     assert first.status_code == 200, first.text
     other = tags.second if before != tags.second else tags.first
     assert server.reload(other).status_code == 200
     try:
-        again = server.post("/predict", {"data": payloads[6]}, headers=headers)
-        fresh = server.post("/predict", {"data": payloads[6]})
+        again = server.post(routes.PREDICT, {"data": payloads[6]}, headers=headers)
+        fresh = server.post(routes.PREDICT, {"data": payloads[6]})
     finally:
         assert server.reload(before).status_code == 200
     assert again.status_code == 200 and again.json() == first.json()
@@ -288,7 +291,7 @@ def test_request_id_is_an_idempotency_key(
     assert row["model_version"] == before and row["role"] == "champion"
 
     changed = {**payloads[6], "age": payloads[6]["age"] + 1}
-    conflict = server.post("/predict", {"data": changed}, headers=headers)
+    conflict = server.post(routes.PREDICT, {"data": changed}, headers=headers)
     assert conflict.status_code == 409
     assert "X-Request-ID" in conflict.text and "idem-key-1" in conflict.text
     (kept,) = server.log_rows(request_id="idem-key-1")
@@ -297,7 +300,9 @@ def test_request_id_is_an_idempotency_key(
     assert kept["features"] == scored
 
     # Keys are case-sensitive: another key, another request.
-    upper = server.post("/predict", {"data": payloads[7]}, headers={"X-Request-ID": "Idem-Key-1"})
+    upper = server.post(
+        routes.PREDICT, {"data": payloads[7]}, headers={"X-Request-ID": "Idem-Key-1"}
+    )
     assert upper.status_code == 200
     assert server.log_rows(request_id="Idem-Key-1")[0]["customer_id"] == payloads[7]["customer_id"]
 
@@ -310,10 +315,10 @@ def test_a_repaired_request_sent_again_is_the_same_answer(
     lists the repair."""
     implausible = {**payloads[11], "num_bank_accounts": 1747}
     headers = {"X-Request-ID": "idem-repaired-1"}
-    first = server.post("/predict", {"data": implausible}, headers=headers)
+    first = server.post(routes.PREDICT, {"data": implausible}, headers=headers)
     assert first.status_code == 200, first.text
     assert "num_bank_accounts" in first.json()["repaired"]
-    again = server.post("/predict", {"data": implausible}, headers=headers)
+    again = server.post(routes.PREDICT, {"data": implausible}, headers=headers)
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     (row,) = server.log_rows(request_id="idem-repaired-1")
@@ -322,9 +327,9 @@ def test_a_repaired_request_sent_again_is_the_same_answer(
 
 def test_batch_rows_never_collide_with_a_client_key(server: Server, payloads: list[dict]) -> None:
     batch = server.post(
-        "/predict_batch", {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
+        routes.PREDICT_BATCH, {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
     )
-    single = server.post("/predict", {"data": payloads[10]}, headers={"X-Request-ID": "coll-1"})
+    single = server.post(routes.PREDICT, {"data": payloads[10]}, headers={"X-Request-ID": "coll-1"})
     assert batch.status_code == single.status_code == 200
     assert [row["customer_id"] for row in server.log_rows(request_id="coll#1")] == [
         payloads[9]["customer_id"]
@@ -333,20 +338,20 @@ def test_batch_rows_never_collide_with_a_client_key(server: Server, payloads: li
         payloads[10]["customer_id"]
     ]
     # A client cannot send a batch row's form as its key.
-    taken = server.post("/predict", {"data": payloads[10]}, headers={"X-Request-ID": "coll#1"})
+    taken = server.post(routes.PREDICT, {"data": payloads[10]}, headers={"X-Request-ID": "coll#1"})
     assert taken.status_code == 400 and "X-Request-ID" in taken.text
 
     # The batch retried: the same answers, no new rows; another body under its key: 409.
     again = server.post(
-        "/predict_batch", {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
+        routes.PREDICT_BATCH, {"data": payloads[8:10]}, headers={"X-Request-ID": "coll"}
     )
     assert again.status_code == 200 and again.json() == batch.json()
     longer = server.post(
-        "/predict_batch", {"data": payloads[8:11]}, headers={"X-Request-ID": "coll"}
+        routes.PREDICT_BATCH, {"data": payloads[8:11]}, headers={"X-Request-ID": "coll"}
     )
     assert longer.status_code == 409
     shorter = server.post(
-        "/predict_batch", {"data": payloads[8:9]}, headers={"X-Request-ID": "coll"}
+        routes.PREDICT_BATCH, {"data": payloads[8:9]}, headers={"X-Request-ID": "coll"}
     )
     assert shorter.status_code == 409 and "coll" in shorter.text
     logged = [row["request_id"] for row in server.log_rows() if row["request_id"][:5] == "coll#"]
@@ -357,13 +362,13 @@ def test_batch_keeps_order_and_equals_single_predictions(
     server: Server, payloads: list[dict]
 ) -> None:
     batch = payloads[:BATCH_LIMIT][::-1]
-    response = server.post("/predict_batch", {"data": batch})
+    response = server.post(routes.PREDICT_BATCH, {"data": batch})
 
     assert response.status_code == 200, response.text
     answers = response.json()
     assert [answer["customer_id"] for answer in answers] == [row["customer_id"] for row in batch]
     for payload, answer in zip(batch[:15], answers[:15], strict=True):
-        single = server.post("/predict", {"data": payload}).json()
+        single = server.post(routes.PREDICT, {"data": payload}).json()
         assert answer["predict"] == single["predict"]
         assert answer["confidence"] == pytest.approx(single["confidence"], rel=1e-12)
     request_id = response.headers["X-Request-ID"]
@@ -430,22 +435,22 @@ def test_bad_input_is_refused_naming_the_field(
     mutate, field = INVALID_SINGLE[case]
     body = json.dumps(mutate({"data": dict(payloads[2])}))  # NaN/Infinity stay JSON tokens
 
-    response = server.post("/predict", body)
+    response = server.post(routes.PREDICT, body)
 
     assert response.status_code in (400, 422), response.text
     assert field in response.text
-    assert server.post("/predict", {"data": payloads[2]}).status_code == 200  # still serving
+    assert server.post(routes.PREDICT, {"data": payloads[2]}).status_code == 200  # still serving
 
 
 def test_malformed_json_is_refused(server: Server) -> None:
-    response = server.post("/predict", '{"data": {"customer_id": ')
+    response = server.post(routes.PREDICT, '{"data": {"customer_id": ')
     assert response.status_code == 400
     assert "json" in response.text.lower()
 
 
 def test_every_feature_accepts_null(server: Server, payloads: list[dict]) -> None:
     row = {**payloads[3], **dict.fromkeys(MODEL_FEATURES)}
-    response = server.post("/predict", {"data": row})
+    response = server.post(routes.PREDICT, {"data": row})
     assert response.status_code == 200, response.text
     assert response.json()["predict"] in LABELS
     assert "repaired" not in response.json()
@@ -472,9 +477,9 @@ def test_implausible_values_are_scored_as_missing_and_listed(
     as_missing = {**payload, **dict.fromkeys(IMPLAUSIBLE)}
     in_model_order = [name for name in MODEL_FEATURES if name in IMPLAUSIBLE]
 
-    answer = server.post("/predict", {"data": implausible})
-    same_as_null = server.post("/predict", {"data": as_missing})
-    batch = server.post("/predict_batch", {"data": [payload, implausible, as_missing]})
+    answer = server.post(routes.PREDICT, {"data": implausible})
+    same_as_null = server.post(routes.PREDICT, {"data": as_missing})
+    batch = server.post(routes.PREDICT_BATCH, {"data": [payload, implausible, as_missing]})
 
     assert answer.status_code == same_as_null.status_code == batch.status_code == 200
     assert answer.json()["repaired"] == in_model_order
@@ -512,7 +517,7 @@ def test_the_loaded_shared_sample_is_accepted_in_full(
 
     answers, statuses = [], Counter()
     for start in range(0, len(rows), BATCH_LIMIT):
-        response = server.post("/predict_batch", {"data": rows[start : start + BATCH_LIMIT]})
+        response = server.post(routes.PREDICT_BATCH, {"data": rows[start : start + BATCH_LIMIT]})
         statuses[response.status_code] += 1
         if response.status_code == 200:
             answers += response.json()
@@ -533,34 +538,36 @@ def test_the_loaded_shared_sample_is_accepted_in_full(
 
 
 def test_bad_request_id_header_is_refused(server: Server, payloads: list[dict]) -> None:
-    response = server.post("/predict", {"data": payloads[0]}, headers={"X-Request-ID": "x" * 80})
+    response = server.post(
+        routes.PREDICT, {"data": payloads[0]}, headers={"X-Request-ID": "x" * 80}
+    )
     assert response.status_code == 400
     assert "X-Request-ID" in response.text
 
 
 def test_batch_validation_names_the_limit_and_the_row(server: Server, payloads: list[dict]) -> None:
     oversized = (payloads * 2)[: BATCH_LIMIT + 1]
-    response = server.post("/predict_batch", {"data": oversized})
+    response = server.post(routes.PREDICT_BATCH, {"data": oversized})
     assert response.status_code in (400, 422)
     assert "data" in response.text and str(BATCH_LIMIT) in response.text
 
-    empty = server.post("/predict_batch", {"data": []})
+    empty = server.post(routes.PREDICT_BATCH, {"data": []})
     assert empty.status_code in (400, 422) and "data" in empty.text
 
     rows = [dict(row) for row in payloads[:5]]
     rows[3]["credit_mix"] = "Excellent"
-    bad_row = server.post("/predict_batch", {"data": rows})
+    bad_row = server.post(routes.PREDICT_BATCH, {"data": rows})
     assert bad_row.status_code in (400, 422)
     detail = bad_row.json()["detail"]
     assert ["data", 3, "credit_mix"] in [error["loc"] for error in detail]
 
     # A body too big for any legal batch is refused before it is parsed.
     padded = [{**row, "type_of_loan": "Auto Loan" + " " * 4000} for row in payloads[:BATCH_LIMIT]]
-    too_big = server.post("/predict_batch", {"data": padded})
+    too_big = server.post(routes.PREDICT_BATCH, {"data": padded})
     assert too_big.status_code == 413
     assert str(BATCH_LIMIT) in too_big.text
 
-    assert server.post("/predict_batch", {"data": payloads[:3]}).status_code == 200
+    assert server.post(routes.PREDICT_BATCH, {"data": payloads[:3]}).status_code == 200
 
 
 # --- metadata and health ----------------------------------------------------------------
@@ -577,11 +584,11 @@ def test_serve_runs_the_built_bento(server: Server) -> None:
     command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
     assert [b"bentoml", b"serve", tag.encode()] == command[2:5], command
     assert bentoml.bentos.get(tag).info.all_models == []  # models come from the store
-    assert server.get("/metadata").json()["bento_tag"] == tag
+    assert server.get(routes.METADATA).json()["bento_tag"] == tag
 
 
 def test_metadata_and_health_endpoints(server: Server, tags: ModelTags) -> None:
-    metadata = server.get("/metadata").json()
+    metadata = server.get(routes.METADATA).json()
     assert metadata["model_name"] == "credit_score_classifier"
     assert metadata["model_version"] == tags.first
     assert metadata["partition"] == "2025-01-15"
@@ -596,9 +603,9 @@ def test_metadata_and_health_endpoints(server: Server, tags: ModelTags) -> None:
     assert datetime.fromisoformat(metadata["creation_time"]).tzinfo is not None
     assert datetime.fromisoformat(metadata["loaded_at"]).tzinfo is not None
 
-    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+    for path in (routes.HEALTHZ, routes.LIVEZ, routes.READYZ, routes.METRICS):
         assert server.get(path).status_code == 200, path
-    assert "bentoml_service" in server.get("/metrics").text
+    assert "bentoml_service" in server.get(routes.METRICS).text
 
 
 # --- reload, rollback, refusals ---------------------------------------------------------
@@ -609,7 +616,7 @@ def test_reload_needs_the_bearer_token(server: Server, tags: ModelTags) -> None:
     assert server.reload(tags.second, token=None).status_code == 401
     assert server.reload(tags.second, token="wrong-token").status_code == 401
     basic = requests.post(
-        f"{server.url}/admin/reload",
+        f"{server.url}{routes.ADMIN_RELOAD}",
         headers={"Authorization": f"Basic {TOKEN}"},
         timeout=30,
     )
@@ -634,7 +641,7 @@ def test_reload_refuses_unknown_tags_and_broken_models(
     assert "age (center" in broken.text and "scale 0.0" in broken.text
 
     bad_body = requests.post(
-        f"{server.url}/admin/reload",
+        f"{server.url}{routes.ADMIN_RELOAD}",
         data='{"tag": 7}',
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
@@ -642,7 +649,7 @@ def test_reload_refuses_unknown_tags_and_broken_models(
     assert bad_body.status_code == 400 and "tag" in bad_body.text
 
     assert server.served_tag() == before
-    assert server.post("/predict", {"data": payloads[0]}).status_code == 200
+    assert server.post(routes.PREDICT, {"data": payloads[0]}).status_code == 200
 
 
 def test_reload_switches_models_and_rolls_back(
@@ -650,14 +657,14 @@ def test_reload_switches_models_and_rolls_back(
 ) -> None:
     switched = server.reload(tags.second)
     assert switched.status_code == 200, switched.text
-    metadata = server.get("/metadata").json()
+    metadata = server.get(routes.METADATA).json()
     assert metadata["model_version"] == tags.second
     assert metadata["partition"] == "2025-01-16"
     created = datetime.fromisoformat(metadata["creation_time"])
     assert created.tzinfo is not None
     assert datetime.fromisoformat(switched.json()["creation_time"]) == created
 
-    answer = server.post("/predict", {"data": payloads[4]})
+    answer = server.post(routes.PREDICT, {"data": payloads[4]})
     (row,) = server.log_rows(request_id=answer.headers["X-Request-ID"])
     assert row["model_version"] == tags.second
 
@@ -685,7 +692,9 @@ def test_no_request_fails_while_models_are_swapped(
             if stop_hammering.is_set():
                 break
             payload = payloads[(offset + number) % len(payloads)]
-            response = session.post(f"{server.url}/predict", json={"data": payload}, timeout=30)
+            response = session.post(
+                f"{server.url}{routes.PREDICT}", json={"data": payload}, timeout=30
+            )
             with lock:
                 results.append((response.status_code, response.text))
         session.close()
@@ -726,7 +735,7 @@ def test_reload_refuses_when_no_admin_token_is_configured(
 
     monkeypatch.delenv("CREDIT_API_ADMIN_TOKEN", raising=False)
     with TestClient(admin_app) as client:
-        response = client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+        response = client.post(routes.ADMIN_RELOAD, headers={"Authorization": "Bearer anything"})
     assert response.status_code == 403
     assert "not configured" in response.json()["error"]
 
@@ -796,7 +805,7 @@ def test_serve_waits_for_a_first_model(tags: ModelTags, tmp_path: Path) -> None:
         while True:
             assert process.poll() is None, output.read_text()
             try:
-                answer = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=2)
+                answer = requests.get(f"http://127.0.0.1:{port}{routes.METADATA}", timeout=2)
                 if answer.status_code == 200:
                     break
             except requests.RequestException:
@@ -854,9 +863,9 @@ def test_explained_answers_equal_the_unexplained_and_sum_to_the_raw_score(
             assert server.reload(tag).status_code == 200
             classes, raw = served_raw_scores(tag, [features_of(row) for row in rows])
             for position, row in enumerate(rows):
-                plain = server.post("/predict", {"data": row})
+                plain = server.post(routes.PREDICT, {"data": row})
                 explained = server.post(
-                    "/predict", {"data": row, "explain": True, "reasons": len(REASON_CODES)}
+                    routes.PREDICT, {"data": row, "explain": True, "reasons": len(REASON_CODES)}
                 )
                 assert plain.status_code == explained.status_code == 200, explained.text
                 body, answer = plain.json(), explained.json()
@@ -887,7 +896,7 @@ def test_explained_answers_equal_the_unexplained_and_sum_to_the_raw_score(
 def test_the_default_explanation_shows_three_reasons_in_words(
     server: Server, payloads: list[dict]
 ) -> None:
-    answer = server.post("/predict", {"data": payloads[31], "explain": True})
+    answer = server.post(routes.PREDICT, {"data": payloads[31], "explain": True})
     assert answer.status_code == 200, answer.text
     explanation = answer.json()["explanation"]
     reasons = explanation["reasons"]
@@ -910,8 +919,8 @@ def test_an_explained_batch_equals_the_unexplained_batch(
     server: Server, payloads: list[dict]
 ) -> None:
     rows = payloads[:BATCH_LIMIT]
-    plain = server.post("/predict_batch", {"data": rows})
-    explained = server.post("/predict_batch", {"data": rows, "explain": True})
+    plain = server.post(routes.PREDICT_BATCH, {"data": rows})
+    explained = server.post(routes.PREDICT_BATCH, {"data": rows, "explain": True})
     assert plain.status_code == explained.status_code == 200, explained.text
     for body, answer in zip(plain.json(), explained.json(), strict=True):
         assert "explanation" not in body
@@ -940,7 +949,7 @@ def test_an_explained_batch_equals_the_unexplained_batch(
 def test_a_bad_explain_request_is_refused_naming_the_field(
     server: Server, payloads: list[dict], extra: dict, field: str
 ) -> None:
-    for route, data in (("/predict", payloads[3]), ("/predict_batch", [payloads[3]])):
+    for route, data in ((routes.PREDICT, payloads[3]), (routes.PREDICT_BATCH, [payloads[3]])):
         response = server.post(route, {"data": data, **extra})
         assert response.status_code == 400, response.text
         assert field in response.text
@@ -954,18 +963,18 @@ def test_a_retried_explained_request_gets_the_logged_reasons(
     before = server.served_tag()
     headers = {"X-Request-ID": "explained-retry-1"}
     body = {"data": payloads[33], "explain": True}
-    first = server.post("/predict", body, headers=headers)
+    first = server.post(routes.PREDICT, body, headers=headers)
     assert first.status_code == 200, first.text
     other = tags.second if before != tags.second else tags.first
     assert server.reload(other).status_code == 200
     try:
-        again = server.post("/predict", body, headers=headers)
+        again = server.post(routes.PREDICT, body, headers=headers)
     finally:
         assert server.reload(before).status_code == 200
     assert again.status_code == 200 and again.json() == first.json()
-    plain = server.post("/predict", {"data": payloads[33]}, headers=headers)
+    plain = server.post(routes.PREDICT, {"data": payloads[33]}, headers=headers)
     assert plain.status_code == 409, plain.text
-    more = server.post("/predict", {**body, "reasons": 5}, headers=headers)
+    more = server.post(routes.PREDICT, {**body, "reasons": 5}, headers=headers)
     assert more.status_code == 409, more.text
     assert len(server.log_rows(request_id="explained-retry-1")) == 1
 
@@ -976,7 +985,7 @@ def test_a_retried_explained_request_gets_the_logged_reasons(
 def _metric_series(server: Server) -> list[str]:
     """The sample lines of /metrics (one per series), without the gauge BentoML labels with
     each worker's pid (it appears when a worker serves its first request)."""
-    text = server.get("/metrics").text
+    text = server.get(routes.METRICS).text
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
@@ -990,7 +999,7 @@ def test_unknown_paths_share_one_metrics_label(server: Server, payloads: list[di
     """Every path a client makes up used to add series to /metrics (3,000 random 404s: 1.4
     to 15.8 MB, 6.5 s to render); now they share one label, so 2,000 more random paths
     leave the number of series unchanged."""
-    assert server.post("/predict", {"data": payloads[0]}).status_code == 200
+    assert server.post(routes.PREDICT, {"data": payloads[0]}).status_code == 200
     for attempt in range(20):  # new connections: both workers serve unknown paths
         assert requests.get(f"{server.url}/warm-up-{attempt}", timeout=30).status_code == 404
     before = _metric_series(server)
@@ -1007,14 +1016,14 @@ def test_unknown_paths_share_one_metrics_label(server: Server, payloads: list[di
 
     assert countable(after) == countable(before)
     labels = _endpoint_labels(after)
-    assert "<unmatched>" in labels and "/predict" in labels
+    assert "<unmatched>" in labels and routes.PREDICT in labels
     assert not any(label.startswith(("/scan", "/warm-up", "/after")) for label in labels)
 
 
 @pytest.mark.parametrize("share", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
 def test_a_non_finite_challenger_share_is_a_400(server: Server, share: str) -> None:
     response = server.post(
-        "/admin/challenger",
+        routes.ADMIN_CHALLENGER,
         f'{{"tag": "credit_score_classifier:x", "role": "canary", "share": {share}}}',
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
@@ -1023,7 +1032,7 @@ def test_a_non_finite_challenger_share_is_a_400(server: Server, share: str) -> N
     assert "finite" in response.json()["detail"][0]["msg"]
 
 
-@pytest.mark.parametrize("path", ["/admin/challenger", "/admin/reload"])
+@pytest.mark.parametrize("path", [routes.ADMIN_CHALLENGER, routes.ADMIN_RELOAD])
 def test_an_admin_body_that_is_not_utf8_is_a_400(server: Server, path: str) -> None:
     response = server.post(
         path,
@@ -1037,10 +1046,10 @@ def test_an_admin_body_that_is_not_utf8_is_a_400(server: Server, path: str) -> N
 @pytest.mark.parametrize(
     ("path", "content_type"),
     [
-        ("/predict", "multipart/form-data; boundary=xyz"),
-        ("/predict_batch", "Multipart/Form-Data; boundary=xyz"),
-        ("/predict", "application/x-www-form-urlencoded"),
-        ("/admin/challenger", "multipart/form-data; boundary=xyz"),
+        (routes.PREDICT, "multipart/form-data; boundary=xyz"),
+        (routes.PREDICT_BATCH, "Multipart/Form-Data; boundary=xyz"),
+        (routes.PREDICT, "application/x-www-form-urlencoded"),
+        (routes.ADMIN_CHALLENGER, "multipart/form-data; boundary=xyz"),
     ],
 )
 def test_a_form_body_is_a_415(server: Server, path: str, content_type: str) -> None:
@@ -1061,14 +1070,14 @@ def test_a_control_character_in_customer_id_is_a_400(
 ) -> None:
     request_id = f"control-{customer_id.encode().hex()}"
     response = server.post(
-        "/predict",
+        routes.PREDICT,
         {"data": {**payloads[20], "customer_id": customer_id}},
         headers={"X-Request-ID": request_id},
     )
     assert response.status_code == 400, response.text
     assert "customer_id" in response.text and "control character" in response.text
     batch = server.post(
-        "/predict_batch", {"data": [payloads[20], {**payloads[21], "customer_id": customer_id}]}
+        routes.PREDICT_BATCH, {"data": [payloads[20], {**payloads[21], "customer_id": customer_id}]}
     )
     assert batch.status_code == 400 and "customer_id" in batch.text
     assert server.log_rows(request_id=request_id) == []
@@ -1076,7 +1085,7 @@ def test_a_control_character_in_customer_id_is_a_400(
 
 # Last: it stops the module's server.
 def test_clean_shutdown_drains_the_log_and_exits(server: Server, payloads: list[dict]) -> None:
-    answered = server.post("/predict", {"data": payloads[5]})
+    answered = server.post(routes.PREDICT, {"data": payloads[5]})
     assert answered.status_code == 200
     stop(server.process)
     assert server.process.returncode == 0

@@ -20,6 +20,7 @@ import requests
 from api.batch_jobs import JOB_ROW_PREFIX
 from api.job_store import JobStore
 from api.predictor import load_predictor
+from credit_platform.core import routes
 from credit_platform.core.service_process import ServiceProcess
 from credit_platform.core.settings import api_job_dir, bentoml_home
 from credit_platform_tests.api import test_api_service as served
@@ -42,20 +43,16 @@ def _rows(payloads: list[dict], count: int, prefix: str) -> list[dict]:
 
 def _submit(server: Server | ServiceProcess, rows: list[dict], **kwargs) -> requests.Response:
     return requests.post(
-        f"{server.url}/predict_batch_job/submit", json={"data": rows}, timeout=120, **kwargs
+        f"{server.url}{routes.JOB_SUBMIT}", json={"data": rows}, timeout=120, **kwargs
     )
 
 
 def _status(server: Server | ServiceProcess, task_id: str) -> requests.Response:
-    return requests.get(
-        f"{server.url}/predict_batch_job/status", params={"task_id": task_id}, timeout=30
-    )
+    return requests.get(f"{server.url}{routes.JOB_STATUS}", params={"task_id": task_id}, timeout=30)
 
 
 def _get(server: Server | ServiceProcess, task_id: str) -> requests.Response:
-    return requests.get(
-        f"{server.url}/predict_batch_job/get", params={"task_id": task_id}, timeout=60
-    )
+    return requests.get(f"{server.url}{routes.JOB_GET}", params={"task_id": task_id}, timeout=60)
 
 
 def _store(directory: Path) -> JobStore:
@@ -78,7 +75,7 @@ def test_a_job_above_the_batch_limit_completes_fully_logged(
 ) -> None:
     rows = _rows(payloads, 3000, "JOB")
     assert len(rows) > BATCH_LIMIT  # too large for /predict_batch on this server
-    too_big = requests.post(f"{server.url}/predict_batch", json={"data": rows}, timeout=60)
+    too_big = requests.post(f"{server.url}{routes.PREDICT_BATCH}", json={"data": rows}, timeout=60)
     assert too_big.status_code == 413 and "at most 50 rows" in too_big.text
 
     submitted = _submit(server, rows)
@@ -125,7 +122,7 @@ def test_bad_jobs_are_refused_naming_the_problem(server: Server, payloads: list[
         ({"rows": bad}, "unexpected key 'rows'"),
         ({"data": [{**bad[0], "extra": 1}]}, "data[0].extra"),
     ):
-        refused = requests.post(f"{server.url}/predict_batch_job/submit", json=body, timeout=30)
+        refused = requests.post(f"{server.url}{routes.JOB_SUBMIT}", json=body, timeout=30)
         assert refused.status_code == 400 and named in refused.text, refused.text
 
 
@@ -141,7 +138,7 @@ def test_odd_task_ids_are_unknown_at_once(server: Server, payloads: list[dict]) 
             )
             assert answer.status_code == 404, (route, task_id, answer.text)
             assert "no job" in answer.json()["error"]
-    missing = requests.get(f"{server.url}/predict_batch_job/status", timeout=10)
+    missing = requests.get(f"{server.url}{routes.JOB_STATUS}", timeout=10)
     assert missing.status_code == 400 and "task_id is required" in missing.text
 
 
@@ -204,7 +201,7 @@ def test_a_job_whose_worker_dies_reports_failed(server: Server, payloads: list[d
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if server.post("/predict", {"data": payloads[0]}).status_code == 200:
+            if server.post(routes.PREDICT, {"data": payloads[0]}).status_code == 200:
                 break
         except requests.RequestException:
             pass
@@ -255,7 +252,7 @@ def test_jobs_in_flight_and_the_store_are_bounded(
         CREDIT_API_JOBS_IN_FLIGHT="2",
         CREDIT_API_JOB_STORE_BYTES="2000000",
     )
-    url = f"{service.url}/predict_batch_job/submit"
+    url = f"{service.url}{routes.JOB_SUBMIT}"
     headers = {"Content-Type": "application/json"}
     # Another replica's jobs, held by this (live) process in the shared store.
     other = _store(tmp_path / "jobs")

@@ -34,6 +34,7 @@ from api.model_sync import SHADOW_STATS_PREFIX, ModelSync
 from api.prediction_log import PredictionLogger
 from api.predictor import load_predictor
 from api.service import shadow_log_row
+from credit_platform.core import routes
 from credit_platform.core.db import make_engine
 from credit_platform.core.model_record import publish_challenger
 from credit_platform.core.settings import api_worker_state_dir
@@ -243,17 +244,21 @@ def _logged_ids(url: str) -> list[str]:
 def _challenger(server: Server, body: dict | None, token: str | None = TOKEN) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is None:
-        return requests.delete(f"{server.url}/admin/challenger", headers=headers, timeout=60)
-    return requests.post(f"{server.url}/admin/challenger", json=body, headers=headers, timeout=60)
+        return requests.delete(
+            f"{server.url}{routes.ADMIN_CHALLENGER}", headers=headers, timeout=60
+        )
+    return requests.post(
+        f"{server.url}{routes.ADMIN_CHALLENGER}", json=body, headers=headers, timeout=60
+    )
 
 
 def _metadata_everywhere(server: Server, times: int = 12) -> list[dict]:
     """/metadata from whichever workers answer (a new connection each time)."""
-    return [requests.get(f"{server.url}/metadata", timeout=10).json() for _ in range(times)]
+    return [requests.get(f"{server.url}{routes.METADATA}", timeout=10).json() for _ in range(times)]
 
 
 def _shadow_totals(server: Server) -> dict:
-    body = requests.get(f"{server.url}/metadata", timeout=10).json()
+    body = requests.get(f"{server.url}{routes.METADATA}", timeout=10).json()
     return body["challenger"]["shadow"]
 
 
@@ -291,18 +296,20 @@ def test_a_shadow_scores_every_request_and_never_changes_an_answer(
         singles = _customer_payloads(payloads, 40, "SHD")
         for number, payload in enumerate(singles):
             response = server.post(
-                "/predict", {"data": payload}, headers={"X-Request-ID": f"shadow-{number}"}
+                routes.PREDICT, {"data": payload}, headers={"X-Request-ID": f"shadow-{number}"}
             )
             assert response.status_code == 200, response.text
             expected = champion.predict([features_of(payload)])[0]
             assert response.json()["predict"] == expected.label  # the champion answers
             assert response.json()["confidence"] == pytest.approx(expected.confidence)
         batch = server.post(
-            "/predict_batch", {"data": singles[:30]}, headers={"X-Request-ID": "shadow-batch"}
+            routes.PREDICT_BATCH, {"data": singles[:30]}, headers={"X-Request-ID": "shadow-batch"}
         )
         assert batch.status_code == 200
         # A retry of an answered request adds no second shadow row.
-        again = server.post("/predict", {"data": singles[0]}, headers={"X-Request-ID": "shadow-0"})
+        again = server.post(
+            routes.PREDICT, {"data": singles[0]}, headers={"X-Request-ID": "shadow-0"}
+        )
         assert again.status_code == 200
 
         shadow_ids = [f"shadow-{n}{SHADOW_SUFFIX}" for n in range(40)] + [
@@ -333,7 +340,7 @@ def test_a_shadow_scores_every_request_and_never_changes_an_answer(
         detached = _challenger(server, None)
     assert detached.status_code == 200 and detached.json()["status"] == "detached"
     assert all(m["challenger"] is None for m in _metadata_everywhere(server))
-    server.post("/predict", {"data": payloads[0]}, headers={"X-Request-ID": "after-detach"})
+    server.post(routes.PREDICT, {"data": payloads[0]}, headers={"X-Request-ID": "after-detach"})
     time.sleep(0.5)
     assert not server.log_rows(request_id=f"after-detach{SHADOW_SUFFIX}")
 
@@ -352,7 +359,7 @@ def test_a_canary_answers_its_share_of_customers_sticky_per_customer(
         customers = _customer_payloads(payloads, 10_000, "CAN")
         for start in range(0, len(customers), 50):  # the server's batch limit
             response = server.post(
-                "/predict_batch",
+                routes.PREDICT_BATCH,
                 {"data": customers[start : start + 50]},
                 headers={"X-Request-ID": f"canary-{start}"},
             )
@@ -369,7 +376,7 @@ def test_a_canary_answers_its_share_of_customers_sticky_per_customer(
         canary = load_predictor(tags.second)
         for number, payload in enumerate(customers[:60]):
             response = server.post(
-                "/predict", {"data": payload}, headers={"X-Request-ID": f"sticky-{number}"}
+                routes.PREDICT, {"data": payload}, headers={"X-Request-ID": f"sticky-{number}"}
             )
             assert response.status_code == 200
             (row,) = server.log_rows(request_id=f"sticky-{number}")
@@ -384,7 +391,7 @@ def test_a_canary_answers_its_share_of_customers_sticky_per_customer(
 def test_bad_challenger_requests_are_refused_and_serving_is_unchanged(
     server: Server, tags: ModelTags
 ) -> None:
-    before = server.get("/metadata").json()
+    before = server.get(routes.METADATA).json()
     refusals = [
         ({"tag": "credit_score_classifier:nosuch", "role": "shadow"}, TOKEN, 404, "no model"),
         ({"tag": tags.broken, "role": "canary", "share": 0.1}, TOKEN, 422, "scale"),
@@ -399,7 +406,7 @@ def test_bad_challenger_requests_are_refused_and_serving_is_unchanged(
         response = _challenger(server, body, token)
         assert response.status_code == status, (body, response.text)
         assert words in response.text, (body, response.text)
-        after = server.get("/metadata").json()
+        after = server.get(routes.METADATA).json()
         assert after["model_version"] == before["model_version"]
         assert after["challenger"] is None
 
@@ -427,16 +434,16 @@ def test_metadata_says_why_a_shadow_could_not_be_loaded(
         lambda: all(m["challenger_problem"] for m in _metadata_everywhere(server, 6)),
         what="every worker to report the shadow it cannot load",
     )
-    metadata = server.get("/metadata").json()
+    metadata = server.get(routes.METADATA).json()
     assert metadata["challenger"] is None and doomed in metadata["challenger_problem"]
     assert metadata["model_version"] == tags.first
-    assert server.post("/predict", {"data": _any_payload(sample)}).status_code == 200
+    assert server.post(routes.PREDICT, {"data": _any_payload(sample)}).status_code == 200
     assert _challenger(server, None).status_code == 200
     assert statistics.mean([m["champion_share"] for m in _metadata_everywhere(server, 4)]) == 1.0
 
 
 def _any_payload(sample) -> dict:
-    from api.sample_requests import valid_request_payloads
+    from bench.sample_requests import valid_request_payloads
 
     return valid_request_payloads(sample, 1)[0]
 

@@ -23,6 +23,7 @@ from api.library_patches import (
     apply_library_patches,
     installed_version,
 )
+from credit_platform.core import routes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,7 +197,7 @@ def test_the_client_error_filter_turns_a_refused_request_into_one_warning(
     class Body(BaseModel):
         age: int
 
-    request = Request({"type": "http", "path": "/predict", "method": "POST", "headers": []})
+    request = Request({"type": "http", "path": routes.PREDICT, "method": "POST", "headers": []})
     apply_library_patches()
     logger = logging.getLogger(library_patches.BENTOML_HTTP_APP_LOGGER)
     log_filter = ClientErrorLogFilter()

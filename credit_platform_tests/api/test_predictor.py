@@ -25,13 +25,14 @@ from api.predictor import (
     as_scored,
     load_predictor,
 )
-from api.sample_requests import load_sample, request_payload
+from bench.sample_requests import load_sample, request_payload
 from credit_platform.core.answers import OFFSETS_KEY, offsets_document, offsets_from_metadata
 from credit_platform.core.calibration import (
     apply_temperature,
     calibrate_temperature,
-    expected_calibration_error,
+    ece_from_bins,
     raw_scores,
+    reliability_bins,
 )
 from credit_platform.core.features import MODEL_FEATURES, TARGET
 from credit_platform.core.model_input import fit_scalers, model_columns, prepare_model_input
@@ -370,9 +371,11 @@ def _served_ece(predictor: Predictor, rows: pd.DataFrame) -> tuple[float, list[s
     ]
     answers = predictor.predict(records)
     labels = [answer.label for answer in answers]
-    ece = expected_calibration_error(
-        np.array([answer.confidence for answer in answers]),
-        np.array(labels) == rows[TARGET].astype(str).to_numpy(),
+    ece = ece_from_bins(
+        reliability_bins(
+            np.array([answer.confidence for answer in answers]),
+            np.array(labels) == rows[TARGET].astype(str).to_numpy(),
+        )
     )
     return ece, labels
 

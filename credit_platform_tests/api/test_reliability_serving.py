@@ -28,17 +28,14 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core import routes
 from credit_platform.core.bento import bento_tag
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.features import LABELS, MODEL_FEATURES
 from credit_platform.core.schema import credit_predictions_api_log as log_table
-from credit_platform.core.service_process import (
-    LoadGenerator,
-    Outcome,
-    ServiceProcess,
-    TcpProxy,
-)
+from credit_platform.core.service_process import ServiceProcess
+from credit_platform_tests.harness import LoadGenerator, Outcome, TcpProxy, worker_pids
 from credit_platform_tests.model_fixtures import save_tiny_model
 from credit_platform_tests.openapi_strategies import from_openapi
 
@@ -145,7 +142,7 @@ def test_sigkill_under_load_loses_no_answered_row(
     def serve_then_kill(prefix: str, min_requests: int, *, server_only: bool) -> list[Outcome]:
         service = ServiceProcess(env, output)
         service.wait_ready()
-        workers = service.worker_pids()
+        workers = worker_pids(service)
         load = LoadGenerator(service.url, payloads, threads=4, prefix=prefix).start()
         try:
             wait_for(lambda: load.count() >= min_requests, 30, f"{min_requests} requests")
@@ -235,7 +232,7 @@ def test_database_down_at_start_then_hung_neither_stalls_nor_loses_answers(
         def predict(request_id: str, index: int) -> tuple[int, float]:
             started = time.monotonic()
             response = session.post(
-                f"{service.url}/predict",
+                f"{service.url}{routes.PREDICT}",
                 json={"data": payloads[index % len(payloads)]},
                 headers={"X-Request-ID": request_id},
                 timeout=60,
@@ -284,9 +281,11 @@ def test_a_log_database_refusing_the_service_fails_readiness(
         tmp_path / "service.log",
     )
     try:
-        wait_for(lambda: answers(f"{service.url}/livez") == 200, 90, "the service to start")
-        wait_for(lambda: answers(f"{service.url}/readyz") == 503, 15, "/readyz to fail")
-        response = requests.post(f"{service.url}/predict", json={"data": payloads[0]}, timeout=30)
+        wait_for(lambda: answers(f"{service.url}{routes.LIVEZ}") == 200, 90, "the service to start")
+        wait_for(lambda: answers(f"{service.url}{routes.READYZ}") == 503, 15, "/readyz to fail")
+        response = requests.post(
+            f"{service.url}{routes.PREDICT}", json={"data": payloads[0]}, timeout=30
+        )
         assert response.status_code == 200
         assert spool_files(spool)
         output = service.tail(400)
@@ -316,7 +315,7 @@ def test_a_full_log_id_column_never_answers_without_a_row(
         for number in range(6):
             request_id = f"full-{number}"
             response = requests.post(
-                f"{service.url}/predict",
+                f"{service.url}{routes.PREDICT}",
                 json={"data": payloads[number]},
                 headers={"X-Request-ID": request_id},
                 timeout=30,
@@ -324,8 +323,8 @@ def test_a_full_log_id_column_never_answers_without_a_row(
             statuses[request_id] = response.status_code
         # Every prediction gets 503 now: the service says it is not ready (a balancer
         # routes around it), though alive.
-        assert answers(f"{service.url}/readyz") == 503
-        assert answers(f"{service.url}/livez") == 200
+        assert answers(f"{service.url}{routes.READYZ}") == 503
+        assert answers(f"{service.url}{routes.LIVEZ}") == 200
     finally:
         service.stop()
     answered = sorted(request_id for request_id, status in statuses.items() if status == 200)
@@ -355,7 +354,7 @@ def test_a_shadow_whose_rows_the_database_refuses_never_holds_the_champions(
             )
         engine.dispose()
         attached = requests.post(
-            f"{service.url}/admin/challenger",
+            f"{service.url}{routes.ADMIN_CHALLENGER}",
             json={"tag": models.second, "role": "shadow"},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=60,
@@ -363,7 +362,7 @@ def test_a_shadow_whose_rows_the_database_refuses_never_holds_the_champions(
         assert attached.status_code == 200, attached.text
         for number in range(40):
             response = requests.post(
-                f"{service.url}/predict",
+                f"{service.url}{routes.PREDICT}",
                 json={"data": payloads[number]},
                 headers={"X-Request-ID": f"beside-shadow-{number}"},
                 timeout=30,
@@ -374,15 +373,15 @@ def test_a_shadow_whose_rows_the_database_refuses_never_holds_the_champions(
         assert not spool_files(spool)
         wait_for(
             lambda: (
-                (requests.get(f"{service.url}/metadata", timeout=5).json()["challenger"])["shadow"][
-                    "errors"
-                ]
+                (requests.get(f"{service.url}{routes.METADATA}", timeout=5).json()["challenger"])[
+                    "shadow"
+                ]["errors"]
                 > 0
             ),
             30,
             "the shadow's refused rows to be counted",
         )
-        assert answers(f"{service.url}/readyz") == 200
+        assert answers(f"{service.url}{routes.READYZ}") == 200
     finally:
         service.stop()
 
@@ -405,8 +404,8 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
         service_env(db_url, tmp_path / "spool", models.first), tmp_path / "service.log"
     )
     service.wait_ready()
-    assert len(service.worker_pids()) >= 2, "the swap must reach every worker"
-    bento = requests.get(f"{service.url}/metadata", timeout=10).json()["bento_tag"]
+    assert len(worker_pids(service)) >= 2, "the swap must reach every worker"
+    bento = requests.get(f"{service.url}{routes.METADATA}", timeout=10).json()["bento_tag"]
     assert bento == bento_tag()  # models are swapped into the running Bento
     load = LoadGenerator(service.url, payloads, threads=3, max_seconds=50).start()
     seen_metadata: set[str] = set()
@@ -415,7 +414,7 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
         for tag in targets:
             time.sleep(0.3)
             answer = requests.post(
-                f"{service.url}/admin/reload",
+                f"{service.url}{routes.ADMIN_RELOAD}",
                 json={"tag": tag},
                 headers={"Authorization": f"Bearer {TOKEN}"},
                 timeout=60,
@@ -423,11 +422,14 @@ def test_ten_reloads_under_load(tmp_path: Path, payloads: list[dict], models: Mo
             assert answer.status_code == 200, answer.text
             # Whichever worker answers, it serves the new model once the reload returned.
             versions = {
-                requests.get(f"{service.url}/metadata", timeout=10).json()["model_version"]
+                requests.get(f"{service.url}{routes.METADATA}", timeout=10).json()["model_version"]
                 for _ in range(12)
             }
             assert versions == {tag}
-            assert requests.get(f"{service.url}/metadata", timeout=10).json()["bento_tag"] == bento
+            assert (
+                requests.get(f"{service.url}{routes.METADATA}", timeout=10).json()["bento_tag"]
+                == bento
+            )
             seen_metadata |= versions
         time.sleep(0.3)
     finally:
@@ -478,7 +480,7 @@ def test_fuzzed_requests_never_break_the_service(
         tmp_path / "service.log",
     )
     service.wait_ready()
-    workers = service.worker_pids()
+    workers = worker_pids(service)
     session = requests.Session()
     try:
         openapi = session.get(f"{service.url}/docs.json", timeout=10).json()
@@ -496,13 +498,13 @@ def test_fuzzed_requests_never_break_the_service(
             corrupted, valid_row, st.sampled_from(["customer_id", *MODEL_FEATURES]), json_values
         )
         bodies = {
-            "/predict": st.one_of(
-                request_bodies(openapi, "/predict"),
+            routes.PREDICT: st.one_of(
+                request_bodies(openapi, routes.PREDICT),
                 st.builds(lambda row: {"data": row}, broken_row),
                 json_values,
             ),
-            "/predict_batch": st.one_of(
-                request_bodies(openapi, "/predict_batch"),
+            routes.PREDICT_BATCH: st.one_of(
+                request_bodies(openapi, routes.PREDICT_BATCH),
                 st.builds(
                     lambda rows: {"data": rows}, st.lists(broken_row | valid_row, max_size=10)
                 ),
@@ -541,13 +543,15 @@ def test_fuzzed_requests_never_break_the_service(
             fuzz_json()
             fuzz_bytes()
 
-        fuzz("/predict")
-        fuzz("/predict_batch")
+        fuzz(routes.PREDICT)
+        fuzz(routes.PREDICT_BATCH)
 
         assert statuses[200] > 0 and sum(statuses.values()) >= 300, statuses
         # No worker died or was replaced, and the service still answers correctly.
-        assert service.process.poll() is None and service.worker_pids() == workers
-        answer = session.post(f"{service.url}/predict", json={"data": payloads[0]}, timeout=10)
+        assert service.process.poll() is None and worker_pids(service) == workers
+        answer = session.post(
+            f"{service.url}{routes.PREDICT}", json={"data": payloads[0]}, timeout=10
+        )
         assert answer.status_code == 200
         features = {name: payloads[0][name] for name in MODEL_FEATURES}
         expected = load_predictor(models.first).predict([features])[0]
@@ -588,15 +592,15 @@ def test_absurd_numbers_are_refused_and_implausible_ones_repaired_with_the_maria
             for value in values:
                 bad = {**row, field: value}
                 for route, body in (
-                    ("/predict", {"data": bad}),
-                    ("/predict_batch", {"data": [bad]}),
+                    (routes.PREDICT, {"data": bad}),
+                    (routes.PREDICT_BATCH, {"data": [bad]}),
                 ):
                     response = session.post(f"{service.url}{route}", json=body, timeout=30)
                     assert response.status_code == 400, (route, field, response.text[:300])
                     assert field in response.text and "or null" in response.text
 
         answer = session.post(
-            f"{service.url}/predict",
+            f"{service.url}{routes.PREDICT}",
             json={"data": {**row, "num_bank_accounts": 1747, "annual_income": 23_800_000.0}},
             timeout=30,
         )

@@ -16,7 +16,7 @@ import pytest
 
 from api import replica_sync
 from api.replica_sync import DRAINING_REASON, ReplicaReadiness, drain_on_sigterm
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 
 
 async def _ok(scope, receive, send) -> None:
@@ -61,14 +61,14 @@ def _wait(condition, timeout: float = 10.0) -> None:
 
 def test_sigterm_fails_readiness_first_and_stops_the_server_after_the_drain(server_handler):
     assert drain_on_sigterm(0.6)
-    assert _get("/readyz") == (200, b"served")
+    assert _get(routes.READYZ) == (200, b"served")
     told = time.monotonic()
     os.kill(os.getpid(), signal.SIGTERM)
     _wait(replica_sync._draining.is_set)
-    status, body = _get("/readyz")
+    status, body = _get(routes.READYZ)
     assert status == 503 and orjson.loads(body) == {"ready": False, "reason": DRAINING_REASON}
     # Still serving: predictions and everything else answer as before.
-    assert _get("/predict") == (200, b"served")
+    assert _get(routes.PREDICT) == (200, b"served")
     assert server_handler == [], "the server was stopped before the balancer could notice"
     # A second SIGTERM (a supervisor repeating itself) does not cut the drain short.
     os.kill(os.getpid(), signal.SIGTERM)
@@ -85,7 +85,7 @@ def test_no_drain_time_leaves_sigterm_to_the_server(server_handler):
     os.kill(os.getpid(), signal.SIGTERM)
     _wait(lambda: server_handler != [])
     assert not replica_sync._draining.is_set()
-    assert _get("/readyz") == (200, b"served")
+    assert _get(routes.READYZ) == (200, b"served")
 
 
 def test_only_the_main_thread_can_take_over_sigterm(server_handler):

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.sample_requests import load_sample, valid_request_payloads
-from credit_platform.core import settings
+from bench.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core import routes, settings
 from credit_platform.core.service_process import ServiceProcess
+from credit_platform_tests.harness import worker_pids
 from credit_platform_tests.model_fixtures import save_tiny_model
 
 pytestmark = [pytest.mark.slow]
@@ -49,14 +50,14 @@ class Service:
         """Seconds a normal /predict takes to be answered (200 asserted)."""
         started = time.monotonic()
         response = requests.post(
-            f"{self.process.url}/predict", json={"data": self.payloads[0]}, timeout=30
+            f"{self.process.url}{routes.PREDICT}", json={"data": self.payloads[0]}, timeout=30
         )
         assert response.status_code == 200, response.text
         return time.monotonic() - started
 
     def worker_peak_rss(self) -> int:
         """The worker's peak resident memory so far (VmHWM), in bytes."""
-        (worker,) = self.process.worker_pids()
+        (worker,) = worker_pids(self.process)
         for line in Path(f"/proc/{worker}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
@@ -191,14 +192,14 @@ def test_an_oversized_header_gets_431_at_once_and_the_worker_keeps_answering(
 def test_headers_within_the_limit_are_served(service: Service) -> None:
     big_but_legal = {"X-Trace": "t" * (MAX_HEADER_BYTES // 2), "Cookie": "c" * 4000}
     response = requests.post(
-        f"{service.process.url}/predict",
+        f"{service.process.url}{routes.PREDICT}",
         json={"data": service.payloads[0]},
         headers=big_but_legal,
         timeout=30,
     )
     assert response.status_code == 200, response.text
     too_big = requests.post(
-        f"{service.process.url}/predict",
+        f"{service.process.url}{routes.PREDICT}",
         json={"data": service.payloads[0]},
         headers={"X-Trace": "t" * (MAX_HEADER_BYTES + 1)},
         timeout=30,
@@ -262,10 +263,10 @@ def test_requests_within_the_limits_are_answered_as_before(service: Service) -> 
     full = _batch_body(service.payloads[:BATCH_ROWS])
     assert len(full) < BATCH_ROWS * ROW_BYTES
     headers = {"Content-Type": "application/json"}
-    whole = requests.post(f"{url}/predict_batch", data=full, headers=headers, timeout=30)
+    whole = requests.post(f"{url}{routes.PREDICT_BATCH}", data=full, headers=headers, timeout=30)
     assert whole.status_code == 200, whole.text
     streamed = requests.post(
-        f"{url}/predict_batch",
+        f"{url}{routes.PREDICT_BATCH}",
         data=(full[i : i + 1000] for i in range(0, len(full), 1000)),
         headers=headers,
         timeout=30,
@@ -279,13 +280,16 @@ def test_requests_within_the_limits_are_answered_as_before(service: Service) -> 
         for payload in service.payloads[:3]:
             one = json.dumps({"data": payload}).encode()
             answer = session.post(
-                f"{url}/predict", data=iter([one[:50], one[50:]]), headers=headers, timeout=30
+                f"{url}{routes.PREDICT}",
+                data=iter([one[:50], one[50:]]),
+                headers=headers,
+                timeout=30,
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["customer_id"] == payload["customer_id"]
-        assert session.get(f"{url}/metadata", timeout=30).status_code == 200
+        assert session.get(f"{url}{routes.METADATA}", timeout=30).status_code == 200
     # An empty /admin/reload body still reaches the route (401 without the token).
-    assert requests.post(f"{url}/admin/reload", timeout=30).status_code == 401
+    assert requests.post(f"{url}{routes.ADMIN_RELOAD}", timeout=30).status_code == 401
 
 
 def _open_slow_header_sockets(port: int, count: int) -> list[socket.socket]:

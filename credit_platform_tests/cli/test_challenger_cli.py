@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from bench.isolation import SilentPort
 from credit_platform.cli.challenger import checked_model_tag
 from credit_platform.cli.main import main
-from credit_platform.core.service_process import SilentPort
 from credit_platform.core.settings import (
     ADMIN_TOKEN_ENV,
     API_URL_ENV,

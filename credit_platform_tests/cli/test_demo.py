@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 
-from credit_platform.core import settings
+from credit_platform.core import routes, settings
 from credit_platform.core.bento import bento_tag
 from credit_platform.core.service_process import free_port
 
@@ -34,8 +34,8 @@ def test_demo_trains_deploys_and_answers(tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         out = done.stdout
         assert "sample prediction for" in out
-        assert f"curl -s -X POST http://127.0.0.1:{port}/predict" in out
-        metadata = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=5).json()
+        assert f"curl -s -X POST http://127.0.0.1:{port}{routes.PREDICT}" in out
+        metadata = requests.get(f"http://127.0.0.1:{port}{routes.METADATA}", timeout=5).json()
         # The synthetic days end yesterday (UTC): the newest partition, which the UI's
         # default partition views and launch range show.
         assert metadata["partition"] == yesterday.isoformat()

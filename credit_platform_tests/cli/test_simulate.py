@@ -2,13 +2,14 @@
 request is sent once and logged once, labels lag one simulated day, and a rerun adds
 nothing."""
 
+import re
 from collections import Counter
 from datetime import date
 
 import pytest
 from sqlalchemy import func, select
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.cli.main import main
 from credit_platform.cli.simulate import drift_start, run_simulation, simulated_days
 from credit_platform.core import settings
@@ -19,7 +20,7 @@ from credit_platform.core.schema import (
     credit_score_features,
 )
 from credit_platform.core.service_process import ServiceProcess
-from credit_platform.core.simulation_ids import simulated_day, simulation_request_id
+from credit_platform.core.simulation_ids import PREFIX, simulation_request_id
 from credit_platform.ingest.synthetic import Drift
 from credit_platform_tests.model_fixtures import save_tiny_model
 
@@ -27,6 +28,17 @@ CUSTOMERS = 30
 END = date(2025, 6, 3)
 DAYS = simulated_days(3, END)  # 2025-06-01 .. 2025-06-03
 SEED = 9
+# "sim<seed>-<YYYYMMDD>-<chunk>", and "#<position>" for a batch's row.
+SIMULATION_ID = re.compile(rf"^{PREFIX}(\d+)-(\d{{8}})-(\d+)(?:#\d+)?$")
+
+
+def simulated_day(request_id: str) -> date | None:
+    """The simulated day a logged request id names; None for ids no simulation sent."""
+    match = SIMULATION_ID.match(request_id)
+    if match is None:
+        return None
+    stamp = match.group(2)
+    return date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from api.predictor import Predictor
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.core import batch_scoring
 from credit_platform.core.batch_scoring import (
     NoFeaturesForDay,

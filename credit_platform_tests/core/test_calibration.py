@@ -15,7 +15,7 @@ from credit_platform.core.calibration import (
     calibrate_temperature,
     calibration_figures,
     classwise_ece,
-    expected_calibration_error,
+    ece_from_bins,
     probabilities_from_scores,
     raw_scores,
     reliability_bins,
@@ -43,10 +43,10 @@ def test_the_ece_is_the_rows_weighted_gap_between_confidence_and_hit_rate():
     assert [item["rows"] for item in bins] == [0] * 6 + [10, 0, 0, 10]
     assert bins[6]["accuracy"] == pytest.approx(0.3)
     assert bins[0]["mean_confidence"] is None
-    assert expected_calibration_error(confidence, correct) == pytest.approx(0.2)
+    assert ece_from_bins(bins) == pytest.approx(0.2)
     # a confidence of exactly 1.0 falls in the last bin
     assert reliability_bins(np.array([1.0]), np.array([True]))[-1]["rows"] == 1
-    assert expected_calibration_error(np.array([]), np.array([])) is None
+    assert ece_from_bins(reliability_bins(np.array([]), np.array([]))) is None
     # the monitoring's tally of the same rows gives the same ECE, merged or not
     counts = calibration_counts(confidence[:7], correct[:7]) + calibration_counts(
         confidence[7:], correct[7:]
@@ -82,7 +82,7 @@ def test_top_label_and_classwise_ece():
     chosen = calibration_figures(
         probabilities, ["Good", "Poor", "Standard"], ["Good"] * 3, answered=answered
     )
-    assert chosen.ece == pytest.approx(expected_calibration_error(confidence, correct))
+    assert chosen.ece == pytest.approx(ece_from_bins(reliability_bins(confidence, correct)))
     assert chosen.classwise_ece == pytest.approx(figures.classwise_ece)
     assert figures.log_loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.2])))
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from api.predictor import Predictor
-from api.sample_requests import load_sample
 from api.schemas import BatchPredictRequest, PredictRequest
+from bench.sample_requests import load_sample
 from credit_platform.core.data_contract import (
     ACCEPTED_RANGES,
     AMOUNT_LIMIT,

@@ -80,7 +80,7 @@ def _matrix(rows: int, good_answers: int, right: int) -> np.ndarray:
 
 
 def test_the_table_flags_the_four_fifths_rule_and_the_accuracy_gap():
-    policy = FairnessPolicy(segments=("age",), min_rows=50)
+    policy = FairnessPolicy(segments=("age",), min_segment_rows=50)
     confusions = {
         ("age", "under 25"): _matrix(300, good_answers=60, right=210),  # rate 0.20
         ("age", "25-40"): _matrix(300, good_answers=120, right=210),  # rate 0.40: the best
@@ -112,7 +112,7 @@ def test_the_table_flags_the_four_fifths_rule_and_the_accuracy_gap():
 
 
 def test_a_shortfall_within_chance_is_not_flagged():
-    policy = FairnessPolicy(segments=("age",), min_rows=20)
+    policy = FairnessPolicy(segments=("age",), min_segment_rows=20)
     confusions = {
         ("age", "under 25"): _matrix(40, good_answers=10, right=28),  # 0.25
         ("age", "25-40"): _matrix(40, good_answers=14, right=28),  # 0.35: ratio 0.71
@@ -120,7 +120,7 @@ def test_a_shortfall_within_chance_is_not_flagged():
     assert 0.025 < shortfall_p_value(10, 40, 14, 40) < 0.5
     assert flagged(segment_table(confusions, policy)) == []
     # p-values are compared with max_p_value / the tests made (2 segments x 2 rules)
-    strict = FairnessPolicy(segments=("age",), min_rows=20, max_p_value=1.0)
+    strict = FairnessPolicy(segments=("age",), min_segment_rows=20, max_p_value=1.0)
     assert [row["segment"] for row in flagged(segment_table(confusions, strict))] == ["under 25"]
     assert shortfall_p_value(5, 10, 1, 10) == 1.0  # not below
     assert shortfall_p_value(0, 10, 0, 10) == 1.0  # no spread

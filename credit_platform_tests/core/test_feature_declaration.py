@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from api.predictor import SMOKE_ROW, load_predictor
-from api.sample_requests import load_sample
 from api.schemas import PredictionFeatures
+from bench.sample_requests import load_sample
 from credit_platform.core.data_contract import PLAUSIBLE_RANGES
 from credit_platform.core.features import (
     FEATURES,
@@ -206,6 +206,7 @@ DERIVED_PLACES = """
     from credit_platform.cli.main import main
     from credit_platform.core import migrations
     from credit_platform.core.db import init_schema
+    from credit_platform_tests.legacy_stores import schema_differences
     written = CliRunner().invoke(main, ["db", "revision", "-m", "features: savings, housing"])
     assert written.exit_code == 0, written.output
     (migration,) = Path("credit_platform/core/migrations/versions").glob("*_features_*.py")
@@ -213,7 +214,7 @@ DERIVED_PLACES = """
     engine = init_schema(f"sqlite:///{Path(sys.argv[2]) / 'store.db'}")
     with engine.connect() as connection:
         assert migrations.current_revision(connection) == migration.stem
-        assert migrations.schema_differences(connection) == []
+        assert schema_differences(connection) == []
     columns = [column["name"] for column in inspect(engine).get_columns("credit_score_features")]
     assert columns[-4:] == [*added, "name", "ssn"], columns
     engine.dispose()
@@ -267,7 +268,7 @@ DERIVED_PLACES = """
     loaded = kaggle.clean_kaggle_frame(raw, 2025)[0].credit_score_features
     assert set(loaded["housing"]) == {"Owned"}
     assert (loaded["num_savings_accounts"] == 3).all()
-    from api.sample_requests import load_sample
+    from bench.sample_requests import load_sample
     sample = load_sample(Path(sys.argv[1]), rows=50)
     assert sample["housing"].isna().all()
 

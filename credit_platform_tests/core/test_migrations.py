@@ -29,6 +29,7 @@ from credit_platform_tests.legacy_stores import (
     RELEASES,
     make_release_database,
     run_sql_file,
+    schema_differences,
     store_dialect,
 )
 
@@ -147,7 +148,7 @@ def _differences(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            return migrations.schema_differences(connection)
+            return schema_differences(connection)
     finally:
         engine.dispose()
 
@@ -198,7 +199,7 @@ def test_the_comparison_finds_a_column_the_migrations_lack(sqlite_url):
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as connection:
-            found = migrations.schema_differences(connection, grown)
+            found = schema_differences(connection, grown)
     finally:
         engine.dispose()
     assert [(diff[0], diff[2], diff[3].name) for diff in found] == [

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from credit_platform.core.calibration import expected_calibration_error
+from credit_platform.core.calibration import ece_from_bins, reliability_bins
 from credit_platform.core.fairness import FairnessPolicy
 from credit_platform.core.features import LABELS, MODEL_FEATURES, NUMERIC_FEATURES, TARGET
 from credit_platform.core.monitoring import (
@@ -340,7 +340,7 @@ def test_live_calibration_and_segments_of_labelled_predictions():
     confidence = generator.uniform(0.4, 1.0, rows)
     customers = [f"c{index}" for index in range(rows)]
     labels = pd.Series(truth[:150], index=customers[:150])  # the last 50 not labelled yet
-    policy = FairnessPolicy(segments=("age", "occupation"), min_rows=20)
+    policy = FairnessPolicy(segments=("age", "occupation"), min_segment_rows=20)
     monitor = DayMonitor(DAY, labels, {"m": reference}.__getitem__, policy)
     for start in (0, 120):  # two chunks: the tallies add up
         chunk = _log_chunk(
@@ -355,7 +355,7 @@ def test_live_calibration_and_segments_of_labelled_predictions():
     report = monitor.rows()
 
     labelled = np.arange(rows) < 150
-    expected = expected_calibration_error(confidence[labelled], (predicted == truth)[labelled])
+    expected = ece_from_bins(reliability_bins(confidence[labelled], (predicted == truth)[labelled]))
     assert _value(report, "m", "champion", LIVE_ECE) == pytest.approx(expected)
     assert _value(report, "m", "all", LIVE_ECE) == pytest.approx(expected)
     young = segment_feature_name("age", "under 25")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.core.derived_features import (
     DERIVED_FEATURES,
     LOAN_COUNT_FEATURES,

@@ -18,7 +18,7 @@ from dagster import (
     materialize,
 )
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.core import settings
 from credit_platform.core.db import init_schema
 from credit_platform.core.monitoring import LABELLED, LIVE_ACCURACY

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 from dagster import DagsterRun, DagsterRunStatus, build_sensor_context, instance_for_test
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.cli.rollback import roll_back_champion, rollback
+from credit_platform.core import routes
 from credit_platform.core.db import init_schema
 from credit_platform.core.model_store import save_model_bundle
 from credit_platform.core.service_process import free_port
@@ -162,7 +163,7 @@ def serving(tag: str | None) -> Iterator[str]:
                 "creation_time": "2025-02-06T10:00:00+00:00",
                 "metrics": {},
             }
-            self.send_response(200 if tag and self.path == "/metadata" else 503)
+            self.send_response(200 if tag and self.path == routes.METADATA else 503)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(json.dumps(body).encode())

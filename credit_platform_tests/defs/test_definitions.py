@@ -1,6 +1,7 @@
 """The loaded code location: resources configured from environment variables only, jobs
 shared by sensors and schedules as objects, owners and code references on every asset."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,17 @@ def test_the_monitoring_policy_reads_its_thresholds_from_the_environment(monkeyp
     monkeypatch.setenv(settings.ROLLBACK_MIN_LABELLED_ENV, "500")
     monkeypatch.setenv(settings.CHALLENGER_MARGIN_ENV, "0.04")
     settings.fill_defaults()
-    resolved = build_resources()["monitoring_policy"].process_config_and_initialize()
-    assert resolved.psi == 0.35 and resolved.rollback_min_labels == 500
-    assert resolved.challenger_gap == 0.04
-    assert resolved.challenger_min_labels == settings.challenger_min_labelled()
-    assert resolved.cooldown_seconds == settings.retrain_cooldown_seconds()
+    resource = build_resources()["monitoring_policy"].process_config_and_initialize()
+    policy = resource.policy
+    assert policy.psi_threshold == 0.35 and policy.rollback_min_labelled == 500
+    assert policy.challenger_margin == 0.04
+    assert policy.challenger_min_labelled == settings.challenger_min_labelled()
+    assert policy.retrain_cooldown_seconds == settings.retrain_cooldown_seconds()
+    # One name per threshold: the parsed value is under its field's name.
+    fields = set(type(resource).model_fields)
+    assert {field.name for field in dataclasses.fields(policy)} == fields
+    for name in fields:
+        assert float(getattr(policy, name)) == float(getattr(resource, name)), name
 
 
 def test_fill_defaults_refuses_a_malformed_fairness_setting(monkeypatch):
@@ -128,7 +135,7 @@ def test_the_fairness_policy_reads_its_segments_and_thresholds_from_the_environm
     policy = build_resources()["fairness_policy"].process_config_and_initialize().policy
     assert policy.segments == ("occupation", "credit_mix")
     assert policy.age_bands == (30.0, 50.0)
-    assert policy.min_rate_ratio == 0.9 and policy.min_rows == 80
+    assert policy.min_rate_ratio == 0.9 and policy.min_segment_rows == 80
     assert policy.max_accuracy_gap == settings.DEFAULT_FAIRNESS_MAX_ACCURACY_GAP
     assert policy.max_p_value == settings.DEFAULT_FAIRNESS_MAX_P_VALUE
 

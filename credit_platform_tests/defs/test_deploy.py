@@ -21,17 +21,14 @@ from dagster import (
     materialize,
 )
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core import routes
 from credit_platform.core.bento import bento_tag, build_bento, serve_bento_command
 from credit_platform.core.db import init_schema
 from credit_platform.core.local_service import log_file, pid_file, start_service, stop_service
+from credit_platform.core.processes import descendants
 from credit_platform.core.service_client import ReportedModel, ServiceClient, ServiceError
-from credit_platform.core.service_process import (
-    LoadGenerator,
-    ServiceProcess,
-    descendants,
-    free_port,
-)
+from credit_platform.core.service_process import ServiceProcess, free_port
 from credit_platform.core.settings import ADMIN_TOKEN_ENV, MODEL_NAME
 from credit_platform.defs.assets.deploy import (
     HOT_SWAP,
@@ -58,6 +55,7 @@ from credit_platform.defs.sensors import (
 )
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.core.test_bento import copy_service_code
+from credit_platform_tests.harness import LoadGenerator
 from credit_platform_tests.training_fixtures import (
     deploy_platform,
     tiny_grid,
@@ -184,7 +182,9 @@ def test_deploy_flow_start_reload_skip_and_refuse(platform):
     served = ServiceClient(f"http://127.0.0.1:{platform['port']}").reported_model()
     assert served.creation_time.tzinfo is not None
     assert served.bento_tag == built
-    answer = requests.post(f"http://127.0.0.1:{platform['port']}/metadata", timeout=5).json()
+    answer = requests.post(
+        f"http://127.0.0.1:{platform['port']}{routes.METADATA}", timeout=5
+    ).json()
     assert answer["partition"] == FIRST
     pid = assert_runs_bento(platform["port"], built)
 
@@ -293,7 +293,7 @@ def test_new_service_code_restarts_the_background_service_on_the_new_bento(platf
     try:
         old_pid = start_service(url, old_bento, platform["tags"][FIRST])
         assert ServiceClient(url).reported_model().bento_tag == old_bento
-        assert requests.get(f"{url}/metadata", timeout=5).json()["code_change"] == "on"
+        assert requests.get(f"{url}{routes.METADATA}", timeout=5).json()["code_change"] == "on"
         assert_runs_bento(port, old_bento)
 
         result = _deploy(platform, SECOND, _local_service(port))
@@ -306,7 +306,7 @@ def test_new_service_code_restarts_the_background_service_on_the_new_bento(platf
         served = ServiceClient(url).reported_model()
         assert (served.tag, served.bento_tag) == (platform["tags"][SECOND], bento_tag())
         assert assert_runs_bento(port, bento_tag()) != old_pid
-        assert "code_change" not in requests.get(f"{url}/metadata", timeout=5).json()
+        assert "code_change" not in requests.get(f"{url}{routes.METADATA}", timeout=5).json()
         assert not Path(f"/proc/{old_pid}").exists()
     finally:
         stop_service(port)
@@ -337,7 +337,9 @@ def test_a_service_started_elsewhere_gets_the_model_and_the_deploy_says_to_resta
         assert process.process.poll() is None
         served = ServiceClient(process.url).reported_model()
         assert (served.tag, served.bento_tag) == (platform["tags"][SECOND], old_bento)
-        assert requests.get(f"{process.url}/metadata", timeout=5).json()["code_change"] == "on"
+        assert (
+            requests.get(f"{process.url}{routes.METADATA}", timeout=5).json()["code_change"] == "on"
+        )
     finally:
         process.stop()
 

@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetMaterialization, MetadataValue, instance_for_test, materialize
 from sqlalchemy import select
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.core.batch_scoring import ModelChoice, ServedModelRecord
 from credit_platform.core.db import init_schema
 from credit_platform.core.reasons import REASON_CODES

@@ -28,7 +28,7 @@ from dagster import (
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine, make_url
 
-from api.sample_requests import load_sample
+from bench.sample_requests import load_sample
 from credit_platform.core.db import init_schema
 from credit_platform.core.feature_target_sql import build_partition, window_start_for
 from credit_platform.core.features import MODEL_FEATURES, TARGET

@@ -16,17 +16,18 @@ import requests
 from dagster import instance_for_test
 from sqlalchemy.engine import make_url
 
-from api.sample_requests import load_sample, valid_request_payloads
-from credit_platform.core import settings
+from bench.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core import routes, settings
 from credit_platform.core.bento import build_bento, serve_bento_command
 from credit_platform.core.db import init_schema, make_engine
 from credit_platform.core.model_record import replicas
-from credit_platform.core.service_process import LoadGenerator, ServiceProcess, TcpProxy, free_port
+from credit_platform.core.service_process import ServiceProcess, free_port
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.ingest.synthetic import seed_synthetic
 from credit_platform_tests.api.test_reliability_serving import assert_logged_exactly_once, wait_for
 from credit_platform_tests.defs.test_deploy import _deploy
+from credit_platform_tests.harness import LoadGenerator, TcpProxy
 from credit_platform_tests.training_fixtures import tiny_grid, train_and_check, training_resources
 
 pytestmark = [pytest.mark.slow]
@@ -105,11 +106,11 @@ def deploy(trained, db_url: str, api_url: str, partition: str, timeout: float):
 
 
 def metadata(service: ServiceProcess) -> dict:
-    return requests.get(f"{service.url}/metadata", timeout=10).json()
+    return requests.get(f"{service.url}{routes.METADATA}", timeout=10).json()
 
 
 def readyz(service: ServiceProcess) -> requests.Response:
-    return requests.get(f"{service.url}/readyz", timeout=10)
+    return requests.get(f"{service.url}{routes.READYZ}", timeout=10)
 
 
 def live_reports(db_url: str) -> dict[str, str]:
@@ -165,14 +166,16 @@ def test_a_deploy_to_one_replica_reaches_all_three_under_load(trained, mariadb_u
 
         admin = {"Authorization": f"Bearer {TOKEN}"}
         attached = requests.post(
-            f"{fleet[0].url}/admin/challenger",
+            f"{fleet[0].url}{routes.ADMIN_CHALLENGER}",
             json={"tag": first, "role": "shadow"},
             headers=admin,
             timeout=60,
         )
         assert attached.status_code == 200, attached.text
         wait_for(lambda: challengers() == [(first, "shadow")] * 3, 10, "the shadow everywhere")
-        detached = requests.delete(f"{fleet[1].url}/admin/challenger", headers=admin, timeout=60)
+        detached = requests.delete(
+            f"{fleet[1].url}{routes.ADMIN_CHALLENGER}", headers=admin, timeout=60
+        )
         assert detached.status_code == 200, detached.text
         wait_for(lambda: challengers() == [None] * 3, 10, "no challenger anywhere")
     finally:
@@ -324,7 +327,7 @@ def test_the_balancer_routes_around_a_stopped_replica_and_a_deploy_through_it_re
 
         def every_replica_behind_the_balancer() -> bool:
             try:
-                answer = requests.get(f"{balancer_url}/metadata", timeout=5)
+                answer = requests.get(f"{balancer_url}{routes.METADATA}", timeout=5)
             except requests.RequestException:
                 return False
             if answer.status_code == 200:

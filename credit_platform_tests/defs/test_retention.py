@@ -14,7 +14,8 @@ import requests
 from bentoml.exceptions import NotFound
 from dagster import AssetKey, instance_for_test, materialize
 
-from api.sample_requests import load_sample, valid_request_payloads
+from bench.sample_requests import load_sample, valid_request_payloads
+from credit_platform.core import routes
 from credit_platform.core.bento import bento_tag, build_bento
 from credit_platform.core.model_store import load_model_bundle
 from credit_platform.core.retention import (
@@ -168,11 +169,11 @@ def test_the_deployed_model_still_loads_and_the_service_answers(scene):
     assert load_model_bundle(tags["champion"]).partition == CHAMPION_DAY
     for payload in scene["payloads"]:
         answer = requests.post(
-            f"http://127.0.0.1:{port}/predict", json={"data": payload}, timeout=10
+            f"http://127.0.0.1:{port}{routes.PREDICT}", json={"data": payload}, timeout=10
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["predict"] in {"Good", "Standard", "Poor"}
-    served = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
+    served = requests.get(f"http://127.0.0.1:{port}{routes.METADATA}", timeout=10).json()
     assert served["model_version"] == tags["champion"]
     assert served["challenger"]["model_version"] == tags["shadow"]
 
@@ -256,7 +257,9 @@ def test_the_prune_job_reports_then_deletes_and_refuses_without_the_service(
         tags[name] for name in ("champion", "previous", "shadow", "new2")
     }
     answer = requests.post(
-        f"http://127.0.0.1:{scene['port']}/predict", json={"data": scene["payloads"][0]}, timeout=10
+        f"http://127.0.0.1:{scene['port']}{routes.PREDICT}",
+        json={"data": scene["payloads"][0]},
+        timeout=10,
     )
     assert answer.status_code == 200, answer.text
 

@@ -19,6 +19,7 @@ from credit_platform.core.schema import credit_score, credit_score_features, cus
 from credit_platform.ingest.cleaning import PLAUSIBLE_RANGES
 from credit_platform.ingest.kaggle import clean_kaggle_frame, load_kaggle_csv, read_kaggle_csv
 from credit_platform.ingest.writer import IngestError, IngestWriteError
+from credit_platform_tests.contract_fixtures import nulled_in
 
 SOURCE_TABLES = (customer_info, credit_score, credit_score_features)
 # The headers of Kaggle's own train.csv, in its order.
@@ -140,8 +141,8 @@ def test_every_kept_number_is_in_range_and_equal_to_the_source(raw_sample, clean
         original = source.loc[kept.index, column].map(float)
         assert (kept == original).all(), column
         # Every NULL is either missing in the source or counted by reason.
-        assert features[column].isna().sum() == summary.missing[column] + summary.nulled_in(
-            column
+        assert features[column].isna().sum() == summary.missing[column] + nulled_in(
+            summary, column
         ), column
     integer_kinds = {str(features[column].dtype) for column in INTEGER_FEATURES}
     assert integer_kinds == {"Int64"}

@@ -30,6 +30,7 @@ from credit_platform.core.schema import credit_score, credit_score_features, cus
 from credit_platform.ingest.cleaning import PLAUSIBLE_RANGES
 from credit_platform.ingest.synthetic import build_synthetic, generate_synthetic, seed_synthetic
 from credit_platform.ingest.writer import IngestError
+from credit_platform_tests.contract_fixtures import nulled_in
 
 SOURCE_TABLES = (customer_info, credit_score, credit_score_features)
 START = date(2025, 3, 30)
@@ -146,8 +147,8 @@ def test_corrupted_values_are_nulled_and_counted_by_the_shared_rules(population)
         assert 0 < nulled[key] < 0.05 * len(frames), key
     features = frames.credit_score_features
     for column in MODEL_FEATURES:
-        assert features[column].isna().sum() == summary.missing[column] + summary.nulled_in(
-            column
+        assert features[column].isna().sum() == summary.missing[column] + nulled_in(
+            summary, column
         ), column
 
 

@@ -32,6 +32,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from credit_platform.core import routes
 from credit_platform.core.db import init_schema
 from credit_platform.core.schema import credit_score_features_target
 from credit_platform.core.service_process import free_port
@@ -330,7 +331,7 @@ def test_launch_one_partition_from_the_ui_and_read_its_metadata(ui, tmp_path):
             assert _metadata_value(page, "trials") == "2", "CREDIT_TRAINING_GRID=small"
             shot = _save_screenshot(page, tmp_path, "dagster_model_asset.png")
             assert shot.stat().st_size > 10_000
-            assert not _answers(f"{ui.api_url}/readyz"), "no prediction service was started"
+            assert not _answers(f"{ui.api_url}{routes.READYZ}"), "no prediction service was started"
         finally:
             browser.close()
 

@@ -31,8 +31,6 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import requests
 
-from api.sample_requests import load_sample
-from api.sample_requests import valid_request_payloads as sample_payloads
 from bench.docker_stack import (
     NAMED_VOLUMES,
     TEST_IMAGE,
@@ -43,6 +41,9 @@ from bench.docker_stack import (
     prepare_images,
     run,
 )
+from bench.sample_requests import load_sample
+from bench.sample_requests import valid_request_payloads as sample_payloads
+from credit_platform.core import routes
 from credit_platform.core.service_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -219,7 +220,7 @@ def _metadata(stack: ComposeStack, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            response = requests.get(f"{stack.url('API_PORT')}/metadata", timeout=10)
+            response = requests.get(f"{stack.url('API_PORT')}{routes.METADATA}", timeout=10)
             if response.status_code == 200:
                 return response.json()
             problem: object = f"{response.status_code} {response.text[:300]}"
@@ -276,7 +277,7 @@ def _logged(stack: ComposeStack, request_ids: list[str]) -> dict[str, int]:
 
 def _predict(stack: ComposeStack, payload: dict, request_id: str) -> requests.Response:
     return requests.post(
-        f"{stack.url('API_PORT')}/predict",
+        f"{stack.url('API_PORT')}{routes.PREDICT}",
         json={"data": payload},
         headers={"X-Request-ID": request_id},
         timeout=30,
@@ -540,7 +541,7 @@ class _Load:
             sent = time.monotonic()
             try:
                 response = session.post(
-                    f"{self.stack.url('API_PORT')}/predict",
+                    f"{self.stack.url('API_PORT')}{routes.PREDICT}",
                     json={"data": payload},
                     headers={"X-Request-ID": request_id},
                     timeout=30,

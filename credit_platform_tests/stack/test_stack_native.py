@@ -32,9 +32,9 @@ import requests
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import URL, make_url
 
-from api.sample_requests import load_sample
-from api.sample_requests import valid_request_payloads as sample_payloads
-from credit_platform.core import settings
+from bench.sample_requests import load_sample
+from bench.sample_requests import valid_request_payloads as sample_payloads
+from credit_platform.core import routes, settings
 from credit_platform.core.bento import bento_tag
 from credit_platform.core.db import make_engine
 from credit_platform.core.schema import credit_predictions_api_log
@@ -525,7 +525,7 @@ def test_mlflow_server_logs_a_run_to_mariadb_and_its_artifacts_to_the_volume(sta
 
 def test_api_answers_and_logs_the_prediction_in_mariadb(stack, kaggle_sample):
     api = stack.http(3000)
-    metadata = requests.get(f"{api}/metadata", timeout=10).json()
+    metadata = requests.get(f"{api}{routes.METADATA}", timeout=10).json()
     assert metadata["model_version"] == stack.model_tag
     # The api service's command runs the service's built Bento, the one a deploy builds.
     assert metadata["bento_tag"] == bento_tag()
@@ -534,7 +534,10 @@ def test_api_answers_and_logs_the_prediction_in_mariadb(stack, kaggle_sample):
     payload = sample_payloads(load_sample(kaggle_sample, rows=200), 1)[0]
     request_id = f"native-stack-{uuid.uuid4().hex[:12]}"
     response = requests.post(
-        f"{api}/predict", json={"data": payload}, headers={"X-Request-ID": request_id}, timeout=30
+        f"{api}{routes.PREDICT}",
+        json={"data": payload},
+        headers={"X-Request-ID": request_id},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     answer = response.json()

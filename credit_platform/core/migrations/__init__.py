@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 
 from alembic import command
-from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -141,29 +140,3 @@ def compare_server_default(
     """True when the defaults differ in meaning, not only in spelling ('' and "''", now()
     and CURRENT_TIMESTAMP(6))."""
     return _normalised_default(inspected_default) != _normalised_default(rendered_metadata_default)
-
-
-# Where MLflow's and Dagster's SQL stores record their migrations (a shared database).
-OTHER_VERSION_TABLE = "alembic_version"
-
-
-def _not_another_tools_version_table(name, type_, parent_names) -> bool:
-    return not (type_ == "table" and name == OTHER_VERSION_TABLE)
-
-
-def schema_differences(connection: Connection, metadata=None) -> list:
-    """What autogenerate finds between the database and `metadata` (default: the platform
-    schema): tables, columns, types, nullability, server defaults, indexes, unique keys.
-    Empty when the database is what the schema describes."""
-    from credit_platform.core.schema import metadata as platform_metadata
-
-    context = MigrationContext.configure(
-        connection,
-        opts={
-            "compare_type": True,
-            "compare_server_default": compare_server_default,
-            "version_table": VERSION_TABLE,
-            "include_name": _not_another_tools_version_table,
-        },
-    )
-    return list(compare_metadata(context, metadata or platform_metadata))

@@ -1,5 +1,7 @@
-"""Alembic's environment for the platform's migrations: run on the connection that
-`credit_platform.core.migrations` hands over, against the platform schema.
+"""Alembic's environment for the platform's migrations.
+
+They run on the connection `credit_platform.core.migrations` hands over, against the
+platform schema.
 
 Batch mode makes ALTERs work on SQLite too (it rebuilds the table where SQLite cannot alter
 it in place) and runs them as plain ALTER TABLE on MariaDB. Every revision commits on its

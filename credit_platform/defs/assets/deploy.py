@@ -27,13 +27,12 @@ from credit_platform.core.service_client import ReportedModel, ServiceError
 from credit_platform.defs.catalog import ASSET_OWNERS
 from credit_platform.defs.partitions import daily_partitions
 from credit_platform.defs.resources.feature_store import FeatureStoreResource
-from credit_platform.defs.resources.mlflow_tracking import MlflowTrackingResource
+from credit_platform.defs.resources.mlflow_tracking import QUALITY_TAG, MlflowTrackingResource
 from credit_platform.defs.resources.model_retention import ModelRetentionResource
 from credit_platform.defs.resources.prediction_service import PredictionServiceResource
 from credit_platform.defs.retention import retain_after_deploy
 
 DEPLOYED_BENTO_ASSET = "deployed_bento"
-QUALITY_TAG = "quality_check"
 # Run tags the deploy sensor sets: the champion's BentoML tag and MLflow version.
 MODEL_TAG_RUN_TAG = "credit_platform/model_tag"
 MLFLOW_VERSION_RUN_TAG = "credit_platform/mlflow_version"

@@ -85,14 +85,14 @@ MODEL_CARD_ARTIFACT = "model_card.md"
 
 def _grid_default(key: str) -> Any:
     """Default of a grid field: the CREDIT_TRAINING_GRID preset (`settings.TRAINING_GRIDS`,
-    the seed grid unless set), read when the code location loads, so the launchpad shows it
-    and a run launched without grid config uses it."""
+    `tuned` unless set), read when the code location loads, so the launchpad shows it and a
+    run launched without grid config uses it."""
     return settings.training_grid_preset()[key]
 
 
 class TrainingConfig(Config):
-    """The grid (default: the CREDIT_TRAINING_GRID preset, 3 × 3 × 3 depth × rsm × l2) and fit
-    settings; tests shrink the grid and iterations."""
+    """The grid of depth × rsm × l2 and the fit settings (default: the CREDIT_TRAINING_GRID
+    preset); tests shrink the grid and iterations."""
 
     depths: list[int] = Field(
         default=_grid_default("depths"), description="CatBoost tree depths to try."

@@ -65,6 +65,7 @@ from credit_platform.core.monitoring_store import (
     replace_day,
 )
 from credit_platform.core.monitoring_view import (
+    SERVED_ROLE,
     VIEW_DAYS,
     VIEW_HEADERS,
     html_report,
@@ -93,9 +94,8 @@ MODEL_MONITORING_ASSET = "model_monitoring"
 DRIFT_CHECK = "model_monitoring_drift"
 LIVE_ACCURACY_CHECK = "model_monitoring_live_accuracy"
 FAIRNESS_CHECK = "model_monitoring_fairness"
-# The role whose model serves the traffic; the checks judge it (shadow and canary models
-# are reported, for a later comparison of challengers, but fail nothing).
-SERVED_ROLE = MODEL_ROLES[0]
+# The checks judge the model of SERVED_ROLE, the one serving the traffic: shadow and canary
+# models are reported, for a later comparison of challengers, but fail nothing.
 TOP_DRIFTING = 10
 # Check metadata naming the model versions that failed (the retrain sensor reads it).
 FAILED_VERSIONS = "failed_model_versions"
@@ -360,7 +360,8 @@ def model_monitoring(
     fairness_policy: FairnessPolicyResource,
 ) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
-    horizon = monitoring_policy.horizon_days
+    thresholds = monitoring_policy.policy
+    horizon = thresholds.label_horizon_days
     policy = fairness_policy.policy
     with feature_store.engine() as engine:
         create_tables(engine)  # a store initialised before monitoring existed lacks the table
@@ -383,8 +384,8 @@ def model_monitoring(
     report = pd.DataFrame(
         rows, columns=["day", "model_version", "role", "metric", "feature", "value"]
     )
-    metadata = monitoring_metadata(report, day, skipped, monitoring_policy.psi)
-    metadata.update(monitored_days_report(window, day, monitoring_policy.psi))
+    metadata = monitoring_metadata(report, day, skipped, thresholds.psi_threshold)
+    metadata.update(monitored_days_report(window, day, thresholds.psi_threshold))
     metadata["dagster/table_name"] = table_name
     if any(isinstance(reference, ModelReference) for reference in monitor.references.values()):
         metadata["drift_reference"] = MetadataValue.md(
@@ -455,7 +456,7 @@ def model_monitoring_drift(
     monitoring_policy: MonitoringPolicyResource,
 ) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    threshold = monitoring_policy.psi
+    threshold = monitoring_policy.policy.psi_threshold
     with feature_store.engine() as engine:
         report = read_day(engine, day)
     versions = _served_groups(report)
@@ -518,7 +519,8 @@ def model_monitoring_live_accuracy(
     monitoring_policy: MonitoringPolicyResource,
 ) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    tolerance, minimum = monitoring_policy.tolerance, monitoring_policy.min_labels
+    thresholds = monitoring_policy.policy
+    tolerance, minimum = thresholds.accuracy_tolerance, thresholds.min_labelled
     with feature_store.engine() as engine:
         report = read_day(engine, day)
     versions = _served_groups(report)
@@ -594,7 +596,9 @@ def model_monitoring_fairness(
             + ", ".join(flagged)
         )
     elif not judged:
-        description = f"no segment has {policy.min_rows} labelled predictions yet: nothing judged"
+        description = (
+            f"no segment has {policy.min_segment_rows} labelled predictions yet: nothing judged"
+        )
     else:
         description = f"{judged} segment(s) judged, none flagged"
     headers = ("model version", "feature", "segment", "labelled", "accuracy", "rate of Good")

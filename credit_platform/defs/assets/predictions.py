@@ -1,6 +1,7 @@
-"""`credit_score_predictions`: every customer with features on day D, scored by the model
-that served on D, written to the table of the same name (the day replaced in one
-transaction).
+"""`credit_score_predictions`: day D's customers scored by the model that served on D.
+
+Every customer with features on D is scored and written to the table of the same name,
+the day replaced in one transaction.
 
 Which model served on D is read from the Dagster instance: each `deployed_bento`
 materialization records the model it made serve and when (`served_at`). The model of D is

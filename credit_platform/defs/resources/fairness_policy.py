@@ -1,5 +1,7 @@
-"""The fairness rules as a Dagster resource: the check on `credit_score_model`, the model
-card and `model_monitoring` compare the same segments with the same thresholds.
+"""The fairness rules as a Dagster resource.
+
+The check on `credit_score_model`, the model card and `model_monitoring` compare the same
+segments with the same thresholds.
 
 Each field takes its variable through `EnvVar` (names and defaults in `core.settings`), kept
 as text and parsed when read, like `MonitoringPolicyResource`; a malformed value fails
@@ -58,7 +60,7 @@ class FairnessPolicyResource(ConfigurableResource):
             max_accuracy_gap=settings.parse_non_negative_number(
                 settings.FAIRNESS_MAX_ACCURACY_GAP_ENV, self.max_accuracy_gap
             ),
-            min_rows=settings.parse_positive_int(
+            min_segment_rows=settings.parse_positive_int(
                 settings.FAIRNESS_MIN_SEGMENT_ROWS_ENV, self.min_segment_rows
             ),
             max_p_value=settings.parse_ratio(settings.FAIRNESS_MAX_P_VALUE_ENV, self.max_p_value),

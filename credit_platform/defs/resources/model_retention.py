@@ -1,5 +1,7 @@
-"""How many models and Bentos retention keeps besides those in use, as a Dagster resource
-(the deploy and the `prune_model_store` job read the same value).
+"""The retention of the BentoML store as a Dagster resource.
+
+It says how many models and Bentos are kept besides those in use; the deploy and the
+`prune_model_store` job read the same value.
 
 The field takes CREDIT_RETENTION_KEEP_LAST through `EnvVar` (name and default in
 `core.settings`); it is text because `EnvVar` fills text fields, parsed when read.

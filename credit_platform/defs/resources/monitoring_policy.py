@@ -1,17 +1,38 @@
-"""The monitoring's thresholds as a Dagster resource: the drift and accuracy checks and the
-retrain and rollback sensors read the same values.
+"""The monitoring's thresholds as a Dagster resource.
 
-Each field takes its variable through `EnvVar` (names and defaults in `core.settings`).
-Values are kept as the variable's text and parsed when read, because Dagster's `EnvVar`
-fills text fields only; a malformed value fails naming the variable.
+The drift and accuracy checks and the retrain, rollback and challenger sensors judge by
+the same values.
+
+Each field takes its variable through `EnvVar` (names and defaults in `core.settings`) and
+holds its text, since `EnvVar` fills text fields only; `policy` gives the parsed numbers
+under the same names, and a malformed value fails naming its variable.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from credit_platform.core import settings
+
+
+@dataclass(frozen=True)
+class MonitoringPolicy:
+    """The thresholds as numbers, each under the name of the resource field it comes from
+    (its variable is that name in capitals under CREDIT_, with MONITORING_ for the first
+    four)."""
+
+    psi_threshold: float
+    accuracy_tolerance: float
+    min_labelled: int
+    label_horizon_days: int
+    retrain_cooldown_seconds: int
+    rollback_tolerance: float
+    rollback_min_labelled: int
+    challenger_margin: float
+    challenger_min_labelled: int
 
 
 class MonitoringPolicyResource(ConfigurableResource):
@@ -57,53 +78,35 @@ class MonitoringPolicyResource(ConfigurableResource):
     )
 
     @property
-    def challenger_gap(self) -> float:
-        return settings.parse_non_negative_number(
-            settings.CHALLENGER_MARGIN_ENV, self.challenger_margin
-        )
-
-    @property
-    def challenger_min_labels(self) -> int:
-        return settings.parse_positive_int(
-            settings.CHALLENGER_MIN_LABELLED_ENV, self.challenger_min_labelled
-        )
-
-    @property
-    def psi(self) -> float:
-        return settings.parse_non_negative_number(
-            settings.MONITORING_PSI_THRESHOLD_ENV, self.psi_threshold
-        )
-
-    @property
-    def tolerance(self) -> float:
-        return settings.parse_non_negative_number(
-            settings.MONITORING_ACCURACY_TOLERANCE_ENV, self.accuracy_tolerance
-        )
-
-    @property
-    def min_labels(self) -> int:
-        return settings.parse_positive_int(settings.MONITORING_MIN_LABELLED_ENV, self.min_labelled)
-
-    @property
-    def horizon_days(self) -> int:
-        return settings.parse_positive_int(
-            settings.MONITORING_LABEL_HORIZON_DAYS_ENV, self.label_horizon_days
-        )
-
-    @property
-    def cooldown_seconds(self) -> int:
-        return settings.parse_positive_int(
-            settings.RETRAIN_COOLDOWN_SECONDS_ENV, self.retrain_cooldown_seconds
-        )
-
-    @property
-    def rollback_gap(self) -> float:
-        return settings.parse_non_negative_number(
-            settings.ROLLBACK_TOLERANCE_ENV, self.rollback_tolerance
-        )
-
-    @property
-    def rollback_min_labels(self) -> int:
-        return settings.parse_positive_int(
-            settings.ROLLBACK_MIN_LABELLED_ENV, self.rollback_min_labelled
+    def policy(self) -> MonitoringPolicy:
+        """Every threshold parsed, under its field's name; a malformed one fails naming its
+        variable."""
+        return MonitoringPolicy(
+            psi_threshold=settings.parse_non_negative_number(
+                settings.MONITORING_PSI_THRESHOLD_ENV, self.psi_threshold
+            ),
+            accuracy_tolerance=settings.parse_non_negative_number(
+                settings.MONITORING_ACCURACY_TOLERANCE_ENV, self.accuracy_tolerance
+            ),
+            min_labelled=settings.parse_positive_int(
+                settings.MONITORING_MIN_LABELLED_ENV, self.min_labelled
+            ),
+            label_horizon_days=settings.parse_positive_int(
+                settings.MONITORING_LABEL_HORIZON_DAYS_ENV, self.label_horizon_days
+            ),
+            retrain_cooldown_seconds=settings.parse_positive_int(
+                settings.RETRAIN_COOLDOWN_SECONDS_ENV, self.retrain_cooldown_seconds
+            ),
+            rollback_tolerance=settings.parse_non_negative_number(
+                settings.ROLLBACK_TOLERANCE_ENV, self.rollback_tolerance
+            ),
+            rollback_min_labelled=settings.parse_positive_int(
+                settings.ROLLBACK_MIN_LABELLED_ENV, self.rollback_min_labelled
+            ),
+            challenger_margin=settings.parse_non_negative_number(
+                settings.CHALLENGER_MARGIN_ENV, self.challenger_margin
+            ),
+            challenger_min_labelled=settings.parse_positive_int(
+                settings.CHALLENGER_MIN_LABELLED_ENV, self.challenger_min_labelled
+            ),
         )

@@ -1,6 +1,7 @@
-"""Prediction requests built from rows of a Kaggle-format CSV: what the benchmarks send and
-the service tests replay. A client's view of the API, so it lives beside the schemas it must
-pass."""
+"""Prediction requests built from the rows of a Kaggle-format CSV.
+
+What the benchmarks send and the service's tests replay: a client's view of the API, held
+to the service's own request schema. Not part of the Bento."""
 
 from __future__ import annotations
 
