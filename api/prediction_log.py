@@ -63,6 +63,8 @@ from credit_platform.core.schema import MODEL_ROLES, credit_predictions_api_log
 logger = logging.getLogger(__name__)
 
 SPOOL_PREFIX = "prediction_log-"
+# In the shared state directory of a server's workers: present while the id column is full.
+IDS_FULL_FLAG = "prediction_log_ids_full"
 REJECTED_PREFIX = "prediction_log_rejected-"
 # The lane of bulk rows (a shadow's, a batch job's), written by a logger of its own so that
 # a slow or refused bulk insert never holds the answers of single requests.
@@ -451,9 +453,14 @@ class PredictionLogger:
         retry_interval_seconds: float = 2.0,
         timeout_seconds: float = 1.0,
         lane: str = "",
+        ids_full_flag: Path | None = None,
     ) -> None:
         self.url = url
         self.lane = lane
+        # Shared by the loggers of every worker of one server: present while any of them
+        # found the id column full, so each worker's readiness says so, not only the one
+        # whose rows were refused (a balancer would otherwise see /readyz flap).
+        self.ids_full_flag = ids_full_flag
         self.spool_dir = Path(spool_dir)
         part = f"{lane}-" if lane else ""
         self.spool_path = self.spool_dir / f"{SPOOL_PREFIX}{part}{os.getpid()}.jsonl"
@@ -529,7 +536,17 @@ class PredictionLogger:
             and self._first_attempt.is_set()
             and self._problem is None
             and self._ids_problem is None
+            and not self._ids_full_elsewhere()
         )
+
+    def _ids_full_elsewhere(self) -> str | None:
+        """What another worker wrote when it found the id column full, while it stands."""
+        if self.ids_full_flag is None:
+            return None
+        try:
+            return self.ids_full_flag.read_text() or "the prediction log's id column is full"
+        except OSError:
+            return None
 
     @property
     def problem(self) -> str | None:
@@ -537,7 +554,7 @@ class PredictionLogger:
         database or privilege, a table of another layout; the log keeps spooling and
         retrying meanwhile), or why it refuses every row (the id column is full: requests
         fail until it is fixed); None otherwise."""
-        return self._problem or self._ids_problem
+        return self._problem or self._ids_problem or self._ids_full_elsewhere()
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting rows, write every queued row, stop the writer. Idempotent."""
@@ -666,6 +683,16 @@ class PredictionLogger:
             )
             self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
             logger.error("%s", self._ids_problem)
+            if self.ids_full_flag is not None:
+                try:
+                    self.ids_full_flag.parent.mkdir(parents=True, exist_ok=True)
+                    written = self.ids_full_flag.with_name(
+                        f".{self.ids_full_flag.name}.{os.getpid()}"
+                    )
+                    written.write_text(self._ids_problem)
+                    written.replace(self.ids_full_flag)
+                except OSError as flag_error:
+                    logger.warning("cannot tell the other workers: %s", flag_error)
 
     def _spool_batch(self, batch: list[_Pending]) -> None:
         """Append the batch to the spool with one fsync; a request whose rows cannot be
@@ -965,8 +992,11 @@ class PredictionLogger:
 
     def _probe_ids(self) -> None:
         """While the id column is full: whether a row can be inserted again (inserted and
-        rolled back), so readiness returns once the table is fixed."""
-        if self._ids_problem is None or time.monotonic() < self._next_ids_probe:
+        rolled back), so readiness returns once the table is fixed. A worker that learnt it
+        from another's flag probes too, so the flag goes whichever worker stops first."""
+        if self._ids_problem is None and self._ids_full_elsewhere() is None:
+            return
+        if time.monotonic() < self._next_ids_probe:
             return
         self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
         probe = PredictionLogRow(
@@ -988,6 +1018,8 @@ class PredictionLogger:
             return
         logger.warning("the prediction log's id column takes rows again")
         self._ids_problem = None
+        if self.ids_full_flag is not None:
+            self.ids_full_flag.unlink(missing_ok=True)
 
     def _maybe_recover(self) -> None:
         """Create the schema if needed and replay the spools, when due."""

@@ -83,6 +83,7 @@ from api.model_sync import (
 )
 from api.prediction_log import (
     BULK_LANE,
+    IDS_FULL_FLAG,
     LoggedAnswer,
     PredictionLogClosed,
     PredictionLogger,
@@ -556,6 +557,7 @@ class CreditScoreService:
             settings.feature_store_url(),
             settings.prediction_spool_dir(),
             timeout_seconds=settings.prediction_log_timeout(),
+            ids_full_flag=state_dir / IDS_FULL_FLAG,
         )
         # A shadow's rows and a batch job's go through a writer of their own: a slow or
         # refused bulk insert never holds the answers of /predict and /predict_batch. It
@@ -566,6 +568,7 @@ class CreditScoreService:
             settings.prediction_spool_dir(),
             timeout_seconds=settings.prediction_log_timeout(),
             lane=BULK_LANE,
+            ids_full_flag=state_dir / IDS_FULL_FLAG,
         )
         self.shadow = ShadowScorer(
             lambda: self.challengers.current,
