@@ -47,4 +47,26 @@ fi
 
 .venv/bin/ruff check credit_platform credit_platform_tests api bench
 .venv/bin/credit-platform sql --check
+
+# Under CI, the whole suite (no arguments): the Docker stack test runs in a pytest of its
+# own beside the rest of the suite. It spends most of its time waiting on containers, so
+# the two together take about the longer one's time instead of the sum. Its output goes
+# to test-output/stack-tests.log and is printed once both are done; either failing fails.
+if [ -n "${CI:-}" ] && [ "$#" -eq 0 ]; then
+  mkdir -p test-output
+  .venv/bin/python -m pytest -m docker -p no:cacheprovider >test-output/stack-tests.log 2>&1 &
+  stack_tests=$!
+  suite_status=0
+  .venv/bin/python -m pytest -m "not docker" || suite_status=$?
+  stack_status=0
+  wait "$stack_tests" || stack_status=$?
+  echo
+  echo "=== the Docker stack test (test-output/stack-tests.log) ==="
+  cat test-output/stack-tests.log
+  if [ "$suite_status" != 0 ] || [ "$stack_status" != 0 ]; then
+    echo "tests failed: the suite exited $suite_status, the Docker stack test $stack_status" >&2
+    exit 1
+  fi
+  exit 0
+fi
 exec .venv/bin/python -m pytest "$@"
