@@ -50,6 +50,7 @@ from sqlalchemy import create_engine, delete, event, insert, literal, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from api.model_sync import read_json, write_json
 from credit_platform.core.db import (
     create_tables,
     is_mariadb,
@@ -543,10 +544,8 @@ class PredictionLogger:
         """What another worker wrote when it found the id column full, while it stands."""
         if self.ids_full_flag is None:
             return None
-        try:
-            return self.ids_full_flag.read_text() or "the prediction log's id column is full"
-        except OSError:
-            return None
+        flag = read_json(self.ids_full_flag)
+        return None if flag is None else str(flag.get("problem"))
 
     @property
     def problem(self) -> str | None:
@@ -686,11 +685,7 @@ class PredictionLogger:
             if self.ids_full_flag is not None:
                 try:
                     self.ids_full_flag.parent.mkdir(parents=True, exist_ok=True)
-                    written = self.ids_full_flag.with_name(
-                        f".{self.ids_full_flag.name}.{os.getpid()}"
-                    )
-                    written.write_text(self._ids_problem)
-                    written.replace(self.ids_full_flag)
+                    write_json(self.ids_full_flag, {"problem": self._ids_problem})
                 except OSError as flag_error:
                     logger.warning("cannot tell the other workers: %s", flag_error)
 
@@ -993,12 +988,14 @@ class PredictionLogger:
     def _probe_ids(self) -> None:
         """While the id column is full: whether a row can be inserted again (inserted and
         rolled back), so readiness returns once the table is fixed. A worker that learnt it
-        from another's flag probes too, so the flag goes whichever worker stops first."""
-        if self._ids_problem is None and self._ids_full_elsewhere() is None:
-            return
+        from another's flag probes too, so the flag goes whichever worker stops first. Called
+        after every batch the writer commits: the flag is looked at once per retry interval,
+        not per batch."""
         if time.monotonic() < self._next_ids_probe:
             return
         self._next_ids_probe = time.monotonic() + self.retry_interval_seconds
+        if self._ids_problem is None and self._ids_full_elsewhere() is None:
+            return
         probe = PredictionLogRow(
             f"ids-probe@{os.getpid()}", "ids-probe", {}, "Standard", 0.0, 0.0, "probe", utc_now()
         )
