@@ -21,11 +21,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import requests
 
 from bench.common import (
     KAGGLE_PARTITION,
@@ -40,8 +37,7 @@ from bench.common import (
 )
 from bench.serving import BATCH_ROWS, ensure_wrk, run_wrk, service_env, write_bodies
 from credit_platform.core import routes, settings
-from credit_platform.core.processes import kill_tree
-from credit_platform.core.service_process import ServiceNotReady, free_port
+from credit_platform.core.service_process import ServiceProcess
 
 CHECKOUT_VARIABLES = (
     settings.HOME_ENV,
@@ -64,8 +60,7 @@ class Checkout:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
     model_tag: str = ""
-    process: subprocess.Popen | None = None
-    url: str = ""
+    service: ServiceProcess | None = None
     runs: list[dict] = field(default_factory=list)
 
     def run(self, *args: str, check: bool = True) -> str:
@@ -92,29 +87,16 @@ class Checkout:
             raise SystemExit(f"error: {self.name}: training saved no model")
 
     def start(self, db_url: str, work: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         # service_env starts from this process's environment: the checkout's own on top.
         env = {
             **service_env(db_url, self.model_tag, work / f"spool_{self.name}"),
             **{key: self.env[key] for key in CHECKOUT_VARIABLES},
         }
-        log = (work / f"service_{self.name}.log").open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "credit_platform.cli.serve", "--host", "127.0.0.1"]
-            + ["--port", str(port)],
-            cwd=self.tree,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.service = ServiceProcess(env, work / f"service_{self.name}.log", cwd=self.tree)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            kill_tree(self.process.pid)
-            self.process.wait(10)
+        if self.service is not None:
+            self.service.stop()
 
 
 def checkout_env(tree: Path, home: Path) -> dict[str, str]:
@@ -152,28 +134,13 @@ def share_model(source: Checkout, target: Checkout, work: Path) -> None:
     target.model_tag = source.model_tag
 
 
-def wait_ready(checkout: Checkout, work: Path, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if checkout.process is not None and checkout.process.poll() is not None:
-            break
-        try:
-            if requests.get(checkout.url + routes.READYZ, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    tail = (work / f"service_{checkout.name}.log").read_text(errors="replace")[-3000:]
-    raise ServiceNotReady(f"{checkout.name} was not ready:\n{tail}")
-
-
 def measure(checkout: Checkout, wrk: str, single: Path, batch: Path, work: Path, seconds: int):
-    pid = checkout.process.pid
+    url, pid = checkout.service.url, checkout.service.process.pid
     before = children_cpu_seconds(pid)
     mariadb_before = process_cpu_seconds("mariadbd")
     batches = run_wrk(
         wrk,
-        checkout.url,
+        url,
         routes.PREDICT_BATCH,
         batch,
         work,
@@ -187,7 +154,14 @@ def measure(checkout: Checkout, wrk: str, single: Path, batch: Path, work: Path,
     worker = sum(value - before.get(key, 0.0) for key, value in after.items())
     before = children_cpu_seconds(pid)
     singles = run_wrk(
-        wrk, checkout.url, routes.PREDICT, single, work, threads=2, connections=64, seconds=seconds
+        wrk,
+        url,
+        routes.PREDICT,
+        single,
+        work,
+        threads=2,
+        connections=64,
+        seconds=seconds,
     )
     after = children_cpu_seconds(pid)
     single_cpu = sum(value - before.get(key, 0.0) for key, value in after.items())
@@ -258,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             for checkout, db_url in zip(checkouts, (db_a, db_b), strict=True):
                 checkout.start(db_url, work)
             for checkout in checkouts:
-                wait_ready(checkout, work)
+                checkout.service.wait_ready(timeout=240)
                 run_wrk(
                     wrk,
-                    checkout.url,
+                    checkout.service.url,
                     routes.PREDICT,
                     single,
                     work,

@@ -36,7 +36,8 @@ class ServiceNotReady(RuntimeError):
 class ServiceProcess:
     """`credit-platform serve` (which runs the built Bento) in a new session, with its
     workers; or, with `command`, another server answering /readyz on `port` (a given
-    Bento, the benchmarks' baseline)."""
+    Bento, the benchmarks' baseline). `cwd` is the checkout it runs from (another one's,
+    for a benchmark comparing two)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class ServiceProcess:
         output: Path,
         port: int | None = None,
         command: Sequence[str] | None = None,
+        cwd: Path = settings.REPO_ROOT,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,7 +56,7 @@ class ServiceProcess:
         with output.open("a") as sink:
             self.process = subprocess.Popen(
                 command,
-                cwd=settings.REPO_ROOT,
+                cwd=cwd,
                 env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
