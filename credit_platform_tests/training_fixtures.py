@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from catboost import Pool
 from dagster import FilesystemIOManager, materialize
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
@@ -27,12 +28,16 @@ from credit_platform.core.features import (
     OCCUPATION_VALUES,
     PAYMENT_BEHAVIOUR_VALUES,
     PAYMENT_OF_MIN_AMOUNT_VALUES,
+    TARGET,
     Feature,
 )
 from credit_platform.core.local_service import stop_service
+from credit_platform.core.model_input import fit_scalers, prepare_model_input
 from credit_platform.core.schema import credit_score_features_target
 from credit_platform.core.service_process import free_port
 from credit_platform.core.settings import ADMIN_TOKEN_ENV
+from credit_platform.core.training import FitSettings, make_pool
+from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
 from credit_platform.defs.checks import credit_score_model_quality
 from credit_platform.defs.io_managers import PartitionedParquetIOManager
 from credit_platform.defs.jobs import CONTINUOUS_TRAINING_ASSETS
@@ -237,3 +242,32 @@ def age_banded_partition(
         inside = (frame["age"] >= low) & (frame["age"] < high)
         frame.loc[inside & (frame["credit_score"] == "Good"), "credit_score"] = "Standard"
     return frame
+
+
+# MultiClass, fit as training fits it, with a strong prior correction (decision offsets).
+STRONG_PRIOR_CORRECTION = FitSettings(
+    iterations=300,
+    learning_rate=0.1,
+    early_stopping_rounds=40,
+    loss_function="MultiClass",
+    eval_metric="MultiClass",
+    thread_count=2,
+    class_offset_strength=2.0,
+)
+
+
+def split_pools(
+    rows: int = 3000, seed: int = 11
+) -> tuple[dict[str, pd.DataFrame], dict[str, Pool], dict]:
+    """A synthetic partition split by customer into train, valid and test, the scalers fit
+    on train, and each side's CatBoost pool with the derived features."""
+    split = grouped_split(
+        synthetic_partition(date(2025, 2, 1), rows=rows, seed=seed), valid_fraction=0.2, seed=42
+    )
+    sides = {side: split[split[SPLIT_COLUMN] == side] for side in (TRAIN, VALID, TEST)}
+    scalers = fit_scalers(sides[TRAIN])
+    pools = {
+        side: make_pool(prepare_model_input(frame, scalers, derived=True), frame[TARGET])
+        for side, frame in sides.items()
+    }
+    return sides, pools, scalers

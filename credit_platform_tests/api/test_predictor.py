@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,21 @@ from credit_platform.core.calibration import (
     reliability_bins,
 )
 from credit_platform.core.features import MODEL_FEATURES, TARGET
-from credit_platform.core.model_input import fit_scalers, model_columns, prepare_model_input
+from credit_platform.core.model_input import model_columns, prepare_model_input
 from credit_platform.core.model_store import ModelBundle, save_model_bundle
 from credit_platform.core.reasons import REASON_CODES
 from credit_platform.core.training import (
-    FitSettings,
     TrialParams,
     apply_class_offsets,
     fit_trial,
-    make_pool,
 )
-from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
+from credit_platform.defs.assets.split import TEST, TRAIN, VALID
 from credit_platform_tests.contract_fixtures import as_loaded
 from credit_platform_tests.model_fixtures import train_tiny_model
-from credit_platform_tests.training_fixtures import synthetic_partition
+from credit_platform_tests.training_fixtures import (
+    STRONG_PRIOR_CORRECTION,
+    split_pools,
+)
 
 _NOW = datetime.now(UTC)
 
@@ -339,26 +340,13 @@ def test_a_correction_kept_apart_answers_and_explains_as_in_the_bias_with_its_ow
 def corrected_split():
     """A MultiClass model fit as training fits it, with a strong prior correction, and the
     rows it did not learn from."""
-    split = grouped_split(
-        synthetic_partition(date(2025, 2, 1), rows=3000, seed=11), valid_fraction=0.2, seed=42
-    )
-    sides = {side: split[split[SPLIT_COLUMN] == side] for side in (TRAIN, VALID, TEST)}
-    scalers = fit_scalers(sides[TRAIN])
-    pools = {
-        side: make_pool(prepare_model_input(rows, scalers, derived=True), rows[TARGET])
-        for side, rows in sides.items()
-    }
-    fit = FitSettings(
-        iterations=300,
-        learning_rate=0.1,
-        early_stopping_rounds=40,
-        loss_function="MultiClass",
-        eval_metric="MultiClass",
-        thread_count=2,
-        class_offset_strength=2.0,
-    )
+    sides, pools, scalers = split_pools()
     trial = fit_trial(
-        pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
+        pools[TRAIN],
+        pools[VALID],
+        sides[VALID][TARGET],
+        TrialParams(4, 1.0, 3.0),
+        STRONG_PRIOR_CORRECTION,
     )
     return sides, pools, scalers, trial
 

@@ -3,8 +3,6 @@ scaling of a real CatBoost model whose prior correction made its probabilities w
 
 from __future__ import annotations
 
-from datetime import date
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,17 +20,18 @@ from credit_platform.core.calibration import (
     top_label,
 )
 from credit_platform.core.features import TARGET
-from credit_platform.core.model_input import fit_scalers, prepare_model_input
 from credit_platform.core.monitoring import calibration_counts, ece_from_counts
 from credit_platform.core.training import (
     FitSettings,
     TrialParams,
     class_offsets,
     fit_trial,
-    make_pool,
 )
-from credit_platform.defs.assets.split import SPLIT_COLUMN, TEST, TRAIN, VALID, grouped_split
-from credit_platform_tests.training_fixtures import synthetic_partition
+from credit_platform.defs.assets.split import TEST, TRAIN, VALID
+from credit_platform_tests.training_fixtures import (
+    STRONG_PRIOR_CORRECTION,
+    split_pools,
+)
 
 
 def test_the_ece_is_the_rows_weighted_gap_between_confidence_and_hit_rate():
@@ -87,32 +86,11 @@ def test_top_label_and_classwise_ece():
     assert figures.log_loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.2])))
 
 
-def _split(rows: int = 3000, seed: int = 11):
-    split = grouped_split(
-        synthetic_partition(date(2025, 2, 1), rows=rows, seed=seed), valid_fraction=0.2, seed=42
-    )
-    sides = {side: split[split[SPLIT_COLUMN] == side] for side in (TRAIN, VALID, TEST)}
-    scalers = fit_scalers(sides[TRAIN])
-    pools = {
-        side: make_pool(prepare_model_input(rows, scalers, derived=True), rows[TARGET])
-        for side, rows in sides.items()
-    }
-    return sides, pools
-
-
 def test_calibration_improves_the_ece_on_the_valid_rows_and_the_correction_only_decides(
     tmp_path,
 ):
-    sides, pools = _split()
-    fit = FitSettings(
-        iterations=300,
-        learning_rate=0.1,
-        early_stopping_rounds=40,
-        loss_function="MultiClass",
-        eval_metric="MultiClass",
-        thread_count=2,
-        class_offset_strength=2.0,  # a strong prior correction
-    )
+    sides, pools, _ = split_pools()
+    fit = STRONG_PRIOR_CORRECTION
     trial = fit_trial(
         pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
     )
@@ -184,7 +162,7 @@ def test_calibration_improves_the_ece_on_the_valid_rows_and_the_correction_only_
 
 
 def test_a_one_vs_all_model_is_calibrated_by_its_sigmoids():
-    sides, pools = _split(rows=1500, seed=3)
+    sides, pools, _ = split_pools(rows=1500, seed=3)
     fit = FitSettings(iterations=200, thread_count=2, learning_rate=0.3)
     trial = fit_trial(
         pools[TRAIN], pools[VALID], sides[VALID][TARGET], TrialParams(4, 1.0, 3.0), fit
@@ -205,7 +183,7 @@ def test_a_one_vs_all_model_is_calibrated_by_its_sigmoids():
 
 
 def test_calibration_off_changes_nothing_and_bad_input_is_refused():
-    sides, pools = _split(rows=600, seed=5)
+    sides, pools, _ = split_pools(rows=600, seed=5)
     trial = fit_trial(
         pools[TRAIN],
         pools[VALID],
