@@ -52,9 +52,11 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from api.model_sync import read_json, write_json
 from credit_platform.core.db import (
+    LOCK_CONFLICT_ERRORS,
     create_tables,
     is_mariadb,
     make_engine,
+    mariadb_error_code,
     permanent_problem,
     redacted,
 )
@@ -385,21 +387,17 @@ _ROW_ERRORS = frozenset({167, 1048, 1062, 1264, 1292, 1366, 1406, 3140, 4025})
 # MariaDB errors of a server that answers but cannot take the statement right now (a lock
 # wait, a deadlock, too many connections, a shutdown, a killed or broken connection): an
 # outage, never a refusal of the rows.
-_TRANSIENT_ERRORS = frozenset({1040, 1053, 1152, 1153, 1158, 1159, 1160, 1161, 1184, 1205, 1213})
-_TRANSIENT_ERRORS |= frozenset({1927, 4031})
+_TRANSIENT_ERRORS = LOCK_CONFLICT_ERRORS | frozenset(
+    {1040, 1053, 1152, 1153, 1158, 1159, 1160, 1161, 1184, 1927, 4031}
+)
 # A value out of range for the id column: every later row will be refused too.
 _OUT_OF_RANGE = frozenset({167, 1264, 1467})
-
-
-def _mariadb_code(error: BaseException) -> int | None:
-    args = getattr(getattr(error, "orig", None), "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
 
 
 def ids_exhausted(error: BaseException) -> bool:
     """True when the database refused rows because the log's id column is at the top of
     its type (AUTO_INCREMENT can give no new id): no row can be logged until it is fixed."""
-    if _mariadb_code(error) not in _OUT_OF_RANGE:
+    if mariadb_error_code(error) not in _OUT_OF_RANGE:
         return False
     message = str(getattr(error, "orig", error))
     return "'id'" in message or "auto-increment" in message.lower()
@@ -409,7 +407,7 @@ def _server_refused(error: BaseException) -> bool:
     """True when the error is the server's answer to the statement itself (a trigger's
     SIGNAL, a constraint the driver does not classify): not a lost connection, not a
     transient lock, not a problem of the service's access."""
-    code = _mariadb_code(error)
+    code = mariadb_error_code(error)
     if code is None or code in _TRANSIENT_ERRORS or permanent_problem(error):
         return False
     return 1000 <= code < 2000 or code >= 3000
@@ -422,7 +420,7 @@ def _rows_refused(error: BaseException) -> bool:
     if isinstance(error, IntegrityError | DataError | RowNotEncodable):
         return True
     if isinstance(error, DBAPIError):
-        return _mariadb_code(error) in _ROW_ERRORS
+        return mariadb_error_code(error) in _ROW_ERRORS
     return isinstance(error, StatementError)
 
 

@@ -309,7 +309,10 @@ class ComposeStack:
             ... on EventConnection {
               events {
                 __typename
-                ... on ExecutionStepFailureEvent { stepKey error { message } }
+                ... on ExecutionStepFailureEvent {
+                  stepKey
+                  error { message causes { className message stack } }
+                }
                 ... on RunFailureEvent { message }
                 ... on EngineEvent { message }
               }
@@ -323,7 +326,12 @@ class ComposeStack:
         lines = []
         for event in events:
             if event["__typename"] == "ExecutionStepFailureEvent":
-                lines.append(f"step {event['stepKey']} failed: {event['error']['message']}")
+                error = event["error"]
+                lines.append(f"step {event['stepKey']} failed: {error['message']}")
+                # Dagster's message only says the op failed; the causes say why.
+                for cause in error.get("causes") or []:
+                    lines.append(f"  caused by {cause['className']}: {cause['message']}")
+                    lines.extend(f"    {frame.rstrip()}" for frame in cause["stack"][-6:])
             elif event["__typename"] in ("RunFailureEvent", "EngineEvent"):
                 lines.append(f"{event['__typename']}: {event['message']}")
         return "\n".join(lines)[-6000:]

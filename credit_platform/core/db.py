@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import bindparam, create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -27,6 +30,16 @@ PERMANENT_MARIADB_ERRORS = frozenset({1044, 1045, 1049, 1054, 1130, 1142, 1143, 
 # SQLite's equivalents: a file that cannot be opened, a table of another layout.
 PERMANENT_SQLITE_MESSAGES = ("unable to open database file", "no such column", "has no column")
 SCHEMA_LOCK_SECONDS = 60
+# MariaDB errors that roll back only the statement's transaction because another
+# transaction held the rows (lock wait timeout, deadlock): running it again is the fix
+# InnoDB asks for ("try restarting transaction").
+LOCK_CONFLICT_ERRORS = frozenset({1205, 1213})
+# SQLite's equivalent, once its busy timeout has passed.
+SQLITE_LOCK_CONFLICT_MESSAGE = "database is locked"
+TRANSACTION_ATTEMPTS = 5
+TRANSACTION_FIRST_BACKOFF_SECONDS = 0.5
+
+Result = TypeVar("Result")
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +70,55 @@ def permanent_problem(error: BaseException) -> str | None:
             return f"SQLite: {original}"
         seen = seen.__cause__
     return None
+
+
+def mariadb_error_code(error: BaseException) -> int | None:
+    """The MariaDB error number behind a SQLAlchemy error, None when there is none."""
+    args = getattr(getattr(error, "orig", None), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    """True when the database gave up the transaction because another one held its rows
+    (a MariaDB deadlock or lock wait timeout, a locked SQLite file): it may pass if rerun."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if mariadb_error_code(error) in LOCK_CONFLICT_ERRORS:
+        return True
+    return SQLITE_LOCK_CONFLICT_MESSAGE in str(error.orig)
+
+
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Connection], Result],
+    *,
+    attempts: int = TRANSACTION_ATTEMPTS,
+    log: logging.Logger = logger,
+) -> Result:
+    """`work(connection)` in one transaction, run again from the start (after a growing,
+    jittered pause) when it loses a lock conflict to a concurrent writer, e.g. two days of
+    a backfill replacing their partitions of one table at once. Everything else, and the
+    last conflict, is raised; a rolled-back attempt leaves nothing behind. Each rerun is
+    logged as a warning on `log` (a Dagster run's `context.log` shows it in the run)."""
+    pause = TRANSACTION_FIRST_BACKOFF_SECONDS
+    for attempt in range(1, attempts):
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as error:
+            if not is_lock_conflict(error):
+                raise
+            log.warning(
+                "transaction attempt %s of %s lost a lock conflict to a concurrent writer "
+                "and was rolled back; running it again: %s",
+                attempt,
+                attempts,
+                getattr(error, "orig", error),
+            )
+            time.sleep(pause * random.uniform(1.0, 1.5))
+            pause *= 2
+    with engine.begin() as connection:
+        return work(connection)
 
 
 def is_mariadb(dialect_name: str) -> bool:

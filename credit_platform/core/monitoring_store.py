@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Text, and_, delete, func, insert, select, text, type_coerce
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from credit_platform.core.db import is_mariadb
+from credit_platform.core.db import is_mariadb, run_transaction
 from credit_platform.core.feature_target_sql import window_start_for
 from credit_platform.core.features import MODEL_FEATURES, TARGET
 from credit_platform.core.json_lines import (
@@ -253,10 +253,14 @@ def read_training_rows(
 def replace_day(engine: Engine, day: date, rows: Sequence[dict[str, Any]]) -> None:
     """Replace every row of `day` in credit_model_monitoring, in one transaction."""
     table = credit_model_monitoring
-    with engine.begin() as connection:
+
+    def replace(connection: Connection) -> None:
         connection.execute(delete(table).where(table.c.day == day))
         if rows:
             connection.execute(insert(table), list(rows))
+
+    # Days of a monitoring backfill replace neighbouring rows at once.
+    run_transaction(engine, replace)
 
 
 def read_day(engine: Engine, day: date) -> pd.DataFrame:

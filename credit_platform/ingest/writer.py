@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 
 import pandas as pd
 from sqlalchemy import Table, select
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from credit_platform.core.db import is_mariadb, redacted
+from credit_platform.core.db import is_mariadb, redacted, run_transaction
 from credit_platform.core.schema import credit_score, credit_score_features, customer_info
 from credit_platform.ingest.cleaning import (
     PLAUSIBLE_RANGES,
@@ -249,11 +250,8 @@ class SourceWriter:
             stop = start + self.chunk_rows
             chunk = {t.name: frames.table_frame(t).iloc[start:stop] for t in self.tables}
             try:
-                with self.engine.begin() as connection:
-                    counts = {
-                        table.name: self._write_table(connection, table, chunk[table.name])
-                        for table in self.tables
-                    }
+                # a lock conflict with a day being built at the same time reruns the chunk
+                counts = run_transaction(self.engine, partial(self._write_chunk, chunk=chunk))
             except SQLAlchemyError as error:
                 where = redacted(self.engine.url.render_as_string(hide_password=False))
                 reason = getattr(error, "orig", None) or error
@@ -267,6 +265,13 @@ class SourceWriter:
                 self.written[name] += count
             self.chunks_committed += 1
             self._bar.update(len(chunk[first]))
+
+    def _write_chunk(self, connection: Connection, chunk: dict[str, pd.DataFrame]) -> dict:
+        """Each table's new rows of one chunk; returns how many each table took."""
+        return {
+            table.name: self._write_table(connection, table, chunk[table.name])
+            for table in self.tables
+        }
 
     def _write_table(self, connection: Connection, table: Table, frame: pd.DataFrame) -> int:
         """Insert the rows whose id is absent; returns how many that was."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date, timedelta
 
 import pytest
-from dagster import IntMetadataValue, TableSchemaMetadataValue, materialize
-from sqlalchemy import func, insert, select
+from dagster import IntMetadataValue, TableSchemaMetadataValue, instance_for_test, materialize
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
-from credit_platform.core.db import init_schema
+from credit_platform.core.db import init_schema, run_transaction
 from credit_platform.core.feature_target_sql import EmptyPartitionError, build_partition
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import credit_score, credit_score_features
@@ -227,3 +230,101 @@ def test_unreachable_database_is_named(tmp_path):
     message = str(result.failure_data_for_node("credit_score_features_target").error)
     assert "cannot reach the feature store" in message and "127.0.0.1:1" in message
     assert "secret" not in message
+
+
+def _short_lock_waits(url: str) -> str:
+    """The URL with a MariaDB session that gives up a lock wait after one second."""
+    query = {"init_command": "SET SESSION innodb_lock_wait_timeout = 1"}
+    return make_url(url).update_query_dict(query).render_as_string(hide_password=False)
+
+
+def test_asset_outlasts_a_writer_holding_its_rows(mariadb_url):
+    """Another transaction holds the day's rows past the lock wait timeout: the build is
+    rolled back, rerun once the rows are free, and says so in the run's log."""
+    engine = init_schema(mariadb_url)
+    labelled = [("m1", "c1", BASE, "Good"), ("m2", "c2", BASE, "Poor")]
+    _seed(engine, labelled)
+    with engine.begin() as connection:
+        build_partition(connection, BASE, retention_days=7)
+    holder = engine.connect()
+    transaction = holder.begin()
+    holder.execute(
+        select(target_table.c.id).where(target_table.c.base_dt == BASE).with_for_update()
+    )
+    release = threading.Timer(2.5, transaction.commit)
+    release.start()
+    try:
+        with instance_for_test() as instance:
+            result = materialize(
+                [credit_score_features_target],
+                partition_key=BASE.isoformat(),
+                resources={
+                    "feature_store": FeatureStoreResource(url=_short_lock_waits(mariadb_url))
+                },
+                instance=instance,
+                raise_on_error=False,
+            )
+            messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    finally:
+        release.join()
+        holder.close()
+    assert result.success, result.failure_data_for_node("credit_score_features_target")
+    assert any("lost a lock conflict" in message and "1205" in message for message in messages)
+    assert [row[:2] for row in _partition(engine, BASE)] == [("m1", "c1"), ("m2", "c2")]
+    engine.dispose()
+
+
+def test_a_build_chosen_as_a_deadlocks_victim_is_rerun(mariadb_url, caplog):
+    """A writer locks the day's labels, the build waits for them holding the day's rows,
+    then the writer wants those rows: MariaDB breaks the deadlock by rolling back the
+    lighter transaction, the build, which is then rerun and lands."""
+    engine = init_schema(mariadb_url)
+    _seed(engine, [("m1", "c1", BASE, "Good"), ("m2", "c2", BASE, "Poor")])
+    with engine.begin() as connection:
+        build_partition(connection, BASE, retention_days=7)
+        connection.execute(text("CREATE TABLE ballast (n INT)"))
+    writer = engine.connect()
+    transaction = writer.begin()
+    # Rows the writer changed make it the heavier transaction, so not the victim.
+    writer.execute(text("INSERT INTO ballast (n) SELECT seq FROM seq_1_to_5000"))
+    writer.execute(select(credit_score.c.id).with_for_update())
+    outcome: list = []
+
+    def build() -> None:
+        try:
+            outcome.append(
+                run_transaction(engine, lambda connection: build_partition(connection, BASE, 7))
+            )
+        except BaseException as error:  # the test fails naming it
+            outcome.append(error)
+
+    builder = threading.Thread(target=build)
+    with caplog.at_level("WARNING", logger="credit_platform.core.db"):
+        builder.start()
+        time.sleep(1.0)  # the build has replaced the day's rows and waits for the labels
+        writer.execute(delete(target_table).where(target_table.c.base_dt == BASE))
+        transaction.commit()
+        builder.join(timeout=60)
+    writer.close()
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].rows == 2
+    assert any("1213" in record.getMessage() for record in caplog.records)
+    assert [row[:2] for row in _partition(engine, BASE)] == [("m1", "c1"), ("m2", "c2")]
+    engine.dispose()
+
+
+def test_errors_other_than_lock_conflicts_are_not_rerun(store):
+    """A refusal of the rows (here a duplicate key) would fail again: raised at once."""
+    _, engine = store
+    _seed(engine, [("m1", "c1", BASE, "Good")])
+    calls = []
+
+    def duplicate(connection) -> None:
+        calls.append(1)
+        connection.execute(
+            insert(credit_score), [dict(id="m1", customer_id="c1", date=BASE, credit_score="Poor")]
+        )
+
+    with pytest.raises(IntegrityError):
+        run_transaction(engine, duplicate)
+    assert len(calls) == 1

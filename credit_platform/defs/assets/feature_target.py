@@ -12,6 +12,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from credit_platform.core.db import run_transaction
 from credit_platform.core.feature_target_sql import (
     SOURCE_TABLES,
     TARGET_TABLE,
@@ -66,8 +67,13 @@ def credit_score_features_target(
     base_dt = date.fromisoformat(context.partition_key)
     with feature_store.engine() as engine:
         try:
-            with engine.begin() as connection:
-                result = build_partition(connection, base_dt, config.retention_days)
+            # Days of a backfill run at once and replace neighbouring rows of one table:
+            # MariaDB may pick this transaction as a deadlock's victim, so it is rerun.
+            result = run_transaction(
+                engine,
+                lambda connection: build_partition(connection, base_dt, config.retention_days),
+                log=context.log,
+            )
         except EmptyPartitionError as error:
             raise Failure(
                 description=str(error),

@@ -39,7 +39,7 @@ from credit_platform.core.batch_scoring import (
     score_day,
     served_on,
 )
-from credit_platform.core.db import create_tables
+from credit_platform.core.db import create_tables, run_transaction
 from credit_platform.core.features import LABELS
 from credit_platform.core.model_store import ModelBundle, ModelNotFound, load_model_bundle
 from credit_platform.core.schema import credit_score_features as features_table
@@ -207,14 +207,18 @@ def credit_score_predictions(
         # case-insensitive customer_id: bring it to the newest migration first.
         create_tables(engine)
         try:
-            with engine.begin() as connection:
-                result = score_day(
+            # A backfill scores days at once: a lost lock conflict reruns the day.
+            result = run_transaction(
+                engine,
+                lambda connection: score_day(
                     connection,
                     day,
                     bundle,
                     chunk_rows=config.chunk_rows,
                     reasons=config.reason_codes,
-                )
+                ),
+                log=context.log,
+            )
         except NoFeaturesForDay as error:
             raise Failure(
                 description=str(error),
