@@ -1044,13 +1044,14 @@ class PredictionLogger:
         self._seal_spool()
         replayed = 0
         for path in self._spool_files():
-            rows = self._read_spool(path)
-            for start in range(0, len(rows), self.max_batch_rows):
-                self._replay_chunk(rows[start : start + self.max_batch_rows])
+            rows = 0
+            for chunk in self._spool_chunks(path, self.max_batch_rows):
+                self._replay_chunk(chunk)
+                rows += len(chunk)
             path.unlink(missing_ok=True)
-            replayed += len(rows)
+            replayed += rows
             if rows:
-                logger.info("replayed %d prediction log rows from %s", len(rows), path)
+                logger.info("replayed %d prediction log rows from %s", rows, path)
         self.stats.replayed_rows += replayed
         return replayed
 
@@ -1119,21 +1120,26 @@ class PredictionLogger:
                 connection.execute(insert(table), [row.record()])
 
     @staticmethod
-    def _read_spool(path: Path) -> list[PredictionLogRow]:
-        """The file's rows; none when another process replayed and removed it meanwhile (a
-        dead process's spool is found by every worker)."""
-        rows: list[PredictionLogRow] = []
+    def _spool_chunks(path: Path, size: int) -> Iterator[list[PredictionLogRow]]:
+        """The file's rows, `size` at a time, so a spool grown through a long outage is
+        replayed in the memory of one chunk; none when another process replayed and removed
+        it meanwhile (a dead process's spool is found by every worker)."""
         try:
             spool = path.open(encoding="utf-8")
         except FileNotFoundError:
-            return rows
+            return
+        chunk: list[PredictionLogRow] = []
         with spool:
             for number, line in enumerate(spool, start=1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append(PredictionLogRow.from_json(line))
+                    chunk.append(PredictionLogRow.from_json(line))
                 except (ValueError, TypeError, KeyError) as error:
                     # Only a write cut short by a kill can leave this; its request got no answer.
                     logger.warning("skipping unreadable line %d of %s: %s", number, path, error)
-        return rows
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
