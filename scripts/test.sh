@@ -52,12 +52,13 @@ fi
 # own beside the rest of the suite. It spends most of its time waiting on containers, so
 # the two together take about the longer one's time instead of the sum. Its output goes
 # to test-output/stack-tests.log and is printed once both are done; either failing fails.
+# The suite lists its 20 slowest tests, the first place to look when CI grows slow.
 if [ -n "${CI:-}" ] && [ "$#" -eq 0 ]; then
   mkdir -p test-output
   .venv/bin/python -m pytest -m docker -p no:cacheprovider >test-output/stack-tests.log 2>&1 &
   stack_tests=$!
   suite_status=0
-  .venv/bin/python -m pytest -m "not docker" || suite_status=$?
+  .venv/bin/python -m pytest -m "not docker" --durations=20 || suite_status=$?
   stack_status=0
   wait "$stack_tests" || stack_status=$?
   echo

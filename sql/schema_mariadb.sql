@@ -1,5 +1,5 @@
 -- Generated from credit_platform/core/schema.py by `credit-platform sql --write`, do not edit by hand.
--- An empty database at migration 0003_reason_codes (`credit-platform init` upgrades an existing one).
+-- An empty database at migration 0004_row_id_binary (`credit-platform init` upgrades an existing one).
 
 CREATE TABLE credit_api_desired_model (
 	service VARCHAR(64) NOT NULL,
@@ -55,7 +55,7 @@ CREATE TABLE credit_predictions_api_log (
 CREATE INDEX ix_credit_predictions_api_log_created_at ON credit_predictions_api_log (created_at);
 
 CREATE TABLE credit_score (
-	id VARCHAR(32) NOT NULL,
+	id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	credit_score VARCHAR(16) NOT NULL,
@@ -67,7 +67,7 @@ CREATE INDEX ix_credit_score_customer ON credit_score (customer_id);
 CREATE INDEX ix_credit_score_date ON credit_score (date);
 
 CREATE TABLE credit_score_features (
-	id VARCHAR(32) NOT NULL,
+	id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
@@ -103,7 +103,7 @@ CREATE INDEX ix_credit_score_features_date_customer ON credit_score_features (da
 
 CREATE TABLE credit_score_features_target (
 	base_dt DATE NOT NULL,
-	id VARCHAR(32) NOT NULL,
+	id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	age INTEGER,
@@ -147,7 +147,7 @@ CREATE TABLE credit_score_predictions (
 )CHARSET=utf8mb4;
 
 CREATE TABLE customer_info (
-	id VARCHAR(32) NOT NULL,
+	id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	customer_id VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
 	date DATE NOT NULL,
 	name VARCHAR(128),
@@ -162,4 +162,4 @@ CREATE TABLE credit_platform_alembic_version (
 	CONSTRAINT credit_platform_alembic_version_pkc PRIMARY KEY (version_num)
 );
 
-INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0003_reason_codes');
+INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0004_row_id_binary');

@@ -1,5 +1,5 @@
 -- Generated from credit_platform/core/schema.py by `credit-platform sql --write`, do not edit by hand.
--- An empty database at migration 0003_reason_codes (`credit-platform init` upgrades an existing one).
+-- An empty database at migration 0004_row_id_binary (`credit-platform init` upgrades an existing one).
 
 CREATE TABLE credit_api_desired_model (
 	service VARCHAR(64) NOT NULL,
@@ -162,4 +162,4 @@ CREATE TABLE credit_platform_alembic_version (
 	CONSTRAINT credit_platform_alembic_version_pkc PRIMARY KEY (version_num)
 );
 
-INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0003_reason_codes');
+INSERT INTO credit_platform_alembic_version (version_num) VALUES ('0004_row_id_binary');

@@ -61,6 +61,9 @@ CUSTOMER_ID = String(ID_LENGTH).with_variant(
     "mysql",
     "mariadb",
 )
+# The source's row ids compare the same way: "0x1a2b" and "0x1A2B" are two rows, as in
+# SQLite (a case-insensitive key made the loader skip the second as already stored).
+ROW_ID = CUSTOMER_ID
 # Which model of the service answered: the one the champion alias names, or one sharing the
 # traffic beside it.
 MODEL_ROLES = ("champion", "shadow", "canary")
@@ -91,7 +94,7 @@ metadata = MetaData()
 customer_info = Table(
     "customer_info",
     metadata,
-    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     Column("name", String(128), nullable=True),
@@ -103,7 +106,7 @@ customer_info = Table(
 credit_score = Table(
     "credit_score",
     metadata,
-    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     Column(TARGET, String(16), nullable=False),
@@ -115,7 +118,7 @@ credit_score = Table(
 credit_score_features = Table(
     "credit_score_features",
     metadata,
-    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("customer_id", CUSTOMER_ID, nullable=False),
     Column("date", Date, nullable=False),
     *feature_columns(),
@@ -131,7 +134,7 @@ credit_score_features_target = Table(
     "credit_score_features_target",
     metadata,
     Column("base_dt", Date, primary_key=True),
-    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("customer_id", CUSTOMER_ID, primary_key=True),
     Column("date", Date, nullable=False),
     *feature_columns(),

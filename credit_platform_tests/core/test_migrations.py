@@ -478,6 +478,41 @@ def test_the_collation_migration_goes_back_and_forth(mariadb_url):
         engine.dispose()
 
 
+@pytest.mark.mariadb
+def test_the_row_id_collation_migration_goes_back_and_forth(mariadb_url):
+    """0004: the source tables' `id` compares bytes; going back is refused while two ids
+    differ only in case, and no row is lost either way."""
+    init_schema(mariadb_url).dispose()
+    engine = make_engine(mariadb_url)
+    query = text(
+        "SELECT TABLE_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'id' AND TABLE_NAME IN "
+        "('customer_info', 'credit_score', 'credit_score_features', "
+        "'credit_score_features_target')"
+    )
+    try:
+        with engine.connect() as connection:
+            assert [row[1] for row in connection.execute(query)] == ["utf8mb4_nopad_bin"] * 4
+            migrations.downgrade(connection, "0003_reason_codes")
+            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_general_ci"}
+            migrations.upgrade(connection)
+            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
+            connection.execute(
+                text(
+                    "INSERT INTO credit_score (id, customer_id, date, credit_score) VALUES "
+                    "('0x1a2b', 'c', '2025-03-01', 'Good'), ('0x1A2B', 'c', '2025-03-01', 'Poor')"
+                )
+            )
+            connection.commit()
+            with pytest.raises(IntegrityError):
+                migrations.downgrade(connection, "0003_reason_codes")
+            connection.rollback()
+            count = connection.execute(text("SELECT COUNT(*) FROM credit_score"))
+            assert count.scalar_one() == 2
+    finally:
+        engine.dispose()
+
+
 def test_a_new_revision_is_numbered_after_the_last():
     assert next_revision_id("Prediction log: reasons", ["0002_x", "0001_y"]) == (
         "0003_prediction_log_reasons"

@@ -377,6 +377,25 @@ def test_raw_kaggle_csv_loads_to_the_same_stored_values(store_url, raw_form_subs
         engine.dispose()
 
 
+def test_row_ids_differing_only_in_case_are_two_rows(store_url, raw_sample, tmp_path):
+    """ "0x1a2b" and "0X1A2B" are two rows on MariaDB as on SQLite (before the id columns
+    compared bytes, MariaDB took the second for the first and the loader skipped it)."""
+    rows = raw_sample.head(2).copy()
+    rows.iloc[1, rows.columns.get_loc("id")] = rows.iloc[0]["id"].upper()
+    assert rows.iloc[1]["id"] != rows.iloc[0]["id"]
+    path = tmp_path / "cases.csv"
+    rows.to_csv(path, index=False)
+    expected, _ = clean_kaggle_frame(rows, 2025)
+    engine = init_schema(store_url)
+    try:
+        summary = load_kaggle_csv(path, engine, progress=False)
+        assert summary.rows_written == {table.name: 2 for table in SOURCE_TABLES}
+        for table in SOURCE_TABLES:
+            assert _stored_rows(engine, table) == _expected_rows(expected.table_frame(table))
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
