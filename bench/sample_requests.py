@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,20 @@ def valid_request_payloads(frame: pd.DataFrame, count: int) -> list[dict[str, An
         if len(payloads) == count:
             return payloads
     raise ValueError(f"only {len(payloads)} sample rows pass the API validation, not {count}")
+
+
+def log_row(payload: dict[str, Any], request_id: str, created_at: datetime):
+    """The prediction log's row of an answered `payload`, as the service writes it."""
+    from api.prediction_log import PredictionLogRow
+
+    return PredictionLogRow(
+        request_id=request_id,
+        customer_id=payload["customer_id"],
+        features={key: value for key, value in payload.items() if key != "customer_id"},
+        prediction="Standard",
+        confidence=0.61234,
+        elapsed_ms=3.25,
+        model_version="credit_score_classifier:abcdef123456",
+        created_at=created_at,
+        role="champion",
+    )

@@ -36,27 +36,15 @@ REPLAY_TIMEOUT_SECONDS = 900
 
 def write_spool(spool_dir: Path, rows: int) -> Path:
     """`rows` log rows as the spool's JSON lines, under a gone process's name."""
-    from api.prediction_log import SPOOL_PREFIX, PredictionLogRow
-    from bench.sample_requests import load_sample, valid_request_payloads
+    from api.prediction_log import SPOOL_PREFIX
+    from bench.sample_requests import load_sample, log_row, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=3_000), 1_000)
     now = datetime.now(UTC).replace(tzinfo=None)
     path = spool_dir / f"{SPOOL_PREFIX}{GONE_PID}.jsonl"
     with path.open("w", encoding="utf-8") as spool:
         for number in range(rows):
-            payload = payloads[number % len(payloads)]
-            features = {key: value for key, value in payload.items() if key != "customer_id"}
-            row = PredictionLogRow(
-                request_id=f"outage-{number}",
-                customer_id=payload["customer_id"],
-                features=features,
-                prediction="Standard",
-                confidence=0.61234,
-                elapsed_ms=3.25,
-                model_version="credit_score_classifier:abcdef123456",
-                created_at=now,
-                role="champion",
-            )
+            row = log_row(payloads[number % len(payloads)], f"outage-{number}", now)
             spool.write(row.to_json() + "\n")
     return path
 

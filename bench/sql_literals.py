@@ -35,31 +35,17 @@ BATCH_ROWS = 1_000
 
 
 def log_rows(batches: int) -> list[list]:
-    from api.prediction_log import PredictionLogRow
-    from bench.sample_requests import load_sample, valid_request_payloads
+    from bench.sample_requests import load_sample, log_row, valid_request_payloads
 
     payloads = valid_request_payloads(load_sample(KAGGLE_SAMPLE, rows=3_000), BATCH_ROWS)
     now = datetime.now(UTC).replace(tzinfo=None)
-    out = []
-    for batch in range(batches):
-        rows = []
-        for position, payload in enumerate(payloads):
-            features = {key: value for key, value in payload.items() if key != "customer_id"}
-            rows.append(
-                PredictionLogRow(
-                    request_id=f"bench{batch}-{time.time_ns()}#{position}",
-                    customer_id=payload["customer_id"],
-                    features=features,
-                    prediction="Standard",
-                    confidence=0.61234,
-                    elapsed_ms=3.25,
-                    model_version="credit_score_classifier:abcdef123456",
-                    created_at=now,
-                    role="champion",
-                )
-            )
-        out.append(rows)
-    return out
+    return [
+        [
+            log_row(payload, f"bench{batch}-{time.time_ns()}#{position}", now)
+            for position, payload in enumerate(payloads)
+        ]
+        for batch in range(batches)
+    ]
 
 
 def _head() -> bytes:

@@ -9,7 +9,17 @@ import threading
 from datetime import date
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, create_engine, insert, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    bindparam,
+    create_engine,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from credit_platform.cli.db import next_revision_id
@@ -35,6 +45,13 @@ from credit_platform_tests.legacy_stores import (
 
 DAY = date(2025, 3, 1)
 ROLE_CHECK = "ck_credit_predictions_api_log_role"
+# The tables the seeds' source and feature-target steps keep rows of, keyed by row id.
+SEED_SOURCE_TABLES = (
+    "credit_score",
+    "credit_score_features",
+    "credit_score_features_target",
+    "customer_info",
+)
 
 
 def _feature_row(row_id: str, customer: str, day: date = DAY, **values) -> dict:
@@ -444,70 +461,59 @@ def test_a_database_a_newer_release_migrated_is_left_alone(store_url):
         init_schema(store_url).dispose()
 
 
+# A byte-compared key column, the revision before the one that made it so, the tables
+# holding it, and two rows of one table whose keys differ only in case.
+COLLATION_MIGRATIONS = {
+    "customer_id": (
+        "0001_platform_tables",
+        ("credit_predictions_api_log", "credit_score_predictions", *SEED_SOURCE_TABLES),
+        "credit_score_predictions",
+        "INSERT INTO credit_score_predictions (score_dt, customer_id, prediction,"
+        " confidence_good, confidence_standard, confidence_poor, model_version)"
+        " VALUES ('2025-03-01', 'c_a', 'Good', 0.7, 0.2, 0.1, 'm:1'), "
+        "('2025-03-01', 'C_A', 'Good', 0.7, 0.2, 0.1, 'm:1')",
+    ),
+    "id": (
+        "0003_reason_codes",
+        SEED_SOURCE_TABLES,
+        "credit_score",
+        "INSERT INTO credit_score (id, customer_id, date, credit_score) VALUES "
+        "('0x1a2b', 'c', '2025-03-01', 'Good'), ('0x1A2B', 'c', '2025-03-01', 'Poor')",
+    ),
+}
+
+
 @pytest.mark.mariadb
-def test_the_collation_migration_goes_back_and_forth(mariadb_url):
+@pytest.mark.parametrize("column", sorted(COLLATION_MIGRATIONS))
+def test_a_collation_migration_goes_back_and_forth(mariadb_url, column):
+    """The key compares bytes at the head and by the table's default before its revision;
+    going back is refused while two keys differ only in case, and no row is lost."""
+    before, tables, table, two_rows = COLLATION_MIGRATIONS[column]
     init_schema(mariadb_url).dispose()
     engine = make_engine(mariadb_url)
     query = text(
         "SELECT TABLE_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'customer_id'"
-    )
+        "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = :column AND TABLE_NAME IN :tables"
+    ).bindparams(bindparam("tables", expanding=True))
+    values = {"column": column, "tables": list(tables)}
+
+    def collations(connection) -> list[str]:
+        return [row[1] for row in connection.execute(query, values)]
+
     try:
         with engine.connect() as connection:
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
-            migrations.downgrade(connection, "0001_platform_tables")
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_general_ci"}
+            assert collations(connection) == ["utf8mb4_nopad_bin"] * len(tables)
+            migrations.downgrade(connection, before)
+            assert collations(connection) == ["utf8mb4_general_ci"] * len(tables)
             migrations.upgrade(connection)
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
-            connection.execute(
-                text(
-                    "INSERT INTO credit_score_predictions (score_dt, customer_id, prediction,"
-                    " confidence_good, confidence_standard, confidence_poor, model_version)"
-                    " VALUES ('2025-03-01', 'c_a', 'Good', 0.7, 0.2, 0.1, 'm:1'), "
-                    "('2025-03-01', 'C_A', 'Good', 0.7, 0.2, 0.1, 'm:1')"
-                )
-            )
+            assert collations(connection) == ["utf8mb4_nopad_bin"] * len(tables)
+            connection.execute(text(two_rows))
             connection.commit()
-            # Two customers the binary collation tells apart would collide: refused.
+            # Two keys the binary collation tells apart would collide: refused.
             with pytest.raises(IntegrityError):
-                migrations.downgrade(connection, "0001_platform_tables")
+                migrations.downgrade(connection, before)
             connection.rollback()
-            count = connection.execute(text("SELECT COUNT(*) FROM credit_score_predictions"))
-            assert count.scalar_one() == 2
-    finally:
-        engine.dispose()
-
-
-@pytest.mark.mariadb
-def test_the_row_id_collation_migration_goes_back_and_forth(mariadb_url):
-    """0004: the source tables' `id` compares bytes; going back is refused while two ids
-    differ only in case, and no row is lost either way."""
-    init_schema(mariadb_url).dispose()
-    engine = make_engine(mariadb_url)
-    query = text(
-        "SELECT TABLE_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'id' AND TABLE_NAME IN "
-        "('customer_info', 'credit_score', 'credit_score_features', "
-        "'credit_score_features_target')"
-    )
-    try:
-        with engine.connect() as connection:
-            assert [row[1] for row in connection.execute(query)] == ["utf8mb4_nopad_bin"] * 4
-            migrations.downgrade(connection, "0003_reason_codes")
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_general_ci"}
-            migrations.upgrade(connection)
-            assert {row[1] for row in connection.execute(query)} == {"utf8mb4_nopad_bin"}
-            connection.execute(
-                text(
-                    "INSERT INTO credit_score (id, customer_id, date, credit_score) VALUES "
-                    "('0x1a2b', 'c', '2025-03-01', 'Good'), ('0x1A2B', 'c', '2025-03-01', 'Poor')"
-                )
-            )
-            connection.commit()
-            with pytest.raises(IntegrityError):
-                migrations.downgrade(connection, "0003_reason_codes")
-            connection.rollback()
-            count = connection.execute(text("SELECT COUNT(*) FROM credit_score"))
+            count = connection.execute(text(f"SELECT COUNT(*) FROM {table}"))
             assert count.scalar_one() == 2
     finally:
         engine.dispose()
