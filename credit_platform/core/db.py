@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from credit_platform.core import settings
 from credit_platform.core.schema import MARIADB_CHARSET, metadata
 
 # MariaDB errors no retry can fix: access denied (user, database, table, column, privilege,
@@ -29,7 +30,8 @@ from credit_platform.core.schema import MARIADB_CHARSET, metadata
 PERMANENT_MARIADB_ERRORS = frozenset({1044, 1045, 1049, 1054, 1130, 1142, 1143, 1227, 1698})
 # SQLite's equivalents: a file that cannot be opened, a table of another layout.
 PERMANENT_SQLITE_MESSAGES = ("unable to open database file", "no such column", "has no column")
-SCHEMA_LOCK_SECONDS = 60
+# A process waiting for another's migration says so this often.
+SCHEMA_LOCK_REPORT_SECONDS = 30.0
 # MariaDB errors that roll back only the statement's transaction because another
 # transaction held the rows (lock wait timeout, deadlock): running it again is the fix
 # InnoDB asks for ("try restarting transaction").
@@ -190,16 +192,32 @@ def create_database_if_missing(url: str) -> None:
 
 
 @contextlib.contextmanager
-def schema_lock(engine: Engine) -> Iterator[None]:
-    """Held while the schema is created, so processes starting together on a fresh database
-    do not race on CREATE TABLE: a named lock on MariaDB, a file lock beside SQLite's file."""
+def schema_lock(
+    engine: Engine,
+    *,
+    timeout: float | None = None,
+    report_seconds: float = SCHEMA_LOCK_REPORT_SECONDS,
+) -> Iterator[None]:
+    """Held while the schema is created or migrated, so processes starting together on one
+    database migrate it once: a named lock on MariaDB, a file lock beside SQLite's file. A
+    waiter logs every `report_seconds` and fails after `timeout` (CREDIT_SCHEMA_LOCK_TIMEOUT,
+    15 min: a migration rebuilding a large table takes minutes)."""
+    timeout = settings.schema_lock_timeout() if timeout is None else timeout
+    where = redacted(engine.url.render_as_string(hide_password=False))
+    waiting = _LockWait(where, timeout, report_seconds)
     if engine.url.get_backend_name() == "sqlite":
         database = engine.url.database
         if not database or database == ":memory:":
             yield
             return
         with open(f"{Path(database).expanduser()}.schema-lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waiting.still_waiting()
+                    time.sleep(min(0.1, waiting.remaining()))
             try:
                 yield
             finally:
@@ -207,19 +225,52 @@ def schema_lock(engine: Engine) -> Iterator[None]:
         return
     with engine.connect() as connection:
         name = f"credit_platform_schema:{engine.url.database}"[:64]
-        acquired = connection.execute(
-            text("SELECT GET_LOCK(:name, :seconds)"),
-            {"name": name, "seconds": SCHEMA_LOCK_SECONDS},
-        ).scalar()
-        if acquired != 1:
-            raise FeatureStoreUnavailable(
-                f"another process held the schema lock of {redacted(str(engine.url))} "
-                f"for over {SCHEMA_LOCK_SECONDS} s"
-            )
+        while True:
+            acquired = connection.execute(
+                text("SELECT GET_LOCK(:name, :seconds)"),
+                {"name": name, "seconds": min(report_seconds, waiting.remaining())},
+            ).scalar()
+            if acquired == 1:
+                break
+            waiting.still_waiting()
         try:
             yield
         finally:
             connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+class _LockWait:
+    """How long a process has waited for the schema lock: logs while it waits, and raises
+    FeatureStoreUnavailable once the timeout has passed."""
+
+    def __init__(self, where: str, timeout: float, report_seconds: float) -> None:
+        self.where = where
+        self.timeout = timeout
+        self.report_seconds = report_seconds
+        self.started = time.monotonic()
+        self.next_report = self.started + report_seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.started + self.timeout - time.monotonic())
+
+    def still_waiting(self) -> None:
+        now = time.monotonic()
+        waited = now - self.started
+        if waited >= self.timeout:
+            raise FeatureStoreUnavailable(
+                f"another process held the schema lock of {self.where} for over "
+                f"{self.timeout:g} s (a migration still running? "
+                f"{settings.SCHEMA_LOCK_TIMEOUT_ENV} sets how long to wait)"
+            )
+        if now >= self.next_report:
+            self.next_report = now + self.report_seconds
+            logger.warning(
+                "waiting for another process's migration of %s: %.0f s so far, giving up "
+                "after %g s",
+                self.where,
+                waited,
+                self.timeout,
+            )
 
 
 def _foreign_charset_problems(connection: Connection) -> list[str]:

@@ -29,6 +29,7 @@ API_MAX_BATCH_ROWS_ENV = "CREDIT_API_MAX_BATCH_ROWS"
 API_MAX_JOB_ROWS_ENV = "CREDIT_API_MAX_JOB_ROWS"
 PREDICTION_SPOOL_DIR_ENV = "CREDIT_PREDICTION_SPOOL_DIR"
 PREDICTION_LOG_TIMEOUT_ENV = "CREDIT_PREDICTION_LOG_TIMEOUT"
+SCHEMA_LOCK_TIMEOUT_ENV = "CREDIT_SCHEMA_LOCK_TIMEOUT"
 TRAINING_GRID_ENV = "CREDIT_TRAINING_GRID"
 API_WORKERS_ENV = "CREDIT_API_WORKERS"
 MLFLOW_UI_URL_ENV = "CREDIT_MLFLOW_UI_URL"
@@ -103,6 +104,8 @@ DEFAULT_API_MAX_BATCH_ROWS = 5000
 DEFAULT_API_MAX_JOB_ROWS = 200_000
 DEFAULT_API_WORKERS = 2
 DEFAULT_PREDICTION_LOG_TIMEOUT = 1.0
+# A migration rebuilding a large table takes minutes; the processes starting meanwhile wait.
+DEFAULT_SCHEMA_LOCK_TIMEOUT = 900.0
 
 
 def platform_home() -> Path:
@@ -352,6 +355,12 @@ def prediction_log_timeout() -> float:
     """Seconds a request waits for the log database before its rows go to the spool instead
     (a hung database then delays answers by this much, not by the driver's timeouts)."""
     return _positive_seconds(PREDICTION_LOG_TIMEOUT_ENV, DEFAULT_PREDICTION_LOG_TIMEOUT)
+
+
+def schema_lock_timeout() -> float:
+    """Seconds a process waits for another's migration of the feature store before it fails
+    saying so (a waiter logs every half minute while it waits)."""
+    return _positive_seconds(SCHEMA_LOCK_TIMEOUT_ENV, DEFAULT_SCHEMA_LOCK_TIMEOUT)
 
 
 def training_grid() -> str:
@@ -690,6 +699,7 @@ _BOTH = _read_by(API_PROCESS, DAGSTER_PROCESS)
 SETTINGS: tuple[Setting, ...] = (
     Setting(HOME_ENV, _BOTH),
     Setting(FEATURE_STORE_URL_ENV, _BOTH),
+    Setting(SCHEMA_LOCK_TIMEOUT_ENV, _BOTH),
     Setting(BENTOML_HOME_ENV, _BOTH),
     Setting(ADMIN_TOKEN_ENV, _BOTH),
     Setting(MLFLOW_TRACKING_URI_ENV, _read_by(DAGSTER_PROCESS)),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from contextlib import contextmanager
 from datetime import date
 
 import pytest
@@ -24,8 +26,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from credit_platform.cli.db import next_revision_id
 from credit_platform.cli.main import generated_sql_files, main
-from credit_platform.core import migrations
-from credit_platform.core.db import SchemaMismatch, init_schema, make_engine, render_ddl
+from credit_platform.core import migrations, settings
+from credit_platform.core.db import (
+    FeatureStoreUnavailable,
+    SchemaMismatch,
+    init_schema,
+    make_engine,
+    render_ddl,
+    schema_lock,
+)
 from credit_platform.core.features import MODEL_FEATURES
 from credit_platform.core.schema import (
     TABLE_NAMES,
@@ -433,6 +442,55 @@ def test_processes_starting_together_upgrade_once(store_url):
             ).all()
         assert versions == [(migrations.head_revision(),)]
         assert _snapshot(engine, before, old_columns) == before
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _schema_lock_held(engine, seconds: float):
+    """Another process's migration: the schema lock held in a thread for `seconds`."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with schema_lock(engine):
+            taken.set()
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        holder.join(seconds + 10)
+
+
+def test_a_process_waits_out_a_long_migration_saying_so(store_url, caplog):
+    """A migration that rebuilds a large table takes minutes: a waiter logs while it waits
+    and gets the lock once the migration is over (it gave up after 60 s before)."""
+    engine = init_schema(store_url)
+    try:
+        with _schema_lock_held(engine, 2.0), caplog.at_level("WARNING"):
+            started = time.monotonic()
+            with schema_lock(engine, timeout=30, report_seconds=0.5):
+                waited = time.monotonic() - started
+        assert waited >= 1.5
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("waiting for another process's migration" in text for text in messages)
+    finally:
+        engine.dispose()
+
+
+def test_a_process_gives_up_after_the_operators_timeout(store_url, monkeypatch):
+    monkeypatch.setenv(settings.SCHEMA_LOCK_TIMEOUT_ENV, "1")
+    engine = init_schema(store_url)
+    try:
+        with _schema_lock_held(engine, 4.0):
+            started = time.monotonic()
+            expected = pytest.raises(FeatureStoreUnavailable, match="CREDIT_SCHEMA_LOCK_TIMEOUT")
+            with expected, schema_lock(engine):
+                pass
+            assert time.monotonic() - started < 3.0
     finally:
         engine.dispose()
 
