@@ -7,6 +7,7 @@ benchmarks start theirs the same way, on a free loopback port, and stop what the
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,35 @@ import requests
 from credit_platform.core import routes, settings
 from credit_platform.core.processes import kill_tree
 
+# Linux's default first port of its ephemeral range, where the range cannot be read.
+EPHEMERAL_LOW_DEFAULT = 32768
+# Ports below the ephemeral range a free port is drawn from (never the API's own 3000).
+FREE_PORT_SPAN = 12000
+
+
+def ephemeral_port_low() -> int:
+    """The first port the kernel hands to outgoing connections and to bind(0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_LOW_DEFAULT
+
 
 def free_port() -> int:
     """A port nothing listens on right now (for a service, a stub API, or a URL that must not
-    answer)."""
+    answer), drawn below the ephemeral range: a port bind(0) hands out can be taken by an
+    outgoing connection before the service binds it (seen in CI beside the Docker stack
+    test: "Could not bind")."""
+    high = ephemeral_port_low()
+    low = max(settings.DEFAULT_API_PORT + 1, high - FREE_PORT_SPAN)
+    for _ in range(200 if high - low > 100 else 0):
+        port = random.randrange(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from credit_platform.core import local_service
+from credit_platform.core import local_service, settings
 from credit_platform.core.processes import (
     descendants,
     kill_tree,
@@ -19,6 +20,7 @@ from credit_platform.core.processes import (
     process_identity,
     terminate_tree,
 )
+from credit_platform.core.service_process import ephemeral_port_low, free_port
 
 # A parent that starts a child in a session of its own (as BentoML starts its workers),
 # prints the child's pid, and waits; with "stubborn" both ignore SIGTERM.
@@ -141,3 +143,15 @@ def test_the_pid_record_never_signals_a_reused_pid(reused: bool) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_free_port_is_below_the_ephemeral_range_and_free() -> None:
+    """Outgoing connections take ports of the ephemeral range: a service's port drawn there
+    was taken before the service bound it (a CI run beside the Docker stack test)."""
+    low = ephemeral_port_low()
+    ports = {free_port() for _ in range(20)}
+    for port in ports:
+        assert settings.DEFAULT_API_PORT < port < low
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
+    assert len(ports) > 1
