@@ -251,7 +251,10 @@ def test_asset_outlasts_a_writer_holding_its_rows(mariadb_url):
     holder.execute(
         select(target_table.c.id).where(target_table.c.base_dt == BASE).with_for_update()
     )
-    release = threading.Timer(2.5, transaction.commit)
+    # Held well past the run's start, however slow (a busy CI machine took over 2.5 s to
+    # start it, so the build found the rows free), and freed long before the build's last
+    # attempt (about 11 s of waits and pauses after its first).
+    release = threading.Timer(6.0, transaction.commit)
     release.start()
     try:
         with instance_for_test() as instance:
